@@ -1,0 +1,77 @@
+//! Shared helpers for the integration tests: reading the PyWavelets fixture
+//! file and comparing arrays.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use dwt_core::Real;
+use ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pywt.safetensors");
+
+/// The fixture file, parsed once per test binary.
+pub struct Fixture {
+    bytes: Vec<u8>,
+    pub meta: HashMap<String, String>,
+}
+
+impl Fixture {
+    pub fn load() -> Self {
+        let bytes = std::fs::read(FIXTURE).expect("fixture file (run `cargo xtask fixtures` to regenerate)");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("fixture header");
+        let meta = meta.metadata().clone().expect("fixture metadata");
+        Fixture { bytes, meta }
+    }
+
+    pub fn json(&self, key: &str) -> serde_json::Value {
+        serde_json::from_str(&self.meta[key]).expect("metadata json")
+    }
+
+    pub fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("fixture tensors")
+    }
+}
+
+/// Decode a stored tensor as `T` (f32 tensors only decode as f32, f64 as f64).
+pub fn array<T: Real>(st: &SafeTensors<'_>, name: &str) -> ArrayD<T> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("tensor {name}: {e}"));
+    let data: Vec<T> = match t.dtype() {
+        Dtype::F64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| T::from_f64(f64::from_le_bytes(b.try_into().unwrap())))
+            .collect(),
+        Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| T::from_f64(f64::from(f32::from_le_bytes(b.try_into().unwrap()))))
+            .collect(),
+        other => panic!("tensor {name}: unexpected dtype {other:?}"),
+    };
+    ArrayD::from_shape_vec(IxDyn(t.shape()), data).unwrap()
+}
+
+/// Largest magnitude in `a`.
+pub fn max_abs<T: Real>(a: &ArrayD<T>) -> f64 {
+    a.iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs()))
+}
+
+/// Relative error `max|got − want| / max(max|want|, floor)`: relative to the
+/// expected output, or to `floor` (the input's magnitude) where the output is
+/// itself rounding noise, e.g. the details of a constant signal. Shapes must
+/// agree exactly.
+pub fn rel_err<T: Real>(got: &ArrayD<T>, want: &ArrayD<T>, floor: f64) -> Result<f64, String> {
+    if got.shape() != want.shape() {
+        return Err(format!("shape {:?} != expected {:?}", got.shape(), want.shape()));
+    }
+    let scale = max_abs(want).max(floor);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (a, b)| m.max((a.as_f64() - b.as_f64()).abs()));
+    if diff.is_nan() {
+        return Err("NaN in the comparison".into());
+    }
+    Ok(if scale > 0.0 { diff / scale } else { diff })
+}
