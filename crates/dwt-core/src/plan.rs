@@ -86,10 +86,10 @@ impl Regions {
 /// let mut coeffs = plan.coeffs_zeros();
 /// let mut scratch = vec![0.0; plan.scratch_len()];
 /// plan.forward(x.view(), &mut coeffs, &mut scratch)?;
-/// let mut y = Array2::zeros(plan.reconstruction_shape().to_vec()).into_dimensionality()?;
+/// let mut y = Array2::zeros(plan.reconstruction_dim());
 /// plan.inverse(&coeffs, y.view_mut(), &mut scratch)?;
 /// assert!((&y - &x).iter().all(|e| e.abs() < 1e-9));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok::<(), dwt_core::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Plan<T, D, C> {
@@ -228,7 +228,7 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
             shapes.push((Some(cur), coeff.clone()));
             cur = coeff;
         }
-        Self::build(ndim, axes, w, mode, Some(shape.to_vec()), cur, shapes)
+        Self::build(axes, w, mode, Some(shape.to_vec()), cur, shapes)
     }
 
     /// An inverse-only plan for coefficients shaped like `coeffs` (the
@@ -303,12 +303,11 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
             a = recon;
         }
         shapes.reverse();
-        Self::build(ndim, axes, w, mode, None, approx.to_vec(), shapes)
+        Self::build(axes, w, mode, None, approx.to_vec(), shapes)
     }
 
     /// `shapes`: per level, finest first, `(analysis input, coefficient shape)`.
     fn build(
-        ndim: usize,
         axes: &[usize],
         w: &Wavelet,
         mode: Mode,
@@ -432,6 +431,14 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
     pub fn reconstruction_shape(&self) -> &[usize] {
         self.levels.first().map_or(&self.approx, |l| &l.recon)
     }
+    /// [`Plan::reconstruction_shape`] as an ndarray dimension, ready for
+    /// `Array::zeros(plan.reconstruction_dim())`.
+    pub fn reconstruction_dim(&self) -> D {
+        let shape = self.reconstruction_shape();
+        let mut dim = D::zeros(shape.len());
+        dim.slice_mut().copy_from_slice(shape);
+        dim
+    }
     /// Shape of the coarsest approximation.
     pub fn approx_shape(&self) -> &[usize] {
         &self.approx
@@ -486,10 +493,16 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
             });
         }
         Self::check_shape("approximation", &self.approx, c.approx_array().shape())?;
+        let mut all_standard = c.approx_array().is_standard_layout();
         for (k, lvl) in self.levels.iter().rev().enumerate() {
             for d in c.detail_arrays(k).into_iter().flatten() {
                 Self::check_shape("detail subband", &lvl.coeff, d.shape())?;
+                all_standard &= d.is_standard_layout();
             }
+        }
+        // Checked up front so that a bad array never leaves a half-written result.
+        if !all_standard {
+            return Err(Error::NonContiguous { what: "coefficient arrays" });
         }
         Ok(())
     }
