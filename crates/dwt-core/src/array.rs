@@ -79,7 +79,12 @@ pub fn coeffs_to_array<T: Real, D: Dimension, C: CoeffSet<T, D>>(c: &C) -> Resul
     for lvl in 0..c.level_count() {
         let bands = c.detail_arrays(lvl);
         // Bit order: the all-detail band is last.
-        let dd = bands.iter().flatten().last().map(|a| a.shape().to_vec()).unwrap_or_default();
+        let dd = bands
+            .iter()
+            .flatten()
+            .last()
+            .map(|a| a.shape().to_vec())
+            .unwrap_or_default();
         let mut regions = Vec::with_capacity(pywt_order(k).len());
         for &s in pywt_order(k) {
             let Some(band) = bands[s - 1] else { continue };
@@ -161,7 +166,8 @@ pub fn array_to_coeffs<T: Real, D: Dimension, C: CoeffSet<T, D>>(
         .map(|lvl| lvl.first().map(|r| lens(r)).unwrap_or_default())
         .collect();
     let mut c = C::zeros(&lens(&slices.approx), &detail_shapes, &slices.axes);
-    c.approx_array_mut().assign(&arr.slice_each_axis(axis_slice(&slices.approx)));
+    c.approx_array_mut()
+        .assign(&arr.slice_each_axis(axis_slice(&slices.approx)));
     let order = pywt_order(C::AXES);
     for (lvl, regions) in slices.details.iter().enumerate() {
         let (_, bands) = c.detail_arrays_mut(lvl);

@@ -112,6 +112,7 @@ impl<T, D: Dimension> Coeffs2<T, D> {
         self.details.len()
     }
     /// Take the parts apart: `(approx, details)`.
+    #[allow(clippy::type_complexity)]
     pub fn into_parts(self) -> (Array<T, D>, Vec<[Array<T, D>; 3]>) {
         (self.approx, self.details)
     }
@@ -130,6 +131,10 @@ mod sealed {
     impl<T, D: ndarray::Dimension> Sealed for super::Coeffs1<T, D> {}
     impl<T, D: ndarray::Dimension> Sealed for super::Coeffs2<T, D> {}
 }
+
+/// The approximation and one level's detail arrays, borrowed mutably.
+#[doc(hidden)]
+pub type LevelMut<'a, T, D> = (&'a mut Array<T, D>, [Option<&'a mut Array<T, D>>; 3]);
 
 /// What a plan needs from a coefficient container: [`Coeffs1`] or
 /// [`Coeffs2`]. Sealed; the plans are generic over it.
@@ -157,7 +162,7 @@ pub trait CoeffSet<T, D: Dimension>: sealed::Sealed + Sized {
     fn detail_arrays(&self, lvl: usize) -> [Option<&Array<T, D>>; 3];
     /// The approximation and the detail arrays of level `lvl` mutably.
     #[doc(hidden)]
-    fn detail_arrays_mut(&mut self, lvl: usize) -> (&mut Array<T, D>, [Option<&mut Array<T, D>>; 3]);
+    fn detail_arrays_mut(&mut self, lvl: usize) -> LevelMut<'_, T, D>;
 }
 
 impl<T, D: Dimension> CoeffSet<T, D> for Coeffs1<T, D> {
@@ -187,7 +192,7 @@ impl<T, D: Dimension> CoeffSet<T, D> for Coeffs1<T, D> {
     fn detail_arrays(&self, lvl: usize) -> [Option<&Array<T, D>>; 3] {
         [Some(&self.details[lvl]), None, None]
     }
-    fn detail_arrays_mut(&mut self, lvl: usize) -> (&mut Array<T, D>, [Option<&mut Array<T, D>>; 3]) {
+    fn detail_arrays_mut(&mut self, lvl: usize) -> LevelMut<'_, T, D> {
         (&mut self.approx, [Some(&mut self.details[lvl]), None, None])
     }
 }
@@ -223,7 +228,7 @@ impl<T, D: Dimension> CoeffSet<T, D> for Coeffs2<T, D> {
         let [h, v, d] = &self.details[lvl];
         [Some(v), Some(h), Some(d)]
     }
-    fn detail_arrays_mut(&mut self, lvl: usize) -> (&mut Array<T, D>, [Option<&mut Array<T, D>>; 3]) {
+    fn detail_arrays_mut(&mut self, lvl: usize) -> LevelMut<'_, T, D> {
         let [h, v, d] = &mut self.details[lvl];
         (&mut self.approx, [Some(v), Some(h), Some(d)])
     }

@@ -66,18 +66,61 @@ impl<T: Real> Extension<T> {
         &self.terms[self.starts[b]..self.starts[b + 1]]
     }
 
+    /// The value of boundary sample `b` (left ones first, then right ones).
+    #[inline]
+    fn boundary_value(&self, b: usize, x: &[T]) -> T {
+        self.terms(b).iter().map(|&(i, w)| w * x[i]).sum()
+    }
+
+    /// Write the extended lane of `x` split into its even samples (`even[k]`
+    /// = `x̂[2k]`) and odd samples, `len.div_ceil(2)` and `len / 2` of them.
+    #[inline(always)]
+    fn fill_phases(&self, x: &[T], even: &mut [T], odd: &mut [T]) {
+        let (pad, n) = (self.pad, self.n);
+        let value = |t: usize| {
+            if t < pad {
+                self.boundary_value(t, x)
+            } else if t < pad + n {
+                x[t - pad]
+            } else {
+                self.boundary_value(t - n, x)
+            }
+        };
+        // Head and tail samples go through the stencils; the body is a
+        // strided copy that the compiler turns into shuffles.
+        let body_start = pad.div_ceil(2);
+        let body_end = (pad + n) / 2; // first k with 2k+1 >= pad+n
+        for k in (0..body_start).chain(body_end.max(body_start)..self.len.div_ceil(2)) {
+            even[k] = value(2 * k);
+            if 2 * k + 1 < self.len {
+                odd[k] = value(2 * k + 1);
+            }
+        }
+        if body_end > body_start {
+            // 2k >= pad and 2k+1 < pad+n for k in body_start..body_end.
+            let src = &x[2 * body_start - pad..2 * body_end - pad];
+            let (ev, od) = (&mut even[body_start..body_end], &mut odd[body_start..body_end]);
+            for ((pair, e), o) in src.chunks_exact(2).zip(ev).zip(od) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+    }
+
     /// Write the whole extended lane (`len` samples) of `x` (`n` samples).
+    #[inline(always)]
     fn fill_lane(&self, x: &[T], out: &mut [T]) {
         let (left, rest) = out[..self.len].split_at_mut(self.pad);
         let (body, right) = rest.split_at_mut(self.n);
         body.copy_from_slice(x);
         for (b, o) in left.iter_mut().chain(right.iter_mut()).enumerate() {
-            *o = self.terms(b).iter().map(|&(i, w)| w * x[i]).sum();
+            *o = self.boundary_value(b, x);
         }
     }
 
     /// Write the boundary rows of `x` (`n` rows of `inner`) into `out`,
     /// `boundary_rows()` rows of `inner`: left rows first, then right rows.
+    #[inline(always)]
     fn fill_rows(&self, x: &[T], inner: usize, out: &mut [T]) {
         for (b, row) in out.chunks_exact_mut(inner).take(self.boundary_rows()).enumerate() {
             row.fill(T::zero());
@@ -100,28 +143,144 @@ impl<T: Real> Extension<T> {
     }
 }
 
-/// `y += a * x`.
+/// Filters longer than this are rejected when a wavelet is built; it sizes
+/// the stack arrays of per-tap source slices (PyWavelets' longest, coif17,
+/// has 102 taps).
+pub(crate) const MAX_TAPS: usize = 128;
+
+/// Outputs computed per register block: 16 accumulators per band stay in
+/// registers across all taps, so each tap costs one load per vector.
+const BLOCK: usize = 16;
+
+/// `lo[i] = Σ_j f[j]·src[j][i]`, `hi[i] = Σ_j g[j]·src[j][i]`, summed in tap
+/// order (the same rounding as one AXPY per tap).
+#[inline(always)]
+fn correlate2<T: Real>(lo: &mut [T], hi: &mut [T], f: &[T], g: &[T], src: &[&[T]]) {
+    let n = lo.len().min(hi.len());
+    let mut i = 0;
+    while i + BLOCK <= n {
+        let (mut a, mut b) = ([T::zero(); BLOCK], [T::zero(); BLOCK]);
+        for ((&fj, &gj), s) in f.iter().zip(g).zip(src) {
+            let s = &s[i..i + BLOCK];
+            for k in 0..BLOCK {
+                a[k] += fj * s[k];
+                b[k] += gj * s[k];
+            }
+        }
+        lo[i..i + BLOCK].copy_from_slice(&a);
+        hi[i..i + BLOCK].copy_from_slice(&b);
+        i += BLOCK;
+    }
+    for i in i..n {
+        let (mut a, mut b) = (T::zero(), T::zero());
+        for ((&fj, &gj), s) in f.iter().zip(g).zip(src) {
+            a += fj * s[i];
+            b += gj * s[i];
+        }
+        lo[i] = a;
+        hi[i] = b;
+    }
+}
+
+/// Outputs per register block in synthesis (two phases in flight).
+const SYNTH_BLOCK: usize = 8;
+
+/// The synthesis taps, grouped by the source position they read. Output
+/// sample `2p + φ` reads source `p + off`; most positions feed both phases
+/// (`shared`), and in periodization mode with `L ≡ 0 (mod 4)` one position
+/// at each end feeds only one phase.
+#[derive(Debug, Clone, Default)]
+struct SynthTaps<T> {
+    /// `(off, [rec_lo even, rec_hi even, rec_lo odd, rec_hi odd])`.
+    shared: Vec<(usize, [T; 4])>,
+    even_only: Vec<(usize, [T; 2])>,
+    odd_only: Vec<(usize, [T; 2])>,
+}
+
+impl<T> SynthTaps<T> {
+    /// Every source offset, shared first, then even-only, then odd-only
+    /// (the order of the source slices given to [`synthesize_pairs`]).
+    fn offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        let s = self.shared.iter().map(|t| t.0);
+        s.chain(self.even_only.iter().map(|t| t.0))
+            .chain(self.odd_only.iter().map(|t| t.0))
+    }
+    fn len(&self) -> usize {
+        self.shared.len() + self.even_only.len() + self.odd_only.len()
+    }
+}
+
+/// The taps that feed one output phase only (`w` outputs from `i`).
+#[inline(always)]
+fn one_phase<T: Real>(
+    acc: &mut [T; SYNTH_BLOCK],
+    i: usize,
+    w: usize,
+    taps: &[(usize, [T; 2])],
+    a: &[&[T]],
+    d: &[&[T]],
+) {
+    for ((&(_, c), x1), x2) in taps.iter().zip(a).zip(d) {
+        if w == SYNTH_BLOCK {
+            let (x1, x2) = (&x1[i..i + SYNTH_BLOCK], &x2[i..i + SYNTH_BLOCK]);
+            for k in 0..SYNTH_BLOCK {
+                acc[k] += c[0] * x1[k] + c[1] * x2[k];
+            }
+        } else {
+            for k in 0..w {
+                acc[k] += c[0] * x1[i + k] + c[1] * x2[i + k];
+            }
+        }
+    }
+}
+
+/// Both output phases of synthesis at once over register blocks:
+/// `even[i] = Σ le·a[t][i] + he·d[t][i]`, `odd[i] = Σ lo·a[t][i] + ho·d[t][i]`
+/// over each phase's own taps only (so NaN spreads exactly as far as the
+/// filter support). `a`, `d` hold one source slice per tap, in
+/// [`SynthTaps::offsets`] order. `put(i, even, odd)` stores one block.
+#[inline(always)]
+fn synthesize_pairs<T: Real>(
+    n: usize,
+    taps: &SynthTaps<T>,
+    a: &[&[T]],
+    d: &[&[T]],
+    mut put: impl FnMut(usize, &[T], &[T]),
+) {
+    let ns = taps.shared.len();
+    let ne = taps.even_only.len();
+    let mut i = 0;
+    while i < n {
+        let w = SYNTH_BLOCK.min(n - i);
+        let (mut ev, mut od) = ([T::zero(); SYNTH_BLOCK], [T::zero(); SYNTH_BLOCK]);
+        if w == SYNTH_BLOCK {
+            for ((&(_, c), x1), x2) in taps.shared.iter().zip(&a[..ns]).zip(&d[..ns]) {
+                let (x1, x2) = (&x1[i..i + SYNTH_BLOCK], &x2[i..i + SYNTH_BLOCK]);
+                for k in 0..SYNTH_BLOCK {
+                    ev[k] += c[0] * x1[k] + c[1] * x2[k];
+                    od[k] += c[2] * x1[k] + c[3] * x2[k];
+                }
+            }
+        } else {
+            for ((&(_, c), x1), x2) in taps.shared.iter().zip(&a[..ns]).zip(&d[..ns]) {
+                for k in 0..w {
+                    ev[k] += c[0] * x1[i + k] + c[1] * x2[i + k];
+                    od[k] += c[2] * x1[i + k] + c[3] * x2[i + k];
+                }
+            }
+        }
+        one_phase(&mut ev, i, w, &taps.even_only, &a[ns..ns + ne], &d[ns..ns + ne]);
+        one_phase(&mut od, i, w, &taps.odd_only, &a[ns + ne..], &d[ns + ne..]);
+        put(i, &ev[..w], &od[..w]);
+        i += w;
+    }
+}
+
+/// `y += a * x` (boundary rows only).
 #[inline(always)]
 fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
-    }
-}
-
-/// `y1 += a1 * x; y2 += a2 * x` in one pass over `x`.
-#[inline(always)]
-fn axpy2<T: Real>(y1: &mut [T], y2: &mut [T], a1: T, a2: T, x: &[T]) {
-    for ((y1, y2), &x) in y1.iter_mut().zip(y2.iter_mut()).zip(x) {
-        *y1 += a1 * x;
-        *y2 += a2 * x;
-    }
-}
-
-/// `y += a * x1 + b * x2`.
-#[inline(always)]
-fn axpy_pair<T: Real>(y: &mut [T], a: T, x1: &[T], b: T, x2: &[T]) {
-    for ((y, &x1), &x2) in y.iter_mut().zip(x1).zip(x2) {
-        *y += a * x1 + b * x2;
     }
 }
 
@@ -175,8 +334,8 @@ impl<T: Real> Analysis<T> {
     /// Scratch elements one call of [`Self::run`] needs.
     pub(crate) fn scratch_len(&self, inner: usize) -> usize {
         if inner == 1 {
-            // extended lane + two phases
-            2 * self.ext.len + 2
+            // the two phases of the extended lane
+            self.ext.len + 1
         } else {
             self.ext.boundary_rows() * inner
         }
@@ -184,6 +343,7 @@ impl<T: Real> Analysis<T> {
 
     /// Transform `outer` blocks of `n × inner` in `x` into `m × inner` blocks
     /// of `lo` and `hi`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
         x: &[T],
@@ -197,7 +357,10 @@ impl<T: Real> Analysis<T> {
         let (n, m) = (self.n, self.m);
         let par = go_parallel(parallel, outer * m * inner * self.lo.len() * 2);
         if inner == 1 {
-            let lanes = x.chunks_exact(n).zip(lo.chunks_exact_mut(m)).zip(hi.chunks_exact_mut(m));
+            let lanes = x
+                .chunks_exact(n)
+                .zip(lo.chunks_exact_mut(m))
+                .zip(hi.chunks_exact_mut(m));
             if par {
                 #[cfg(feature = "parallel")]
                 {
@@ -206,10 +369,7 @@ impl<T: Real> Analysis<T> {
                         .zip(lo.par_chunks_exact_mut(m))
                         .zip(hi.par_chunks_exact_mut(m))
                         .with_min_len(8)
-                        .for_each_init(
-                            || vec![T::zero(); need],
-                            |s, ((x, lo), hi)| self.lane(x, lo, hi, s),
-                        );
+                        .for_each_init(|| vec![T::zero(); need], |s, ((x, lo), hi)| self.lane(x, lo, hi, s));
                     return;
                 }
             }
@@ -226,14 +386,7 @@ impl<T: Real> Analysis<T> {
         {
             self.ext.fill_rows(x, inner, bnd);
             let bnd: &[T] = bnd;
-            let row = |o: usize, lo: &mut [T], hi: &mut [T]| {
-                lo.fill(T::zero());
-                hi.fill(T::zero());
-                for (j, (&f, &g)) in self.lo.iter().zip(&self.hi).enumerate() {
-                    let src = self.ext.row(2 * o + self.s - j, x, bnd, inner);
-                    axpy2(lo, hi, f, g, src);
-                }
-            };
+            let row = |o: usize, lo: &mut [T], hi: &mut [T]| self.row(o, x, bnd, inner, lo, hi);
             if par {
                 #[cfg(feature = "parallel")]
                 {
@@ -250,26 +403,38 @@ impl<T: Real> Analysis<T> {
         }
     }
 
-    fn lane(&self, x: &[T], lo: &mut [T], hi: &mut [T], scratch: &mut [T]) {
-        let len = self.ext.len;
-        let (ext, phases) = scratch.split_at_mut(len);
-        self.ext.fill_lane(x, ext);
-        let half = len.div_ceil(2);
-        let (even, odd) = phases[..2 * half].split_at_mut(half);
-        for (k, pair) in ext.chunks(2).enumerate() {
-            even[k] = pair[0];
-            if let Some(&v) = pair.get(1) {
-                odd[k] = v;
-            }
+    /// Output row `o` (of `inner` elements) of both bands.
+    fn row(&self, o: usize, x: &[T], bnd: &[T], inner: usize, lo: &mut [T], hi: &mut [T]) {
+        crate::isa::dispatch!(self.row_impl(o, x, bnd, inner, lo, hi))
+    }
+
+    #[inline(always)]
+    fn row_impl(&self, o: usize, x: &[T], bnd: &[T], inner: usize, lo: &mut [T], hi: &mut [T]) {
+        let mut src: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for (j, slot) in src.iter_mut().enumerate().take(self.lo.len()) {
+            *slot = self.ext.row(2 * o + self.s - j, x, bnd, inner);
         }
-        lo.fill(T::zero());
-        hi.fill(T::zero());
+        correlate2(lo, hi, &self.lo, &self.hi, &src[..self.lo.len()]);
+    }
+
+    /// One lane of `n` samples into `m` coefficients of each band.
+    fn lane(&self, x: &[T], lo: &mut [T], hi: &mut [T], scratch: &mut [T]) {
+        crate::isa::dispatch!(self.lane_impl(x, lo, hi, scratch))
+    }
+
+    #[inline(always)]
+    fn lane_impl(&self, x: &[T], lo: &mut [T], hi: &mut [T], scratch: &mut [T]) {
+        let half = self.ext.len.div_ceil(2);
+        let (even, odd) = scratch[..2 * half].split_at_mut(half);
+        self.ext.fill_phases(x, even, odd);
         let m = self.m;
-        for (j, (&f, &g)) in self.lo.iter().zip(&self.hi).enumerate() {
+        let mut src: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for (j, slot) in src.iter_mut().enumerate().take(self.lo.len()) {
             let t = self.s - j;
             let phase: &[T] = if t % 2 == 0 { even } else { odd };
-            axpy2(lo, hi, f, g, &phase[t / 2..t / 2 + m]);
+            *slot = &phase[t / 2..t / 2 + m];
         }
+        correlate2(lo, hi, &self.lo, &self.hi, &src[..self.lo.len()]);
     }
 }
 
@@ -283,10 +448,8 @@ impl<T: Real> Analysis<T> {
 pub(crate) struct Synthesis<T> {
     pub(crate) m: usize,
     pub(crate) r: usize,
-    lo: Vec<T>,
-    hi: Vec<T>,
-    /// Per phase, `(tap, offset)` pairs.
-    taps: [Vec<(usize, usize)>; 2],
+    /// The taps of both output phases, by source position.
+    taps: SynthTaps<T>,
     ext: Option<Extension<T>>,
 }
 
@@ -299,30 +462,32 @@ impl<T: Real> Synthesis<T> {
         // (periodization) even; their input index is p + (φ + σ - j)/2.
         let (sigma, pad) = if per { (l / 2 - 1, l / 2) } else { (l - 2, 0) };
         let r = if per { 2 * m } else { 2 * m + 2 - l };
-        let taps = [0, 1].map(|ph: usize| {
-            (0..l)
-                .filter(|j| (ph + sigma + j) % 2 == 0)
-                // (2·pad + φ + σ − j) is even and never negative.
-                .map(|j| (j, (2 * pad + ph + sigma - j) / 2))
-                .collect()
-        });
-        let ext = per.then(|| Extension::new(Mode::Periodic, m, pad, m + 2 * pad));
-        let conv = |f: &[f64]| f.iter().map(|&v| T::from_f64(v)).collect();
-        Synthesis {
-            m,
-            r,
-            lo: conv(lo),
-            hi: conv(hi),
-            taps,
-            ext,
+        // Output sample 2p+φ reads input p + off for each tap j with
+        // (φ + σ + j) even, off = (2·pad + φ + σ − j)/2 (never negative).
+        let mut by_off: std::collections::BTreeMap<usize, [Option<(T, T)>; 2]> = Default::default();
+        for j in 0..l {
+            let ph = (sigma + j) % 2;
+            let off = (2 * pad + ph + sigma - j) / 2;
+            by_off.entry(off).or_default()[ph] = Some((T::from_f64(lo[j]), T::from_f64(hi[j])));
         }
+        let mut taps = SynthTaps::default();
+        for (off, [even, odd]) in by_off {
+            match (even, odd) {
+                (Some((le, he)), Some((lo, ho))) => taps.shared.push((off, [le, he, lo, ho])),
+                (Some((le, he)), None) => taps.even_only.push((off, [le, he])),
+                (None, Some((lo, ho))) => taps.odd_only.push((off, [lo, ho])),
+                (None, None) => {}
+            }
+        }
+        let ext = per.then(|| Extension::new(Mode::Periodic, m, pad, m + 2 * pad));
+        Synthesis { m, r, taps, ext }
     }
 
     /// Scratch elements one call of [`Self::run`] needs.
     pub(crate) fn scratch_len(&self, inner: usize) -> usize {
         let ext = self.ext.as_ref();
         if inner == 1 {
-            2 * ext.map_or(0, |e| e.len) + self.r
+            2 * ext.map_or(0, |e| e.len)
         } else {
             2 * ext.map_or(0, |e| e.boundary_rows()) * inner
         }
@@ -330,6 +495,7 @@ impl<T: Real> Synthesis<T> {
 
     /// Combine `outer` blocks of `m × inner` from `a` and `d` into
     /// `r × inner` blocks of `y`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
         a: &[T],
@@ -341,8 +507,11 @@ impl<T: Real> Synthesis<T> {
         parallel: bool,
     ) {
         let (m, r) = (self.m, self.r);
-        let par = go_parallel(parallel, outer * r * inner * self.lo.len());
-        let blocks = a.chunks_exact(m * inner).zip(d.chunks_exact(m * inner)).zip(y.chunks_exact_mut(r * inner));
+        let par = go_parallel(parallel, outer * r * inner * self.taps.len());
+        let blocks = a
+            .chunks_exact(m * inner)
+            .zip(d.chunks_exact(m * inner))
+            .zip(y.chunks_exact_mut(r * inner));
         if inner == 1 {
             if par {
                 #[cfg(feature = "parallel")]
@@ -352,10 +521,7 @@ impl<T: Real> Synthesis<T> {
                         .zip(d.par_chunks_exact(m))
                         .zip(y.par_chunks_exact_mut(r))
                         .with_min_len(8)
-                        .for_each_init(
-                            || vec![T::zero(); need],
-                            |s, ((a, d), y)| self.lane(a, d, y, s),
-                        );
+                        .for_each_init(|| vec![T::zero(); need], |s, ((a, d), y)| self.lane(a, d, y, s));
                     return;
                 }
             }
@@ -372,32 +538,59 @@ impl<T: Real> Synthesis<T> {
                 e.fill_rows(d, inner, dbnd);
             }
             let (abnd, dbnd): (&[T], &[T]) = (abnd, dbnd);
-            let row = |k: usize, out: &mut [T]| {
-                let (p, ph) = (k / 2, k % 2);
-                out.fill(T::zero());
-                for &(j, off) in &self.taps[ph] {
-                    let t = p + off;
-                    let (ar, dr) = match &self.ext {
-                        Some(e) => (e.row(t, a, abnd, inner), e.row(t, d, dbnd, inner)),
-                        None => (&a[t * inner..(t + 1) * inner], &d[t * inner..(t + 1) * inner]),
-                    };
-                    axpy_pair(out, self.lo[j], ar, self.hi[j], dr);
-                }
-            };
+            let rows = |p: usize, out: &mut [T]| self.row_pair(p, a, d, abnd, dbnd, inner, out);
             if par {
                 #[cfg(feature = "parallel")]
                 {
-                    y.par_chunks_exact_mut(inner).enumerate().for_each(|(k, out)| row(k, out));
+                    y.par_chunks_exact_mut(2 * inner)
+                        .enumerate()
+                        .for_each(|(p, out)| rows(p, out));
                     continue;
                 }
             }
-            for (k, out) in y.chunks_exact_mut(inner).enumerate() {
-                row(k, out);
+            for (p, out) in y.chunks_exact_mut(2 * inner).enumerate() {
+                rows(p, out);
             }
         }
     }
 
+    /// Output rows `2p` and `2p + 1` (`2 × inner` elements).
+    #[allow(clippy::too_many_arguments)]
+    fn row_pair(&self, p: usize, a: &[T], d: &[T], abnd: &[T], dbnd: &[T], inner: usize, out: &mut [T]) {
+        crate::isa::dispatch!(self.row_pair_impl(p, a, d, abnd, dbnd, inner, out))
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn row_pair_impl(&self, p: usize, a: &[T], d: &[T], abnd: &[T], dbnd: &[T], inner: usize, out: &mut [T]) {
+        let mut s1: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        let mut s2: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for ((off, x1), x2) in self.taps.offsets().zip(&mut s1).zip(&mut s2) {
+            let t = p + off;
+            (*x1, *x2) = match &self.ext {
+                Some(e) => (e.row(t, a, abnd, inner), e.row(t, d, dbnd, inner)),
+                None => (&a[t * inner..(t + 1) * inner], &d[t * inner..(t + 1) * inner]),
+            };
+        }
+        let n = self.taps.len();
+        let (even, odd) = out.split_at_mut(inner);
+        synthesize_pairs(inner, &self.taps, &s1[..n], &s2[..n], |i, e, o| {
+            for (dst, &v) in even[i..].iter_mut().zip(e) {
+                *dst = v;
+            }
+            for (dst, &v) in odd[i..].iter_mut().zip(o) {
+                *dst = v;
+            }
+        });
+    }
+
+    /// One lane of `m` coefficient pairs into `r` samples.
     fn lane(&self, a: &[T], d: &[T], y: &mut [T], scratch: &mut [T]) {
+        crate::isa::dispatch!(self.lane_impl(a, d, y, scratch))
+    }
+
+    #[inline(always)]
+    fn lane_impl(&self, a: &[T], d: &[T], y: &mut [T], scratch: &mut [T]) {
         let (a, d, rest): (&[T], &[T], &mut [T]) = match &self.ext {
             Some(e) => {
                 let (ae, rest) = scratch.split_at_mut(e.len);
@@ -408,18 +601,19 @@ impl<T: Real> Synthesis<T> {
             }
             None => (a, d, scratch),
         };
+        let _ = rest;
         let half = self.r / 2;
-        let (even, odd) = rest[..self.r].split_at_mut(half);
-        for (ph, out) in [even, odd].into_iter().enumerate() {
-            out.fill(T::zero());
-            for &(j, off) in &self.taps[ph] {
-                axpy_pair(out, self.lo[j], &a[off..off + half], self.hi[j], &d[off..off + half]);
+        let mut s1: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        let mut s2: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for ((off, x1), x2) in self.taps.offsets().zip(&mut s1).zip(&mut s2) {
+            (*x1, *x2) = (&a[off..off + half], &d[off..off + half]);
+        }
+        let n = self.taps.len();
+        synthesize_pairs(half, &self.taps, &s1[..n], &s2[..n], |i, e, o| {
+            for ((pair, &e), &o) in y[2 * i..2 * (i + e.len())].chunks_exact_mut(2).zip(e).zip(o) {
+                pair[0] = e;
+                pair[1] = o;
             }
-        }
-        let (even, odd) = rest[..self.r].split_at(half);
-        for ((pair, &e), &o) in y.chunks_exact_mut(2).zip(even).zip(odd) {
-            pair[0] = e;
-            pair[1] = o;
-        }
+        });
     }
 }

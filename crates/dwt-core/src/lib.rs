@@ -55,6 +55,7 @@ mod array;
 mod coeffs;
 mod error;
 mod filters;
+mod isa;
 mod kernels;
 mod mode;
 mod plan;
@@ -76,3 +77,6 @@ pub use transform::{
 pub use wavelet::{Family, Wavelet};
 
 pub use ndarray;
+
+#[doc(hidden)]
+pub use isa::set_portable_only as __set_portable_kernels_only;

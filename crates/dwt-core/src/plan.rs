@@ -69,7 +69,7 @@ struct Regions {
 
 impl Regions {
     fn total(&self) -> usize {
-        2 * self.approx + 2 * self.stage + self.kernel
+        2 * self.approx + self.stage + self.kernel
     }
 }
 
@@ -318,33 +318,38 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         let l = w.filter_len();
         let rev = |f: &[f64]| f.iter().rev().copied().collect::<Vec<f64>>();
         let (adj_lo, adj_hi) = (rev(w.rec_lo()), rev(w.rec_hi()));
-        let adj_mode = if mode == Mode::Periodization { Mode::Periodization } else { Mode::Zero };
+        let adj_mode = if mode == Mode::Periodization {
+            Mode::Periodization
+        } else {
+            Mode::Zero
+        };
         let mut regions = Regions::default();
         let mut levels = Vec::with_capacity(shapes.len());
         // Analysis steps turning `from` into `to`, one axis at a time.
-        let analysis_steps = |from: &[usize], to: &[usize], mode: Mode, lo: &[f64], hi: &[f64], regions: &mut Regions| {
-            let mut cur = from.to_vec();
-            let mut steps = Vec::new();
-            for (j, &ax) in axes.iter().enumerate() {
-                let next = with(&cur, ax, to[ax]);
-                let kernel = Analysis::new(cur[ax], mode, lo, hi);
-                debug_assert_eq!(kernel.m, to[ax]);
-                let step = Step {
-                    outer: prod(&cur[..ax]),
-                    inner: prod(&cur[ax + 1..]),
-                    in_len: prod(&cur),
-                    out_len: prod(&next),
-                    kernel,
-                };
-                regions.kernel = regions.kernel.max(step.kernel.scratch_len(step.inner));
-                if j + 1 < axes.len() {
-                    regions.stage = regions.stage.max(2 * step.out_len);
+        let analysis_steps =
+            |from: &[usize], to: &[usize], mode: Mode, lo: &[f64], hi: &[f64], regions: &mut Regions| {
+                let mut cur = from.to_vec();
+                let mut steps = Vec::new();
+                for (j, &ax) in axes.iter().enumerate() {
+                    let next = with(&cur, ax, to[ax]);
+                    let kernel = Analysis::new(cur[ax], mode, lo, hi);
+                    debug_assert_eq!(kernel.m, to[ax]);
+                    let step = Step {
+                        outer: prod(&cur[..ax]),
+                        inner: prod(&cur[ax + 1..]),
+                        in_len: prod(&cur),
+                        out_len: prod(&next),
+                        kernel,
+                    };
+                    regions.kernel = regions.kernel.max(step.kernel.scratch_len(step.inner));
+                    if j + 1 < axes.len() {
+                        regions.stage = regions.stage.max(2 * step.out_len);
+                    }
+                    steps.push(step);
+                    cur = next;
                 }
-                steps.push(step);
-                cur = next;
-            }
-            steps
-        };
+                steps
+            };
         for (input, coeff) in shapes {
             let mut recon = coeff.clone();
             for &ax in axes {
@@ -502,7 +507,9 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         }
         // Checked up front so that a bad array never leaves a half-written result.
         if !all_standard {
-            return Err(Error::NonContiguous { what: "coefficient arrays" });
+            return Err(Error::NonContiguous {
+                what: "coefficient arrays",
+            });
         }
         Ok(())
     }
@@ -563,7 +570,7 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         let r = self.regions;
         let (p0, rest) = scratch.split_at_mut(r.approx);
         let (p1, rest) = rest.split_at_mut(r.approx);
-        let (stage, rest) = rest.split_at_mut(2 * r.stage);
+        let (stage, rest) = rest.split_at_mut(r.stage);
         [p0, p1, stage, &mut rest[..r.kernel]]
     }
 
@@ -601,11 +608,7 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
                 }
                 break;
             }
-            let next = if adjoint {
-                &self.levels[k + 1].recon
-            } else {
-                &lvl.coeff
-            };
+            let next = if adjoint { &self.levels[k + 1].recon } else { &lvl.coeff };
             if *next == lvl.coeff {
                 std::mem::swap(&mut src, &mut dst);
             } else {
@@ -633,7 +636,10 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
             let lvl = &self.levels[k];
             let a: &[T] = if in_scratch { &src[..prod(&lvl.coeff)] } else { approx };
             let mut bands: [&[T]; 4] = [a, &[], &[], &[]];
-            for (slot, d) in bands[1..].iter_mut().zip(c.detail_arrays(nl - 1 - k).into_iter().flatten()) {
+            for (slot, d) in bands[1..]
+                .iter_mut()
+                .zip(c.detail_arrays(nl - 1 - k).into_iter().flatten())
+            {
                 *slot = standard_slice(d, "detail subband")?;
             }
             let recon_len = prod(&lvl.recon);
@@ -652,8 +658,10 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         Ok(())
     }
 
-    /// One level of analysis over every axis: `x` into `2^k` subbands, in
-    /// bit order (first axis most significant; 0 = approximation).
+    /// One level of analysis over every axis (one or two): `x` into `2^k`
+    /// subbands, in bit order (first axis most significant; 0 =
+    /// approximation). With two axes the first step's two outputs live in
+    /// `stage`.
     fn analyze_level(
         &self,
         steps: &[Step<Analysis<T>>],
@@ -662,25 +670,22 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         stage: &mut [T],
         kernel: &mut [T],
     ) {
-        let half = stage.len() / 2;
-        let (mut cur, mut nxt) = stage.split_at_mut(half);
-        let k = steps.len();
-        for (j, st) in steps.iter().enumerate() {
-            for b in 0..1 << j {
-                let src: &[T] = if j == 0 { x } else { &cur[b * st.in_len..(b + 1) * st.in_len] };
-                let (lo, hi): (&mut [T], &mut [T]) = if j + 1 == k {
-                    let (l, r) = outs.split_at_mut(2 * b + 1);
-                    (&mut *l[2 * b], &mut *r[0])
-                } else {
-                    nxt[2 * b * st.out_len..(2 * b + 2) * st.out_len].split_at_mut(st.out_len)
-                };
-                st.kernel.run(src, st.outer, st.inner, lo, hi, kernel, self.parallel);
+        let [a0, d0, a1, d1] = outs;
+        match steps {
+            [st] => st.kernel.run(x, st.outer, st.inner, a0, d0, kernel, self.parallel),
+            [s0, s1] => {
+                let (lo, rest) = stage.split_at_mut(s0.out_len);
+                let hi = &mut rest[..s0.out_len];
+                s0.kernel.run(x, s0.outer, s0.inner, lo, hi, kernel, self.parallel);
+                s1.kernel.run(lo, s1.outer, s1.inner, a0, d0, kernel, self.parallel);
+                s1.kernel.run(hi, s1.outer, s1.inner, a1, d1, kernel, self.parallel);
             }
-            std::mem::swap(&mut cur, &mut nxt);
+            _ => unreachable!("plans transform one or two axes"),
         }
     }
 
-    /// One level of synthesis: `2^k` subbands (bit order) into `y`.
+    /// One level of synthesis: `2^k` subbands (bit order) into `y`, the last
+    /// axis first.
     fn synthesize_level(
         &self,
         steps: &[Step<Synthesis<T>>],
@@ -689,21 +694,20 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
         stage: &mut [T],
         kernel: &mut [T],
     ) {
-        let half = stage.len() / 2;
-        let (mut cur, mut nxt) = stage.split_at_mut(half);
-        let k = steps.len();
-        for (j, st) in steps.iter().enumerate().rev() {
-            for b in 0..1 << j {
-                let (a, d): (&[T], &[T]) = if j + 1 == k {
-                    (bands[2 * b], bands[2 * b + 1])
-                } else {
-                    let pair = &cur[2 * b * st.in_len..(2 * b + 2) * st.in_len];
-                    pair.split_at(st.in_len)
-                };
-                let out: &mut [T] = if j == 0 { &mut *y } else { &mut nxt[b * st.out_len..(b + 1) * st.out_len] };
-                st.kernel.run(a, d, st.outer, st.inner, out, kernel, self.parallel);
+        match steps {
+            [st] => st
+                .kernel
+                .run(bands[0], bands[1], st.outer, st.inner, y, kernel, self.parallel),
+            [s0, s1] => {
+                let (lo, rest) = stage.split_at_mut(s1.out_len);
+                let hi = &mut rest[..s1.out_len];
+                s1.kernel
+                    .run(bands[0], bands[1], s1.outer, s1.inner, lo, kernel, self.parallel);
+                s1.kernel
+                    .run(bands[2], bands[3], s1.outer, s1.inner, hi, kernel, self.parallel);
+                s0.kernel.run(lo, hi, s0.outer, s0.inner, y, kernel, self.parallel);
             }
-            std::mem::swap(&mut cur, &mut nxt);
+            _ => unreachable!("plans transform one or two axes"),
         }
     }
 }

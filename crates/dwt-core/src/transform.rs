@@ -148,7 +148,12 @@ pub fn idwt_adjoint<T: Real>(y: ArrayView1<'_, T>, wavelet: &Wavelet, mode: Mode
 /// [`Error::Empty`], [`Error::LevelTooDeep`] (use a [`Plan`] with
 /// [`Level::Unchecked`] to go deeper, as PyWavelets does with a warning),
 /// [`Error::TooShortForMode`].
-pub fn wavedec<T: Real>(x: ArrayView1<'_, T>, wavelet: &Wavelet, mode: Mode, level: Option<usize>) -> Result<Coeffs1<T>> {
+pub fn wavedec<T: Real>(
+    x: ArrayView1<'_, T>,
+    wavelet: &Wavelet,
+    mode: Mode,
+    level: Option<usize>,
+) -> Result<Coeffs1<T>> {
     wavedec_axis(x, wavelet, mode, level, Axis(0))
 }
 
@@ -217,6 +222,7 @@ pub fn dwt2<T: Real>(x: ArrayView2<'_, T>, wavelet: &Wavelet, mode: Mode) -> Res
 ///
 /// # Errors
 /// As [`dwt2`], plus [`Error::AxisOutOfRange`] and [`Error::RepeatedAxis`].
+#[allow(clippy::type_complexity)]
 pub fn dwt2_axes<T: Real, D: Dimension>(
     x: ArrayView<'_, T, D>,
     wavelet: &Wavelet,
@@ -304,7 +310,12 @@ pub fn idwt2_adjoint<T: Real>(
 ///
 /// # Errors
 /// [`Error::Empty`], [`Error::LevelTooDeep`], [`Error::TooShortForMode`].
-pub fn wavedec2<T: Real>(x: ArrayView2<'_, T>, wavelet: &Wavelet, mode: Mode, level: Option<usize>) -> Result<Coeffs2<T>> {
+pub fn wavedec2<T: Real>(
+    x: ArrayView2<'_, T>,
+    wavelet: &Wavelet,
+    mode: Mode,
+    level: Option<usize>,
+) -> Result<Coeffs2<T>> {
     wavedec2_axes(x, wavelet, mode, level, [Axis(0), Axis(1)])
 }
 

@@ -86,9 +86,7 @@ impl Wavelet {
     /// # Errors
     /// [`Error::UnknownWavelet`], whose message lists the valid names.
     pub fn new(name: &str) -> Result<Self> {
-        let unknown = || Error::UnknownWavelet {
-            name: name.to_owned(),
-        };
+        let unknown = || Error::UnknownWavelet { name: name.to_owned() };
         let numbered = |prefix: &str, table: &'static [&'static [f64]], first: usize| {
             let digits = name.strip_prefix(prefix)?;
             if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -145,7 +143,8 @@ impl Wavelet {
     /// `rec_lo`). The other three filters follow from the relations above.
     ///
     /// # Errors
-    /// [`Error::InvalidFilter`] when `h` is empty, of odd length, or not finite.
+    /// [`Error::InvalidFilter`] when `h` is empty, of odd length, longer than
+    /// 128 taps, or not finite.
     pub fn orthogonal(name: &str, h: &[f64]) -> Result<Self> {
         Self::custom(name, h, h)
     }
@@ -166,6 +165,8 @@ impl Wavelet {
             Some("the scaling filter is empty")
         } else if h.len() % 2 != 0 {
             Some("the filter length must be even")
+        } else if h.len() > crate::kernels::MAX_TAPS {
+            Some("filters longer than 128 taps are not supported")
         } else if h.len() != ht.len() {
             Some("the two scaling filters must have the same length")
         } else if !h.iter().chain(ht).all(|v| v.is_finite()) {

@@ -21,7 +21,9 @@ fn names() -> Vec<String> {
 fn pr_wavelet() -> impl Strategy<Value = Wavelet> {
     prop::sample::select(names())
         .prop_map(|n| Wavelet::new(&n).unwrap())
-        .prop_filter("dmey is not perfectly reconstructing", |w| w.family() != Family::DiscreteMeyer)
+        .prop_filter("dmey is not perfectly reconstructing", |w| {
+            w.family() != Family::DiscreteMeyer
+        })
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
@@ -60,7 +62,11 @@ fn energy2(c: &Coeffs2<f64>) -> f64 {
 
 fn random_coeffs2(rng: &mut TestRng, like: &Coeffs2<f64>) -> Coeffs2<f64> {
     let approx = randn2(rng, like.approx().dim());
-    let details = like.details().iter().map(|l| l.clone().map(|a| randn2(rng, a.dim()))).collect();
+    let details = like
+        .details()
+        .iter()
+        .map(|l| l.clone().map(|a| randn2(rng, a.dim())))
+        .collect();
     Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)])
 }
 fn random_coeffs1(rng: &mut TestRng, like: &Coeffs1<f64>) -> Coeffs1<f64> {
@@ -303,7 +309,11 @@ fn f32_tracks_f64() {
 fn parallel_and_sequential_agree_bit_for_bit() {
     let mut rng = TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha);
     let x = randn2(&mut rng, (301, 257));
-    for (name, mode) in [("db4", Mode::Symmetric), ("sym8", Mode::Periodization), ("bior2.6", Mode::Smooth)] {
+    for (name, mode) in [
+        ("db4", Mode::Symmetric),
+        ("sym8", Mode::Periodization),
+        ("bior2.6", Mode::Smooth),
+    ] {
         let w = Wavelet::new(name).unwrap();
         let mut plan = Plan2::<f64>::new(x.dim(), &w, mode, Level::Exactly(3)).unwrap();
         let run = |plan: &Plan2<f64>| {

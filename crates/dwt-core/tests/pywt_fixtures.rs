@@ -20,9 +20,18 @@ use serde_json::Value;
 fn every_filter_bank_is_bit_identical_to_pywavelets() {
     let fx = Fixture::load();
     let st = fx.tensors();
-    let names: BTreeSet<String> = fx.json("wavelets").as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let names: BTreeSet<String> = fx
+        .json("wavelets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     let ours: BTreeSet<String> = Wavelet::names().collect();
-    assert_eq!(ours, names, "Wavelet::names() must list exactly PyWavelets' discrete wavelets");
+    assert_eq!(
+        ours, names,
+        "Wavelet::names() must list exactly PyWavelets' discrete wavelets"
+    );
     assert_eq!(names.len(), 106);
     for name in &names {
         let w = Wavelet::new(name).unwrap();
@@ -40,14 +49,23 @@ fn every_filter_bank_is_bit_identical_to_pywavelets() {
 fn length_formulas_match_pywavelets() {
     let fx = Fixture::load();
     for row in fx.json("max_level").as_array().unwrap() {
-        let r: Vec<usize> = row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let r: Vec<usize> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(dwt_max_level(r[0], r[1]), r[2], "dwt_max_level({}, {})", r[0], r[1]);
     }
     for row in fx.json("coeff_len").as_array().unwrap() {
         let r = row.as_array().unwrap();
         let (n, l) = (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize);
         let mode: Mode = r[2].as_str().unwrap().parse().unwrap();
-        assert_eq!(dwt_coeff_len(n, l, mode), r[3].as_u64().unwrap() as usize, "dwt_coeff_len({n}, {l}, {mode})");
+        assert_eq!(
+            dwt_coeff_len(n, l, mode),
+            r[3].as_u64().unwrap() as usize,
+            "dwt_coeff_len({n}, {l}, {mode})"
+        );
     }
 }
 
@@ -70,7 +88,11 @@ impl Case<'_> {
     }
     fn check<T: Real>(&self, what: &str, got: &ArrayD<T>, key: &str) -> Result<(), String> {
         // The input's magnitude: `x` for analysis cases, the coefficients otherwise.
-        let input = ["x", "a", "d", "h", "v"].iter().filter(|k| self.has(k)).map(|k| max_abs(&self.get::<T>(k))).fold(0.0, f64::max);
+        let input = ["x", "a", "d", "h", "v"]
+            .iter()
+            .filter(|k| self.has(k))
+            .map(|k| max_abs(&self.get::<T>(k)))
+            .fold(0.0, f64::max);
         let err = rel_err(got, &self.get::<T>(key), input).map_err(|e| format!("{what}: {e}"))?;
         self.worst.set(self.worst.get().max(err / self.tol));
         if err > self.tol {
@@ -86,7 +108,12 @@ impl Case<'_> {
     }
     fn axes(&self) -> Vec<usize> {
         match self.v.get("axes") {
-            Some(a) => a.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect(),
+            Some(a) => a
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect(),
             None => vec![self.v["axis"].as_u64().unwrap() as usize],
         }
     }
@@ -108,8 +135,13 @@ fn run<T: Real>(c: &Case<'_>) -> Result<(), String> {
         }
         "idwt" => {
             let (a, d) = (c.get::<T>("a"), c.get::<T>("d"));
-            let y = idwt(a.view().into_dimensionality().unwrap(), d.view().into_dimensionality().unwrap(), &c.w, c.mode)
-                .map_err(e)?;
+            let y = idwt(
+                a.view().into_dimensionality().unwrap(),
+                d.view().into_dimensionality().unwrap(),
+                &c.w,
+                c.mode,
+            )
+            .map_err(e)?;
             c.check("idwt", &y.into_dyn(), "y")
         }
         "wavedec" => {
@@ -119,7 +151,8 @@ fn run<T: Real>(c: &Case<'_>) -> Result<(), String> {
                 let level = Level::Unchecked(c.level().unwrap());
                 let plan = Plan::with_axes(x.raw_dim(), &[axis], &c.w, c.mode, level).map_err(e)?;
                 let mut out = plan.coeffs_zeros();
-                plan.forward(x.view(), &mut out, &mut vec![T::zero(); plan.scratch_len()]).map_err(e)?;
+                plan.forward(x.view(), &mut out, &mut vec![T::zero(); plan.scratch_len()])
+                    .map_err(e)?;
                 out
             } else {
                 wavedec_axis(x.view(), &c.w, c.mode, c.level(), axis).map_err(e)?
@@ -131,7 +164,11 @@ fn run<T: Real>(c: &Case<'_>) -> Result<(), String> {
             for (i, d) in got.details().iter().enumerate() {
                 c.check(&format!("cD[{i}]"), d, &format!("d{i}"))?;
             }
-            let theirs = Coeffs1::from_parts(c.get::<T>("a"), (0..c.levels()).map(|i| c.get::<T>(&format!("d{i}"))).collect(), axis);
+            let theirs = Coeffs1::from_parts(
+                c.get::<T>("a"),
+                (0..c.levels()).map(|i| c.get::<T>(&format!("d{i}"))).collect(),
+                axis,
+            );
             c.check("waverec", &waverec(&theirs, &c.w, c.mode).map_err(e)?, "rec")
         }
         "wavedec2" => {
@@ -142,7 +179,8 @@ fn run<T: Real>(c: &Case<'_>) -> Result<(), String> {
                 let level = Level::Unchecked(c.level().unwrap());
                 let plan = Plan::with_axes(x.raw_dim(), &axes, &c.w, c.mode, level).map_err(e)?;
                 let mut out = plan.coeffs_zeros();
-                plan.forward(x.view(), &mut out, &mut vec![T::zero(); plan.scratch_len()]).map_err(e)?;
+                plan.forward(x.view(), &mut out, &mut vec![T::zero(); plan.scratch_len()])
+                    .map_err(e)?;
                 out
             } else {
                 wavedec2_axes(x.view(), &c.w, c.mode, c.level(), axes).map_err(e)?
@@ -158,7 +196,9 @@ fn run<T: Real>(c: &Case<'_>) -> Result<(), String> {
             }
             let theirs = Coeffs2::from_parts(
                 c.get::<T>("a"),
-                (0..c.levels()).map(|i| ["h", "v", "d"].map(|k| c.get::<T>(&format!("d{i}.{k}")))).collect(),
+                (0..c.levels())
+                    .map(|i| ["h", "v", "d"].map(|k| c.get::<T>(&format!("d{i}.{k}"))))
+                    .collect(),
                 axes,
             );
             c.check("waverec2", &waverec2(&theirs, &c.w, c.mode).map_err(e)?, "rec")?;
@@ -205,22 +245,49 @@ fn every_pywavelets_case_agrees() {
             mode: v["mode"].as_str().unwrap().parse().unwrap(),
             tol: if v["dtype"] == "f32" { 1e-5 } else { 1e-12 },
         };
-        let result = if v["dtype"] == "f32" { run::<f32>(&c) } else { run::<f64>(&c) };
+        let result = if v["dtype"] == "f32" {
+            run::<f32>(&c)
+        } else {
+            run::<f64>(&c)
+        };
         if let Err(msg) = result {
             failures.push(format!("{id} {} {name} {} {}: {msg}", v["op"], c.mode, v["dtype"]));
         }
         worst = worst.max(c.worst.get());
-        *ran.entry(format!("{}/{}", v["op"].as_str().unwrap(), v["dtype"].as_str().unwrap())).or_default() += 1;
+        *ran.entry(format!(
+            "{}/{}",
+            v["op"].as_str().unwrap(),
+            v["dtype"].as_str().unwrap()
+        ))
+        .or_default() += 1;
         wavelets.insert(name.to_owned());
         modes.insert(c.mode.name());
     }
-    eprintln!("ran {} PyWavelets cases: {ran:?}; worst error {worst:.2e} of the tolerance", cases.len());
-    assert!(failures.is_empty(), "{} of {} cases disagree with PyWavelets:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    eprintln!(
+        "ran {} PyWavelets cases: {ran:?}; worst error {worst:.2e} of the tolerance",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases disagree with PyWavelets:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     // The file must actually exercise what the tests claim.
     assert!(cases.len() > 800, "only {} cases", cases.len());
     assert_eq!(wavelets.len(), 106, "every wavelet must appear in at least one case");
     assert_eq!(modes.len(), 9, "every mode must appear");
-    for op in ["dwt/f64", "idwt/f64", "wavedec/f64", "wavedec2/f64", "idwt2/f64", "dwt/f32", "wavedec/f32", "wavedec2/f32"] {
+    for op in [
+        "dwt/f64",
+        "idwt/f64",
+        "wavedec/f64",
+        "wavedec2/f64",
+        "idwt2/f64",
+        "dwt/f32",
+        "wavedec/f32",
+        "wavedec2/f32",
+    ] {
         assert!(ran.get(op).copied().unwrap_or(0) > 0, "no {op} cases");
     }
 }

@@ -4,7 +4,9 @@
 //! and holds nothing but numbers: each scaling filter once. The other filters
 //! of a bank are derived in [`crate::wavelet`].
 
+// Generated data: the literals are PyWavelets' exact values on purpose.
 #[rustfmt::skip]
+#[allow(clippy::approx_constant, clippy::excessive_precision, clippy::unreadable_literal)]
 mod tables;
 
 pub(crate) use tables::{BIOR_H, BIOR_HT, BIOR_ORDERS, COIF, DB, DMEY, SYM};
