@@ -2,8 +2,8 @@
 """Reference fixtures for dwt-core, computed by real PyWavelets.
 
 Writes `crates/dwt-core/tests/fixtures/pywt.safetensors`. Every tensor is an
-input or an output of a PyWavelets call; the `cases` metadata entry (JSON)
-says which call. Nothing in the file comes from dwt-core.
+input or an output of a PyWavelets call; the `cases` list in the single
+`fixture` metadata entry (JSON) says which call. Nothing in the file comes from dwt-core.
 
 What it covers:
   * the filter bank of every discrete wavelet (`filters.<name>.<filter>`);
@@ -168,7 +168,7 @@ def main():
             n = int(rng.choice([64, 100, 257]))
             L = pywt.Wavelet(name).dec_len
             mx = pywt.dwt_max_level(n, L)
-            for level in {None, 1, max(1, mx)}:
+            for level in dict.fromkeys([None, 1, max(1, mx)]):  # ordered, no duplicates
                 add_wavedec(name, str(mode), (n,), level)
     # levels deeper than dwt_max_level (PyWavelets warns and proceeds)
     for name, mode, n, level in [("db4", "symmetric", 20, 3), ("haar", "periodization", 5, 4),
@@ -212,14 +212,16 @@ def main():
         add_wavedec(name, mode, (300,), None, dtype="f32")
         add_wavedec2(name, mode, (24, 17), 1, dtype="f32")
 
-    meta = {
-        "versions": json.dumps(v),
-        "seed": str(SEED),
-        "cases": json.dumps(cases),
-        "max_level": json.dumps(max_level),
-        "coeff_len": json.dumps(coeff_len),
-        "wavelets": json.dumps(names),
-    }
+    # One metadata key: safetensors writes its metadata map in hash order, so
+    # several keys would make the file's bytes differ from run to run.
+    meta = {"fixture": json.dumps({
+        "versions": v,
+        "seed": SEED,
+        "cases": cases,
+        "max_level": max_level,
+        "coeff_len": coeff_len,
+        "wavelets": names,
+    }, sort_keys=True)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(OUT), metadata=meta)
     size = OUT.stat().st_size

@@ -1,1 +1,134 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (the cargo xtask
+//! pattern: an ordinary binary aliased in `.cargo/config.toml`).
+//!
+//! * `ci` — what CI checks: formatting, clippy with `-D warnings`, the tests
+//!   (doc tests included) and rustdoc with `-D warnings`.
+//! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
+//!   reference fixtures in a pinned Python venv, or check that the committed
+//!   files are exactly what the scripts produce.
+//! * `bench [--peer pywt]` — criterion benchmarks, or the same-run comparison
+//!   with PyWavelets that writes `docs/PERFORMANCE.md`.
+#![allow(clippy::print_stdout)]
+
+mod peer;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Run a command in the workspace root, echoing it; fail on a non-zero exit.
+fn run(cmd: &mut Command) -> Result {
+    println!("$ {}", describe(cmd));
+    let status = cmd.current_dir(root()).status().map_err(|e| format!("{}: {e}", describe(cmd)))?;
+    if !status.success() {
+        return Err(format!("`{}` failed ({status})", describe(cmd)));
+    }
+    Ok(())
+}
+
+/// Run a command and capture its standard output.
+fn output(cmd: &mut Command) -> Result<String> {
+    println!("$ {}", describe(cmd));
+    let out = cmd.current_dir(root()).output().map_err(|e| format!("{}: {e}", describe(cmd)))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{}` failed ({}):\n{}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| e.to_string())
+}
+
+fn describe(cmd: &Command) -> String {
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> Result {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace", "-j2"]))?;
+    run(cargo().args(["doc", "--workspace", "--no-deps", "-j2"]).env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+/// A venv with the pinned PyWavelets stack, under `target/` (ignored by git).
+pub(crate) fn python() -> Result<PathBuf> {
+    let venv = root().join("target/pyref");
+    let py = venv.join("bin/python");
+    let stamp = venv.join("requirements.installed");
+    let req = root().join("scripts/requirements-pywt.txt");
+    let wanted = std::fs::read_to_string(&req).map_err(|e| format!("{}: {e}", req.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&req))?;
+        std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
+    }
+    Ok(py)
+}
+
+const GENERATED: [(&str, &str); 2] = [
+    ("scripts/gen_filter_tables.py", "crates/dwt-core/src/filters/tables.rs"),
+    ("scripts/make_pywt_fixtures.py", "crates/dwt-core/tests/fixtures/pywt.safetensors"),
+];
+
+fn fixtures(check: bool) -> Result {
+    let py = python()?;
+    let tmp = root().join("target/fixtures-check");
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let mut stale = Vec::new();
+    for (script, committed) in GENERATED {
+        let committed = root().join(committed);
+        let out = if check { tmp.join(committed.file_name().unwrap_or_default()) } else { committed.clone() };
+        run(Command::new(&py).arg(root().join(script)).arg(&out))?;
+        if check {
+            let (a, b) = (std::fs::read(&out).map_err(|e| e.to_string())?, std::fs::read(&committed).unwrap_or_default());
+            if a != b {
+                stale.push(committed.display().to_string());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        return Err(format!("committed files differ from what the pinned scripts make: {stale:?}"));
+    }
+    if check {
+        println!("fixtures: committed files are exactly what the pinned scripts produce");
+    }
+    Ok(())
+}
+
+fn usage() -> Result {
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt] [--quick]>".into())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("fixtures") => fixtures(flag("--check")),
+        Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
+            Some(p) if p == "pywt" => peer::pywt(flag("--quick")),
+            Some(other) => Err(format!("unknown peer {other:?} (known: pywt)")),
+            None => run(cargo().args(["bench", "-p", "dwt-core", "-j2"])),
+        },
+        _ => usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

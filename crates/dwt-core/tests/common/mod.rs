@@ -13,19 +13,21 @@ pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/p
 /// The fixture file, parsed once per test binary.
 pub struct Fixture {
     bytes: Vec<u8>,
-    pub meta: HashMap<String, String>,
+    meta: serde_json::Value,
 }
 
 impl Fixture {
     pub fn load() -> Self {
         let bytes = std::fs::read(FIXTURE).expect("fixture file (run `cargo xtask fixtures` to regenerate)");
         let (_, meta) = SafeTensors::read_metadata(&bytes).expect("fixture header");
-        let meta = meta.metadata().clone().expect("fixture metadata");
+        let meta: HashMap<String, String> = meta.metadata().clone().expect("fixture metadata");
+        let meta = serde_json::from_str(&meta["fixture"]).expect("metadata json");
         Fixture { bytes, meta }
     }
 
+    /// One entry of the fixture's metadata.
     pub fn json(&self, key: &str) -> serde_json::Value {
-        serde_json::from_str(&self.meta[key]).expect("metadata json")
+        self.meta[key].clone()
     }
 
     pub fn tensors(&self) -> SafeTensors<'_> {
