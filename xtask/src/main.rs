@@ -18,13 +18,19 @@ use std::process::{Command, ExitCode};
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Run a command in the workspace root, echoing it; fail on a non-zero exit.
 fn run(cmd: &mut Command) -> Result {
     println!("$ {}", describe(cmd));
-    let status = cmd.current_dir(root()).status().map_err(|e| format!("{}: {e}", describe(cmd)))?;
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{}: {e}", describe(cmd)))?;
     if !status.success() {
         return Err(format!("`{}` failed ({status})", describe(cmd)));
     }
@@ -34,7 +40,10 @@ fn run(cmd: &mut Command) -> Result {
 /// Run a command and capture its standard output.
 fn output(cmd: &mut Command) -> Result<String> {
     println!("$ {}", describe(cmd));
-    let out = cmd.current_dir(root()).output().map_err(|e| format!("{}: {e}", describe(cmd)))?;
+    let out = cmd
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("{}: {e}", describe(cmd)))?;
     if !out.status.success() {
         return Err(format!(
             "`{}` failed ({}):\n{}",
@@ -59,7 +68,9 @@ fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace", "-j2"]))?;
-    run(cargo().args(["doc", "--workspace", "--no-deps", "-j2"]).env("RUSTDOCFLAGS", "-D warnings"))
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "-j2"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
 }
 
 /// A venv with the pinned PyWavelets stack, under `target/` (ignored by git).
@@ -71,7 +82,9 @@ pub(crate) fn python() -> Result<PathBuf> {
     let wanted = std::fs::read_to_string(&req).map_err(|e| format!("{}: {e}", req.display()))?;
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&req))?;
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&req))?;
         std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
     }
     Ok(py)
@@ -79,7 +92,10 @@ pub(crate) fn python() -> Result<PathBuf> {
 
 const GENERATED: [(&str, &str); 2] = [
     ("scripts/gen_filter_tables.py", "crates/dwt-core/src/filters/tables.rs"),
-    ("scripts/make_pywt_fixtures.py", "crates/dwt-core/tests/fixtures/pywt.safetensors"),
+    (
+        "scripts/make_pywt_fixtures.py",
+        "crates/dwt-core/tests/fixtures/pywt.safetensors",
+    ),
 ];
 
 fn fixtures(check: bool) -> Result {
@@ -89,17 +105,26 @@ fn fixtures(check: bool) -> Result {
     let mut stale = Vec::new();
     for (script, committed) in GENERATED {
         let committed = root().join(committed);
-        let out = if check { tmp.join(committed.file_name().unwrap_or_default()) } else { committed.clone() };
+        let out = if check {
+            tmp.join(committed.file_name().unwrap_or_default())
+        } else {
+            committed.clone()
+        };
         run(Command::new(&py).arg(root().join(script)).arg(&out))?;
         if check {
-            let (a, b) = (std::fs::read(&out).map_err(|e| e.to_string())?, std::fs::read(&committed).unwrap_or_default());
+            let (a, b) = (
+                std::fs::read(&out).map_err(|e| e.to_string())?,
+                std::fs::read(&committed).unwrap_or_default(),
+            );
             if a != b {
                 stale.push(committed.display().to_string());
             }
         }
     }
     if !stale.is_empty() {
-        return Err(format!("committed files differ from what the pinned scripts make: {stale:?}"));
+        return Err(format!(
+            "committed files differ from what the pinned scripts make: {stale:?}"
+        ));
     }
     if check {
         println!("fixtures: committed files are exactly what the pinned scripts produce");

@@ -49,13 +49,25 @@ fn parse(text: &str) -> (BTreeMap<(String, String), f64>, Vec<String>) {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
 pub(crate) fn pywt(quick: bool) -> Result {
     let py = python()?;
-    run(cargo().args(["build", "--release", "-j2", "-p", "dwt-core", "--example", "peer_timing"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-j2",
+        "-p",
+        "dwt-core",
+        "--example",
+        "peer_timing",
+    ]))?;
     let bin = root().join("target/release/examples/peer_timing");
     let cases = cases(quick);
     let single = output(Command::new(&bin).args(&cases).env("RAYON_NUM_THREADS", "1"))?;
@@ -64,8 +76,15 @@ pub(crate) fn pywt(quick: bool) -> Result {
     let (t1, _) = parse(&single);
     let (tn, _) = parse(&multi);
     let (tp, info) = parse(&peer);
-    let bandwidth = t1.get(&("bandwidth".into(), "copy".into())).copied().unwrap_or(f64::NAN);
-    let versions = info.iter().find_map(|l| l.strip_prefix("versions ")).unwrap_or("{}").to_owned();
+    let bandwidth = t1
+        .get(&("bandwidth".into(), "copy".into()))
+        .copied()
+        .unwrap_or(f64::NAN);
+    let versions = info
+        .iter()
+        .find_map(|l| l.strip_prefix("versions "))
+        .unwrap_or("{}")
+        .to_owned();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let mut md = String::new();
@@ -94,7 +113,10 @@ pub(crate) fn pywt(quick: bool) -> Result {
          would need at the 1-thread speed: no transform can beat 100%.\n",
         bandwidth / 1e9
     );
-    let _ = writeln!(md, "| case | op | PyWavelets ms | dwt-core 1 thread ms | speed-up | dwt-core {threads} threads ms | speed-up | bandwidth (1 thread) |");
+    let _ = writeln!(
+        md,
+        "| case | op | PyWavelets ms | dwt-core 1 thread ms | speed-up | dwt-core {threads} threads ms | speed-up | bandwidth (1 thread) |"
+    );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     for case in &cases {
@@ -105,12 +127,22 @@ pub(crate) fn pywt(quick: bool) -> Result {
         for op in ["wavedec2", "waverec2"] {
             let key = (case.clone(), op.to_owned());
             let (p, a, b) = (tp.get(&key), t1.get(&key), tn.get(&key));
-            let (Some(&p), Some(&a), Some(&b)) = (p, a, b) else { continue };
+            let (Some(&p), Some(&a), Some(&b)) = (p, a, b) else {
+                continue;
+            };
             ratios.push((case.clone(), op, p / a, p / b));
             let _ = writeln!(
                 md,
                 "| {} {} {} {} | {op} | {:.2} | {:.2} | **{:.1}×** | {:.2} | {:.1}× | {:.0}% |",
-                parts[0], parts[1], parts[2], parts[3], p * 1e3, a * 1e3, p / a, b * 1e3, p / b,
+                parts[0],
+                parts[1],
+                parts[2],
+                parts[3],
+                p * 1e3,
+                a * 1e3,
+                p / a,
+                b * 1e3,
+                p / b,
                 100.0 * bytes / bandwidth / a
             );
         }
@@ -120,12 +152,18 @@ pub(crate) fn pywt(quick: bool) -> Result {
     let _ = writeln!(md, "\n## Summary\n");
     let _ = writeln!(md, "- Slowest single-threaded speed-up over all cases: {min1:.1}×.");
     for (case, op, s1, sn) in &target {
-        let _ = writeln!(md, "- Target case `{case}` {op}: {s1:.1}× single-threaded, {sn:.1}× with {threads} threads (target ≥ 2× single-threaded).");
+        let _ = writeln!(
+            md,
+            "- Target case `{case}` {op}: {s1:.1}× single-threaded, {sn:.1}× with {threads} threads (target ≥ 2× single-threaded)."
+        );
     }
     let path = root().join("docs/PERFORMANCE.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     // Keep any hand-written notes below the generated part.
-    let notes = old.split_once("\n<!-- notes -->").map(|(_, n)| format!("\n<!-- notes -->{n}")).unwrap_or_default();
+    let notes = old
+        .split_once("\n<!-- notes -->")
+        .map(|(_, n)| format!("\n<!-- notes -->{n}"))
+        .unwrap_or_default();
     std::fs::write(&path, md + &notes).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())

@@ -16,7 +16,11 @@ fn test_image(rows: usize, cols: usize) -> Array2<f64> {
     Array2::from_shape_fn((rows, cols), |(i, j)| {
         let (y, x) = (i as f64 / rows as f64, j as f64 / cols as f64);
         let shading = 2.0 * (3.0 * x).sin() * (2.0 * y).cos();
-        let square = if (0.3..0.6).contains(&x) && (0.25..0.7).contains(&y) { 3.0 } else { 0.0 };
+        let square = if (0.3..0.6).contains(&x) && (0.25..0.7).contains(&y) {
+            3.0
+        } else {
+            0.0
+        };
         let stripes = 0.4 * ((i + 2 * j) % 4) as f64;
         shading + square + stripes
     })
@@ -36,11 +40,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let energy = |a: &Array2<f64>| a.iter().map(|v| v * v).sum::<f64>();
 
     println!("dwt-core demo: {rows}x{cols} test image, wavelet {wavelet}, mode {mode}, {level} levels\n");
-    println!("{:<8} {:<6} {:>10} {:>14} {:>9}", "level", "band", "shape", "energy", "share");
+    println!(
+        "{:<8} {:<6} {:>10} {:>14} {:>9}",
+        "level", "band", "shape", "energy", "share"
+    );
     let row = |lvl: String, band: &str, a: &Array2<f64>| {
         let (r, c) = a.dim();
         let e = energy(a);
-        println!("{lvl:<8} {band:<6} {:>10} {e:>14.3} {:>8.3}%", format!("{r}x{c}"), 100.0 * e / total);
+        println!(
+            "{lvl:<8} {band:<6} {:>10} {e:>14.3} {:>8.3}%",
+            format!("{r}x{c}"),
+            100.0 * e / total
+        );
     };
     row(format!("{level}"), "cA", coeffs.approx());
     for (k, [h, v, d]) in coeffs.details().iter().enumerate() {
@@ -50,11 +61,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         row(lvl, "cD", d);
     }
     let sum: f64 = energy(coeffs.approx()) + coeffs.details().iter().flatten().map(energy).sum::<f64>();
-    println!("\nsignal energy {total:.3}; coefficient energy {sum:.3} (equal only for orthogonal wavelets in periodization mode)");
+    println!(
+        "\nsignal energy {total:.3}; coefficient energy {sum:.3} (equal only for orthogonal wavelets in periodization mode)"
+    );
 
     let y = waverec2(&coeffs, &wavelet, mode)?;
-    let err = y.slice(s![..rows, ..cols]).iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    println!("reconstruction: {:?} -> max |x - waverec2(wavedec2(x))| = {err:.2e}", y.dim());
+    let err = y
+        .slice(s![..rows, ..cols])
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!(
+        "reconstruction: {:?} -> max |x - waverec2(wavedec2(x))| = {err:.2e}",
+        y.dim()
+    );
     Ok(())
 }
 

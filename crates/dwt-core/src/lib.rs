@@ -78,5 +78,10 @@ pub use wavelet::{Family, Wavelet};
 
 pub use ndarray;
 
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 #[doc(hidden)]
 pub use isa::set_portable_only as __set_portable_kernels_only;
