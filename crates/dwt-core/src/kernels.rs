@@ -431,7 +431,7 @@ impl<T: Real> Analysis<T> {
         let mut src: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
         for (j, slot) in src.iter_mut().enumerate().take(self.lo.len()) {
             let t = self.s - j;
-            let phase: &[T] = if t % 2 == 0 { even } else { odd };
+            let phase: &[T] = if t.is_multiple_of(2) { even } else { odd };
             *slot = &phase[t / 2..t / 2 + m];
         }
         correlate2(lo, hi, &self.lo, &self.hi, &src[..self.lo.len()]);

@@ -46,7 +46,7 @@ fn last_axes<const K: usize>(ndim: usize) -> Result<[Axis; K]> {
 /// Coefficient length along `axis` that a single synthesis level turns into
 /// `len` samples (the adjoint's output length).
 fn synthesis_input_len(len: usize, filter_len: usize, mode: Mode) -> Result<usize> {
-    if len == 0 || len % 2 != 0 {
+    if len == 0 || !len.is_multiple_of(2) {
         return Err(Error::NotASynthesisLength {
             len,
             reason: "inverse transforms always produce an even, non-zero number of samples",

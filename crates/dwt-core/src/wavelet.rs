@@ -163,7 +163,7 @@ impl Wavelet {
     fn custom(name: &str, h: &[f64], ht: &[f64]) -> Result<Self> {
         let reason = if h.is_empty() {
             Some("the scaling filter is empty")
-        } else if h.len() % 2 != 0 {
+        } else if !h.len().is_multiple_of(2) {
             Some("the filter length must be even")
         } else if h.len() > crate::kernels::MAX_TAPS {
             Some("filters longer than 128 taps are not supported")
@@ -185,7 +185,7 @@ impl Wavelet {
     fn from_tables(name: &str, family: Family, h: &[f64], ht: Option<&[f64]>) -> Self {
         let ht = ht.unwrap_or(h);
         let l = h.len();
-        let sign = |k: usize| if k % 2 == 0 { 1.0 } else { -1.0 };
+        let sign = |k: usize| if k.is_multiple_of(2) { 1.0 } else { -1.0 };
         Wavelet {
             name: name.to_owned(),
             family,
