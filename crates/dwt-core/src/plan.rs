@@ -381,7 +381,13 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
                 cur = next;
             }
             synthesis.reverse();
-            regions.approx = regions.approx.max(prod(&coeff)).max(prod(&recon));
+            // Approximation regions hold every level's coefficients and the
+            // reconstructions of all but the finest level (which is written
+            // straight to the caller's output).
+            regions.approx = regions.approx.max(prod(&coeff));
+            if !levels.is_empty() {
+                regions.approx = regions.approx.max(prod(&recon));
+            }
             levels.push(LevelSteps {
                 coeff,
                 recon,
