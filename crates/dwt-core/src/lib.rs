@@ -60,6 +60,7 @@ mod kernels;
 mod mode;
 mod plan;
 mod real;
+mod scratch;
 mod transform;
 mod wavelet;
 

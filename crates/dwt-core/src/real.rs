@@ -27,6 +27,7 @@ pub trait Real:
     + Sync
     + 'static
     + sealed::Sealed
+    + crate::scratch::WithScratch
 {
     /// Convert from `f64`, rounding to nearest.
     fn from_f64(v: f64) -> Self;

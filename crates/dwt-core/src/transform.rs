@@ -10,16 +10,14 @@ use crate::{Error, Mode, Real, Result, Wavelet};
 
 fn run_forward<T: Real, D: Dimension, C: CoeffSet<T, D>>(plan: &Plan<T, D, C>, x: ArrayView<'_, T, D>) -> Result<C> {
     let mut out = plan.coeffs_zeros();
-    let mut scratch = vec![T::zero(); plan.scratch_len()];
-    plan.forward(x, &mut out, &mut scratch)?;
+    T::with_scratch(plan.scratch_len(), |s| plan.forward(x, &mut out, s))?;
     Ok(out)
 }
 
 fn run_inverse<T: Real, D: Dimension, C: CoeffSet<T, D>>(c: &C, w: &Wavelet, mode: Mode) -> Result<Array<T, D>> {
     let plan = Plan::<T, D, C>::from_coeffs(c, w, mode)?;
     let mut y = zeros(plan.reconstruction_shape());
-    let mut scratch = vec![T::zero(); plan.scratch_len()];
-    plan.inverse(c, y.view_mut(), &mut scratch)?;
+    T::with_scratch(plan.scratch_len(), |s| plan.inverse(c, y.view_mut(), s))?;
     Ok(y)
 }
 
@@ -31,8 +29,7 @@ fn run_adjoint<T: Real, D: Dimension, C: CoeffSet<T, D>>(
 ) -> Result<C> {
     let plan = Plan::<T, D, C>::from_coeffs(like, w, mode)?;
     let mut out = plan.coeffs_zeros();
-    let mut scratch = vec![T::zero(); plan.scratch_len()];
-    plan.inverse_adjoint(y, &mut out, &mut scratch)?;
+    T::with_scratch(plan.scratch_len(), |s| plan.inverse_adjoint(y, &mut out, s))?;
     Ok(out)
 }
 
