@@ -1,8 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (the cargo xtask
 //! pattern: an ordinary binary aliased in `.cargo/config.toml`).
 //!
-//! * `ci` — what CI checks: formatting, clippy with `-D warnings`, the tests
-//!   (doc tests included) and rustdoc with `-D warnings`.
+//! * `ci` — what CI checks: formatting, clippy with `-D warnings`, rustdoc
+//!   with `-D warnings`, and the tests (doc tests included).
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
@@ -67,10 +67,10 @@ fn cargo() -> Command {
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace", "-j2"]))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-j2"])
-        .env("RUSTDOCFLAGS", "-D warnings"))
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    run(cargo().args(["test", "--workspace", "-j2"]))
 }
 
 /// A venv with the pinned PyWavelets stack, under `target/` (ignored by git).

@@ -49,6 +49,20 @@ struct Step<K> {
     out_len: usize,
 }
 
+impl<K> Step<K> {
+    /// `kernel` along `axis`, turning a buffer of shape `from` into one of
+    /// shape `to`.
+    fn new(kernel: K, from: &[usize], to: &[usize], axis: usize) -> Self {
+        Step {
+            outer: prod(&from[..axis]),
+            inner: prod(&from[axis + 1..]),
+            in_len: prod(from),
+            out_len: prod(to),
+            kernel,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct LevelSteps<T> {
     /// Shape of every subband of this level.
@@ -334,13 +348,7 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
                     let next = with(&cur, ax, to[ax]);
                     let kernel = Analysis::new(cur[ax], mode, lo, hi);
                     debug_assert_eq!(kernel.m, to[ax]);
-                    let step = Step {
-                        outer: prod(&cur[..ax]),
-                        inner: prod(&cur[ax + 1..]),
-                        in_len: prod(&cur),
-                        out_len: prod(&next),
-                        kernel,
-                    };
+                    let step = Step::new(kernel, &cur, &next, ax);
                     regions.kernel = regions.kernel.max(step.kernel.scratch_len(step.inner));
                     if j + 1 < axes.len() {
                         regions.stage = regions.stage.max(2 * step.out_len);
@@ -365,14 +373,7 @@ impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
             let mut cur = coeff.clone();
             for (j, &ax) in axes.iter().enumerate().rev() {
                 let next = with(&cur, ax, recon[ax]);
-                let kernel = Synthesis::new(coeff[ax], mode, w.rec_lo(), w.rec_hi());
-                let step = Step {
-                    outer: prod(&cur[..ax]),
-                    inner: prod(&cur[ax + 1..]),
-                    in_len: prod(&cur),
-                    out_len: prod(&next),
-                    kernel,
-                };
+                let step = Step::new(Synthesis::new(coeff[ax], mode, w.rec_lo(), w.rec_hi()), &cur, &next, ax);
                 regions.kernel = regions.kernel.max(step.kernel.scratch_len(step.inner));
                 if j > 0 {
                     regions.stage = regions.stage.max((1 << j) * step.out_len);
