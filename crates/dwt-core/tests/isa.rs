@@ -3,6 +3,8 @@
 //! binary holds one test because the switch is process-wide.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use dwt_core::{Level, Mode, Plan2, Wavelet};
 use ndarray::Array2;
 
@@ -28,14 +30,7 @@ fn portable_and_vectorised_kernels_agree_bit_for_bit() {
             let plan = Plan2::<f64>::new(shape, &w, mode, Level::Unchecked(2)).unwrap();
             let run = |portable: bool| {
                 dwt_core::__set_portable_kernels_only(portable);
-                let mut scratch = vec![0.0; plan.scratch_len()];
-                let mut c = plan.coeffs_zeros();
-                plan.forward(x.view(), &mut c, &mut scratch).unwrap();
-                let mut y = Array2::zeros(plan.reconstruction_dim());
-                plan.inverse(&c, y.view_mut(), &mut scratch).unwrap();
-                let mut a = plan.coeffs_zeros();
-                plan.inverse_adjoint(y.view(), &mut a, &mut scratch).unwrap();
-                (c, y, a)
+                common::plan_round_trip(&plan, &x)
             };
             let (fast, portable) = (run(false), run(true));
             dwt_core::__set_portable_kernels_only(false);

@@ -4,6 +4,8 @@
 //! scratch-independence.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use dwt_core::{
     Coeffs1, Coeffs2, Family, Level, Mode, Plan1, Plan2, Wavelet, dwt_max_level, dwt2, idwt, idwt_adjoint, idwt2,
     idwt2_adjoint, wavedec, wavedec2, waverec, waverec_adjoint, waverec2, waverec2_adjoint,
@@ -316,20 +318,10 @@ fn parallel_and_sequential_agree_bit_for_bit() {
     ] {
         let w = Wavelet::new(name).unwrap();
         let mut plan = Plan2::<f64>::new(x.dim(), &w, mode, Level::Exactly(3)).unwrap();
-        let run = |plan: &Plan2<f64>| {
-            let mut c = plan.coeffs_zeros();
-            let mut scratch = vec![0.0; plan.scratch_len()];
-            plan.forward(x.view(), &mut c, &mut scratch).unwrap();
-            let mut y = Array2::zeros(plan.reconstruction_dim());
-            plan.inverse(&c, y.view_mut(), &mut scratch).unwrap();
-            let mut a = plan.coeffs_zeros();
-            plan.inverse_adjoint(y.view(), &mut a, &mut scratch).unwrap();
-            (c, y, a)
-        };
         plan.set_parallel(true);
-        let par = run(&plan);
+        let par = common::plan_round_trip(&plan, &x);
         plan.set_parallel(false);
-        let seq = run(&plan);
+        let seq = common::plan_round_trip(&plan, &x);
         assert!(par == seq, "{name} {mode}: parallel and sequential results differ");
     }
 }

@@ -77,3 +77,20 @@ pub fn rel_err<T: Real>(got: &ArrayD<T>, want: &ArrayD<T>, floor: f64) -> Result
     }
     Ok(if scale > 0.0 { diff / scale } else { diff })
 }
+
+/// Forward, inverse and inverse-adjoint through one 2-D plan: the
+/// coefficients of `x`, their reconstruction, and the adjoint applied to
+/// that reconstruction. Used to compare execution paths bit for bit.
+pub fn plan_round_trip(
+    plan: &dwt_core::Plan2<f64>,
+    x: &ndarray::Array2<f64>,
+) -> (dwt_core::Coeffs2<f64>, ndarray::Array2<f64>, dwt_core::Coeffs2<f64>) {
+    let mut scratch = vec![0.0; plan.scratch_len()];
+    let mut c = plan.coeffs_zeros();
+    plan.forward(x.view(), &mut c, &mut scratch).unwrap();
+    let mut y = ndarray::Array2::zeros(plan.reconstruction_dim());
+    plan.inverse(&c, y.view_mut(), &mut scratch).unwrap();
+    let mut a = plan.coeffs_zeros();
+    plan.inverse_adjoint(y.view(), &mut a, &mut scratch).unwrap();
+    (c, y, a)
+}
