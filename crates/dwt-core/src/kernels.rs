@@ -591,17 +591,16 @@ impl<T: Real> Synthesis<T> {
 
     #[inline(always)]
     fn lane_impl(&self, a: &[T], d: &[T], y: &mut [T], scratch: &mut [T]) {
-        let (a, d, rest): (&[T], &[T], &mut [T]) = match &self.ext {
+        let (a, d): (&[T], &[T]) = match &self.ext {
             Some(e) => {
                 let (ae, rest) = scratch.split_at_mut(e.len);
-                let (de, rest) = rest.split_at_mut(e.len);
+                let de = &mut rest[..e.len];
                 e.fill_lane(a, ae);
                 e.fill_lane(d, de);
-                (ae, de, rest)
+                (ae, de)
             }
-            None => (a, d, scratch),
+            None => (a, d),
         };
-        let _ = rest;
         let half = self.r / 2;
         let mut s1: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
         let mut s2: [&[T]; MAX_TAPS] = [&[]; MAX_TAPS];
