@@ -16,6 +16,9 @@
 //!   ([`idwt_adjoint`], [`idwt2_adjoint`], [`waverec_adjoint`],
 //!   [`waverec2_adjoint`], [`Plan::inverse_adjoint`]) in every mode, the
 //!   building block of gradient computation through an inverse DWT.
+//! * **Atoms**: [`AtomBasis`] gives the reconstruction of one unit
+//!   coefficient in `O(support)` work, the building block of sparse
+//!   (few-coefficient) synthesis and its gradient.
 //! * **Plans**: [`Plan1`]/[`Plan2`] precompute everything that depends on the
 //!   shape and then transform into caller-provided buffers without
 //!   allocating, RustFFT style.
@@ -52,6 +55,7 @@
 #![warn(missing_docs)]
 
 mod array;
+mod atoms;
 mod coeffs;
 mod error;
 mod filters;
@@ -64,6 +68,7 @@ mod scratch;
 mod transform;
 mod wavelet;
 
+pub use atoms::{Atom, AtomBasis, Band};
 pub use array::{CoeffSlices, array_to_coeffs, coeffs_to_array};
 pub use coeffs::{CoeffSet, Coeffs1, Coeffs2};
 pub use error::{Error, Result};

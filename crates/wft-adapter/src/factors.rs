@@ -1,0 +1,218 @@
+//! Rank-1 atom tables: `ΔW = s · Σ_k c_k · u_k v_kᵀ` with compactly
+//! supported factors, and the products with ΔW that never form it.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use crate::Element;
+use crate::layout::Factor;
+
+/// Distinct 1-D factors of one side (rows or columns), each at most two
+/// contiguous runs, values stored back to back.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FactorSet<T> {
+    /// Per factor: up to two `(start, len)` runs; values from `off` on.
+    runs: Vec<([(usize, usize); 2], usize)>,
+    vals: Vec<T>,
+}
+
+impl<T: Element> FactorSet<T> {
+    fn push(&mut self, f: &Factor) {
+        let mut runs = [(0, 0); 2];
+        let off = self.vals.len();
+        for (slot, (start, v)) in runs.iter_mut().zip(&f.runs) {
+            *slot = (*start, v.len());
+            self.vals.extend(v.iter().map(|&x| T::from_f64(x)));
+        }
+        self.runs.push((runs, off));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Total support (number of stored values).
+    pub(crate) fn support(&self) -> usize {
+        self.vals.len()
+    }
+
+    /// Call `f(start, values)` for each run of factor `id`.
+    #[inline]
+    fn for_runs(&self, id: usize, mut f: impl FnMut(usize, &[T])) {
+        let (runs, mut off) = self.runs[id];
+        for (start, len) in runs {
+            if len > 0 {
+                f(start, &self.vals[off..off + len]);
+                off += len;
+            }
+        }
+    }
+
+    /// `factor · x`.
+    #[inline]
+    pub(crate) fn dot(&self, id: usize, x: &[T]) -> T {
+        let mut acc = T::zero();
+        self.for_runs(id, |s, v| {
+            acc += v.iter().zip(&x[s..s + v.len()]).fold(T::zero(), |a, (&p, &q)| a + p * q);
+        });
+        acc
+    }
+
+    /// `y += a · factor`.
+    #[inline]
+    pub(crate) fn axpy(&self, id: usize, a: T, y: &mut [T]) {
+        self.for_runs(id, |s, v| {
+            for (t, &p) in y[s..s + v.len()].iter_mut().zip(v) {
+                *t += a * p;
+            }
+        });
+    }
+
+    /// Call `f(position, value)` over factor `id`.
+    #[inline]
+    pub(crate) fn for_each(&self, id: usize, mut f: impl FnMut(usize, T)) {
+        self.for_runs(id, |s, v| {
+            for (i, &p) in v.iter().enumerate() {
+                f(s + i, p);
+            }
+        });
+    }
+}
+
+/// The atoms of `n` coefficients: for coefficient `k`, row factor
+/// `row_of[k]` and column factor `col_of[k]` (shared between coefficients
+/// that have the same one).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AtomTable<T> {
+    pub(crate) rows: FactorSet<T>,
+    pub(crate) cols: FactorSet<T>,
+    pub(crate) row_of: Vec<usize>,
+    pub(crate) col_of: Vec<usize>,
+}
+
+/// Interns factors by key so each distinct one is computed and stored once.
+struct Interner<K> {
+    ids: HashMap<K, usize>,
+}
+
+impl<K: Hash + Eq> Interner<K> {
+    fn id<T: Element, E>(
+        &mut self,
+        key: K,
+        set: &mut FactorSet<T>,
+        make: impl FnOnce() -> Result<Factor, E>,
+    ) -> Result<usize, E> {
+        if let Some(&id) = self.ids.get(&key) {
+            return Ok(id);
+        }
+        set.push(&make()?);
+        let id = set.len() - 1;
+        self.ids.insert(key, id);
+        Ok(id)
+    }
+}
+
+impl<T: Element> AtomTable<T> {
+    /// Build the table from each coefficient's `(row key, column key)`;
+    /// `factor(k, axis)` computes coefficient `k`'s factor along `axis` the
+    /// first time its key is seen.
+    pub(crate) fn build<K: Hash + Eq + Copy, E>(
+        keys: impl IntoIterator<Item = (K, K)>,
+        mut factor: impl FnMut(usize, usize) -> Result<Factor, E>,
+    ) -> Result<Self, E> {
+        let mut t = AtomTable::default();
+        let (mut ri, mut ci) = (Interner { ids: HashMap::new() }, Interner { ids: HashMap::new() });
+        for (k, (rk, ck)) in keys.into_iter().enumerate() {
+            let r = ri.id(rk, &mut t.rows, || factor(k, 0))?;
+            let c = ci.id(ck, &mut t.cols, || factor(k, 1))?;
+            t.row_of.push(r);
+            t.col_of.push(c);
+        }
+        Ok(t)
+    }
+
+    /// Number of coefficients.
+    pub(crate) fn n(&self) -> usize {
+        self.row_of.len()
+    }
+
+    /// Multiply-adds of one dense outer-product pass (`Σ_k |u_k|·|v_k|`).
+    pub(crate) fn outer_cost(&self) -> usize {
+        (0..self.n())
+            .map(|k| self.rows.run_len(self.row_of[k]) * self.cols.run_len(self.col_of[k]))
+            .sum()
+    }
+
+    /// `W += s · Σ_k c_k u_k v_kᵀ` on a row-major `out × in` buffer, or on
+    /// its transpose (`in × out`, PEFT's `fan_in_fan_out`) when `transposed`.
+    pub(crate) fn add_outer(&self, c: &[T], s: T, w: &mut [T], shape: (usize, usize), transposed: bool) {
+        let (out, inp) = shape;
+        for k in 0..self.n() {
+            let a = s * c[k];
+            if transposed {
+                self.cols.for_each(self.col_of[k], |v, cv| {
+                    self.rows.axpy(self.row_of[k], a * cv, &mut w[v * out..(v + 1) * out]);
+                });
+            } else {
+                self.rows.for_each(self.row_of[k], |u, ru| {
+                    self.cols.axpy(self.col_of[k], a * ru, &mut w[u * inp..(u + 1) * inp]);
+                });
+            }
+        }
+    }
+
+    /// One batch row of the forward pass: `y += s · Σ_k c_k (x·v_k) u_k`.
+    /// `xv` is scratch with one slot per column factor.
+    pub(crate) fn forward_row(&self, c: &[T], s: T, x: &[T], y: &mut [T], xv: &mut [T]) {
+        for (id, slot) in xv.iter_mut().enumerate() {
+            *slot = self.cols.dot(id, x);
+        }
+        for k in 0..self.n() {
+            let t = xv[self.col_of[k]];
+            if t != T::zero() {
+                self.rows.axpy(self.row_of[k], s * c[k] * t, y);
+            }
+        }
+    }
+
+    /// One batch row of the backward pass: `grad[k] += (g·u_k)(x·v_k)` and,
+    /// when `dx` is given, `dx += s · Σ_k c_k (g·u_k) v_k`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_row(
+        &self,
+        c: &[T],
+        s: T,
+        x: &[T],
+        g: &[T],
+        grad: &mut [T],
+        dx: Option<&mut [T]>,
+        gu: &mut [T],
+        xv: &mut [T],
+    ) {
+        for (id, slot) in gu.iter_mut().enumerate() {
+            *slot = self.rows.dot(id, g);
+        }
+        for (id, slot) in xv.iter_mut().enumerate() {
+            *slot = self.cols.dot(id, x);
+        }
+        for k in 0..self.n() {
+            grad[k] += gu[self.row_of[k]] * xv[self.col_of[k]];
+        }
+        if let Some(dx) = dx {
+            for k in 0..self.n() {
+                let t = gu[self.row_of[k]];
+                if t != T::zero() {
+                    self.cols.axpy(self.col_of[k], s * c[k] * t, dx);
+                }
+            }
+        }
+    }
+}
+
+impl<T: Element> FactorSet<T> {
+    fn run_len(&self, id: usize) -> usize {
+        let (runs, _) = self.runs[id];
+        runs[0].1 + runs[1].1
+    }
+}
+

@@ -1,0 +1,83 @@
+//! WaveletFT adapters for linear layers, with the LoRA and FourierFT
+//! baselines under one trait, and files that Hugging Face PEFT reads and
+//! writes.
+//!
+//! WaveletFT trains `n` wavelet coefficients `c` of a frozen `out × in`
+//! weight `W` and adds `ΔW = α · IDWT2(S(c))`, where `S` scatters `c` into
+//! an otherwise zero coefficient array. Every coefficient's contribution is a
+//! rank-1 outer product of two short 1-D synthesis atoms, so this crate never
+//! needs the dense ΔW to apply, merge or differentiate the adapter:
+//!
+//! * [`Adapter::merge_into`] adds the atoms in place (`O(n·support²)`);
+//! * [`Adapter::forward_delta`] computes `x·ΔWᵀ` in `O(batch·n·support)`;
+//! * [`Adapter::backward`] gives `∂L/∂c_k = α Σ_b (g_b·u_k)(x_b·v_k)` without
+//!   forming `gᵀ·x`.
+//!
+//! Locations are PEFT's, bit for bit: `torch.randperm(out*in, seed)[:n]`
+//! through MT19937 ([`randperm_prefix`]), in `O(n)`.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use wft_adapter::{Adapter, AdaptedLinear, WaveletFt, WaveletFtConfig};
+//!
+//! // PEFT's WaveFT defaults, db2, 64 coefficients on a 48×32 layer.
+//! let config = WaveletFtConfig { wavelet: "db2".into(), n_frequency: 64, ..Default::default() };
+//! let mut adapter = WaveletFt::<f64>::new(&config, (48, 32), config.n_frequency, None)?;
+//! adapter.params_mut()[0] = 0.5;
+//!
+//! let w = Array2::from_shape_fn((48, 32), |(i, j)| ((i + 2 * j) % 5) as f64 * 0.1);
+//! let mut layer = AdaptedLinear::new(w, None, adapter)?;
+//! let x = Array2::from_shape_fn((4, 32), |(b, j)| (b as f64 - j as f64) * 0.01);
+//! let y = layer.forward(x.view())?;
+//!
+//! // Merging gives the same outputs.
+//! layer.merge_safe()?;
+//! let merged = layer.forward(x.view())?;
+//! assert!(y.iter().zip(&merged).all(|(a, b)| (a - b).abs() < 1e-12));
+//! # Ok::<(), wft_adapter::Error>(())
+//! ```
+//!
+//! # Files
+//! [`AdapterModel`] loads and saves PEFT adapter folders (`WAVEFT`,
+//! `FOURIERFT`, `LORA`) and a native `WAVELETFT` folder for what PEFT cannot
+//! express (deeper levels, other layouts and strategies; locations stored
+//! explicitly), and merges them into safetensors checkpoints.
+//!
+//! # Features
+//! * `parallel` (default): batch rows run on rayon's thread pool.
+
+#![warn(missing_docs)]
+
+mod adapter;
+mod error;
+mod factors;
+mod fourierft;
+mod layout;
+mod lora;
+mod model;
+mod rng;
+mod targets;
+mod tensors;
+mod waveletft;
+
+pub use adapter::{AdaptedLinear, Adapter, Method};
+pub use error::{Error, Result};
+pub use fourierft::{FourierFt, FourierFtConfig};
+pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
+pub use lora::{Lora, LoraConfig};
+pub use model::{
+    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, PEFT_VERSION,
+    WEIGHTS_FILE, folder_files,
+};
+pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
+pub use targets::{ModuleSpec, Targets, pattern_value, proportional};
+pub use tensors::{RawTensor, TensorFile, write_atomic, write_text_atomic};
+pub use waveletft::{Init, Strategy, WaveletFt, WaveletFtConfig};
+
+pub use dwt_core;
+pub use ndarray;
+pub use safetensors::Dtype;
+
+/// The element types adapters compute in: `f32` and `f64`.
+pub trait Element: dwt_core::Real + ndarray::LinalgScalar {}
+impl<T: dwt_core::Real + ndarray::LinalgScalar> Element for T {}

@@ -1,0 +1,843 @@
+//! A whole model's adapters: PEFT and native folders, and merging into a
+//! safetensors checkpoint.
+//!
+//! A folder holds `adapter_config.json` and `adapter_model.safetensors`.
+//! Tensor keys are `base_model.model.<module path>.<suffix>`:
+//!
+//! | `peft_type` | tensors per module |
+//! |---|---|
+//! | `WAVEFT` | `waveft_spectrum` `[n]` |
+//! | `FOURIERFT` | `fourierft_spectrum` `[n]` |
+//! | `LORA` | `lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]` |
+//! | `WAVELETFT` (native) | `waveletft_coefficients` `[n]`, `waveletft_locations` `[n, 3]` (band, row, column) |
+//!
+//! PEFT stores no locations; they are regenerated from the seed and the
+//! layer's shape, so loading a `WAVEFT` or `FOURIERFT` folder needs the base
+//! model. The native format stores locations and shapes and needs nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, ArrayViewMut2};
+use safetensors::Dtype;
+use serde_json::{Map, Value, json};
+
+use crate::adapter::{check_finite, stored_shape};
+use crate::layout::{Coef, Layout};
+use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
+use crate::tensors::{RawTensor, TensorFile, to_f32, write_atomic, write_text_atomic};
+use crate::{
+    Adapter, Error, FourierFt, FourierFtConfig, Init, Lora, LoraConfig, Method, Result, Strategy, WaveletFt,
+    WaveletFtConfig,
+};
+
+/// The config file's name.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The weights file's name.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The prefix PEFT puts before module paths.
+pub const KEY_PREFIX: &str = "base_model.model.";
+/// The PEFT version whose format this crate writes.
+pub const PEFT_VERSION: &str = "0.21.2";
+
+/// The method and its per-layer settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MethodConfig {
+    /// WaveletFT (PEFT's `WAVEFT` when [`WaveletFtConfig::is_peft_compatible`]).
+    WaveletFt(WaveletFtConfig),
+    /// FourierFT. `init_weights=False` draws normal values.
+    FourierFt {
+        /// The settings.
+        config: FourierFtConfig,
+        /// PEFT's `init_weights` (true: zeros).
+        init_zeros: bool,
+    },
+    /// LoRA.
+    Lora(LoraConfig),
+}
+
+/// Everything `adapter_config.json` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterConfig {
+    /// The method.
+    pub method: MethodConfig,
+    /// Which modules are adapted.
+    pub targets: Targets,
+    /// Per-module `n` (`n_frequency_pattern`).
+    pub n_frequency_pattern: BTreeMap<String, usize>,
+    /// Per-module LoRA rank (`rank_pattern`).
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module LoRA α (`alpha_pattern`).
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// PEFT's `proportional_parameters` (WaveFT).
+    pub proportional_parameters: bool,
+    /// Weights are stored `in × out` (GPT-2 `Conv1D`).
+    pub fan_in_fan_out: bool,
+    /// Every other field of the file, kept verbatim for writing back.
+    pub extra: Map<String, Value>,
+}
+
+impl AdapterConfig {
+    /// A config for `method` on the modules `targets` names, PEFT's defaults otherwise.
+    pub fn new(method: MethodConfig, target_modules: ModuleSpec) -> Self {
+        AdapterConfig {
+            method,
+            targets: Targets {
+                target_modules: Some(target_modules),
+                ..Targets::default()
+            },
+            n_frequency_pattern: BTreeMap::new(),
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            proportional_parameters: false,
+            fan_in_fan_out: false,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// One module's adapter (computing in f32, as PEFT stores them).
+#[derive(Debug, Clone)]
+pub enum ModuleAdapter {
+    /// WaveletFT.
+    WaveletFt(WaveletFt<f32>),
+    /// FourierFT.
+    FourierFt(FourierFt<f32>),
+    /// LoRA.
+    Lora(Lora<f32>),
+}
+
+impl ModuleAdapter {
+    /// The adapter behind the common trait.
+    pub fn as_adapter(&self) -> &dyn Adapter<f32> {
+        match self {
+            ModuleAdapter::WaveletFt(a) => a,
+            ModuleAdapter::FourierFt(a) => a,
+            ModuleAdapter::Lora(a) => a,
+        }
+    }
+    /// The adapter behind the common trait, mutable.
+    pub fn as_adapter_mut(&mut self) -> &mut dyn Adapter<f32> {
+        match self {
+            ModuleAdapter::WaveletFt(a) => a,
+            ModuleAdapter::FourierFt(a) => a,
+            ModuleAdapter::Lora(a) => a,
+        }
+    }
+}
+
+/// What [`AdapterModel::merge`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Base tensors that received a ΔW, with the module that adapted them.
+    pub merged: Vec<(String, String)>,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+}
+
+/// A model's adapters: the config and one adapter per module path.
+#[derive(Debug, Clone)]
+pub struct AdapterModel {
+    config: AdapterConfig,
+    modules: BTreeMap<String, ModuleAdapter>,
+}
+
+/// Read a JSON field with a default.
+fn field<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str, default: T, path: &Path) -> Result<T> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            reason: format!("field {key:?}: {e}"),
+        }),
+    }
+}
+
+/// `layers_to_transform` / `layers_pattern` may be a single value or a list.
+fn one_or_many<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str, path: &Path) -> Result<Option<Vec<T>>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(_)) => field(obj, key, None, path),
+        Some(_) => Ok(Some(vec![field(obj, key, None::<T>, path)?.ok_or_else(|| Error::Json {
+            path: path.to_path_buf(),
+            reason: format!("field {key:?} is empty"),
+        })?])),
+    }
+}
+
+/// The fields this crate interprets; everything else goes to `extra`.
+const KNOWN: &[&str] = &[
+    "peft_type",
+    "n_frequency",
+    "scaling",
+    "wavelet_family",
+    "use_idwt",
+    "random_loc_seed",
+    "init_weights",
+    "proportional_parameters",
+    "n_frequency_pattern",
+    "target_modules",
+    "exclude_modules",
+    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "rank_pattern",
+    "alpha_pattern",
+    "waveletft",
+    "shapes",
+];
+
+impl AdapterConfig {
+    /// Parse `adapter_config.json` (PEFT's or the native one). Returns the
+    /// config and, for the native format, the stored module shapes.
+    ///
+    /// # Errors
+    /// [`Error::Json`] for malformed JSON or fields, [`Error::UnknownPeftType`],
+    /// [`Error::Unsupported`] for options this crate cannot honour (DoRA,
+    /// trained biases, `modules_to_save`), and an unknown wavelet as
+    /// [`Error::Json`] naming the field.
+    pub fn from_json(text: &str, path: &Path) -> Result<(Self, BTreeMap<String, (usize, usize)>)> {
+        let json_err = |reason: String| Error::Json {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let obj: Map<String, Value> = serde_json::from_str(text).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
+        let peft_type: String = field(&obj, "peft_type", String::new(), path)?;
+        let unsupported = |option: &str, reason: &str| Error::Unsupported {
+            path: path.to_path_buf(),
+            option: option.into(),
+            reason: reason.into(),
+        };
+        if !matches!(obj.get("modules_to_save"), None | Some(Value::Null)) {
+            return Err(unsupported("modules_to_save", "fully trained modules are not merged by this crate"));
+        }
+        if !matches!(obj.get("bias").and_then(Value::as_str), None | Some("none")) {
+            return Err(unsupported("bias", "only bias=\"none\" (no trained biases) is supported"));
+        }
+        for flag in ["use_dora", "lora_bias"] {
+            if obj.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(unsupported(flag, "not implemented"));
+            }
+        }
+        let init_weights: bool = field(&obj, "init_weights", true, path)?;
+        let mut shapes = BTreeMap::new();
+        let method = match peft_type.as_str() {
+            "WAVEFT" => {
+                let wavelet: String = field(&obj, "wavelet_family", "db1".to_string(), path)?;
+                dwt_core::Wavelet::new(&wavelet).map_err(|e| json_err(format!("wavelet_family: {e}")))?;
+                let use_idwt: bool = field(&obj, "use_idwt", true, path)?;
+                MethodConfig::WaveletFt(WaveletFtConfig {
+                    wavelet,
+                    level: 1,
+                    mode: "zero".into(),
+                    layout: if use_idwt { Layout::Peft } else { Layout::Identity },
+                    n_frequency: field(&obj, "n_frequency", 2592, path)?,
+                    scaling: field(&obj, "scaling", 25.0, path)?,
+                    seed: field(&obj, "random_loc_seed", 777, path)?,
+                    strategy: Strategy::Uniform,
+                    init: if init_weights { Init::Zeros } else { Init::Normal { std: 0.01 } },
+                })
+            }
+            "FOURIERFT" => MethodConfig::FourierFt {
+                config: FourierFtConfig {
+                    n_frequency: field(&obj, "n_frequency", 1000, path)?,
+                    scaling: field(&obj, "scaling", 150.0, path)?,
+                    seed: field(&obj, "random_loc_seed", 777, path)?,
+                },
+                init_zeros: init_weights,
+            },
+            "LORA" => MethodConfig::Lora(LoraConfig {
+                r: field(&obj, "r", 8, path)?,
+                lora_alpha: field(&obj, "lora_alpha", 8.0, path)?,
+                use_rslora: field(&obj, "use_rslora", false, path)?,
+            }),
+            "WAVELETFT" => {
+                let cfg: WaveletFtConfig = field(&obj, "waveletft", WaveletFtConfig::default(), path)?;
+                cfg.parse().map_err(|e| json_err(format!("waveletft: {e}")))?;
+                shapes = field(&obj, "shapes", BTreeMap::new(), path)?;
+                MethodConfig::WaveletFt(cfg)
+            }
+            other => {
+                return Err(Error::UnknownPeftType {
+                    path: path.to_path_buf(),
+                    found: other.to_string(),
+                });
+            }
+        };
+        let extra = obj
+            .iter()
+            .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let config = AdapterConfig {
+            method,
+            targets: Targets {
+                target_modules: field(&obj, "target_modules", None, path)?,
+                exclude_modules: field(&obj, "exclude_modules", None, path)?,
+                layers_to_transform: one_or_many(&obj, "layers_to_transform", path)?,
+                layers_pattern: one_or_many(&obj, "layers_pattern", path)?,
+            },
+            n_frequency_pattern: field(&obj, "n_frequency_pattern", BTreeMap::new(), path)?,
+            rank_pattern: field(&obj, "rank_pattern", BTreeMap::new(), path)?,
+            alpha_pattern: field(&obj, "alpha_pattern", BTreeMap::new(), path)?,
+            proportional_parameters: field(&obj, "proportional_parameters", false, path)?,
+            fan_in_fan_out: field(&obj, "fan_in_fan_out", false, path)?,
+            extra,
+        };
+        Ok((config, shapes))
+    }
+
+    /// The PEFT `peft_type`, or `WAVELETFT` for the native format.
+    pub fn peft_type(&self) -> &'static str {
+        match &self.method {
+            MethodConfig::WaveletFt(c) if c.is_peft_compatible() => "WAVEFT",
+            MethodConfig::WaveletFt(_) => "WAVELETFT",
+            MethodConfig::FourierFt { .. } => "FOURIERFT",
+            MethodConfig::Lora(_) => "LORA",
+        }
+    }
+
+    /// The JSON this config is written as.
+    pub fn to_json(&self, shapes: &BTreeMap<String, (usize, usize)>) -> Value {
+        let mut obj = self.extra.clone();
+        let mut put = |k: &str, v: Value| {
+            obj.insert(k.to_string(), v);
+        };
+        let t = &self.targets;
+        put("peft_type", json!(self.peft_type()));
+        put("target_modules", json!(t.target_modules));
+        put("exclude_modules", json!(t.exclude_modules));
+        put("layers_to_transform", json!(t.layers_to_transform));
+        put("layers_pattern", json!(t.layers_pattern));
+        put("fan_in_fan_out", json!(self.fan_in_fan_out));
+        for (k, v) in [("bias", json!("none")), ("modules_to_save", Value::Null), ("inference_mode", json!(true))] {
+            obj.entry(k).or_insert(v);
+        }
+        obj.entry("peft_version").or_insert(json!(PEFT_VERSION));
+        let mut put = |k: &str, v: Value| {
+            obj.insert(k.to_string(), v);
+        };
+        match &self.method {
+            MethodConfig::WaveletFt(c) if c.is_peft_compatible() => {
+                put("n_frequency", json!(c.n_frequency));
+                put("scaling", json!(c.scaling));
+                put("wavelet_family", json!(c.wavelet));
+                put("use_idwt", json!(c.layout == Layout::Peft));
+                put("random_loc_seed", json!(c.seed));
+                put("init_weights", json!(c.init == Init::Zeros));
+                put("proportional_parameters", json!(self.proportional_parameters));
+                put("n_frequency_pattern", json!(self.n_frequency_pattern));
+            }
+            MethodConfig::WaveletFt(c) => {
+                put("waveletft", json!(c));
+                put("shapes", json!(shapes));
+                put("n_frequency_pattern", json!(self.n_frequency_pattern));
+                put("proportional_parameters", json!(self.proportional_parameters));
+            }
+            MethodConfig::FourierFt { config, init_zeros } => {
+                put("n_frequency", json!(config.n_frequency));
+                put("scaling", json!(config.scaling));
+                put("random_loc_seed", json!(config.seed));
+                put("init_weights", json!(init_zeros));
+                put("n_frequency_pattern", json!(self.n_frequency_pattern));
+            }
+            MethodConfig::Lora(c) => {
+                put("r", json!(c.r));
+                // PEFT types lora_alpha as an int; keep whole values whole.
+                let alpha = if c.lora_alpha.fract() == 0.0 && c.lora_alpha.abs() < 1e15 {
+                    json!(c.lora_alpha as i64)
+                } else {
+                    json!(c.lora_alpha)
+                };
+                put("lora_alpha", alpha);
+                put("use_rslora", json!(c.use_rslora));
+                put("rank_pattern", json!(self.rank_pattern));
+                put("alpha_pattern", json!(self.alpha_pattern));
+                obj.entry("lora_dropout").or_insert(json!(0.0));
+                obj.entry("init_lora_weights").or_insert(json!(true));
+            }
+        }
+        Value::Object(obj)
+    }
+}
+
+/// Finds a module's weight in a base checkpoint.
+fn resolve_weight(base: &TensorFile, module: &str) -> Result<String> {
+    let want = format!("{module}.weight");
+    if base.info(&want).is_some() {
+        return Ok(want);
+    }
+    // PEFT paths and checkpoint keys can differ by a wrapper prefix
+    // (`bert.encoder…` vs `encoder…`): accept a unique match on whole
+    // components in either direction.
+    let names = base.names();
+    let candidates: Vec<String> = names
+        .iter()
+        .filter(|k| k.ends_with(&format!(".{want}")) || want.ends_with(&format!(".{k}")))
+        .cloned()
+        .collect();
+    match candidates.len() {
+        1 => Ok(candidates.into_iter().next().unwrap_or_default()),
+        0 => Err(Error::ModuleNotInBase {
+            path: base.path().to_path_buf(),
+            module: module.to_string(),
+            tensor: want,
+            example: names.into_iter().filter(|n| n.ends_with(".weight")).take(3).collect(),
+        }),
+        _ => Err(Error::AmbiguousModule {
+            path: base.path().to_path_buf(),
+            module: module.to_string(),
+            candidates,
+        }),
+    }
+}
+
+/// `(out, in)` of a module from the base checkpoint.
+fn module_shape(base: &TensorFile, module: &str, fan_in_fan_out: bool) -> Result<(String, (usize, usize))> {
+    let key = resolve_weight(base, module)?;
+    let (_, shape) = base.info(&key).ok_or_else(|| Error::MissingTensor {
+        path: base.path().to_path_buf(),
+        tensor: key.clone(),
+        expected: "the module's weight".into(),
+    })?;
+    let &[a, b] = shape else {
+        return Err(Error::ShapeMismatch {
+            path: base.path().to_path_buf(),
+            tensor: key,
+            found: shape.to_vec(),
+            expected: "a 2-D weight".into(),
+        });
+    };
+    Ok((key, if fan_in_fan_out { (b, a) } else { (a, b) }))
+}
+
+/// A 1-D f32 tensor of length `n` (or any length when `n` is `None`).
+fn vector(file: &TensorFile, key: &str, n: Option<usize>, what: &str) -> Result<Vec<f32>> {
+    let a = file.f32(key, what)?;
+    if a.ndim() != 1 || n.is_some_and(|n| a.len() != n) {
+        return Err(Error::ShapeMismatch {
+            path: file.path().to_path_buf(),
+            tensor: key.into(),
+            found: a.shape().to_vec(),
+            expected: n.map_or("a vector".into(), |n| format!("[{n}]")),
+        });
+    }
+    Ok(a.into_raw_vec_and_offset().0)
+}
+
+/// A 2-D f32 tensor of the given shape.
+fn matrix(file: &TensorFile, key: &str, shape: [Option<usize>; 2], what: &str) -> Result<Array2<f32>> {
+    let a = file.f32(key, what)?;
+    let ok = a.ndim() == 2 && shape.iter().zip(a.shape()).all(|(want, got)| want.is_none_or(|w| w == *got));
+    let found = a.shape().to_vec();
+    let mismatch = || Error::ShapeMismatch {
+        path: file.path().to_path_buf(),
+        tensor: key.into(),
+        found: found.clone(),
+        expected: format!("{:?} (? = any)", shape.map(|d| d.map_or("?".to_string(), |d| d.to_string()))),
+    };
+    if !ok {
+        return Err(mismatch());
+    }
+    a.into_dimensionality().map_err(|_| mismatch())
+}
+
+/// The module paths that carry a tensor with `suffix`.
+fn modules_with(file: &TensorFile, suffix: &str) -> Vec<String> {
+    file.names()
+        .iter()
+        .filter_map(|k| k.strip_prefix(KEY_PREFIX)?.strip_suffix(suffix).map(str::to_string))
+        .collect()
+}
+
+impl AdapterModel {
+    /// The config.
+    pub fn config(&self) -> &AdapterConfig {
+        &self.config
+    }
+    /// The adapters by module path.
+    pub fn modules(&self) -> &BTreeMap<String, ModuleAdapter> {
+        &self.modules
+    }
+    /// The adapters by module path, mutable (for training).
+    pub fn modules_mut(&mut self) -> &mut BTreeMap<String, ModuleAdapter> {
+        &mut self.modules
+    }
+    /// Total trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.modules.values().map(|m| m.as_adapter().num_params()).sum()
+    }
+
+    /// Load an adapter folder. `base` supplies the layer shapes PEFT's
+    /// WaveFT and FourierFT locations depend on; LoRA and native folders
+    /// do not need it (if given, their shapes are checked against it).
+    ///
+    /// # Errors
+    /// Everything [`AdapterConfig::from_json`] and [`TensorFile::open`]
+    /// report; [`Error::MissingTensor`]/[`Error::ShapeMismatch`] for
+    /// incomplete or inconsistent tensors; [`Error::ModuleNotInBase`] when
+    /// the base lacks an adapted module; [`Error::Invalid`] when a WaveFT
+    /// or FourierFT folder is loaded without a base.
+    pub fn load(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let (config, shapes) = AdapterConfig::from_json(&text, &cfg_path)?;
+        let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
+        let fifo = config.fan_in_fan_out;
+        let shape_from_base = |m: &str| -> Result<(usize, usize)> {
+            let base = base.ok_or_else(|| {
+                Error::invalid(
+                    "base model",
+                    format!("{} adapters store no locations: pass the base model to load them", config.peft_type()),
+                )
+            })?;
+            Ok(module_shape(base, m, fifo)?.1)
+        };
+        let key = |m: &str, s: &str| format!("{KEY_PREFIX}{m}{s}");
+        let mut modules = BTreeMap::new();
+        let mut expected_keys = Vec::new();
+        match &config.method {
+            MethodConfig::WaveletFt(c) if config.peft_type() == "WAVEFT" => {
+                for m in modules_with(&file, ".waveft_spectrum") {
+                    let k = key(&m, ".waveft_spectrum");
+                    let values = vector(&file, &k, None, "WaveFT spectrum")?;
+                    let shape = shape_from_base(&m)?;
+                    let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
+                    a.params_mut().copy_from_slice(&values);
+                    modules.insert(m, ModuleAdapter::WaveletFt(a));
+                    expected_keys.push(k);
+                }
+            }
+            MethodConfig::WaveletFt(c) => {
+                for m in modules_with(&file, ".waveletft_coefficients") {
+                    let (kc, kl) = (key(&m, ".waveletft_coefficients"), key(&m, ".waveletft_locations"));
+                    let values = vector(&file, &kc, None, "WaveletFT coefficients")?;
+                    let locs = file.i64(&kl, "WaveletFT locations (band, row, column)")?;
+                    if locs.shape() != [values.len(), 3] {
+                        return Err(Error::ShapeMismatch {
+                            path: file.path().to_path_buf(),
+                            tensor: kl,
+                            found: locs.shape().to_vec(),
+                            expected: format!("[{}, 3]", values.len()),
+                        });
+                    }
+                    let bad = |k: &str| Error::invalid(format!("{} tensor {k}", file.path().display()), "negative location");
+                    let flat = locs.into_raw_vec_and_offset().0;
+                    let locations = flat
+                        .chunks_exact(3)
+                        .map(|c| {
+                            let u = |v: i64| usize::try_from(v).map_err(|_| bad(&kl));
+                            Ok(Coef {
+                                band: u(c[0])?,
+                                row: u(c[1])?,
+                                col: u(c[2])?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let shape = *shapes.get(&m).ok_or_else(|| Error::Json {
+                        path: cfg_path.clone(),
+                        reason: format!("\"shapes\" has no entry for module {m:?}"),
+                    })?;
+                    if base.is_some() && shape_from_base(&m)? != shape {
+                        return Err(Error::ShapeMismatch {
+                            path: cfg_path.clone(),
+                            tensor: m.clone(),
+                            found: vec![shape.0, shape.1],
+                            expected: format!("{:?}, the base model's shape", shape_from_base(&m)?),
+                        });
+                    }
+                    let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(&file, &kl, e))?;
+                    modules.insert(m, ModuleAdapter::WaveletFt(a));
+                    expected_keys.extend([kc, kl]);
+                }
+            }
+            MethodConfig::FourierFt { config: c, .. } => {
+                for m in modules_with(&file, ".fourierft_spectrum") {
+                    let k = key(&m, ".fourierft_spectrum");
+                    let values = vector(&file, &k, None, "FourierFT spectrum")?;
+                    let shape = shape_from_base(&m)?;
+                    let a = FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
+                    modules.insert(m, ModuleAdapter::FourierFt(a));
+                    expected_keys.push(k);
+                }
+            }
+            MethodConfig::Lora(c) => {
+                for m in modules_with(&file, ".lora_A.weight") {
+                    let (ka, kb) = (key(&m, ".lora_A.weight"), key(&m, ".lora_B.weight"));
+                    let mut c = c.clone();
+                    c.r = pattern_value(&config.rank_pattern, &m)?.unwrap_or(c.r);
+                    c.lora_alpha = pattern_value(&config.alpha_pattern, &m)?.unwrap_or(c.lora_alpha);
+                    let a = matrix(&file, &ka, [Some(c.r), None], "LoRA A (r × in)")?;
+                    let b = matrix(&file, &kb, [None, Some(c.r)], "LoRA B (out × r)")?;
+                    if let Some(base) = base {
+                        let (_, shape) = module_shape(base, &m, fifo)?;
+                        if shape != (b.nrows(), a.ncols()) {
+                            return Err(Error::ShapeMismatch {
+                                path: file.path().to_path_buf(),
+                                tensor: kb,
+                                found: vec![b.nrows(), a.ncols()],
+                                expected: format!("the base weight's (out, in) = {shape:?}"),
+                            });
+                        }
+                    }
+                    modules.insert(m, ModuleAdapter::Lora(Lora::from_factors(&c, a, b)?));
+                    expected_keys.extend([ka, kb]);
+                }
+            }
+        }
+        // Anything else in the file would be silently dropped: refuse it.
+        if let Some(extra) = file.names().into_iter().find(|k| !expected_keys.contains(k)) {
+            return Err(Error::Unsupported {
+                path: file.path().to_path_buf(),
+                option: extra,
+                reason: format!("not a {} tensor this crate knows", config.peft_type()),
+            });
+        }
+        if modules.is_empty() {
+            return Err(Error::MissingTensor {
+                path: file.path().to_path_buf(),
+                tensor: format!("{KEY_PREFIX}<module>.<adapter tensor>"),
+                expected: format!("at least one {} module", config.peft_type()),
+            });
+        }
+        Ok(AdapterModel { config, modules })
+    }
+
+    /// New adapters for every module of `base` the config targets: 2-D
+    /// `*.weight` tensors, matched the way PEFT matches module paths, with
+    /// `n` from `n_frequency_pattern` and proportional allocation as in PEFT.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when nothing matches, and the adapters' own errors.
+    pub fn new_for_base(config: AdapterConfig, base: &TensorFile, seed: u64) -> Result<Self> {
+        let mut targets = Vec::new();
+        for name in base.names() {
+            let Some(m) = name.strip_suffix(".weight") else { continue };
+            if base.info(&name).is_some_and(|(_, s)| s.len() == 2) && config.targets.matches(m)? {
+                let (_, shape) = module_shape(base, m, config.fan_in_fan_out)?;
+                targets.push((m.to_string(), shape));
+            }
+        }
+        if targets.is_empty() {
+            return Err(Error::invalid(
+                "target_modules",
+                format!("{:?} matches no 2-D weight of {}", config.targets.target_modules, base.path().display()),
+            ));
+        }
+        let n_default = match &config.method {
+            MethodConfig::WaveletFt(c) => c.n_frequency,
+            MethodConfig::FourierFt { config, .. } => config.n_frequency,
+            MethodConfig::Lora(_) => 0,
+        };
+        let sizes: Vec<(String, usize)> = targets.iter().map(|(m, (o, i))| (m.clone(), o * i)).collect();
+        let prop = config.proportional_parameters.then(|| proportional(&sizes, n_default));
+        let mut modules = BTreeMap::new();
+        for (m, shape) in targets {
+            let n = match &prop {
+                Some(p) => p[&m],
+                None => pattern_value(&config.n_frequency_pattern, &m)?.unwrap_or(n_default),
+            };
+            let w = match &config.method {
+                MethodConfig::WaveletFt(c) if c.strategy == Strategy::EnergyGuided => {
+                    let key = resolve_weight(base, &m)?;
+                    let w = matrix(base, &key, [None, None], "the frozen weight")?;
+                    Some(if config.fan_in_fan_out { w.reversed_axes() } else { w })
+                }
+                _ => None,
+            };
+            let adapter = match &config.method {
+                MethodConfig::WaveletFt(c) => ModuleAdapter::WaveletFt(WaveletFt::new(c, shape, n, w.as_ref().map(|w| w.view()))?),
+                MethodConfig::FourierFt { config: c, init_zeros } => {
+                    let mut a = FourierFt::new(c, shape, n, None)?;
+                    if !init_zeros {
+                        a.randomize(seed, 1.0);
+                    }
+                    ModuleAdapter::FourierFt(a)
+                }
+                MethodConfig::Lora(c) => {
+                    let mut c = c.clone();
+                    c.r = pattern_value(&config.rank_pattern, &m)?.unwrap_or(c.r);
+                    c.lora_alpha = pattern_value(&config.alpha_pattern, &m)?.unwrap_or(c.lora_alpha);
+                    ModuleAdapter::Lora(Lora::new(&c, shape, seed)?)
+                }
+            };
+            modules.insert(m, adapter);
+        }
+        Ok(AdapterModel { config, modules })
+    }
+
+    /// Save as a folder: PEFT's format when PEFT can express the config,
+    /// the native `WAVELETFT` format otherwise. Both files are written
+    /// atomically; the folder is created if needed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when writing fails.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tensors: Vec<(String, RawTensor<'static>)> = Vec::new();
+        let mut shapes = BTreeMap::new();
+        let native = self.config.peft_type() == "WAVELETFT";
+        for (m, a) in &self.modules {
+            let k = |s: &str| format!("{KEY_PREFIX}{m}{s}");
+            match a {
+                ModuleAdapter::WaveletFt(w) if native => {
+                    shapes.insert(m.clone(), w.shape());
+                    tensors.push((k(".waveletft_coefficients"), RawTensor::from_f32(&[w.num_params()], w.params())));
+                    let locs: Vec<i64> = w
+                        .locations()
+                        .iter()
+                        .flat_map(|c| [c.band as i64, c.row as i64, c.col as i64])
+                        .collect();
+                    tensors.push((k(".waveletft_locations"), RawTensor::from_i64(&[w.num_params(), 3], &locs)));
+                }
+                ModuleAdapter::WaveletFt(w) => {
+                    tensors.push((k(".waveft_spectrum"), RawTensor::from_f32(&[w.num_params()], w.params())));
+                }
+                ModuleAdapter::FourierFt(f) => {
+                    tensors.push((k(".fourierft_spectrum"), RawTensor::from_f32(&[f.num_params()], f.params())));
+                }
+                ModuleAdapter::Lora(l) => {
+                    let (out, inp) = l.shape();
+                    let r = l.rank();
+                    let a: Vec<f32> = l.a().iter().copied().collect();
+                    let b: Vec<f32> = l.b().iter().copied().collect();
+                    tensors.push((k(".lora_A.weight"), RawTensor::from_f32(&[r, inp], &a)));
+                    tensors.push((k(".lora_B.weight"), RawTensor::from_f32(&[out, r], &b)));
+                }
+            }
+        }
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_atomic(&dir.join(WEIGHTS_FILE), tensors.iter().map(|(k, t)| (k.clone(), t)), Some(meta))?;
+        let text = serde_json::to_string_pretty(&self.config.to_json(&shapes)).map_err(|e| Error::Json {
+            path: dir.join(CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
+        write_text_atomic(&dir.join(CONFIG_FILE), &text)
+    }
+
+    /// ΔW of one module (`out × in`, even for `fan_in_fan_out`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the module is not adapted.
+    pub fn delta(&self, module: &str) -> Result<Array2<f32>> {
+        let a = self.modules.get(module).ok_or_else(|| {
+            Error::invalid(
+                "module",
+                format!("{module:?} is not adapted (adapted: {:?})", self.modules.keys().take(5).collect::<Vec<_>>()),
+            )
+        })?;
+        Ok(a.as_adapter().delta_weight())
+    }
+
+    /// Merge every adapter into the matching weights of `base` and write
+    /// the result to `out` atomically. Every other tensor is copied with its
+    /// dtype; the header metadata is kept. F16/BF16 weights are merged in f32
+    /// and rounded back; F64 weights get the f32 ΔW added in f64.
+    /// `progress(done, total)` is called once per tensor.
+    ///
+    /// # Errors
+    /// [`Error::ModuleNotInBase`]/[`Error::AmbiguousModule`] when a module
+    /// cannot be found, [`Error::ShapeMismatch`] when its weight has the
+    /// wrong shape, [`Error::DtypeMismatch`] for a non-float weight,
+    /// [`Error::NonFinite`] when adapter values are NaN or infinite, and
+    /// write errors. Nothing is written unless everything checks out.
+    pub fn merge(&self, base: &TensorFile, out: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<MergeReport> {
+        let fifo = self.config.fan_in_fan_out;
+        let mut plan: BTreeMap<String, &str> = BTreeMap::new();
+        for (m, a) in &self.modules {
+            let (key, shape) = module_shape(base, m, fifo)?;
+            if shape != a.as_adapter().shape() {
+                let (o, i) = a.as_adapter().shape();
+                return Err(Error::ShapeMismatch {
+                    path: base.path().to_path_buf(),
+                    tensor: key,
+                    found: stored_shape(shape, fifo).to_vec(),
+                    expected: format!("{:?} for the adapter of {m:?}", stored_shape((o, i), fifo)),
+                });
+            }
+            check_finite(&format!("adapter of {m:?}"), a.as_adapter().params())?;
+            plan.insert(key, m);
+        }
+        let names = base.names();
+        let total = names.len();
+        let mut tensors: Vec<(String, RawTensor<'_>)> = Vec::with_capacity(total);
+        let mut report = MergeReport {
+            merged: Vec::new(),
+            copied: 0,
+        };
+        for (i, name) in names.into_iter().enumerate() {
+            let raw = base.raw(&name, "")?;
+            let t = match plan.get(&name) {
+                None => {
+                    report.copied += 1;
+                    raw
+                }
+                Some(m) => {
+                    let merged = self.merge_one(base, &name, &raw, self.modules[*m].as_adapter())?;
+                    report.merged.push((name.clone(), m.to_string()));
+                    merged
+                }
+            };
+            tensors.push((name, t));
+            progress(i + 1, total);
+        }
+        let meta = base.metadata().cloned();
+        write_atomic(out, tensors.iter().map(|(k, t)| (k.clone(), t)), meta)?;
+        Ok(report)
+    }
+
+    fn merge_one(&self, base: &TensorFile, name: &str, raw: &RawTensor<'_>, a: &dyn Adapter<f32>) -> Result<RawTensor<'static>> {
+        let fifo = self.config.fan_in_fan_out;
+        let not_float = || Error::DtypeMismatch {
+            path: base.path().to_path_buf(),
+            tensor: name.to_string(),
+            found: format!("{:?}", raw.dtype),
+            expected: "F32, F64, F16 or BF16".into(),
+        };
+        let shape = [raw.shape[0], raw.shape[1]];
+        if raw.dtype == Dtype::F64 {
+            let mut w: Vec<f64> = raw.data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            let d = a.delta_weight();
+            let d = if fifo { d.reversed_axes() } else { d };
+            for (t, &v) in w.iter_mut().zip(d.iter()) {
+                *t += f64::from(v);
+            }
+            let data: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            return Ok(RawTensor {
+                dtype: Dtype::F64,
+                shape: raw.shape.clone(),
+                data: data.into(),
+            });
+        }
+        let mut w = to_f32(raw).ok_or_else(not_float)?;
+        let view = ArrayViewMut2::from_shape(shape, &mut w).map_err(|e| Error::invalid(name, e.to_string()))?;
+        a.merge_into(view, 1.0, fifo)?;
+        RawTensor::from_f32_as(raw.dtype, &raw.shape, &w)
+    }
+}
+
+/// Name the tensor an adapter-construction error came from.
+fn in_tensor(file: &TensorFile, tensor: &str, e: Error) -> Error {
+    Error::invalid(format!("{} tensor {tensor:?}", file.path().display()), e.to_string())
+}
+
+/// The adapter folder's files, for reporting.
+pub fn folder_files(dir: &Path) -> [PathBuf; 2] {
+    [dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE)]
+}
+
+impl Method {
+    /// The method of a config.
+    pub fn of(config: &MethodConfig) -> Method {
+        match config {
+            MethodConfig::WaveletFt(_) => Method::WaveletFt,
+            MethodConfig::FourierFt { .. } => Method::FourierFt,
+            MethodConfig::Lora(_) => Method::Lora,
+        }
+    }
+}

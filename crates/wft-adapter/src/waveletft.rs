@@ -1,0 +1,461 @@
+//! WaveletFT: `ΔW = α · IDWT2(S(c))` with `n` trainable wavelet coefficients.
+
+use dwt_core::{Coeffs2, Mode, Wavelet, idwt2, idwt2_adjoint, wavedec2, waverec2, waverec2_adjoint};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{Method, check_batch, dx_dense, for_each_row, stored_shape};
+use crate::error::check_shape;
+use crate::factors::AtomTable;
+use crate::layout::{Coef, Geometry, Layout};
+use crate::rng::{Mt19937, randperm_prefix};
+use crate::{Adapter, Element, Error, Result};
+
+/// How the `n` coefficient locations are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Uniformly at random from the seed, the same for every layer of a
+    /// shape. With [`Layout::Peft`] or [`Layout::Identity`] these are PEFT's
+    /// exact locations, `torch.randperm(out*in, seed)[:n]`; with
+    /// [`Layout::Wavedec`] a `randperm` over all coefficient positions.
+    #[default]
+    Uniform,
+    /// The coarsest sub-bands first: whole bands in order
+    /// `A_J, H_J, V_J, D_J, H_{J−1}, …`, and a seeded random subset of the
+    /// first band that does not fit whole. Needs [`Layout::Wavedec`].
+    LowFrequencyFirst,
+    /// The `n` largest-magnitude coefficients of `wavedec2` of the frozen
+    /// weight itself (ties to the lower flat index). Needs
+    /// [`Layout::Wavedec`] and the weight.
+    EnergyGuided,
+}
+
+/// How the coefficients start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Init {
+    /// All zero: ΔW starts at 0 (PEFT's `init_weights=True`).
+    #[default]
+    Zeros,
+    /// Seeded normal values with this standard deviation (PEFT uses 0.01
+    /// for `init_weights=False`, from torch's own stream; ours is MT19937
+    /// with Box–Muller, so only the distribution matches).
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
+}
+
+/// The per-layer WaveletFT settings. Serialises as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WaveletFtConfig {
+    /// Any dwt-core wavelet name (`db1`, `sym4`, `coif2`, `bior2.2`, …).
+    pub wavelet: String,
+    /// Decomposition levels (1 for the PEFT layout).
+    pub level: usize,
+    /// Extension mode name (`zero` for the PEFT layout).
+    pub mode: String,
+    /// The coefficient layout.
+    pub layout: Layout,
+    /// Number of trainable coefficients per layer.
+    pub n_frequency: usize,
+    /// The scaling α.
+    pub scaling: f64,
+    /// Seed of the location and initialisation draws.
+    pub seed: u64,
+    /// Location strategy.
+    pub strategy: Strategy,
+    /// Initial values.
+    pub init: Init,
+}
+
+impl Default for WaveletFtConfig {
+    /// PEFT's WaveFT defaults: db1, n = 2592, α = 25, seed 777, zeros.
+    fn default() -> Self {
+        WaveletFtConfig {
+            wavelet: "db1".into(),
+            level: 1,
+            mode: "zero".into(),
+            layout: Layout::Peft,
+            n_frequency: 2592,
+            scaling: 25.0,
+            seed: 777,
+            strategy: Strategy::Uniform,
+            init: Init::Zeros,
+        }
+    }
+}
+
+impl WaveletFtConfig {
+    /// The wavelet and mode, parsed.
+    ///
+    /// # Errors
+    /// [`Error::Dwt`] for an unknown wavelet or mode name.
+    pub fn parse(&self) -> Result<(Wavelet, Mode)> {
+        Ok((Wavelet::new(&self.wavelet)?, self.mode.parse::<Mode>()?))
+    }
+
+    /// Whether PEFT's WaveFT can express this configuration.
+    pub fn is_peft_compatible(&self) -> bool {
+        matches!(self.layout, Layout::Peft | Layout::Identity) && self.strategy == Strategy::Uniform
+    }
+}
+
+/// A WaveletFT adapter for one `out × in` layer.
+#[derive(Debug, Clone)]
+pub struct WaveletFt<T> {
+    config: WaveletFtConfig,
+    wavelet: Wavelet,
+    geometry: Geometry,
+    locations: Vec<Coef>,
+    coeffs: Vec<T>,
+    atoms: AtomTable<T>,
+}
+
+impl<T: Element> WaveletFt<T> {
+    /// A new adapter for an `out × in` layer with `n` coefficients (usually
+    /// `config.n_frequency`), locations drawn by `config.strategy`.
+    /// `frozen` is the layer's weight, needed by [`Strategy::EnergyGuided`].
+    ///
+    /// # Errors
+    /// * [`Error::Dwt`] for an unknown wavelet or mode, or a level too deep
+    ///   for the shape;
+    /// * [`Error::Invalid`] when `n` exceeds the available positions, the
+    ///   strategy does not fit the layout, or `frozen` is missing or has
+    ///   another shape.
+    pub fn new(config: &WaveletFtConfig, shape: (usize, usize), n: usize, frozen: Option<ArrayView2<'_, T>>) -> Result<Self> {
+        let (wavelet, mode) = config.parse()?;
+        let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
+        let locations = choose_locations(config, &geometry, &wavelet, mode, n, frozen)?;
+        let coeffs = match config.init {
+            Init::Zeros => vec![T::zero(); locations.len()],
+            Init::Normal { std } => {
+                let mut g = Mt19937::new(config.seed ^ 0x5eed_1417);
+                (0..locations.len()).map(|_| T::from_f64(std * g.next_normal())).collect()
+            }
+        };
+        Self::build(config.clone(), wavelet, geometry, locations, coeffs)
+    }
+
+    /// An adapter with explicit locations and coefficient values (what the
+    /// native file format stores).
+    ///
+    /// # Errors
+    /// As [`Self::new`], and [`Error::Invalid`] for a location outside the
+    /// coefficient array or a count mismatch.
+    pub fn from_parts(config: &WaveletFtConfig, shape: (usize, usize), locations: Vec<Coef>, coeffs: Vec<T>) -> Result<Self> {
+        let (wavelet, mode) = config.parse()?;
+        let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
+        if locations.len() != coeffs.len() {
+            return Err(Error::invalid(
+                "coefficients",
+                format!("{} values for {} locations", coeffs.len(), locations.len()),
+            ));
+        }
+        for &c in &locations {
+            geometry.check(c)?;
+        }
+        Self::build(config.clone(), wavelet, geometry, locations, coeffs)
+    }
+
+    fn build(config: WaveletFtConfig, wavelet: Wavelet, geometry: Geometry, locations: Vec<Coef>, coeffs: Vec<T>) -> Result<Self> {
+        let atoms = AtomTable::build(locations.iter().map(|&c| geometry.factor_keys(c)), |k, axis| {
+            geometry.factor(locations[k], axis)
+        })?;
+        Ok(WaveletFt {
+            config,
+            wavelet,
+            geometry,
+            locations,
+            coeffs,
+            atoms,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WaveletFtConfig {
+        &self.config
+    }
+    /// The coefficient array's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+    /// Where each coefficient sits.
+    pub fn locations(&self) -> &[Coef] {
+        &self.locations
+    }
+    /// The scaling α as `T`.
+    fn alpha(&self) -> T {
+        T::from_f64(self.config.scaling)
+    }
+
+    /// Multiply-adds per batch row of the atom form of `x·ΔWᵀ`.
+    fn atom_cost_per_row(&self) -> usize {
+        self.atoms.cols.support() + self.atoms.outer_cost() / self.atoms.cols.len().max(1) + self.atoms.n()
+    }
+
+    /// ΔW the reference way: scatter the coefficients into the full
+    /// coefficient array and run dwt-core's inverse transform, then crop.
+    /// [`Adapter::delta_weight`] adds the atoms instead; both agree to
+    /// rounding.
+    ///
+    /// # Errors
+    /// [`Error::Dwt`] only if the geometry and dwt-core disagree (a bug).
+    pub fn delta_weight_by_transform(&self) -> Result<Array2<T>> {
+        let (out, inp) = self.geometry.shape();
+        let bands = self.geometry.bands();
+        let mut arrays: Vec<Array2<T>> = bands.iter().map(|b| Array2::zeros(b.shape)).collect();
+        for (c, &v) in self.locations.iter().zip(&self.coeffs) {
+            arrays[c.band][[c.row, c.col]] += v;
+        }
+        let a = self.alpha();
+        let (_, mode) = self.config.parse()?;
+        let full = match self.geometry.layout() {
+            Layout::Identity => return Ok(arrays.swap_remove(0) * a),
+            Layout::Peft => {
+                let [ca, ch, cv, cd] = [&arrays[0], &arrays[1], &arrays[2], &arrays[3]];
+                idwt2(ca.view(), [ch.view(), cv.view(), cd.view()], &self.wavelet, Mode::Zero)?
+            }
+            Layout::Wavedec => {
+                let mut it = arrays.into_iter();
+                let approx = it.next().unwrap_or_default();
+                let mut details = Vec::new();
+                while let (Some(h), Some(v), Some(d)) = (it.next(), it.next(), it.next()) {
+                    details.push([h, v, d]);
+                }
+                waverec2(&Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)]), &self.wavelet, mode)?
+            }
+        };
+        let (r0, c0) = self.crop_origin(full.dim());
+        Ok(full.slice(s![r0..r0 + out, c0..c0 + inp]).to_owned() * a)
+    }
+
+    /// Where the weight sits in the full inverse transform's output.
+    fn crop_origin(&self, full: (usize, usize)) -> (usize, usize) {
+        let (out, inp) = self.geometry.shape();
+        match self.geometry.layout() {
+            Layout::Peft => ((full.0 - out) / 2, (full.1 - inp) / 2),
+            _ => (0, 0),
+        }
+    }
+
+    /// `∂L/∂c` from a dense `G = ∂L/∂ΔW` (`out × in`), the adjoint way: embed
+    /// G in the inverse transform's output, apply the adjoint transform, and
+    /// read the coefficients at the locations.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `g` is not `out × in`.
+    pub fn grad_from_dense(&self, g: ArrayView2<'_, T>) -> Result<Vec<T>> {
+        let (out, inp) = self.geometry.shape();
+        check_shape("dL/dW", g.shape(), &[out, inp])?;
+        let a = self.alpha();
+        let bands: Vec<Array2<T>> = match self.geometry.layout() {
+            Layout::Identity => vec![g.to_owned()],
+            Layout::Peft => {
+                let (h, w) = self.geometry.bands()[0].shape;
+                let l = self.wavelet.filter_len();
+                let full = (2 * h + 2 - l, 2 * w + 2 - l);
+                let (r0, c0) = self.crop_origin(full);
+                let mut y = Array2::zeros(full);
+                y.slice_mut(s![r0..r0 + out, c0..c0 + inp]).assign(&g);
+                let (ca, [ch, cv, cd]) = idwt2_adjoint(y.view(), &self.wavelet, Mode::Zero)?;
+                vec![ca, ch, cv, cd]
+            }
+            Layout::Wavedec => {
+                let (_, mode) = self.config.parse()?;
+                let like = wavedec2(Array2::<T>::zeros((out, inp)).view(), &self.wavelet, mode, Some(self.config.level))?;
+                let probe = waverec2(&like, &self.wavelet, mode)?;
+                let mut y = Array2::zeros(probe.dim());
+                y.slice_mut(s![..out, ..inp]).assign(&g);
+                let c = waverec2_adjoint(y.view(), &like, &self.wavelet, mode)?;
+                let mut v = vec![c.approx().clone()];
+                for [h, vv, d] in c.details() {
+                    v.extend([h.clone(), vv.clone(), d.clone()]);
+                }
+                v
+            }
+        };
+        Ok(self.locations.iter().map(|c| a * bands[c.band][[c.row, c.col]]).collect())
+    }
+}
+
+impl<T: Element> Adapter<T> for WaveletFt<T> {
+    fn method(&self) -> Method {
+        Method::WaveletFt
+    }
+    fn shape(&self) -> (usize, usize) {
+        self.geometry.shape()
+    }
+    fn params(&self) -> &[T] {
+        &self.coeffs
+    }
+    fn params_mut(&mut self) -> &mut [T] {
+        &mut self.coeffs
+    }
+
+    fn delta_weight(&self) -> Array2<T> {
+        let (out, inp) = self.shape();
+        let mut w = Array2::zeros((out, inp));
+        if let Some(buf) = w.as_slice_mut() {
+            self.atoms.add_outer(&self.coeffs, self.alpha(), buf, (out, inp), false);
+        }
+        w
+    }
+
+    /// Adds the atoms in place: `O(n · support²)`, never `O(out · in)`.
+    fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
+        let shape = self.shape();
+        check_shape("weight", w.shape(), &stored_shape(shape, fan_in_fan_out))?;
+        let scale = sign * self.alpha();
+        match w.as_slice_mut() {
+            Some(buf) => self.atoms.add_outer(&self.coeffs, scale, buf, shape, fan_in_fan_out),
+            None => {
+                let mut d = self.delta_weight();
+                d *= sign;
+                if fan_in_fan_out {
+                    w += &d.t();
+                } else {
+                    w += &d;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The atom form, `O(batch · n · support)`, unless a dense ΔW and a
+    /// matrix product are cheaper (deep levels with wide atoms).
+    fn forward_delta(&self, x: ArrayView2<'_, T>, mut y: ArrayViewMut2<'_, T>) -> Result<()> {
+        let (out, inp) = self.shape();
+        check_batch(x, y.view(), inp, out)?;
+        if self.atom_cost_per_row() > out * inp / 2 {
+            general_mat_mul(T::one(), &x, &self.delta_weight().t(), T::one(), &mut y);
+            return Ok(());
+        }
+        let (a, n_cols) = (self.alpha(), self.atoms.cols.len());
+        for_each_row(
+            x,
+            y,
+            || vec![T::zero(); n_cols],
+            |xv, _, xr, yr| self.atoms.forward_row(&self.coeffs, a, xr, yr, xv),
+        );
+        Ok(())
+    }
+
+    /// `∂L/∂c_k = α Σ_b (g_b·u_k)(x_b·v_k)` from the atoms, never a dense
+    /// `gᵀ·x` unless that is cheaper (deep levels with wide atoms).
+    fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>> {
+        let (out, inp) = self.shape();
+        check_batch(x, g, inp, out)?;
+        if let Some(d) = &dx {
+            check_shape("dx", d.shape(), x.shape())?;
+        }
+        let a = self.alpha();
+        if self.atom_cost_per_row() > out * inp / 2 {
+            let gw = g.t().dot(&x);
+            dx_dense(&self.delta_weight(), g, dx)?;
+            return self.grad_from_dense(gw.view());
+        }
+        let g = g.as_standard_layout();
+        let (n, nr, nc) = (self.atoms.n(), self.atoms.rows.len(), self.atoms.cols.len());
+        let init = || (vec![T::zero(); n], vec![T::zero(); nr], vec![T::zero(); nc]);
+        let step = |st: &mut (Vec<T>, Vec<T>, Vec<T>), b: usize, xr: &[T], dxr: Option<&mut [T]>| {
+            let gr = g.row(b);
+            let gr = gr.as_slice().unwrap_or(&[]);
+            self.atoms.backward_row(&self.coeffs, a, xr, gr, &mut st.0, dxr, &mut st.1, &mut st.2);
+        };
+        let parts = match dx {
+            Some(dx) => for_each_row(x, dx, init, |st, b, xr, dxr| step(st, b, xr, Some(dxr))),
+            None => {
+                let mut dummy = Array2::<T>::zeros((x.nrows(), 0));
+                for_each_row(x, dummy.view_mut(), init, |st, b, xr, _| step(st, b, xr, None))
+            }
+        };
+        let mut grad = vec![T::zero(); n];
+        for (p, _, _) in parts {
+            for (t, v) in grad.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        grad.iter_mut().for_each(|v| *v *= a);
+        Ok(grad)
+    }
+}
+
+/// Draw the locations for `config.strategy`.
+fn choose_locations<T: Element>(
+    config: &WaveletFtConfig,
+    geometry: &Geometry,
+    wavelet: &Wavelet,
+    mode: Mode,
+    n: usize,
+    frozen: Option<ArrayView2<'_, T>>,
+) -> Result<Vec<Coef>> {
+    let (out, inp) = geometry.shape();
+    let peft_like = matches!(geometry.layout(), Layout::Peft | Layout::Identity);
+    let available = if peft_like { out * inp } else { geometry.num_positions() };
+    if n == 0 || n > available {
+        return Err(Error::invalid(
+            "n_frequency",
+            format!("{n} coefficients for a {out}×{inp} layer ({available} positions available)"),
+        ));
+    }
+    if peft_like && config.strategy != Strategy::Uniform {
+        return Err(Error::invalid(
+            "strategy",
+            format!("{:?} needs the wavedec layout (PEFT's layouts are uniform only)", config.strategy),
+        ));
+    }
+    match config.strategy {
+        Strategy::Uniform if peft_like => randperm_prefix((out * inp) as u64, n, config.seed)
+            .into_iter()
+            .map(|i| geometry.peft_position(i))
+            .collect(),
+        Strategy::Uniform => randperm_prefix(available as u64, n, config.seed)
+            .into_iter()
+            .map(|i| geometry.unflatten(i as usize))
+            .collect(),
+        Strategy::LowFrequencyFirst => {
+            let mut locs = Vec::with_capacity(n);
+            for (band, b) in geometry.bands().iter().enumerate() {
+                let left = n - locs.len();
+                if left == 0 {
+                    break;
+                }
+                let pick: Vec<usize> = if b.size() <= left {
+                    (0..b.size()).collect()
+                } else {
+                    randperm_prefix(b.size() as u64, left, config.seed).into_iter().map(|i| i as usize).collect()
+                };
+                locs.extend(pick.into_iter().map(|i| Coef {
+                    band,
+                    row: i / b.shape.1,
+                    col: i % b.shape.1,
+                }));
+            }
+            Ok(locs)
+        }
+        Strategy::EnergyGuided => {
+            let w = frozen.ok_or_else(|| Error::invalid("strategy", "energy_guided needs the frozen weight"))?;
+            check_shape("frozen weight", w.shape(), &[out, inp])?;
+            let c = wavedec2(w, wavelet, mode, Some(config.level))?;
+            // NaN magnitudes rank below every number.
+            let mag = |v: &T| if v.is_nan() { -1.0 } else { v.as_f64().abs() };
+            let mut mags: Vec<(f64, usize)> = Vec::with_capacity(available);
+            mags.extend(c.approx().iter().map(mag).zip(0..));
+            for d in c.details() {
+                for band in d {
+                    let base = mags.len();
+                    mags.extend(band.iter().map(mag).zip(base..));
+                }
+            }
+            // Largest first; ties go to the lower flat index.
+            mags.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut flat: Vec<usize> = mags[..n].iter().map(|&(_, i)| i).collect();
+            flat.sort_unstable();
+            flat.into_iter().map(|i| geometry.unflatten(i)).collect()
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Against real Hugging Face PEFT 0.21.2: folders written by
+//! `scripts/make_peft_references.py` (PEFT's own `save_pretrained`,
+//! `merge_and_unload` and module outputs). Merged weights and outputs must
+//! agree within 1e-5 relative; locations must be identical.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use wft_adapter::{
+    Adapter, AdapterModel, CONFIG_FILE, ModuleAdapter, RawTensor, TensorFile, randperm_prefix, write_atomic,
+};
+
+const TOL: f32 = 1e-5;
+
+fn refs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs")
+}
+
+/// Cases with base and merged weights.
+const CASES: &[&str] = &[
+    "waveft_db1_square",
+    "waveft_db2_nonsquare",
+    "waveft_sym3_odd",
+    "waveft_coif1_odd",
+    "waveft_db3_odd",
+    "waveft_conv1d",
+    "waveft_no_idwt",
+    "waveft_proportional",
+    "waveft_pattern_regex",
+    "fourierft",
+    "lora",
+    "rslora",
+];
+
+/// max |a − b| / max |b|.
+fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
+    let scale = b.clone().into_iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn f32_2d(f: &TensorFile, k: &str) -> Array2<f32> {
+    f.f32(k, "test").unwrap().into_dimensionality::<Ix2>().unwrap()
+}
+
+/// Tensors whose names start with a module path and end in `suffix`.
+fn io_modules(io: &TensorFile, suffix: &str) -> Vec<String> {
+    io.names().iter().filter_map(|k| k.strip_suffix(suffix).map(str::to_string)).collect()
+}
+
+#[test]
+fn merged_weights_equal_peft_merge_and_unload() {
+    for case in CASES {
+        let dir = refs().join(case);
+        let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
+        let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("merged.safetensors");
+        let mut calls = 0;
+        let report = model.merge(&base, &path, &mut |_, _| calls += 1).unwrap();
+        assert_eq!(calls, base.names().len());
+        assert_eq!(report.merged.len(), model.modules().len(), "{case}");
+        let ours = TensorFile::open(&path).unwrap();
+        let peft = TensorFile::open(dir.join("merged.safetensors")).unwrap();
+        assert_eq!(ours.names(), peft.names(), "{case}");
+        let merged: Vec<&String> = report.merged.iter().map(|(k, _)| k).collect();
+        for name in peft.names() {
+            let (a, b) = (ours.f32(&name, "").unwrap(), peft.f32(&name, "").unwrap());
+            assert_eq!(a.shape(), b.shape());
+            if merged.contains(&&name) {
+                let e = rel_err(&a, &b);
+                assert!(e <= TOL, "{case} {name}: relative error {e}");
+            } else {
+                // Untouched tensors are copied bit for bit.
+                assert_eq!(ours.raw(&name, "").unwrap().data, base.raw(&name, "").unwrap().data, "{case} {name}");
+            }
+        }
+        assert_eq!(ours.metadata(), base.metadata());
+    }
+}
+
+#[test]
+fn unmerged_outputs_equal_peft_forward() {
+    for case in CASES {
+        let dir = refs().join(case);
+        let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
+        let io = TensorFile::open(dir.join("io.safetensors")).unwrap();
+        let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
+        let fifo = model.config().fan_in_fan_out;
+        let paths = io_modules(&io, ".y");
+        assert_eq!(paths.len(), model.modules().len(), "{case}");
+        for m in paths {
+            let x = f32_2d(&io, &format!("{m}.x"));
+            let want = f32_2d(&io, &format!("{m}.y"));
+            let w = f32_2d(&base, &format!("{m}.weight"));
+            let w = if fifo { w.reversed_axes() } else { w };
+            let b: Array1<f32> = base.f32(&format!("{m}.bias"), "").unwrap().into_dimensionality::<Ix1>().unwrap();
+            let mut y = x.dot(&w.t()) + &b;
+            model.modules()[&m].as_adapter().forward_delta(x.view(), y.view_mut()).unwrap();
+            let e = rel_err(&y, &want);
+            assert!(e <= TOL, "{case} {m}: relative error {e}");
+        }
+    }
+}
+
+/// PEFT's locations (saved by the script from the live PEFT layers) equal
+/// our MT19937 `randperm` prefix.
+#[test]
+fn locations_equal_torch_randperm() {
+    let mut checked = 0;
+    for case in CASES.iter().chain(&["waveft_1024x768_n5000"]) {
+        let dir = refs().join(case);
+        let io = TensorFile::open(dir.join("io.safetensors")).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter").join(CONFIG_FILE)).unwrap()).unwrap();
+        let seed = cfg["random_loc_seed"].as_u64().unwrap_or(777);
+        for m in io_modules(&io, ".locations") {
+            let want: ArrayD<i64> = io.i64(&format!("{m}.locations"), "").unwrap();
+            let x = io.f32(&format!("{m}.x"), "").unwrap();
+            let y = io.f32(&format!("{m}.y"), "").unwrap();
+            let total = (x.shape()[1] * y.shape()[1]) as u64;
+            let got = randperm_prefix(total, want.len(), seed);
+            let want: Vec<u64> = want.iter().map(|&v| v as u64).collect();
+            assert_eq!(got, want, "{case} {m}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} location sets checked");
+}
+
+/// The 1024×768, n = 5000 layer: ΔW at every nonzero position PEFT produced
+/// and 2048 random ones.
+#[test]
+fn large_layer_delta_matches_peft() {
+    let dir = refs().join("waveft_1024x768_n5000");
+    let io = TensorFile::open(dir.join("io.safetensors")).unwrap();
+    // A base with the right shape (the values do not matter for ΔW).
+    let tmp = tempfile::tempdir().unwrap();
+    let base_path = tmp.path().join("base.safetensors");
+    let w = RawTensor::from_f32(&[1024, 768], &vec![0.0; 1024 * 768]);
+    write_atomic(&base_path, [("layers.0.q.weight".to_string(), &w)], None).unwrap();
+    let base = TensorFile::open(&base_path).unwrap();
+    let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
+    let d = model.delta("layers.0.q").unwrap();
+    let rows = io.i64("layers.0.q.delta_rows", "").unwrap();
+    let cols = io.i64("layers.0.q.delta_cols", "").unwrap();
+    let vals = io.f32("layers.0.q.delta_vals", "").unwrap();
+    assert!(vals.len() > 10_000);
+    let ours: Vec<f32> = rows.iter().zip(&cols).map(|(&r, &c)| d[[r as usize, c as usize]]).collect();
+    let e = rel_err(&ours, vals.iter());
+    assert!(e <= TOL, "relative error {e}");
+    // Nothing outside PEFT's nonzeros: our ΔW has no more nonzeros than PEFT's.
+    let nonzero_peft = vals.iter().filter(|v| **v != 0.0).count();
+    let nonzero_ours = d.iter().filter(|v| **v != 0.0).count();
+    assert!(nonzero_ours <= nonzero_peft + 16, "{nonzero_ours} vs {nonzero_peft}");
+}
+
+/// Atoms and the dense dwt-core transform agree on every reference layer.
+#[test]
+fn atom_delta_equals_transform_delta() {
+    for case in CASES.iter().filter(|c| c.starts_with("waveft")) {
+        let dir = refs().join(case);
+        let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
+        let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
+        for (m, a) in model.modules() {
+            let ModuleAdapter::WaveletFt(w) = a else { panic!("{case}: not WaveletFT") };
+            let (x, y) = (w.delta_weight(), w.delta_weight_by_transform().unwrap());
+            let e = rel_err(&x, &y);
+            assert!(e <= 1e-6, "{case} {m}: {e}");
+        }
+    }
+}
+
+/// What we write, we read back identically, and the config file keeps every
+/// field PEFT wrote with the same value.
+#[test]
+fn save_round_trips_peft_folders() {
+    for case in CASES {
+        let dir = refs().join(case);
+        let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
+        let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        let again = AdapterModel::load(out.path(), Some(&base)).unwrap();
+        for (m, a) in model.modules() {
+            assert_eq!(a.as_adapter().params(), again.modules()[m].as_adapter().params(), "{case} {m}");
+        }
+        let read = |p: &Path| -> BTreeMap<String, serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(p.join(CONFIG_FILE)).unwrap()).unwrap()
+        };
+        let (orig, ours) = (read(&dir.join("adapter")), read(out.path()));
+        for (k, v) in &orig {
+            assert_eq!(ours.get(k), Some(v), "{case}: field {k}");
+        }
+        let st = TensorFile::open(out.path().join(wft_adapter::WEIGHTS_FILE)).unwrap();
+        let peft = TensorFile::open(dir.join("adapter").join(wft_adapter::WEIGHTS_FILE)).unwrap();
+        assert_eq!(st.names(), peft.names());
+        assert_eq!(st.metadata(), peft.metadata());
+    }
+}
