@@ -234,7 +234,11 @@ impl AtomBasis {
             let full = self.synthesize(&cur, filter);
             // PyWavelets trims the reconstruction to the next level's length.
             let keep = if j == 1 { self.out_len } else { self.lens[j - 1] };
-            cur = if keep == full.len { full } else { full.crop(0, keep, periodic) };
+            cur = if keep == full.len {
+                full
+            } else {
+                full.crop(0, keep, periodic)
+            };
             filter = &self.rec_lo;
         }
         Ok(cur)

@@ -68,8 +68,8 @@ mod scratch;
 mod transform;
 mod wavelet;
 
-pub use atoms::{Atom, AtomBasis, Band};
 pub use array::{CoeffSlices, array_to_coeffs, coeffs_to_array};
+pub use atoms::{Atom, AtomBasis, Band};
 pub use coeffs::{CoeffSet, Coeffs1, Coeffs2};
 pub use error::{Error, Result};
 pub use mode::{Mode, dwt_coeff_len, dwt_max_level, idwt_len};

@@ -95,7 +95,11 @@ pub(crate) fn check_batch<T>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>, inp: us
 }
 
 /// Add `g·ΔW` through the dense ΔW (the fallback for `dx`).
-pub(crate) fn dx_dense<T: Element>(delta: &Array2<T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<()> {
+pub(crate) fn dx_dense<T: Element>(
+    delta: &Array2<T>,
+    g: ArrayView2<'_, T>,
+    dx: Option<ArrayViewMut2<'_, T>>,
+) -> Result<()> {
     if let Some(mut dx) = dx {
         check_shape("dx", dx.shape(), &[g.nrows(), delta.ncols()])?;
         general_mat_mul(T::one(), &g, delta, T::one(), &mut dx);
@@ -170,12 +174,21 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
     ///
     /// # Errors
     /// [`Error::Shape`] for mismatched shapes.
-    pub fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, want_dx: bool) -> Result<(Vec<T>, Option<Array2<T>>)> {
+    pub fn backward(
+        &self,
+        x: ArrayView2<'_, T>,
+        g: ArrayView2<'_, T>,
+        want_dx: bool,
+    ) -> Result<(Vec<T>, Option<Array2<T>>)> {
         let (out, inp) = self.adapter.shape();
         check_batch(x, g, inp, out)?;
         let mut dx = want_dx.then(|| g.dot(&self.weight));
         // Once merged, W already carries ΔW: the adapter adds nothing to ∂L/∂x.
-        let share = if self.merged { None } else { dx.as_mut().map(|d| d.view_mut()) };
+        let share = if self.merged {
+            None
+        } else {
+            dx.as_mut().map(|d| d.view_mut())
+        };
         let grads = self.adapter.backward(x, g, share)?;
         Ok((grads, dx))
     }

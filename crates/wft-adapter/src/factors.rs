@@ -53,7 +53,10 @@ impl<T: Element> FactorSet<T> {
     pub(crate) fn dot(&self, id: usize, x: &[T]) -> T {
         let mut acc = T::zero();
         self.for_runs(id, |s, v| {
-            acc += v.iter().zip(&x[s..s + v.len()]).fold(T::zero(), |a, (&p, &q)| a + p * q);
+            acc += v
+                .iter()
+                .zip(&x[s..s + v.len()])
+                .fold(T::zero(), |a, (&p, &q)| a + p * q);
         });
         acc
     }
@@ -215,4 +218,3 @@ impl<T: Element> FactorSet<T> {
         runs[0].1 + runs[1].1
     }
 }
-

@@ -63,7 +63,10 @@ impl<T: Element> FourierFt<T> {
     pub fn new(config: &FourierFtConfig, shape: (usize, usize), n: usize, values: Option<Vec<T>>) -> Result<Self> {
         let (out, inp) = shape;
         if n == 0 || n > out * inp {
-            return Err(Error::invalid("n_frequency", format!("{n} entries for a {out}×{inp} layer")));
+            return Err(Error::invalid(
+                "n_frequency",
+                format!("{n} entries for a {out}×{inp} layer"),
+            ));
         }
         let freqs = randperm_prefix((out * inp) as u64, n, config.seed)
             .into_iter()
@@ -71,7 +74,10 @@ impl<T: Element> FourierFt<T> {
             .collect();
         let coeffs = values.unwrap_or_else(|| vec![T::zero(); n]);
         if coeffs.len() != n {
-            return Err(Error::invalid("spectrum", format!("{} values for n = {n}", coeffs.len())));
+            return Err(Error::invalid(
+                "spectrum",
+                format!("{} values for n = {n}", coeffs.len()),
+            ));
         }
         Ok(FourierFt {
             shape,
@@ -84,7 +90,9 @@ impl<T: Element> FourierFt<T> {
     /// Seeded normal values (PEFT's `init_weights=False` draws `randn`).
     pub fn randomize(&mut self, seed: u64, std: f64) {
         let mut g = Mt19937::new(seed);
-        self.coeffs.iter_mut().for_each(|c| *c = T::from_f64(std * g.next_normal()));
+        self.coeffs
+            .iter_mut()
+            .for_each(|c| *c = T::from_f64(std * g.next_normal()));
     }
 
     /// `(row frequency, column frequency)` of each entry.

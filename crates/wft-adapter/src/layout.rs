@@ -144,7 +144,11 @@ impl Geometry {
                 let crop = ((rows.output_len() - out) / 2, (cols.output_len() - inp) / 2);
                 let half = (po / 2, pi / 2);
                 let bands = [BandKind::A, BandKind::H, BandKind::V, BandKind::D]
-                    .map(|kind| BandInfo { level: 1, kind, shape: half })
+                    .map(|kind| BandInfo {
+                        level: 1,
+                        kind,
+                        shape: half,
+                    })
                     .to_vec();
                 Ok(Geometry {
                     layout,
@@ -221,7 +225,11 @@ impl Geometry {
             Some(b) if c.row < b.shape.0 && c.col < b.shape.1 => Ok(()),
             _ => Err(Error::invalid(
                 "coefficient location",
-                format!("{c:?} is outside the {} sub-bands {:?}", self.bands.len(), self.shape_list()),
+                format!(
+                    "{c:?} is outside the {} sub-bands {:?}",
+                    self.bands.len(),
+                    self.shape_list()
+                ),
             )),
         }
     }
@@ -264,7 +272,11 @@ impl Geometry {
             return Err(Error::invalid("PEFT location", format!("{idx} is beyond {out}×{inp}")));
         }
         match self.layout {
-            Layout::Identity => Ok(Coef { band: 0, row: r, col: c }),
+            Layout::Identity => Ok(Coef {
+                band: 0,
+                row: r,
+                col: c,
+            }),
             Layout::Peft => {
                 let (h, w) = self.bands[0].shape;
                 let (po, pi) = (2 * h, 2 * w);
@@ -277,7 +289,10 @@ impl Geometry {
                     col: pc % w,
                 })
             }
-            Layout::Wavedec => Err(Error::invalid("layout", "PEFT locations need the PEFT or identity layout")),
+            Layout::Wavedec => Err(Error::invalid(
+                "layout",
+                "PEFT locations need the PEFT or identity layout",
+            )),
         }
     }
 
@@ -302,7 +317,9 @@ impl Geometry {
         let b = self.bands[c.band];
         let (rb, cb) = b.kind.factors();
         let (lo, len) = [(self.crop.0, self.shape.0), (self.crop.1, self.shape.1)][axis];
-        let atom = bases[axis].atom(b.level, [rb, cb][axis], idx)?.crop(lo, len, self.periodic);
+        let atom = bases[axis]
+            .atom(b.level, [rb, cb][axis], idx)?
+            .crop(lo, len, self.periodic);
         Ok(Factor {
             runs: atom.segments().map(|(s, v)| (s, v.to_vec())).collect(),
         })

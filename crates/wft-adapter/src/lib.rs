@@ -66,8 +66,8 @@ pub use fourierft::{FourierFt, FourierFtConfig};
 pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
 pub use model::{
-    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, PEFT_VERSION,
-    WEIGHTS_FILE, folder_files,
+    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModuleSummary,
+    PEFT_VERSION, Summary, WEIGHTS_FILE, folder_files,
 };
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
 pub use targets::{ModuleSpec, Targets, pattern_value, proportional};

@@ -62,7 +62,10 @@ impl<T: Element> Lora<T> {
     pub fn new(config: &LoraConfig, shape: (usize, usize), seed: u64) -> Result<Self> {
         let (out, inp) = shape;
         if config.r == 0 || out == 0 || inp == 0 {
-            return Err(Error::invalid("LoRA", format!("rank {} for a {out}×{inp} layer", config.r)));
+            return Err(Error::invalid(
+                "LoRA",
+                format!("rank {} for a {out}×{inp} layer", config.r),
+            ));
         }
         let mut g = Mt19937::new(seed);
         let std = 1.0 / (inp as f64).sqrt();
@@ -96,12 +99,14 @@ impl<T: Element> Lora<T> {
     /// `A` (`r × in`).
     pub fn a(&self) -> ArrayView2<'_, T> {
         let n = self.r * self.shape.1;
-        ArrayView2::from_shape((self.r, self.shape.1), &self.params[..n]).expect("parameters hold r·in then out·r values")
+        ArrayView2::from_shape((self.r, self.shape.1), &self.params[..n])
+            .expect("parameters hold r·in then out·r values")
     }
     /// `B` (`out × r`).
     pub fn b(&self) -> ArrayView2<'_, T> {
         let n = self.r * self.shape.1;
-        ArrayView2::from_shape((self.shape.0, self.r), &self.params[n..]).expect("parameters hold r·in then out·r values")
+        ArrayView2::from_shape((self.shape.0, self.r), &self.params[n..])
+            .expect("parameters hold r·in then out·r values")
     }
     fn s(&self) -> T {
         T::from_f64(self.scale)

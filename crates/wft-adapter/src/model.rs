@@ -154,13 +154,19 @@ fn field<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str, de
 }
 
 /// `layers_to_transform` / `layers_pattern` may be a single value or a list.
-fn one_or_many<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str, path: &Path) -> Result<Option<Vec<T>>> {
+fn one_or_many<T: serde::de::DeserializeOwned>(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<Vec<T>>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(_)) => field(obj, key, None, path),
-        Some(_) => Ok(Some(vec![field(obj, key, None::<T>, path)?.ok_or_else(|| Error::Json {
-            path: path.to_path_buf(),
-            reason: format!("field {key:?} is empty"),
+        Some(_) => Ok(Some(vec![field(obj, key, None::<T>, path)?.ok_or_else(|| {
+            Error::Json {
+                path: path.to_path_buf(),
+                reason: format!("field {key:?} is empty"),
+            }
         })?])),
     }
 }
@@ -212,10 +218,16 @@ impl AdapterConfig {
             reason: reason.into(),
         };
         if !matches!(obj.get("modules_to_save"), None | Some(Value::Null)) {
-            return Err(unsupported("modules_to_save", "fully trained modules are not merged by this crate"));
+            return Err(unsupported(
+                "modules_to_save",
+                "fully trained modules are not merged by this crate",
+            ));
         }
         if !matches!(obj.get("bias").and_then(Value::as_str), None | Some("none")) {
-            return Err(unsupported("bias", "only bias=\"none\" (no trained biases) is supported"));
+            return Err(unsupported(
+                "bias",
+                "only bias=\"none\" (no trained biases) is supported",
+            ));
         }
         for flag in ["use_dora", "lora_bias"] {
             if obj.get(flag).and_then(Value::as_bool) == Some(true) {
@@ -238,7 +250,11 @@ impl AdapterConfig {
                     scaling: field(&obj, "scaling", 25.0, path)?,
                     seed: field(&obj, "random_loc_seed", 777, path)?,
                     strategy: Strategy::Uniform,
-                    init: if init_weights { Init::Zeros } else { Init::Normal { std: 0.01 } },
+                    init: if init_weights {
+                        Init::Zeros
+                    } else {
+                        Init::Normal { std: 0.01 }
+                    },
                 })
             }
             "FOURIERFT" => MethodConfig::FourierFt {
@@ -313,7 +329,11 @@ impl AdapterConfig {
         put("layers_to_transform", json!(t.layers_to_transform));
         put("layers_pattern", json!(t.layers_pattern));
         put("fan_in_fan_out", json!(self.fan_in_fan_out));
-        for (k, v) in [("bias", json!("none")), ("modules_to_save", Value::Null), ("inference_mode", json!(true))] {
+        for (k, v) in [
+            ("bias", json!("none")),
+            ("modules_to_save", Value::Null),
+            ("inference_mode", json!(true)),
+        ] {
             obj.entry(k).or_insert(v);
         }
         obj.entry("peft_version").or_insert(json!(PEFT_VERSION));
@@ -431,13 +451,20 @@ fn vector(file: &TensorFile, key: &str, n: Option<usize>, what: &str) -> Result<
 /// A 2-D f32 tensor of the given shape.
 fn matrix(file: &TensorFile, key: &str, shape: [Option<usize>; 2], what: &str) -> Result<Array2<f32>> {
     let a = file.f32(key, what)?;
-    let ok = a.ndim() == 2 && shape.iter().zip(a.shape()).all(|(want, got)| want.is_none_or(|w| w == *got));
+    let ok = a.ndim() == 2
+        && shape
+            .iter()
+            .zip(a.shape())
+            .all(|(want, got)| want.is_none_or(|w| w == *got));
     let found = a.shape().to_vec();
     let mismatch = || Error::ShapeMismatch {
         path: file.path().to_path_buf(),
         tensor: key.into(),
         found: found.clone(),
-        expected: format!("{:?} (? = any)", shape.map(|d| d.map_or("?".to_string(), |d| d.to_string()))),
+        expected: format!(
+            "{:?} (? = any)",
+            shape.map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+        ),
     };
     if !ok {
         return Err(mismatch());
@@ -492,7 +519,10 @@ impl AdapterModel {
             let base = base.ok_or_else(|| {
                 Error::invalid(
                     "base model",
-                    format!("{} adapters store no locations: pass the base model to load them", config.peft_type()),
+                    format!(
+                        "{} adapters store no locations: pass the base model to load them",
+                        config.peft_type()
+                    ),
                 )
             })?;
             Ok(module_shape(base, m, fifo)?.1)
@@ -525,7 +555,8 @@ impl AdapterModel {
                             expected: format!("[{}, 3]", values.len()),
                         });
                     }
-                    let bad = |k: &str| Error::invalid(format!("{} tensor {k}", file.path().display()), "negative location");
+                    let bad =
+                        |k: &str| Error::invalid(format!("{} tensor {k}", file.path().display()), "negative location");
                     let flat = locs.into_raw_vec_and_offset().0;
                     let locations = flat
                         .chunks_exact(3)
@@ -560,7 +591,8 @@ impl AdapterModel {
                     let k = key(&m, ".fourierft_spectrum");
                     let values = vector(&file, &k, None, "FourierFT spectrum")?;
                     let shape = shape_from_base(&m)?;
-                    let a = FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
+                    let a =
+                        FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
                     modules.insert(m, ModuleAdapter::FourierFt(a));
                     expected_keys.push(k);
                 }
@@ -574,13 +606,18 @@ impl AdapterModel {
                     let a = matrix(&file, &ka, [Some(c.r), None], "LoRA A (r × in)")?;
                     let b = matrix(&file, &kb, [None, Some(c.r)], "LoRA B (out × r)")?;
                     if let Some(base) = base {
-                        let (_, shape) = module_shape(base, &m, fifo)?;
-                        if shape != (b.nrows(), a.ncols()) {
+                        let (key, shape) = module_shape(base, &m, fifo)?;
+                        let want = (b.nrows(), a.ncols());
+                        if shape != want {
                             return Err(Error::ShapeMismatch {
-                                path: file.path().to_path_buf(),
-                                tensor: kb,
-                                found: vec![b.nrows(), a.ncols()],
-                                expected: format!("the base weight's (out, in) = {shape:?}"),
+                                path: base.path().to_path_buf(),
+                                tensor: key,
+                                found: stored_shape(shape, fifo).to_vec(),
+                                expected: format!(
+                                    "{:?} to fit the LoRA factors of {m:?} in {}",
+                                    stored_shape(want, fifo),
+                                    file.path().display()
+                                ),
                             });
                         }
                     }
@@ -616,7 +653,9 @@ impl AdapterModel {
     pub fn new_for_base(config: AdapterConfig, base: &TensorFile, seed: u64) -> Result<Self> {
         let mut targets = Vec::new();
         for name in base.names() {
-            let Some(m) = name.strip_suffix(".weight") else { continue };
+            let Some(m) = name.strip_suffix(".weight") else {
+                continue;
+            };
             if base.info(&name).is_some_and(|(_, s)| s.len() == 2) && config.targets.matches(m)? {
                 let (_, shape) = module_shape(base, m, config.fan_in_fan_out)?;
                 targets.push((m.to_string(), shape));
@@ -625,7 +664,11 @@ impl AdapterModel {
         if targets.is_empty() {
             return Err(Error::invalid(
                 "target_modules",
-                format!("{:?} matches no 2-D weight of {}", config.targets.target_modules, base.path().display()),
+                format!(
+                    "{:?} matches no 2-D weight of {}",
+                    config.targets.target_modules,
+                    base.path().display()
+                ),
             ));
         }
         let n_default = match &config.method {
@@ -650,7 +693,9 @@ impl AdapterModel {
                 _ => None,
             };
             let adapter = match &config.method {
-                MethodConfig::WaveletFt(c) => ModuleAdapter::WaveletFt(WaveletFt::new(c, shape, n, w.as_ref().map(|w| w.view()))?),
+                MethodConfig::WaveletFt(c) => {
+                    ModuleAdapter::WaveletFt(WaveletFt::new(c, shape, n, w.as_ref().map(|w| w.view()))?)
+                }
                 MethodConfig::FourierFt { config: c, init_zeros } => {
                     let mut a = FourierFt::new(c, shape, n, None)?;
                     if !init_zeros {
@@ -687,19 +732,31 @@ impl AdapterModel {
             match a {
                 ModuleAdapter::WaveletFt(w) if native => {
                     shapes.insert(m.clone(), w.shape());
-                    tensors.push((k(".waveletft_coefficients"), RawTensor::from_f32(&[w.num_params()], w.params())));
+                    tensors.push((
+                        k(".waveletft_coefficients"),
+                        RawTensor::from_f32(&[w.num_params()], w.params()),
+                    ));
                     let locs: Vec<i64> = w
                         .locations()
                         .iter()
                         .flat_map(|c| [c.band as i64, c.row as i64, c.col as i64])
                         .collect();
-                    tensors.push((k(".waveletft_locations"), RawTensor::from_i64(&[w.num_params(), 3], &locs)));
+                    tensors.push((
+                        k(".waveletft_locations"),
+                        RawTensor::from_i64(&[w.num_params(), 3], &locs),
+                    ));
                 }
                 ModuleAdapter::WaveletFt(w) => {
-                    tensors.push((k(".waveft_spectrum"), RawTensor::from_f32(&[w.num_params()], w.params())));
+                    tensors.push((
+                        k(".waveft_spectrum"),
+                        RawTensor::from_f32(&[w.num_params()], w.params()),
+                    ));
                 }
                 ModuleAdapter::FourierFt(f) => {
-                    tensors.push((k(".fourierft_spectrum"), RawTensor::from_f32(&[f.num_params()], f.params())));
+                    tensors.push((
+                        k(".fourierft_spectrum"),
+                        RawTensor::from_f32(&[f.num_params()], f.params()),
+                    ));
                 }
                 ModuleAdapter::Lora(l) => {
                     let (out, inp) = l.shape();
@@ -712,7 +769,11 @@ impl AdapterModel {
             }
         }
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_atomic(&dir.join(WEIGHTS_FILE), tensors.iter().map(|(k, t)| (k.clone(), t)), Some(meta))?;
+        write_atomic(
+            &dir.join(WEIGHTS_FILE),
+            tensors.iter().map(|(k, t)| (k.clone(), t)),
+            Some(meta),
+        )?;
         let text = serde_json::to_string_pretty(&self.config.to_json(&shapes)).map_err(|e| Error::Json {
             path: dir.join(CONFIG_FILE),
             reason: e.to_string(),
@@ -728,7 +789,10 @@ impl AdapterModel {
         let a = self.modules.get(module).ok_or_else(|| {
             Error::invalid(
                 "module",
-                format!("{module:?} is not adapted (adapted: {:?})", self.modules.keys().take(5).collect::<Vec<_>>()),
+                format!(
+                    "{module:?} is not adapted (adapted: {:?})",
+                    self.modules.keys().take(5).collect::<Vec<_>>()
+                ),
             )
         })?;
         Ok(a.as_adapter().delta_weight())
@@ -791,7 +855,13 @@ impl AdapterModel {
         Ok(report)
     }
 
-    fn merge_one(&self, base: &TensorFile, name: &str, raw: &RawTensor<'_>, a: &dyn Adapter<f32>) -> Result<RawTensor<'static>> {
+    fn merge_one(
+        &self,
+        base: &TensorFile,
+        name: &str,
+        raw: &RawTensor<'_>,
+        a: &dyn Adapter<f32>,
+    ) -> Result<RawTensor<'static>> {
         let fifo = self.config.fan_in_fan_out;
         let not_float = || Error::DtypeMismatch {
             path: base.path().to_path_buf(),
@@ -801,7 +871,11 @@ impl AdapterModel {
         };
         let shape = [raw.shape[0], raw.shape[1]];
         if raw.dtype == Dtype::F64 {
-            let mut w: Vec<f64> = raw.data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            let mut w: Vec<f64> = raw
+                .data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect();
             let d = a.delta_weight();
             let d = if fifo { d.reversed_axes() } else { d };
             for (t, &v) in w.iter_mut().zip(d.iter()) {
@@ -839,5 +913,96 @@ impl Method {
             MethodConfig::FourierFt { .. } => Method::FourierFt,
             MethodConfig::Lora(_) => Method::Lora,
         }
+    }
+}
+
+/// One module in a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSummary {
+    /// Module path.
+    pub path: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// `(out, in)` when known (always for LoRA and native folders; with a
+    /// base model for WaveFT and FourierFT).
+    pub shape: Option<(usize, usize)>,
+}
+
+/// What an adapter folder holds, read without building the adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// `peft_type`.
+    pub peft_type: String,
+    /// The method.
+    pub method: Method,
+    /// Per-module parameters, sorted by path.
+    pub modules: Vec<ModuleSummary>,
+    /// Size of `adapter_model.safetensors` in bytes.
+    pub file_size: usize,
+}
+
+impl Summary {
+    /// Total trainable parameters.
+    pub fn total_params(&self) -> usize {
+        self.modules.iter().map(|m| m.params).sum()
+    }
+    /// The LoRA rank with the same parameter count, `total / Σ(out + in)`,
+    /// when every shape is known.
+    pub fn equivalent_lora_rank(&self) -> Option<f64> {
+        let sides: Option<usize> = self.modules.iter().map(|m| m.shape.map(|(o, i)| o + i)).sum();
+        sides.filter(|&s| s > 0).map(|s| self.total_params() as f64 / s as f64)
+    }
+
+    /// Summarise an adapter folder; `base` fills in WaveFT/FourierFT shapes.
+    ///
+    /// # Errors
+    /// As [`AdapterModel::load`] for the config and the weights file.
+    pub fn read(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let (config, shapes) = AdapterConfig::from_json(&text, &cfg_path)?;
+        let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
+        let mut modules: BTreeMap<String, ModuleSummary> = BTreeMap::new();
+        for name in file.names() {
+            let Some(rest) = name.strip_prefix(KEY_PREFIX) else {
+                continue;
+            };
+            let suffixes = [
+                ".waveft_spectrum",
+                ".fourierft_spectrum",
+                ".waveletft_coefficients",
+                ".lora_A.weight",
+                ".lora_B.weight",
+            ];
+            let Some((m, suffix)) = suffixes.iter().find_map(|s| rest.strip_suffix(s).map(|m| (m, *s))) else {
+                continue;
+            };
+            let (_, shape) = file.info(&name).unwrap_or((Dtype::F32, &[]));
+            let count: usize = shape.iter().product();
+            let entry = modules.entry(m.to_string()).or_insert_with(|| ModuleSummary {
+                path: m.to_string(),
+                params: 0,
+                shape: shapes.get(m).copied(),
+            });
+            entry.params += count;
+            if let (".lora_A.weight", [_, i]) = (suffix, shape) {
+                entry.shape = Some((entry.shape.map_or(0, |s| s.0), *i));
+            }
+            if let (".lora_B.weight", [o, _]) = (suffix, shape) {
+                entry.shape = Some((*o, entry.shape.map_or(0, |s| s.1)));
+            }
+        }
+        if let Some(base) = base {
+            for m in modules.values_mut() {
+                m.shape = Some(module_shape(base, &m.path, config.fan_in_fan_out)?.1);
+            }
+        }
+        Ok(Summary {
+            peft_type: config.peft_type().to_string(),
+            method: Method::of(&config.method),
+            modules: modules.into_values().collect(),
+            file_size: file.size(),
+        })
     }
 }

@@ -169,10 +169,12 @@ impl TensorFile {
             found: format!("{:?}", raw.dtype),
             expected: "F32, F64, F16 or BF16".into(),
         })?;
-        Ok(ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
-            path: self.path.clone(),
-            reason: format!("tensor {name:?}: {e}"),
-        })?)
+        Ok(
+            ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
+                path: self.path.clone(),
+                reason: format!("tensor {name:?}: {e}"),
+            })?,
+        )
     }
 
     /// An integer tensor as i64 (from I64, I32, U32 or U8).
@@ -184,8 +186,14 @@ impl TensorFile {
         let d = &raw.data;
         let values: Vec<i64> = match raw.dtype {
             Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(le(c))).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(le(c)))).collect(),
-            Dtype::U32 => d.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes(le(c)))).collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes(le(c))))
+                .collect(),
+            Dtype::U32 => d
+                .chunks_exact(4)
+                .map(|c| i64::from(u32::from_le_bytes(le(c))))
+                .collect(),
             Dtype::U8 => d.iter().map(|&b| i64::from(b)).collect(),
             other => {
                 return Err(Error::DtypeMismatch {
@@ -196,10 +204,12 @@ impl TensorFile {
                 });
             }
         };
-        Ok(ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
-            path: self.path.clone(),
-            reason: format!("tensor {name:?}: {e}"),
-        })?)
+        Ok(
+            ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
+                path: self.path.clone(),
+                reason: format!("tensor {name:?}: {e}"),
+            })?,
+        )
     }
 }
 

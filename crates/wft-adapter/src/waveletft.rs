@@ -126,7 +126,12 @@ impl<T: Element> WaveletFt<T> {
     /// * [`Error::Invalid`] when `n` exceeds the available positions, the
     ///   strategy does not fit the layout, or `frozen` is missing or has
     ///   another shape.
-    pub fn new(config: &WaveletFtConfig, shape: (usize, usize), n: usize, frozen: Option<ArrayView2<'_, T>>) -> Result<Self> {
+    pub fn new(
+        config: &WaveletFtConfig,
+        shape: (usize, usize),
+        n: usize,
+        frozen: Option<ArrayView2<'_, T>>,
+    ) -> Result<Self> {
         let (wavelet, mode) = config.parse()?;
         let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
         let locations = choose_locations(config, &geometry, &wavelet, mode, n, frozen)?;
@@ -134,7 +139,9 @@ impl<T: Element> WaveletFt<T> {
             Init::Zeros => vec![T::zero(); locations.len()],
             Init::Normal { std } => {
                 let mut g = Mt19937::new(config.seed ^ 0x5eed_1417);
-                (0..locations.len()).map(|_| T::from_f64(std * g.next_normal())).collect()
+                (0..locations.len())
+                    .map(|_| T::from_f64(std * g.next_normal()))
+                    .collect()
             }
         };
         Self::build(config.clone(), wavelet, geometry, locations, coeffs)
@@ -146,7 +153,12 @@ impl<T: Element> WaveletFt<T> {
     /// # Errors
     /// As [`Self::new`], and [`Error::Invalid`] for a location outside the
     /// coefficient array or a count mismatch.
-    pub fn from_parts(config: &WaveletFtConfig, shape: (usize, usize), locations: Vec<Coef>, coeffs: Vec<T>) -> Result<Self> {
+    pub fn from_parts(
+        config: &WaveletFtConfig,
+        shape: (usize, usize),
+        locations: Vec<Coef>,
+        coeffs: Vec<T>,
+    ) -> Result<Self> {
         let (wavelet, mode) = config.parse()?;
         let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
         if locations.len() != coeffs.len() {
@@ -161,7 +173,13 @@ impl<T: Element> WaveletFt<T> {
         Self::build(config.clone(), wavelet, geometry, locations, coeffs)
     }
 
-    fn build(config: WaveletFtConfig, wavelet: Wavelet, geometry: Geometry, locations: Vec<Coef>, coeffs: Vec<T>) -> Result<Self> {
+    fn build(
+        config: WaveletFtConfig,
+        wavelet: Wavelet,
+        geometry: Geometry,
+        locations: Vec<Coef>,
+        coeffs: Vec<T>,
+    ) -> Result<Self> {
         let atoms = AtomTable::build(locations.iter().map(|&c| geometry.factor_keys(c)), |k, axis| {
             geometry.factor(locations[k], axis)
         })?;
@@ -226,7 +244,11 @@ impl<T: Element> WaveletFt<T> {
                 while let (Some(h), Some(v), Some(d)) = (it.next(), it.next(), it.next()) {
                     details.push([h, v, d]);
                 }
-                waverec2(&Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)]), &self.wavelet, mode)?
+                waverec2(
+                    &Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)]),
+                    &self.wavelet,
+                    mode,
+                )?
             }
         };
         let (r0, c0) = self.crop_origin(full.dim());
@@ -266,7 +288,12 @@ impl<T: Element> WaveletFt<T> {
             }
             Layout::Wavedec => {
                 let (_, mode) = self.config.parse()?;
-                let like = wavedec2(Array2::<T>::zeros((out, inp)).view(), &self.wavelet, mode, Some(self.config.level))?;
+                let like = wavedec2(
+                    Array2::<T>::zeros((out, inp)).view(),
+                    &self.wavelet,
+                    mode,
+                    Some(self.config.level),
+                )?;
                 let probe = waverec2(&like, &self.wavelet, mode)?;
                 let mut y = Array2::zeros(probe.dim());
                 y.slice_mut(s![..out, ..inp]).assign(&g);
@@ -278,7 +305,11 @@ impl<T: Element> WaveletFt<T> {
                 v
             }
         };
-        Ok(self.locations.iter().map(|c| a * bands[c.band][[c.row, c.col]]).collect())
+        Ok(self
+            .locations
+            .iter()
+            .map(|c| a * bands[c.band][[c.row, c.col]])
+            .collect())
     }
 }
 
@@ -364,7 +395,8 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
         let step = |st: &mut (Vec<T>, Vec<T>, Vec<T>), b: usize, xr: &[T], dxr: Option<&mut [T]>| {
             let gr = g.row(b);
             let gr = gr.as_slice().unwrap_or(&[]);
-            self.atoms.backward_row(&self.coeffs, a, xr, gr, &mut st.0, dxr, &mut st.1, &mut st.2);
+            self.atoms
+                .backward_row(&self.coeffs, a, xr, gr, &mut st.0, dxr, &mut st.1, &mut st.2);
         };
         let parts = match dx {
             Some(dx) => for_each_row(x, dx, init, |st, b, xr, dxr| step(st, b, xr, Some(dxr))),
@@ -405,7 +437,10 @@ fn choose_locations<T: Element>(
     if peft_like && config.strategy != Strategy::Uniform {
         return Err(Error::invalid(
             "strategy",
-            format!("{:?} needs the wavedec layout (PEFT's layouts are uniform only)", config.strategy),
+            format!(
+                "{:?} needs the wavedec layout (PEFT's layouts are uniform only)",
+                config.strategy
+            ),
         ));
     }
     match config.strategy {
@@ -427,7 +462,10 @@ fn choose_locations<T: Element>(
                 let pick: Vec<usize> = if b.size() <= left {
                     (0..b.size()).collect()
                 } else {
-                    randperm_prefix(b.size() as u64, left, config.seed).into_iter().map(|i| i as usize).collect()
+                    randperm_prefix(b.size() as u64, left, config.seed)
+                        .into_iter()
+                        .map(|i| i as usize)
+                        .collect()
                 };
                 locs.extend(pick.into_iter().map(|i| Coef {
                     band,

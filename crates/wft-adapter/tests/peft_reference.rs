@@ -36,7 +36,11 @@ const CASES: &[&str] = &[
 
 /// max |a − b| / max |b|.
 fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
-    let scale = b.clone().into_iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let scale = b
+        .clone()
+        .into_iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
     a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
@@ -46,7 +50,10 @@ fn f32_2d(f: &TensorFile, k: &str) -> Array2<f32> {
 
 /// Tensors whose names start with a module path and end in `suffix`.
 fn io_modules(io: &TensorFile, suffix: &str) -> Vec<String> {
-    io.names().iter().filter_map(|k| k.strip_suffix(suffix).map(str::to_string)).collect()
+    io.names()
+        .iter()
+        .filter_map(|k| k.strip_suffix(suffix).map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -73,7 +80,11 @@ fn merged_weights_equal_peft_merge_and_unload() {
                 assert!(e <= TOL, "{case} {name}: relative error {e}");
             } else {
                 // Untouched tensors are copied bit for bit.
-                assert_eq!(ours.raw(&name, "").unwrap().data, base.raw(&name, "").unwrap().data, "{case} {name}");
+                assert_eq!(
+                    ours.raw(&name, "").unwrap().data,
+                    base.raw(&name, "").unwrap().data,
+                    "{case} {name}"
+                );
             }
         }
         assert_eq!(ours.metadata(), base.metadata());
@@ -95,9 +106,16 @@ fn unmerged_outputs_equal_peft_forward() {
             let want = f32_2d(&io, &format!("{m}.y"));
             let w = f32_2d(&base, &format!("{m}.weight"));
             let w = if fifo { w.reversed_axes() } else { w };
-            let b: Array1<f32> = base.f32(&format!("{m}.bias"), "").unwrap().into_dimensionality::<Ix1>().unwrap();
+            let b: Array1<f32> = base
+                .f32(&format!("{m}.bias"), "")
+                .unwrap()
+                .into_dimensionality::<Ix1>()
+                .unwrap();
             let mut y = x.dot(&w.t()) + &b;
-            model.modules()[&m].as_adapter().forward_delta(x.view(), y.view_mut()).unwrap();
+            model.modules()[&m]
+                .as_adapter()
+                .forward_delta(x.view(), y.view_mut())
+                .unwrap();
             let e = rel_err(&y, &want);
             assert!(e <= TOL, "{case} {m}: relative error {e}");
         }
@@ -147,7 +165,11 @@ fn large_layer_delta_matches_peft() {
     let cols = io.i64("layers.0.q.delta_cols", "").unwrap();
     let vals = io.f32("layers.0.q.delta_vals", "").unwrap();
     assert!(vals.len() > 10_000);
-    let ours: Vec<f32> = rows.iter().zip(&cols).map(|(&r, &c)| d[[r as usize, c as usize]]).collect();
+    let ours: Vec<f32> = rows
+        .iter()
+        .zip(&cols)
+        .map(|(&r, &c)| d[[r as usize, c as usize]])
+        .collect();
     let e = rel_err(&ours, vals.iter());
     assert!(e <= TOL, "relative error {e}");
     // Nothing outside PEFT's nonzeros: our ΔW has no more nonzeros than PEFT's.
@@ -164,7 +186,9 @@ fn atom_delta_equals_transform_delta() {
         let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
         let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
         for (m, a) in model.modules() {
-            let ModuleAdapter::WaveletFt(w) = a else { panic!("{case}: not WaveletFT") };
+            let ModuleAdapter::WaveletFt(w) = a else {
+                panic!("{case}: not WaveletFT")
+            };
             let (x, y) = (w.delta_weight(), w.delta_weight_by_transform().unwrap());
             let e = rel_err(&x, &y);
             assert!(e <= 1e-6, "{case} {m}: {e}");
@@ -184,7 +208,11 @@ fn save_round_trips_peft_folders() {
         model.save(out.path()).unwrap();
         let again = AdapterModel::load(out.path(), Some(&base)).unwrap();
         for (m, a) in model.modules() {
-            assert_eq!(a.as_adapter().params(), again.modules()[m].as_adapter().params(), "{case} {m}");
+            assert_eq!(
+                a.as_adapter().params(),
+                again.modules()[m].as_adapter().params(),
+                "{case} {m}"
+            );
         }
         let read = |p: &Path| -> BTreeMap<String, serde_json::Value> {
             serde_json::from_str(&std::fs::read_to_string(p.join(CONFIG_FILE)).unwrap()).unwrap()

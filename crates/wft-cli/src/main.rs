@@ -1,1 +1,146 @@
-fn main() {}
+#![allow(clippy::print_stdout)] // a command-line tool reports on stdout
+//! `wft`: merge, inspect and take apart WaveletFT / FourierFT / LoRA adapters
+//! in Hugging Face PEFT folders (and wft-adapter's native folders).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use wft_adapter::{AdapterModel, Dtype, RawTensor, Summary, TensorFile, write_atomic};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wft",
+    version,
+    about = "Merge and inspect WaveletFT, FourierFT and LoRA adapters (PEFT folders)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Merge an adapter into a safetensors checkpoint: adapted weights get ΔW,
+    /// every other tensor is copied unchanged; the output is written atomically.
+    Merge {
+        /// The base model's safetensors file.
+        #[arg(long)]
+        base: PathBuf,
+        /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Where to write the merged checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Describe an adapter folder: method, layers, parameters, file size, and
+    /// the LoRA rank with the same parameter count.
+    Inspect {
+        /// The adapter folder.
+        adapter: PathBuf,
+        /// The base model, for the layer shapes WaveFT/FourierFT folders do not store.
+        #[arg(long)]
+        base: Option<PathBuf>,
+    },
+    /// Write ΔW (out × in, f32) of one adapted module to a safetensors file
+    /// (tensor "delta_weight").
+    Delta {
+        /// The base model's safetensors file.
+        #[arg(long)]
+        base: PathBuf,
+        /// The adapter folder.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The module path, e.g. encoder.layer.0.attention.self.query.
+        #[arg(long)]
+        module: String,
+        /// Where to write ΔW.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> wft_adapter::Result<()> {
+    match command {
+        Command::Merge {
+            base,
+            adapter,
+            out,
+            quiet,
+        } => {
+            let base = TensorFile::open(&base)?;
+            let model = AdapterModel::load(&adapter, Some(&base))?;
+            let bar = if quiet {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(base.names().len() as u64)
+            };
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let report = model.merge(&base, &out, &mut |done, _| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            println!(
+                "merged {} weights ({}), copied {} tensors unchanged -> {}",
+                report.merged.len(),
+                model.config().peft_type(),
+                report.copied,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Inspect { adapter, base } => {
+            let base = base.map(TensorFile::open).transpose()?;
+            let s = Summary::read(&adapter, base.as_ref())?;
+            println!("adapter     {}", adapter.display());
+            println!("method      {} (peft_type {})", s.method, s.peft_type);
+            println!("layers      {}", s.modules.len());
+            println!("parameters  {}", s.total_params());
+            println!("file size   {} bytes", s.file_size);
+            match s.equivalent_lora_rank() {
+                Some(r) => println!("LoRA rank with the same parameter count: {r:.2}"),
+                None => println!("LoRA rank with the same parameter count: unknown (pass --base for layer shapes)"),
+            }
+            println!();
+            println!("{:<60} {:>12} {:>10}", "module", "shape", "params");
+            for m in &s.modules {
+                let shape = m.shape.map_or("?".to_string(), |(o, i)| format!("{o}×{i}"));
+                println!("{:<60} {:>12} {:>10}", m.path, shape, m.params);
+            }
+            Ok(())
+        }
+        Command::Delta {
+            base,
+            adapter,
+            module,
+            out,
+        } => {
+            let base = TensorFile::open(&base)?;
+            let model = AdapterModel::load(&adapter, Some(&base))?;
+            let d = model.delta(&module)?;
+            let (o, i) = d.dim();
+            let values: Vec<f32> = d.iter().copied().collect();
+            let t = RawTensor::from_f32_as(Dtype::F32, &[o, i], &values)?;
+            write_atomic(&out, [("delta_weight".to_string(), &t)], None)?;
+            println!("ΔW of {module} ({o}×{i}) -> {}", out.display());
+            Ok(())
+        }
+    }
+}

@@ -1,7 +1,7 @@
-//! The README's demo: decompose a matrix, print where its energy lives, and
+//! A dwt-core tour: decompose a matrix, print where its energy lives, and
 //! reconstruct it.
 //!
-//! `cargo run --release --example demo [WAVELET] [MODE] [LEVEL] [ROWS] [COLS]`
+//! `cargo run --release -p dwt-core --example transforms [WAVELET] [MODE] [LEVEL] [ROWS] [COLS]`
 //! (defaults: db4 periodization 3 256 192 on a built-in test image).
 #![allow(clippy::print_stdout)]
 
@@ -39,7 +39,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let total: f64 = x.iter().map(|v| v * v).sum();
     let energy = |a: &Array2<f64>| a.iter().map(|v| v * v).sum::<f64>();
 
-    println!("dwt-core demo: {rows}x{cols} test image, wavelet {wavelet}, mode {mode}, {level} levels\n");
+    println!("dwt-core transforms: {rows}x{cols} test image, wavelet {wavelet}, mode {mode}, {level} levels\n");
     println!(
         "{:<8} {:<6} {:>10} {:>14} {:>9}",
         "level", "band", "shape", "energy", "share"

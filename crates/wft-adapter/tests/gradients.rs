@@ -1,0 +1,197 @@
+//! Forward and backward of every method against finite differences and
+//! against the dense reference paths, on random shapes, wavelets, layouts
+//! and modes (proptest).
+#![allow(clippy::unwrap_used)]
+
+use ndarray::Array2;
+use proptest::prelude::*;
+use wft_adapter::dwt_core::{Mode, Wavelet, dwt_max_level};
+use wft_adapter::{
+    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, Init, Layout, Lora, LoraConfig, Mt19937, Strategy, WaveletFt,
+    WaveletFtConfig,
+};
+
+fn randn(g: &mut Mt19937, shape: (usize, usize)) -> Array2<f64> {
+    Array2::from_shape_simple_fn(shape, || g.next_normal())
+}
+
+fn max_abs(a: &Array2<f64>) -> f64 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// `L = Σ R ⊙ y`, so `∂L/∂y = R`. Checks ∂L/∂params (central differences,
+/// exact up to rounding because L is linear in the parameters) and ∂L/∂x,
+/// and that merged and unmerged forwards agree.
+fn check_adapter<A: Adapter<f64> + Clone>(adapter: A, seed: u64) -> Result<(), TestCaseError> {
+    let (out, inp) = adapter.shape();
+    let mut g = Mt19937::new(seed);
+    let mut adapter = adapter;
+    for p in adapter.params_mut() {
+        *p = g.next_normal();
+    }
+    let w = randn(&mut g, (out, inp));
+    let x = randn(&mut g, (5, inp));
+    let r = randn(&mut g, (5, out));
+    let loss = |a: &A| {
+        let mut y = x.dot(&w.t());
+        a.forward_delta(x.view(), y.view_mut()).unwrap();
+        (&y * &r).sum()
+    };
+    let layer = AdaptedLinear::new(w.clone(), None, adapter.clone()).unwrap();
+    let (grads, dx) = layer.backward(x.view(), r.view(), true).unwrap();
+    let h = 1e-3;
+    let scale = grads.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for k in 0..adapter.num_params() {
+        let (mut plus, mut minus) = (adapter.clone(), adapter.clone());
+        plus.params_mut()[k] += h;
+        minus.params_mut()[k] -= h;
+        let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+        prop_assert!(
+            (fd - grads[k]).abs() <= 1e-7 * scale,
+            "param {k}: fd {fd} vs {}",
+            grads[k]
+        );
+    }
+    // ∂L/∂x = R·(W + ΔW).
+    let want_dx = r.dot(&(&w + &adapter.delta_weight()));
+    let dx = dx.unwrap();
+    prop_assert!(max_abs(&(&dx - &want_dx)) <= 1e-9 * max_abs(&want_dx).max(1.0));
+    // Merged forward = unmerged forward; unmerge restores W.
+    let mut layer = layer;
+    let y0 = layer.forward(x.view()).unwrap();
+    layer.merge_safe().unwrap();
+    let y1 = layer.forward(x.view()).unwrap();
+    prop_assert!(max_abs(&(&y1 - &y0)) <= 1e-9 * max_abs(&y0).max(1.0));
+    layer.unmerge();
+    prop_assert!(max_abs(&(layer.weight() - &w)) <= 1e-12 * max_abs(&w).max(1.0));
+    Ok(())
+}
+
+fn wavelet_names() -> Vec<String> {
+    // Short and long filters of every family, plus a biorthogonal one.
+    [
+        "haar", "db1", "db2", "db4", "sym3", "sym8", "coif1", "coif3", "bior2.2", "rbio3.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn waveletft_peft_layout(wavelet in prop::sample::select(wavelet_names()), out in 1usize..40, inp in 1usize..40,
+                             frac in 0.05f64..1.0, seed: u64, identity: bool) {
+        let n = ((out * inp) as f64 * frac).ceil() as usize;
+        let config = WaveletFtConfig {
+            wavelet, n_frequency: n, seed,
+            layout: if identity { Layout::Identity } else { Layout::Peft },
+            ..Default::default()
+        };
+        let a = WaveletFt::<f64>::new(&config, (out, inp), n, None).unwrap();
+        check_adapter(a, seed)?;
+    }
+
+    #[test]
+    fn waveletft_wavedec_layout(wavelet in prop::sample::select(wavelet_names()),
+                                mode in prop::sample::select(Mode::ALL.to_vec()),
+                                out in 2usize..48, inp in 2usize..48, level in 1usize..4, frac in 0.05f64..0.5,
+                                seed: u64, strategy in prop::sample::select(vec![Strategy::Uniform, Strategy::LowFrequencyFirst, Strategy::EnergyGuided])) {
+        let w = Wavelet::new(&wavelet).unwrap();
+        let max = dwt_max_level(out.min(inp), w.filter_len());
+        prop_assume!(max >= 1);
+        let level = level.min(max);
+        let config = WaveletFtConfig {
+            wavelet, level, mode: mode.name().into(), layout: Layout::Wavedec, seed, strategy,
+            n_frequency: 1, init: Init::Zeros, scaling: 3.0,
+        };
+        let mut g = Mt19937::new(seed);
+        let frozen = randn(&mut g, (out, inp));
+        let probe = WaveletFt::<f64>::new(&config, (out, inp), 1, Some(frozen.view())).unwrap();
+        let n = ((probe.geometry().num_positions() as f64 * frac).ceil() as usize).max(1);
+        let a = WaveletFt::<f64>::new(&config, (out, inp), n, Some(frozen.view())).unwrap();
+        // The atoms agree with the dense inverse transform, and the atom
+        // gradient with the adjoint transform.
+        let mut b = a.clone();
+        for p in b.params_mut() { *p = g.next_normal(); }
+        let (d1, d2) = (b.delta_weight(), b.delta_weight_by_transform().unwrap());
+        prop_assert!(max_abs(&(&d1 - &d2)) <= 1e-10 * max_abs(&d2).max(1.0));
+        let x = randn(&mut g, (3, inp));
+        let r = randn(&mut g, (3, out));
+        let atoms = b.backward(x.view(), r.view(), None).unwrap();
+        let dense = b.grad_from_dense(r.t().dot(&x).view()).unwrap();
+        for (p, q) in atoms.iter().zip(&dense) {
+            prop_assert!((p - q).abs() <= 1e-9 * q.abs().max(1.0));
+        }
+        check_adapter(a, seed)?;
+    }
+
+    #[test]
+    fn fourierft(out in 1usize..24, inp in 1usize..24, frac in 0.05f64..1.0, seed: u64) {
+        let n = ((out * inp) as f64 * frac).ceil() as usize;
+        let config = FourierFtConfig { n_frequency: n, scaling: 150.0, seed };
+        let a = FourierFt::<f64>::new(&config, (out, inp), n, None).unwrap();
+        // ΔW against the closed form α/(out·in) Σ c cos(2π(j u/out + k v/in)).
+        let mut b = a.clone();
+        let mut g = Mt19937::new(seed);
+        for p in b.params_mut() { *p = g.next_normal(); }
+        let d = b.delta_weight();
+        let want = Array2::from_shape_fn((out, inp), |(u, v)| {
+            b.frequencies().iter().zip(b.params()).map(|(&(j, k), c)| {
+                c * (2.0 * std::f64::consts::PI * (j as f64 * u as f64 / out as f64 + k as f64 * v as f64 / inp as f64)).cos()
+            }).sum::<f64>() * 150.0 / (out * inp) as f64
+        });
+        prop_assert!(max_abs(&(&d - &want)) <= 1e-10 * max_abs(&want).max(1.0));
+        check_adapter(a, seed)?;
+    }
+
+    #[test]
+    fn lora(out in 1usize..30, inp in 1usize..30, r in 1usize..5, rs: bool, seed: u64) {
+        let config = LoraConfig { r, lora_alpha: 7.0, use_rslora: rs };
+        let a = Lora::<f64>::new(&config, (out, inp), seed).unwrap();
+        check_adapter(a, seed)?;
+    }
+}
+
+#[test]
+fn merge_safe_refuses_nan_and_leaves_the_weight() {
+    let config = WaveletFtConfig {
+        n_frequency: 10,
+        ..Default::default()
+    };
+    let mut a = WaveletFt::<f32>::new(&config, (8, 8), 10, None).unwrap();
+    a.params_mut()[3] = f32::NAN;
+    let w = Array2::from_elem((8, 8), 1.0f32);
+    let mut layer = AdaptedLinear::new(w.clone(), None, a).unwrap();
+    let err = layer.merge_safe().unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    assert_eq!(layer.weight(), &w);
+    assert!(!layer.is_merged());
+    // An unsafe merge propagates NaN only over the atom's support (db1: 2×2 at most).
+    layer.merge();
+    let nans = layer.weight().iter().filter(|v| v.is_nan()).count();
+    assert!((1..=4).contains(&nans), "{nans} NaNs");
+}
+
+#[test]
+fn fan_in_fan_out_merge_is_the_transpose() {
+    let config = WaveletFtConfig {
+        wavelet: "db3".into(),
+        n_frequency: 30,
+        ..Default::default()
+    };
+    let mut a = WaveletFt::<f64>::new(&config, (13, 21), 30, None).unwrap();
+    let mut g = Mt19937::new(1);
+    for p in a.params_mut() {
+        *p = g.next_normal();
+    }
+    let mut wt = Array2::<f64>::zeros((21, 13));
+    a.merge_into(wt.view_mut(), 1.0, true).unwrap();
+    assert!(max_abs(&(&wt.t() - &a.delta_weight())) < 1e-12);
+    // The wrong orientation is a typed error, not a panic.
+    assert!(
+        a.merge_into(Array2::<f64>::zeros((13, 13)).view_mut(), 1.0, true)
+            .is_err()
+    );
+}

@@ -1,0 +1,158 @@
+//! The `wft` binary end to end on PEFT reference folders.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn refs(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../wft-adapter/tests/peft_refs")
+        .join(case)
+}
+
+fn wft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wft")).args(args).output().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn f32s(file: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn merge_matches_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged.safetensors");
+    let case = refs("waveft_conv1d");
+    let o = wft(&[
+        "merge",
+        "--base",
+        s(&case.join("base.safetensors")),
+        "--adapter",
+        s(&case.join("adapter")),
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("merged 2 weights"));
+    for name in ["layers.0.c_attn.weight", "layers.0.c_proj.weight"] {
+        let e = max_rel(&f32s(&out, name), &f32s(&case.join("merged.safetensors"), name));
+        assert!(e <= 1e-5, "{name}: {e}");
+    }
+}
+
+#[test]
+fn inspect_reports_parameters_and_equivalent_rank() {
+    let case = refs("waveft_proportional");
+    let o = wft(&[
+        "inspect",
+        s(&case.join("adapter")),
+        "--base",
+        s(&case.join("base.safetensors")),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // PEFT's proportional allocation of 3×60 over 64×64, 32×64, 16×24.
+    let (sizes, n): ([usize; 3], f64) = ([4096, 2048, 384], 180.0);
+    let total: usize = sizes
+        .iter()
+        .map(|&s| ((s as f64 / 6528.0 * n).round_ties_even() as usize).max(1))
+        .sum();
+    assert!(text.contains(&format!("parameters  {total}")), "{text}");
+    assert!(
+        text.contains("WAVEFT") && text.contains("LoRA rank with the same parameter count: 0."),
+        "{text}"
+    );
+    assert!(text.contains("64×64"), "{text}");
+}
+
+#[test]
+fn delta_writes_one_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("delta.safetensors");
+    let case = refs("lora");
+    let o = wft(&[
+        "delta",
+        "--base",
+        s(&case.join("base.safetensors")),
+        "--adapter",
+        s(&case.join("adapter")),
+        "--module",
+        "layers.0.v",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ΔW = merged − base, from PEFT's own merge.
+    let (m, b) = (
+        f32s(&case.join("merged.safetensors"), "layers.0.v.weight"),
+        f32s(&case.join("base.safetensors"), "layers.0.v.weight"),
+    );
+    let want: Vec<f32> = m.iter().zip(&b).map(|(x, y)| x - y).collect();
+    assert!(max_rel(&f32s(&out, "delta_weight"), &want) <= 1e-4);
+}
+
+#[test]
+fn errors_name_the_file_and_exit_nonzero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.safetensors");
+    std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    let case = refs("lora");
+    let out = tmp.path().join("out.safetensors");
+    let o = wft(&[
+        "merge",
+        "--base",
+        s(&bad),
+        "--adapter",
+        s(&case.join("adapter")),
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("bad.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let o = wft(&[
+        "merge",
+        "--base",
+        s(&refs("waveft_db1_square").join("base.safetensors")),
+        "--adapter",
+        s(&case.join("adapter")),
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("layers.0.q.weight") && err.contains("expected"), "{err}");
+    let o = wft(&[
+        "delta",
+        "--base",
+        s(&case.join("base.safetensors")),
+        "--adapter",
+        s(&case.join("adapter")),
+        "--module",
+        "nope",
+        "--out",
+        s(&out),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\" is not adapted"));
+    assert_eq!(wft(&["merge"]).status.code(), Some(2), "usage errors exit 2");
+}
