@@ -17,14 +17,18 @@ pub fn set_portable_only(on: bool) {
     PORTABLE_ONLY.store(on, Ordering::Relaxed);
 }
 
+#[doc(hidden)]
 #[inline(always)]
-pub(crate) fn portable_only() -> bool {
+pub fn portable_only() -> bool {
     PORTABLE_ONLY.load(Ordering::Relaxed)
 }
 
 /// Run `$body` (a call of an `#[inline(always)]` kernel method) through the
-/// best instruction set this CPU supports.
-macro_rules! dispatch {
+/// best instruction set this CPU supports. Exported (hidden) so the crates
+/// above dwt-core dispatch their kernels the same way.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dispatch {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
         {
@@ -32,7 +36,7 @@ macro_rules! dispatch {
             unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if !crate::isa::portable_only() && std::arch::is_x86_feature_detected!("avx2") {
+            if !$crate::__portable_only() && std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2, checked on the line above.
                 return unsafe { avx2(|| $body) };
             }
@@ -41,4 +45,4 @@ macro_rules! dispatch {
     }};
 }
 
-pub(crate) use dispatch;
+pub(crate) use crate::__dispatch as dispatch;

@@ -90,4 +90,6 @@ pub use ndarray;
 pub struct ReadmeDoctests;
 
 #[doc(hidden)]
+pub use isa::portable_only as __portable_only;
+#[doc(hidden)]
 pub use isa::set_portable_only as __set_portable_kernels_only;

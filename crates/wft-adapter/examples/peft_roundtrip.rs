@@ -17,13 +17,19 @@ use wft_adapter::{AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, RawTensor, 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out: PathBuf = std::env::args().nth(1).ok_or("usage: peft_roundtrip OUT_DIR")?.into();
     let refs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs");
-    let mut cases: Vec<_> = std::fs::read_dir(&refs)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(&refs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     cases.sort();
     for case in cases {
         if !case.join("base.safetensors").exists() {
             continue;
         }
-        let name = case.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = case
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let base = TensorFile::open(case.join("base.safetensors"))?;
         let cfg_path = case.join("adapter").join(CONFIG_FILE);
         let (config, _) = AdapterConfig::from_json(&std::fs::read_to_string(&cfg_path)?, &cfg_path)?;
@@ -42,18 +48,34 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let mut tensors = Vec::new();
         for (m, a) in model.modules() {
             let x: Array2<f32> = io.f32(&format!("{m}.x"), "input")?.into_dimensionality::<Ix2>()?;
-            let w: Array2<f32> = base.f32(&format!("{m}.weight"), "weight")?.into_dimensionality::<Ix2>()?;
+            let w: Array2<f32> = base
+                .f32(&format!("{m}.weight"), "weight")?
+                .into_dimensionality::<Ix2>()?;
             let w = if fifo { w.reversed_axes() } else { w };
             let b: Array1<f32> = base.f32(&format!("{m}.bias"), "bias")?.into_dimensionality::<Ix1>()?;
             let mut y = x.dot(&w.t()) + &b;
             a.as_adapter().forward_delta(x.view(), y.view_mut())?;
             let (rows, cols) = y.dim();
-            tensors.push((format!("{m}.x"), RawTensor::from_f32(&[x.nrows(), x.ncols()], &x.iter().copied().collect::<Vec<_>>())));
-            tensors.push((format!("{m}.y"), RawTensor::from_f32(&[rows, cols], &y.iter().copied().collect::<Vec<_>>())));
+            tensors.push((
+                format!("{m}.x"),
+                RawTensor::from_f32(&[x.nrows(), x.ncols()], &x.iter().copied().collect::<Vec<_>>()),
+            ));
+            tensors.push((
+                format!("{m}.y"),
+                RawTensor::from_f32(&[rows, cols], &y.iter().copied().collect::<Vec<_>>()),
+            ));
         }
-        write_atomic(&dir.join("ours_io.safetensors"), tensors.iter().map(|(k, t)| (k.clone(), t)), None)?;
+        write_atomic(
+            &dir.join("ours_io.safetensors"),
+            tensors.iter().map(|(k, t)| (k.clone(), t)),
+            None,
+        )?;
         std::fs::copy(case.join("base.safetensors"), dir.join("base.safetensors"))?;
-        println!("{name}: {} modules, {} parameters", model.modules().len(), model.num_params());
+        println!(
+            "{name}: {} modules, {} parameters",
+            model.modules().len(),
+            model.num_params()
+        );
     }
     Ok(())
 }

@@ -83,6 +83,35 @@ pub trait Adapter<T: Element>: std::fmt::Debug + Send + Sync {
     fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>>;
 }
 
+/// A boxed adapter is an adapter (so `AdaptedLinear<T, Box<dyn Adapter<T>>>`
+/// can hold any method).
+impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
+    fn method(&self) -> Method {
+        (**self).method()
+    }
+    fn shape(&self) -> (usize, usize) {
+        (**self).shape()
+    }
+    fn params(&self) -> &[T] {
+        (**self).params()
+    }
+    fn params_mut(&mut self) -> &mut [T] {
+        (**self).params_mut()
+    }
+    fn delta_weight(&self) -> Array2<T> {
+        (**self).delta_weight()
+    }
+    fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
+        (**self).merge_into(w, sign, fan_in_fan_out)
+    }
+    fn forward_delta(&self, x: ArrayView2<'_, T>, y: ArrayViewMut2<'_, T>) -> Result<()> {
+        (**self).forward_delta(x, y)
+    }
+    fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>> {
+        (**self).backward(x, g, dx)
+    }
+}
+
 /// The shape of the stored weight: `(out, in)`, or `(in, out)` for `fan_in_fan_out`.
 pub(crate) fn stored_shape((out, inp): (usize, usize), fan_in_fan_out: bool) -> [usize; 2] {
     if fan_in_fan_out { [inp, out] } else { [out, inp] }
@@ -247,46 +276,134 @@ pub(crate) fn check_finite<'a, T: Element>(what: &str, v: impl IntoIterator<Item
     }
 }
 
-/// Split a batch into row blocks for the thread pool. Each block gets its own
-/// state from `init`; `f(state, row index, x row, y row)` runs per row.
-pub(crate) fn for_each_row<T: Element, S: Send>(
-    x: ArrayView2<'_, T>,
-    mut y: ArrayViewMut2<'_, T>,
-    init: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, usize, &[T], &mut [T]) + Sync,
+/// Batch rows per block of the transposed batch kernels.
+pub(crate) const ROW_BLOCK: usize = 64;
+
+/// One block of batch rows: first row, row count, and the matching rows of
+/// the output (if any).
+pub(crate) type Block<'a, T> = (usize, usize, Option<ArrayViewMut2<'a, T>>);
+
+/// Run `f(state, block)` over blocks of [`ROW_BLOCK`] batch rows, on the
+/// thread pool when the `parallel` feature is on. Each worker gets its own
+/// state from `init`; the states come back for reduction.
+pub(crate) fn for_each_block<T: Element, S: Send>(
+    rows: usize,
+    out: Option<ArrayViewMut2<'_, T>>,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, Block<'_, T>) + Sync + Send,
 ) -> Vec<S> {
-    let x = x.as_standard_layout();
-    let rows = x.nrows();
-    let run = |start: usize, mut ys: ArrayViewMut2<'_, T>| {
-        let mut s = init();
-        for (i, mut yr) in ys.axis_iter_mut(Axis(0)).enumerate() {
-            let xr = x.row(start + i);
-            let xr = xr.as_slice().unwrap_or(&[]);
-            match yr.as_slice_mut() {
-                Some(yr) => f(&mut s, start + i, xr, yr),
-                None => {
-                    let mut tmp = yr.to_vec();
-                    f(&mut s, start + i, xr, &mut tmp);
-                    yr.assign(&ndarray::ArrayView1::from(&tmp));
+    let blocks: Vec<Block<'_, T>> = match out {
+        Some(mut rest) => {
+            let mut v = Vec::with_capacity(rows.div_ceil(ROW_BLOCK));
+            while rest.nrows() > 0 {
+                let k = ROW_BLOCK.min(rest.nrows());
+                let (head, tail) = rest.split_at(Axis(0), k);
+                v.push((v.len() * ROW_BLOCK, k, Some(head)));
+                rest = tail;
+            }
+            v
+        }
+        None => (0..rows)
+            .step_by(ROW_BLOCK)
+            .map(|s| (s, ROW_BLOCK.min(rows - s), None))
+            .collect(),
+    };
+    #[cfg(feature = "parallel")]
+    if blocks.len() > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        // One contiguous run of blocks per thread, so `init` (scratch
+        // allocation) runs about once per thread, not once per block.
+        let per_thread = blocks.len().div_ceil(rayon::current_num_threads());
+        return blocks
+            .into_par_iter()
+            .with_min_len(per_thread)
+            .fold(&init, |mut s, b| {
+                f(&mut s, b);
+                s
+            })
+            .collect();
+    }
+    let mut s = init();
+    for b in blocks {
+        f(&mut s, b);
+    }
+    vec![s]
+}
+
+/// Side of the square tiles the transposes move through registers.
+const TILE: usize = 8;
+
+/// `dst[t·rb + j] = src[start + j, t]`: rows `start..start + rb` of a
+/// C-contiguous `src` with `cols` columns, transposed into a `cols × rb`
+/// buffer. Full 8×8 tiles go through a local array so both the loads and
+/// the stores are contiguous runs of 8.
+pub(crate) fn transpose_rows<T: Element>(src: &[T], cols: usize, start: usize, rb: usize, dst: &mut [T]) {
+    dwt_core::__dispatch!(transpose_rows_impl(src, cols, start, rb, dst))
+}
+
+#[inline(always)]
+fn transpose_rows_impl<T: Element>(src: &[T], cols: usize, start: usize, rb: usize, dst: &mut [T]) {
+    let src = &src[start * cols..(start + rb) * cols];
+    let dst = &mut dst[..cols * rb];
+    let (jf, tf) = (rb - rb % TILE, cols - cols % TILE);
+    for j0 in (0..jf).step_by(TILE) {
+        for t0 in (0..tf).step_by(TILE) {
+            let mut tile = [[T::zero(); TILE]; TILE];
+            for (j, row) in tile.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(j0 + j) * cols + t0..(j0 + j) * cols + t0 + TILE]);
+            }
+            for t in 0..TILE {
+                let out = &mut dst[(t0 + t) * rb + j0..(t0 + t) * rb + j0 + TILE];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = tile[j][t];
                 }
             }
         }
-        s
-    };
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        let threads = rayon::current_num_threads().max(1);
-        if threads > 1 && rows >= 2 * threads {
-            let block = rows.div_ceil(threads);
-            let chunks: Vec<(usize, ArrayViewMut2<'_, T>)> = y
-                .axis_chunks_iter_mut(Axis(0), block)
-                .enumerate()
-                .map(|(i, c)| (i * block, c))
-                .collect();
-            return chunks.into_par_iter().map(|(start, c)| run(start, c)).collect();
+    }
+    // Ragged edges: the last columns of every row, and the last rows.
+    for j in 0..rb {
+        let t_start = if j < jf { tf } else { 0 };
+        for t in t_start..cols {
+            dst[t * rb + j] = src[j * cols + t];
         }
     }
-    let _ = &mut y;
-    vec![run(0, y)]
+}
+
+/// `dst[j, t] += src[t·rb + j]`: add a transposed `cols × rb` buffer into
+/// `rb` rows, through 8×8 tiles like [`transpose_rows`].
+pub(crate) fn add_transposed<T: Element>(src: &[T], rb: usize, dst: ArrayViewMut2<'_, T>) {
+    dwt_core::__dispatch!(add_transposed_impl(src, rb, dst))
+}
+
+#[inline(always)]
+fn add_transposed_impl<T: Element>(src: &[T], rb: usize, mut dst: ArrayViewMut2<'_, T>) {
+    let cols = dst.ncols();
+    let src = &src[..cols * rb];
+    let Some(d) = dst.as_slice_mut() else {
+        for ((j, t), v) in dst.indexed_iter_mut() {
+            *v += src[t * rb + j];
+        }
+        return;
+    };
+    let (jf, tf) = (rb - rb % TILE, cols - cols % TILE);
+    for j0 in (0..jf).step_by(TILE) {
+        for t0 in (0..tf).step_by(TILE) {
+            let mut tile = [[T::zero(); TILE]; TILE];
+            for (t, row) in tile.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(t0 + t) * rb + j0..(t0 + t) * rb + j0 + TILE]);
+            }
+            for j in 0..TILE {
+                let out = &mut d[(j0 + j) * cols + t0..(j0 + j) * cols + t0 + TILE];
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o += tile[t][j];
+                }
+            }
+        }
+    }
+    for j in 0..rb {
+        let t_start = if j < jf { tf } else { 0 };
+        for t in t_start..cols {
+            d[j * cols + t] += src[t * rb + j];
+        }
+    }
 }

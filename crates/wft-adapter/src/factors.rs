@@ -37,7 +37,7 @@ impl<T: Element> FactorSet<T> {
     }
 
     /// Call `f(start, values)` for each run of factor `id`.
-    #[inline]
+    #[inline(always)]
     fn for_runs(&self, id: usize, mut f: impl FnMut(usize, &[T])) {
         let (runs, mut off) = self.runs[id];
         for (start, len) in runs {
@@ -48,21 +48,8 @@ impl<T: Element> FactorSet<T> {
         }
     }
 
-    /// `factor · x`.
-    #[inline]
-    pub(crate) fn dot(&self, id: usize, x: &[T]) -> T {
-        let mut acc = T::zero();
-        self.for_runs(id, |s, v| {
-            acc += v
-                .iter()
-                .zip(&x[s..s + v.len()])
-                .fold(T::zero(), |a, (&p, &q)| a + p * q);
-        });
-        acc
-    }
-
     /// `y += a · factor`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn axpy(&self, id: usize, a: T, y: &mut [T]) {
         self.for_runs(id, |s, v| {
             for (t, &p) in y[s..s + v.len()].iter_mut().zip(v) {
@@ -72,7 +59,7 @@ impl<T: Element> FactorSet<T> {
     }
 
     /// Call `f(position, value)` over factor `id`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn for_each(&self, id: usize, mut f: impl FnMut(usize, T)) {
         self.for_runs(id, |s, v| {
             for (i, &p) in v.iter().enumerate() {
@@ -164,51 +151,112 @@ impl<T: Element> AtomTable<T> {
         }
     }
 
-    /// One batch row of the forward pass: `y += s · Σ_k c_k (x·v_k) u_k`.
-    /// `xv` is scratch with one slot per column factor.
-    pub(crate) fn forward_row(&self, c: &[T], s: T, x: &[T], y: &mut [T], xv: &mut [T]) {
-        for (id, slot) in xv.iter_mut().enumerate() {
-            *slot = self.cols.dot(id, x);
-        }
-        for k in 0..self.n() {
-            let t = xv[self.col_of[k]];
-            if t != T::zero() {
-                self.rows.axpy(self.row_of[k], s * c[k] * t, y);
-            }
+    /// `out[id] = factor_id · x` for every factor of `side`, on a block of
+    /// `rb` batch rows stored transposed (`xt[t·rb + j]` is row `j`'s
+    /// element `t`): one AXPY of length `rb` per factor value.
+    #[inline(always)]
+    fn project(side: &FactorSet<T>, xt: &[T], rb: usize, out: &mut [T]) {
+        for (id, o) in out.chunks_exact_mut(rb).enumerate().take(side.len()) {
+            o.fill(T::zero());
+            side.for_each(id, |t, v| axpy(v, &xt[t * rb..(t + 1) * rb], o));
         }
     }
 
-    /// One batch row of the backward pass: `grad[k] += (g·u_k)(x·v_k)` and,
-    /// when `dx` is given, `dx += s · Σ_k c_k (g·u_k) v_k`.
+    /// The forward pass on a block of `rb` rows, transposed: `xt` is
+    /// `in × rb`, `yt` (`out × rb`) receives `s · Σ_k c_k (x·v_k) u_k`.
+    /// `xv` is scratch of `cols.len() × rb`.
+    pub(crate) fn forward_block(&self, c: &[T], s: T, xt: &[T], rb: usize, yt: &mut [T], xv: &mut [T]) {
+        dwt_core::__dispatch!(self.forward_block_impl(c, s, xt, rb, yt, xv))
+    }
+
+    #[inline(always)]
+    fn forward_block_impl(&self, c: &[T], s: T, xt: &[T], rb: usize, yt: &mut [T], xv: &mut [T]) {
+        Self::project(&self.cols, xt, rb, xv);
+        yt.fill(T::zero());
+        for k in 0..self.n() {
+            let src = &xv[self.col_of[k] * rb..(self.col_of[k] + 1) * rb];
+            let a = s * c[k];
+            self.rows
+                .for_each(self.row_of[k], |u, ru| axpy(a * ru, src, &mut yt[u * rb..(u + 1) * rb]));
+        }
+    }
+
+    /// The backward pass on a block of `rb` rows, transposed (`xt`: `in × rb`,
+    /// `gt`: `out × rb`): `grad[k] += Σ_j (g_j·u_k)(x_j·v_k)` and, with `dxt`
+    /// (`in × rb`), `dxt = s · Σ_k c_k (g·u_k) v_k`. `gu` and `xv` are scratch
+    /// of `rows.len() × rb` and `cols.len() × rb`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn backward_row(
+    pub(crate) fn backward_block(
         &self,
         c: &[T],
         s: T,
-        x: &[T],
-        g: &[T],
+        xt: &[T],
+        gt: &[T],
+        rb: usize,
         grad: &mut [T],
-        dx: Option<&mut [T]>,
+        dxt: Option<&mut [T]>,
         gu: &mut [T],
         xv: &mut [T],
     ) {
-        for (id, slot) in gu.iter_mut().enumerate() {
-            *slot = self.rows.dot(id, g);
+        dwt_core::__dispatch!(self.backward_block_impl(c, s, xt, gt, rb, grad, dxt, gu, xv))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn backward_block_impl(
+        &self,
+        c: &[T],
+        s: T,
+        xt: &[T],
+        gt: &[T],
+        rb: usize,
+        grad: &mut [T],
+        dxt: Option<&mut [T]>,
+        gu: &mut [T],
+        xv: &mut [T],
+    ) {
+        Self::project(&self.rows, gt, rb, gu);
+        Self::project(&self.cols, xt, rb, xv);
+        let row = |k: usize| &gu[self.row_of[k] * rb..(self.row_of[k] + 1) * rb];
+        for (k, gk) in grad.iter_mut().enumerate().take(self.n()) {
+            let col = &xv[self.col_of[k] * rb..(self.col_of[k] + 1) * rb];
+            *gk += dot(row(k), col);
         }
-        for (id, slot) in xv.iter_mut().enumerate() {
-            *slot = self.cols.dot(id, x);
-        }
-        for k in 0..self.n() {
-            grad[k] += gu[self.row_of[k]] * xv[self.col_of[k]];
-        }
-        if let Some(dx) = dx {
+        if let Some(dxt) = dxt {
+            dxt.fill(T::zero());
             for k in 0..self.n() {
-                let t = gu[self.row_of[k]];
-                if t != T::zero() {
-                    self.cols.axpy(self.col_of[k], s * c[k] * t, dx);
-                }
+                let a = s * c[k];
+                self.cols.for_each(self.col_of[k], |v, cv| {
+                    axpy(a * cv, row(k), &mut dxt[v * rb..(v + 1) * rb])
+                });
             }
         }
+    }
+}
+
+/// `x · y` with eight independent partial sums, so it vectorises.
+#[inline(always)]
+fn dot<T: Element>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .fold(T::zero(), |a, (&p, &q)| a + p * q);
+    for (p, q) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += p[i] * q[i];
+        }
+    }
+    acc.iter().fold(tail, |a, &v| a + v)
+}
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy<T: Element>(a: T, x: &[T], y: &mut [T]) {
+    for (t, &v) in y.iter_mut().zip(x) {
+        *t += a * v;
     }
 }
 

@@ -5,7 +5,9 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{Method, check_batch, dx_dense, for_each_row, stored_shape};
+use crate::adapter::{
+    Method, ROW_BLOCK, add_transposed, check_batch, dx_dense, for_each_block, stored_shape, transpose_rows,
+};
 use crate::error::check_shape;
 use crate::factors::AtomTable;
 use crate::layout::{Coef, Geometry, Layout};
@@ -365,13 +367,20 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             general_mat_mul(T::one(), &x, &self.delta_weight().t(), T::one(), &mut y);
             return Ok(());
         }
-        let (a, n_cols) = (self.alpha(), self.atoms.cols.len());
-        for_each_row(
-            x,
-            y,
-            || vec![T::zero(); n_cols],
-            |xv, _, xr, yr| self.atoms.forward_row(&self.coeffs, a, xr, yr, xv),
-        );
+        let (a, t) = (self.alpha(), &self.atoms);
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().unwrap_or(&[]);
+        let init = || {
+            let z = |len| vec![T::zero(); len * ROW_BLOCK];
+            (z(inp), z(t.cols.len()), z(out))
+        };
+        for_each_block(x.nrows(), Some(y), init, |(xt, xv, yt), (start, rb, y)| {
+            transpose_rows(xs, inp, start, rb, xt);
+            t.forward_block(&self.coeffs, a, &xt[..inp * rb], rb, &mut yt[..out * rb], xv);
+            if let Some(y) = y {
+                add_transposed(&yt[..out * rb], rb, y);
+            }
+        });
         Ok(())
     }
 
@@ -389,26 +398,36 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             dx_dense(&self.delta_weight(), g, dx)?;
             return self.grad_from_dense(gw.view());
         }
-        let g = g.as_standard_layout();
-        let (n, nr, nc) = (self.atoms.n(), self.atoms.rows.len(), self.atoms.cols.len());
-        let init = || (vec![T::zero(); n], vec![T::zero(); nr], vec![T::zero(); nc]);
-        let step = |st: &mut (Vec<T>, Vec<T>, Vec<T>), b: usize, xr: &[T], dxr: Option<&mut [T]>| {
-            let gr = g.row(b);
-            let gr = gr.as_slice().unwrap_or(&[]);
-            self.atoms
-                .backward_row(&self.coeffs, a, xr, gr, &mut st.0, dxr, &mut st.1, &mut st.2);
+        let (x, g) = (x.as_standard_layout(), g.as_standard_layout());
+        let (xs, gs) = (x.as_slice().unwrap_or(&[]), g.as_slice().unwrap_or(&[]));
+        let t = &self.atoms;
+        let want_dx = dx.is_some();
+        let init = || {
+            let z = |len| vec![T::zero(); len * ROW_BLOCK];
+            let dxt = if want_dx { z(inp) } else { Vec::new() };
+            (
+                vec![T::zero(); t.n()],
+                z(inp),
+                z(out),
+                z(t.rows.len()),
+                z(t.cols.len()),
+                dxt,
+            )
         };
-        let parts = match dx {
-            Some(dx) => for_each_row(x, dx, init, |st, b, xr, dxr| step(st, b, xr, Some(dxr))),
-            None => {
-                let mut dummy = Array2::<T>::zeros((x.nrows(), 0));
-                for_each_row(x, dummy.view_mut(), init, |st, b, xr, _| step(st, b, xr, None))
+        let parts = for_each_block(x.nrows(), dx, init, |st, (start, rb, dx)| {
+            let (grad, xt, gt, gu, xv, dxt) = st;
+            transpose_rows(xs, inp, start, rb, xt);
+            transpose_rows(gs, out, start, rb, gt);
+            let dxt = if want_dx { Some(&mut dxt[..inp * rb]) } else { None };
+            t.backward_block(&self.coeffs, a, &xt[..inp * rb], &gt[..out * rb], rb, grad, dxt, gu, xv);
+            if let Some(dx) = dx {
+                add_transposed(&st.5[..inp * rb], rb, dx);
             }
-        };
-        let mut grad = vec![T::zero(); n];
-        for (p, _, _) in parts {
-            for (t, v) in grad.iter_mut().zip(p) {
-                *t += v;
+        });
+        let mut grad = vec![T::zero(); t.n()];
+        for p in parts {
+            for (acc, v) in grad.iter_mut().zip(p.0) {
+                *acc += v;
             }
         }
         grad.iter_mut().for_each(|v| *v *= a);

@@ -195,3 +195,49 @@ fn fan_in_fan_out_merge_is_the_transpose() {
             .is_err()
     );
 }
+
+/// Batches spanning several row blocks (and a ragged last block), through
+/// the thread pool, with row-major and column-major outputs, against the
+/// dense ΔW and the adjoint transform.
+#[test]
+fn large_batches_match_the_dense_path() {
+    for (layout, level, mode) in [
+        (Layout::Peft, 1, "zero"),
+        (Layout::Wavedec, 2, "periodization"),
+        (Layout::Wavedec, 2, "symmetric"),
+    ] {
+        let config = WaveletFtConfig {
+            wavelet: "db3".into(),
+            level,
+            mode: mode.into(),
+            layout,
+            n_frequency: 300,
+            scaling: 2.0,
+            ..Default::default()
+        };
+        let mut a = WaveletFt::<f64>::new(&config, (37, 53), 300, None).unwrap();
+        let mut g = Mt19937::new(mode.len() as u64);
+        for p in a.params_mut() {
+            *p = g.next_normal();
+        }
+        let x = randn(&mut g, (203, 53));
+        let r = randn(&mut g, (203, 37));
+        let d = a.delta_weight();
+        let want_y = x.dot(&d.t());
+        let mut y = Array2::zeros((203, 37));
+        a.forward_delta(x.view(), y.view_mut()).unwrap();
+        assert!(max_abs(&(&y - &want_y)) < 1e-10, "{layout:?}");
+        // Column-major output and a transposed (non-contiguous) input.
+        let xt = x.t().to_owned();
+        let mut yf = Array2::<f64>::zeros((37, 203));
+        a.forward_delta(xt.t(), yf.view_mut().reversed_axes()).unwrap();
+        assert!(max_abs(&(&yf.t() - &want_y)) < 1e-10, "{layout:?}");
+        let mut dx = Array2::zeros((203, 53));
+        let grads = a.backward(x.view(), r.view(), Some(dx.view_mut())).unwrap();
+        let dense = a.grad_from_dense(r.t().dot(&x).view()).unwrap();
+        for (p, q) in grads.iter().zip(&dense) {
+            assert!((p - q).abs() < 1e-9 * q.abs().max(1.0), "{layout:?}: {p} vs {q}");
+        }
+        assert!(max_abs(&(&dx - &r.dot(&d))) < 1e-10);
+    }
+}
