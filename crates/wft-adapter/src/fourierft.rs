@@ -1,8 +1,9 @@
 //! FourierFT (Gao et al., ICML 2024): `ΔW = α · Re(IFFT2(S(c)))`.
 //!
 //! Locations are PEFT's (`torch.randperm(out*in, seed)[:n]`), the inverse
-//! FFT is torch's default (`1/(out·in)` on the inverse). Transforms run in
-//! f64 through RustFFT, in blocks of columns so memory stays `O(out · 64)`.
+//! FFT is torch's default (`1/(out·in)` on the inverse). Transforms run
+//! through RustFFT in the adapter's own precision (f32, as PEFT, or f64),
+//! only over the distinct frequency rows, then over blocks of columns.
 
 use std::collections::BTreeMap;
 
@@ -50,8 +51,6 @@ pub struct FourierFt<T> {
     freqs: Vec<(usize, usize)>,
     coeffs: Vec<T>,
 }
-
-type C64 = Complex<f64>;
 
 impl<T: Element> FourierFt<T> {
     /// A new adapter with `n` entries at PEFT's locations and the given values
@@ -104,21 +103,18 @@ impl<T: Element> FourierFt<T> {
         self.scaling / (self.shape.0 * self.shape.1) as f64
     }
 
-    /// The distinct row frequencies and, per entry, its slot among them.
-    fn row_slots(&self) -> (Vec<usize>, Vec<usize>) {
+    /// The distinct column frequencies and, per entry, its slot among them.
+    fn col_slots(&self) -> (Vec<usize>, Vec<usize>) {
         let mut map = BTreeMap::new();
-        for &(j, _) in &self.freqs {
+        for &(_, k) in &self.freqs {
             let next = map.len();
-            map.entry(j).or_insert(next);
+            map.entry(k).or_insert(next);
         }
-        let rows = {
-            let mut r = vec![0; map.len()];
-            for (&j, &slot) in &map {
-                r[slot] = j;
-            }
-            r
-        };
-        (rows, self.freqs.iter().map(|(j, _)| map[j]).collect())
+        let mut cols = vec![0; map.len()];
+        for (&k, &slot) in &map {
+            cols[slot] = k;
+        }
+        (cols, self.freqs.iter().map(|(_, k)| map[k]).collect())
     }
 
     /// `∂L/∂c` from a dense `G = ∂L/∂ΔW`:
@@ -129,37 +125,125 @@ impl<T: Element> FourierFt<T> {
     pub fn grad_from_dense(&self, g: ArrayView2<'_, T>) -> Result<Vec<T>> {
         let (out, inp) = self.shape;
         check_shape("dL/dW", g.shape(), &[out, inp])?;
-        let (rows, slot) = self.row_slots();
-        let mut planner = FftPlanner::<f64>::new();
+        let g = g.as_standard_layout();
+        let gs = g.as_slice().unwrap_or(&[]);
+        Ok(if is_f32::<T>() {
+            self.grad_in::<f32>(gs)
+                .into_iter()
+                .map(|v| T::from_f64(f64::from(v)))
+                .collect()
+        } else {
+            self.grad_in::<f64>(gs).into_iter().map(T::from_f64).collect()
+        })
+    }
+
+    /// [`Self::grad_from_dense`] computed in precision `F`.
+    fn grad_in<F: FftFloat>(&self, g: &[T]) -> Vec<F> {
+        let (out, inp) = self.shape;
+        let (cols, slot) = self.col_slots();
+        let nk = cols.len();
+        let mut planner = FftPlanner::<F>::new();
         let (fo, fi) = (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp));
-        // H[slot][v] = Σ_u G[u,v] e^{2πi j u/out}, column block by column block.
-        let mut h = vec![C64::default(); rows.len() * inp];
-        let mut lane = vec![C64::default(); out * BLOCK];
-        for v0 in (0..inp).step_by(BLOCK) {
-            let bw = BLOCK.min(inp - v0);
-            for b in 0..bw {
-                for u in 0..out {
-                    lane[b * out + u] = C64::new(g[[u, v0 + b]].as_f64(), 0.0);
+        // H[u][slot] = Σ_v G[u,v] e^{2πi k v/in}: a length-`in` transform of
+        // each row of G (blocks of rows on the thread pool), kept at the
+        // distinct column frequencies.
+        let mut h = vec![Complex::<F>::default(); out * nk];
+        par_blocks(&mut h, BLOCK * nk, |b0, hb| {
+            let rows = hb.len() / nk.max(1);
+            let mut lane = vec![Complex::<F>::default(); inp * rows];
+            for (r, l) in lane.chunks_exact_mut(inp).enumerate() {
+                let u = b0 * BLOCK + r;
+                for (v, c) in l.iter_mut().enumerate() {
+                    *c = Complex::new(F::of(g[u * inp + v].as_f64()), F::zero());
                 }
             }
-            fo.process(&mut lane[..bw * out]);
-            for (s, &j) in rows.iter().enumerate() {
-                for b in 0..bw {
-                    h[s * inp + v0 + b] = lane[b * out + j];
+            fi.process(&mut lane);
+            for (r, l) in lane.chunks_exact(inp).enumerate() {
+                for (s, &k) in cols.iter().enumerate() {
+                    hb[r * nk + s] = l[k];
                 }
             }
+        });
+        // Then a length-`out` transform along u for each distinct k.
+        let mut z = vec![Complex::<F>::default(); nk * out];
+        for u in 0..out {
+            for s in 0..nk {
+                z[s * out + u] = h[u * nk + s];
+            }
         }
-        for row in h.chunks_exact_mut(inp) {
-            fi.process(row);
-        }
-        let a = self.norm();
-        Ok(self
-            .freqs
+        par_blocks(&mut z, out, |_, lane| fo.process(lane));
+        let a = F::of(self.norm());
+        self.freqs
             .iter()
             .zip(&slot)
-            .map(|(&(_, k), &s)| T::from_f64(a * h[s * inp + k].re))
-            .collect())
+            .map(|(&(j, _), &s)| a * z[s * out + j].re)
+            .collect()
     }
+
+    /// ΔW computed in precision `F` into `w` (row-major `out × in`).
+    fn delta_in<F: FftFloat>(&self, w: &mut [T]) {
+        let (out, inp) = self.shape;
+        let (cols, slot) = self.col_slots();
+        let nk = cols.len();
+        let mut planner = FftPlanner::<F>::new();
+        let (fo, fi) = (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp));
+        // Length-`out` transforms of the distinct frequency columns only:
+        // z[slot][u] = Σ_j S[j,k] e^{2πi j u/out}.
+        let mut z = vec![Complex::<F>::default(); nk * out];
+        for ((&(j, _), &s), &c) in self.freqs.iter().zip(&slot).zip(&self.coeffs) {
+            z[s * out + j].re = z[s * out + j].re + F::of(c.as_f64());
+        }
+        par_blocks(&mut z, out, |_, lane| fo.process(lane));
+        // Then a length-`in` transform per output row, written in place.
+        let a = F::of(self.norm());
+        par_blocks(w, BLOCK * inp, |b0, wb| {
+            let rows = wb.len() / inp;
+            let mut lane = vec![Complex::<F>::default(); inp * rows];
+            for (r, l) in lane.chunks_exact_mut(inp).enumerate() {
+                let u = b0 * BLOCK + r;
+                for (s, &k) in cols.iter().enumerate() {
+                    l[k] = z[s * out + u];
+                }
+            }
+            fi.process(&mut lane);
+            for (o, l) in wb.iter_mut().zip(&lane) {
+                *o = T::from_f64((a * l.re).to_f64().unwrap_or(f64::NAN));
+            }
+        });
+    }
+}
+
+/// Whether `T` is `f32` (FourierFT then transforms in f32, as PEFT does).
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// The precisions RustFFT transforms in.
+trait FftFloat: rustfft::FftNum + Default + rustfft::num_traits::ToPrimitive {
+    fn of(v: f64) -> Self;
+}
+impl FftFloat for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+}
+impl FftFloat for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+}
+
+/// Run `f(block index, block)` over `chunk`-sized blocks of `buf`, on the
+/// thread pool when the `parallel` feature is on.
+fn par_blocks<E: Send>(buf: &mut [E], chunk: usize, f: impl Fn(usize, &mut [E]) + Sync) {
+    let chunk = chunk.max(1);
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        buf.par_chunks_mut(chunk).enumerate().for_each(|(i, b)| f(i, b));
+    }
+    #[cfg(not(feature = "parallel"))]
+    buf.chunks_mut(chunk).enumerate().for_each(|(i, b)| f(i, b));
 }
 
 impl<T: Element> Adapter<T> for FourierFt<T> {
@@ -179,33 +263,12 @@ impl<T: Element> Adapter<T> for FourierFt<T> {
     /// A sparse 2-D inverse FFT: length-`in` transforms of the distinct
     /// frequency rows only, then length-`out` transforms of every column.
     fn delta_weight(&self) -> Array2<T> {
-        let (out, inp) = self.shape;
-        let (rows, slot) = self.row_slots();
-        let mut planner = FftPlanner::<f64>::new();
-        let (fo, fi) = (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp));
-        let mut z = vec![C64::default(); rows.len() * inp];
-        for ((&(_, k), &s), &c) in self.freqs.iter().zip(&slot).zip(&self.coeffs) {
-            z[s * inp + k].re += c.as_f64();
-        }
-        for row in z.chunks_exact_mut(inp) {
-            fi.process(row);
-        }
-        let a = self.norm();
-        let mut w = Array2::zeros((out, inp));
-        let mut lane = vec![C64::default(); out * BLOCK];
-        for v0 in (0..inp).step_by(BLOCK) {
-            let bw = BLOCK.min(inp - v0);
-            lane[..bw * out].fill(C64::default());
-            for (s, &j) in rows.iter().enumerate() {
-                for b in 0..bw {
-                    lane[b * out + j] = z[s * inp + v0 + b];
-                }
-            }
-            fo.process(&mut lane[..bw * out]);
-            for b in 0..bw {
-                for u in 0..out {
-                    w[[u, v0 + b]] = T::from_f64(a * lane[b * out + u].re);
-                }
+        let mut w = Array2::zeros(self.shape);
+        if let Some(buf) = w.as_slice_mut() {
+            if is_f32::<T>() {
+                self.delta_in::<f32>(buf);
+            } else {
+                self.delta_in::<f64>(buf);
             }
         }
         w
