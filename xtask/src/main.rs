@@ -6,8 +6,12 @@
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
-//! * `bench [--peer pywt]` — criterion benchmarks, or the same-run comparison
-//!   with PyWavelets that writes `docs/PERFORMANCE.md`.
+//! * `bench [--peer pywt|peft] [--quick]` — criterion benchmarks, or the
+//!   same-run comparison with PyWavelets or PEFT that writes its section of
+//!   `docs/PERFORMANCE.md`.
+//! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
+//!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
+//!   not part of CI: PyTorch is about 5.6 GB).
 #![allow(clippy::print_stdout)]
 
 mod peer;
@@ -73,12 +77,13 @@ fn ci() -> Result {
     run(cargo().args(["test", "--workspace", "-j2"]))
 }
 
-/// A venv with the pinned PyWavelets stack, under `target/` (ignored by git).
-pub(crate) fn python() -> Result<PathBuf> {
-    let venv = root().join("target/pyref");
+/// A venv under `target/` (ignored by git) with the pinned packages of
+/// `scripts/requirements-{stack}.txt`, reinstalled when that file changes.
+pub(crate) fn venv(stack: &str) -> Result<PathBuf> {
+    let venv = root().join(format!("target/{stack}ref"));
     let py = venv.join("bin/python");
     let stamp = venv.join("requirements.installed");
-    let req = root().join("scripts/requirements-pywt.txt");
+    let req = root().join(format!("scripts/requirements-{stack}.txt"));
     let wanted = std::fs::read_to_string(&req).map_err(|e| format!("{}: {e}", req.display()))?;
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
@@ -88,6 +93,11 @@ pub(crate) fn python() -> Result<PathBuf> {
         std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
     }
     Ok(py)
+}
+
+/// The PyWavelets venv.
+pub(crate) fn python() -> Result<PathBuf> {
+    venv("pywt")
 }
 
 const GENERATED: [(&str, &str); 2] = [
@@ -132,8 +142,57 @@ fn fixtures(check: bool) -> Result {
     Ok(())
 }
 
+/// Regenerate the PEFT reference folders, then have PEFT load fresh
+/// adapters written by wft-adapter; the check's report goes to
+/// `docs/PEFT_INTEROP.md`.
+fn peft_refs() -> Result {
+    let py = venv("peft")?;
+    run(Command::new(&py).arg(root().join("scripts/make_peft_references.py")))?;
+    let out = root().join("target/peft-roundtrip");
+    let _ = std::fs::remove_dir_all(&out);
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-j2",
+            "-p",
+            "wft-adapter",
+            "--example",
+            "peft_roundtrip",
+            "--",
+        ])
+        .arg(&out))?;
+    let report = output(
+        Command::new(&py)
+            .arg(root().join("scripts/check_peft_loads_ours.py"))
+            .arg(&out),
+    )?;
+    print!("{report}");
+    write_section(
+        &root().join("docs/PEFT_INTEROP.md"),
+        "report",
+        &format!("```text\n{report}```\n"),
+    )
+}
+
+/// Replace the part of `path` between `<!-- {name}:begin -->` and
+/// `<!-- {name}:end -->` with `body` (appending it when absent); hand-written
+/// text outside the markers stays.
+pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let block = format!("{begin}\n{body}{end}");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{old}\n{block}\n"),
+    };
+    std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote the {name} section of {}", path.display());
+    Ok(())
+}
+
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt] [--quick]>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft] [--quick] | peft-refs>".into())
 }
 
 fn main() -> ExitCode {
@@ -142,10 +201,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(flag("--check")),
+        Some("peft-refs") => peft_refs(),
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),
-            Some(other) => Err(format!("unknown peer {other:?} (known: pywt)")),
-            None => run(cargo().args(["bench", "-p", "dwt-core", "-j2"])),
+            Some(p) if p == "peft" => peer::peft(flag("--quick")),
+            Some(other) => Err(format!("unknown peer {other:?} (known: pywt, peft)")),
+            None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "wft-adapter", "-j2"])),
         },
         _ => usage(),
     };

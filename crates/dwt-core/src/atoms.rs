@@ -149,7 +149,9 @@ impl AtomBasis {
     ///
     /// # Errors
     /// [`Error::Empty`] for `signal_len == 0`, [`Error::LevelTooDeep`] for
-    /// level 0 or a level whose inverse would have no samples.
+    /// level 0 or a level whose inverse would have no samples,
+    /// [`Error::TooShortForMode`] where `wavedec` would refuse a level's
+    /// input as too short for the mode.
     pub fn new(wavelet: &Wavelet, mode: Mode, signal_len: usize, level: usize) -> Result<Self> {
         if signal_len == 0 {
             return Err(Error::Empty { what: "signal" });
@@ -167,6 +169,7 @@ impl AtomBasis {
         let mut lens = vec![signal_len];
         for _ in 0..level {
             let prev = lens[lens.len() - 1];
+            mode.check_len(prev)?;
             let next = dwt_coeff_len(prev, l, mode);
             if next == 0 || idwt_len(next, l, mode).is_err() {
                 return Err(too_deep);

@@ -36,6 +36,13 @@ impl<T: Element> FactorSet<T> {
         self.vals.len()
     }
 
+    /// The factor as one run `(start, values)`, unless it wraps around.
+    #[inline(always)]
+    fn single(&self, id: usize) -> Option<(usize, &[T])> {
+        let ([(start, len), (_, tail)], off) = self.runs[id];
+        (tail == 0).then(|| (start, &self.vals[off..off + len]))
+    }
+
     /// Call `f(start, values)` for each run of factor `id`.
     #[inline(always)]
     fn for_runs(&self, id: usize, mut f: impl FnMut(usize, &[T])) {
@@ -137,16 +144,28 @@ impl<T: Element> AtomTable<T> {
     /// its transpose (`in × out`, PEFT's `fan_in_fan_out`) when `transposed`.
     pub(crate) fn add_outer(&self, c: &[T], s: T, w: &mut [T], shape: (usize, usize), transposed: bool) {
         let (out, inp) = shape;
+        // Rows of the stored matrix follow `outer`, its columns `inner`.
+        let (outer, inner, outer_of, inner_of, stride) = if transposed {
+            (&self.cols, &self.rows, &self.col_of, &self.row_of, out)
+        } else {
+            (&self.rows, &self.cols, &self.row_of, &self.col_of, inp)
+        };
         for k in 0..self.n() {
             let a = s * c[k];
-            if transposed {
-                self.cols.for_each(self.col_of[k], |v, cv| {
-                    self.rows.axpy(self.row_of[k], a * cv, &mut w[v * out..(v + 1) * out]);
-                });
-            } else {
-                self.rows.for_each(self.row_of[k], |u, ru| {
-                    self.cols.axpy(self.col_of[k], a * ru, &mut w[u * inp..(u + 1) * inp]);
-                });
+            let (o, i) = (outer_of[k], inner_of[k]);
+            match (outer.single(o), inner.single(i)) {
+                // The common case, one run each: a tight double loop.
+                (Some((os, ov)), Some((is, iv))) => {
+                    for (r, &ou) in ov.iter().enumerate() {
+                        let f = a * ou;
+                        let row = &mut w[(os + r) * stride + is..(os + r) * stride + is + iv.len()];
+                        for (t, &v) in row.iter_mut().zip(iv) {
+                            *t += f * v;
+                        }
+                    }
+                }
+                // Atoms that wrap around (periodization).
+                _ => outer.for_each(o, |u, ou| inner.axpy(i, a * ou, &mut w[u * stride..(u + 1) * stride])),
             }
         }
     }
@@ -224,8 +243,8 @@ impl<T: Element> AtomTable<T> {
         }
         if let Some(dxt) = dxt {
             dxt.fill(T::zero());
-            for k in 0..self.n() {
-                let a = s * c[k];
+            for (k, &ck) in c.iter().enumerate().take(self.n()) {
+                let a = s * ck;
                 self.cols.for_each(self.col_of[k], |v, cv| {
                     axpy(a * cv, row(k), &mut dxt[v * rb..(v + 1) * rb])
                 });

@@ -66,8 +66,8 @@ pub use fourierft::{FourierFt, FourierFtConfig};
 pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
 pub use model::{
-    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModuleSummary,
-    PEFT_VERSION, Summary, WEIGHTS_FILE, folder_files,
+    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModuleShapes,
+    ModuleSummary, PEFT_VERSION, Summary, WEIGHTS_FILE, folder_files,
 };
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
 pub use targets::{ModuleSpec, Targets, pattern_value, proportional};
@@ -81,3 +81,13 @@ pub use safetensors::Dtype;
 /// The element types adapters compute in: `f32` and `f64`.
 pub trait Element: dwt_core::Real + ndarray::LinalgScalar {}
 impl<T: dwt_core::Real + ndarray::LinalgScalar> Element for T {}
+
+/// The README's examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// The workspace README's examples run as doc tests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct RootReadmeDoctests;

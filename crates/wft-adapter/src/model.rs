@@ -40,6 +40,9 @@ pub const KEY_PREFIX: &str = "base_model.model.";
 /// The PEFT version whose format this crate writes.
 pub const PEFT_VERSION: &str = "0.21.2";
 
+/// `(out, in)` per module path, as the native format stores them.
+pub type ModuleShapes = BTreeMap<String, (usize, usize)>;
+
 /// The method and its per-layer settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MethodConfig {
@@ -100,28 +103,28 @@ impl AdapterConfig {
 #[derive(Debug, Clone)]
 pub enum ModuleAdapter {
     /// WaveletFT.
-    WaveletFt(WaveletFt<f32>),
+    WaveletFt(Box<WaveletFt<f32>>),
     /// FourierFT.
-    FourierFt(FourierFt<f32>),
+    FourierFt(Box<FourierFt<f32>>),
     /// LoRA.
-    Lora(Lora<f32>),
+    Lora(Box<Lora<f32>>),
 }
 
 impl ModuleAdapter {
     /// The adapter behind the common trait.
     pub fn as_adapter(&self) -> &dyn Adapter<f32> {
         match self {
-            ModuleAdapter::WaveletFt(a) => a,
-            ModuleAdapter::FourierFt(a) => a,
-            ModuleAdapter::Lora(a) => a,
+            ModuleAdapter::WaveletFt(a) => a.as_ref(),
+            ModuleAdapter::FourierFt(a) => a.as_ref(),
+            ModuleAdapter::Lora(a) => a.as_ref(),
         }
     }
     /// The adapter behind the common trait, mutable.
     pub fn as_adapter_mut(&mut self) -> &mut dyn Adapter<f32> {
         match self {
-            ModuleAdapter::WaveletFt(a) => a,
-            ModuleAdapter::FourierFt(a) => a,
-            ModuleAdapter::Lora(a) => a,
+            ModuleAdapter::WaveletFt(a) => a.as_mut(),
+            ModuleAdapter::FourierFt(a) => a.as_mut(),
+            ModuleAdapter::Lora(a) => a.as_mut(),
         }
     }
 }
@@ -205,7 +208,7 @@ impl AdapterConfig {
     /// [`Error::Unsupported`] for options this crate cannot honour (DoRA,
     /// trained biases, `modules_to_save`), and an unknown wavelet as
     /// [`Error::Json`] naming the field.
-    pub fn from_json(text: &str, path: &Path) -> Result<(Self, BTreeMap<String, (usize, usize)>)> {
+    pub fn from_json(text: &str, path: &Path) -> Result<(Self, ModuleShapes)> {
         let json_err = |reason: String| Error::Json {
             path: path.to_path_buf(),
             reason,
@@ -538,7 +541,7 @@ impl AdapterModel {
                     let shape = shape_from_base(&m)?;
                     let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
                     a.params_mut().copy_from_slice(&values);
-                    modules.insert(m, ModuleAdapter::WaveletFt(a));
+                    modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
                     expected_keys.push(k);
                 }
             }
@@ -582,7 +585,7 @@ impl AdapterModel {
                         });
                     }
                     let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(&file, &kl, e))?;
-                    modules.insert(m, ModuleAdapter::WaveletFt(a));
+                    modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
                     expected_keys.extend([kc, kl]);
                 }
             }
@@ -593,7 +596,7 @@ impl AdapterModel {
                     let shape = shape_from_base(&m)?;
                     let a =
                         FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
-                    modules.insert(m, ModuleAdapter::FourierFt(a));
+                    modules.insert(m, ModuleAdapter::FourierFt(Box::new(a)));
                     expected_keys.push(k);
                 }
             }
@@ -621,7 +624,7 @@ impl AdapterModel {
                             });
                         }
                     }
-                    modules.insert(m, ModuleAdapter::Lora(Lora::from_factors(&c, a, b)?));
+                    modules.insert(m, ModuleAdapter::Lora(Box::new(Lora::from_factors(&c, a, b)?)));
                     expected_keys.extend([ka, kb]);
                 }
             }
@@ -694,20 +697,20 @@ impl AdapterModel {
             };
             let adapter = match &config.method {
                 MethodConfig::WaveletFt(c) => {
-                    ModuleAdapter::WaveletFt(WaveletFt::new(c, shape, n, w.as_ref().map(|w| w.view()))?)
+                    ModuleAdapter::WaveletFt(Box::new(WaveletFt::new(c, shape, n, w.as_ref().map(|w| w.view()))?))
                 }
                 MethodConfig::FourierFt { config: c, init_zeros } => {
                     let mut a = FourierFt::new(c, shape, n, None)?;
                     if !init_zeros {
                         a.randomize(seed, 1.0);
                     }
-                    ModuleAdapter::FourierFt(a)
+                    ModuleAdapter::FourierFt(Box::new(a))
                 }
                 MethodConfig::Lora(c) => {
                     let mut c = c.clone();
                     c.r = pattern_value(&config.rank_pattern, &m)?.unwrap_or(c.r);
                     c.lora_alpha = pattern_value(&config.alpha_pattern, &m)?.unwrap_or(c.lora_alpha);
-                    ModuleAdapter::Lora(Lora::new(&c, shape, seed)?)
+                    ModuleAdapter::Lora(Box::new(Lora::new(&c, shape, seed)?))
                 }
             };
             modules.insert(m, adapter);

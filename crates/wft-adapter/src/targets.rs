@@ -59,10 +59,10 @@ impl Targets {
     /// # Errors
     /// [`Error::Invalid`] for a regular expression that does not compile.
     pub fn matches(&self, path: &str) -> Result<bool> {
-        if let Some(ex) = &self.exclude_modules {
-            if ex.matches(path)? {
-                return Ok(false);
-            }
+        if let Some(ex) = &self.exclude_modules
+            && ex.matches(path)?
+        {
+            return Ok(false);
         }
         let Some(t) = &self.target_modules else {
             return Ok(false);

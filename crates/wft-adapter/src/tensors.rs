@@ -169,12 +169,10 @@ impl TensorFile {
             found: format!("{:?}", raw.dtype),
             expected: "F32, F64, F16 or BF16".into(),
         })?;
-        Ok(
-            ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
-                path: self.path.clone(),
-                reason: format!("tensor {name:?}: {e}"),
-            })?,
-        )
+        ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
+            path: self.path.clone(),
+            reason: format!("tensor {name:?}: {e}"),
+        })
     }
 
     /// An integer tensor as i64 (from I64, I32, U32 or U8).
@@ -204,12 +202,10 @@ impl TensorFile {
                 });
             }
         };
-        Ok(
-            ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
-                path: self.path.clone(),
-                reason: format!("tensor {name:?}: {e}"),
-            })?,
-        )
+        ArrayD::from_shape_vec(IxDyn(&raw.shape), values).map_err(|e| Error::Safetensors {
+            path: self.path.clone(),
+            reason: format!("tensor {name:?}: {e}"),
+        })
     }
 }
 

@@ -41,16 +41,13 @@ fn check_adapter<A: Adapter<f64> + Clone>(adapter: A, seed: u64) -> Result<(), T
     let (grads, dx) = layer.backward(x.view(), r.view(), true).unwrap();
     let h = 1e-3;
     let scale = grads.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    for k in 0..adapter.num_params() {
+    prop_assert_eq!(grads.len(), adapter.num_params());
+    for (k, &grad) in grads.iter().enumerate() {
         let (mut plus, mut minus) = (adapter.clone(), adapter.clone());
         plus.params_mut()[k] += h;
         minus.params_mut()[k] -= h;
         let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-        prop_assert!(
-            (fd - grads[k]).abs() <= 1e-7 * scale,
-            "param {k}: fd {fd} vs {}",
-            grads[k]
-        );
+        prop_assert!((fd - grad).abs() <= 1e-7 * scale, "param {k}: fd {fd} vs {grad}");
     }
     // ∂L/∂x = R·(W + ΔW).
     let want_dx = r.dot(&(&w + &adapter.delta_weight()));
