@@ -8,6 +8,8 @@
 //! `cargo run --release --example adapter_timing -- delta:db1:4096x4096:5000 fb:db1:768x768:1000:4096`
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -76,7 +78,7 @@ fn adapter(method: &str, shape: (usize, usize), n: usize, g: &mut Mt19937) -> Re
     Ok(a)
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut g = Mt19937::new(5);
     for case in std::env::args().skip(1) {
         let parts: Vec<&str> = case.split(':').collect();
@@ -125,18 +127,12 @@ fn run() -> Result<(), String> {
                 };
                 println!("{case} forward_backward {t:.9}");
             }
-            _ => return Err(format!("bad case {case}")),
+            _ => return Err(format!("bad case {case}").into()),
         }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run())
 }

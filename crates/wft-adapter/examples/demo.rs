@@ -14,6 +14,8 @@
 //! `cargo run --release --example demo [STEPS]` (default 400).
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::process::ExitCode;
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
@@ -235,11 +237,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run())
 }

@@ -17,6 +17,8 @@
 //! `wft merge --base MODEL --adapter OUT/adapter --out OUT/merged.safetensors`.
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -101,11 +103,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run())
 }

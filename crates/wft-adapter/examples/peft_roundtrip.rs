@@ -8,6 +8,8 @@
 //! `cargo run --release --example peft_roundtrip -- OUT_DIR`
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -81,11 +83,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run())
 }

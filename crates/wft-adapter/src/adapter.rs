@@ -335,75 +335,52 @@ const TILE: usize = 8;
 
 /// `dst[t·rb + j] = src[start + j, t]`: rows `start..start + rb` of a
 /// C-contiguous `src` with `cols` columns, transposed into a `cols × rb`
-/// buffer. Full 8×8 tiles go through a local array so both the loads and
-/// the stores are contiguous runs of 8.
+/// buffer.
 pub(crate) fn transpose_rows<T: Element>(src: &[T], cols: usize, start: usize, rb: usize, dst: &mut [T]) {
-    dwt_core::__dispatch!(transpose_rows_impl(src, cols, start, rb, dst))
+    let src = &src[start * cols..(start + rb) * cols];
+    dwt_core::__dispatch!(transpose_tiles(src, rb, cols, dst, |o: &mut T, v: T| *o = v))
 }
 
-#[inline(always)]
-fn transpose_rows_impl<T: Element>(src: &[T], cols: usize, start: usize, rb: usize, dst: &mut [T]) {
-    let src = &src[start * cols..(start + rb) * cols];
-    let dst = &mut dst[..cols * rb];
-    let (jf, tf) = (rb - rb % TILE, cols - cols % TILE);
-    for j0 in (0..jf).step_by(TILE) {
-        for t0 in (0..tf).step_by(TILE) {
-            let mut tile = [[T::zero(); TILE]; TILE];
-            for (j, row) in tile.iter_mut().enumerate() {
-                row.copy_from_slice(&src[(j0 + j) * cols + t0..(j0 + j) * cols + t0 + TILE]);
+/// `dst[j, t] += src[t·rb + j]`: add a transposed `cols × rb` buffer into
+/// `rb` rows.
+pub(crate) fn add_transposed<T: Element>(src: &[T], rb: usize, mut dst: ArrayViewMut2<'_, T>) {
+    let cols = dst.ncols();
+    match dst.as_slice_mut() {
+        Some(d) => dwt_core::__dispatch!(transpose_tiles(src, cols, rb, d, |o: &mut T, v: T| *o += v)),
+        None => {
+            for ((j, t), v) in dst.indexed_iter_mut() {
+                *v += src[t * rb + j];
             }
-            for t in 0..TILE {
-                let out = &mut dst[(t0 + t) * rb + j0..(t0 + t) * rb + j0 + TILE];
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = tile[j][t];
+        }
+    }
+}
+
+/// `op(dst[c·rows + r], src[r·cols + c])` for a row-major `rows × cols`
+/// `src`: a transpose into `dst`, combined by `op`. Full 8×8 tiles go
+/// through a local array so both the loads and the stores are contiguous
+/// runs of 8.
+#[inline(always)]
+fn transpose_tiles<T: Element>(src: &[T], rows: usize, cols: usize, dst: &mut [T], op: impl Fn(&mut T, T)) {
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    let (rf, cf) = (rows - rows % TILE, cols - cols % TILE);
+    for r0 in (0..rf).step_by(TILE) {
+        for c0 in (0..cf).step_by(TILE) {
+            let mut tile = [[T::zero(); TILE]; TILE];
+            for (r, row) in tile.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + TILE]);
+            }
+            for c in 0..TILE {
+                let out = &mut dst[(c0 + c) * rows + r0..(c0 + c) * rows + r0 + TILE];
+                for (r, o) in out.iter_mut().enumerate() {
+                    op(o, tile[r][c]);
                 }
             }
         }
     }
     // Ragged edges: the last columns of every row, and the last rows.
-    for j in 0..rb {
-        let t_start = if j < jf { tf } else { 0 };
-        for t in t_start..cols {
-            dst[t * rb + j] = src[j * cols + t];
-        }
-    }
-}
-
-/// `dst[j, t] += src[t·rb + j]`: add a transposed `cols × rb` buffer into
-/// `rb` rows, through 8×8 tiles like [`transpose_rows`].
-pub(crate) fn add_transposed<T: Element>(src: &[T], rb: usize, dst: ArrayViewMut2<'_, T>) {
-    dwt_core::__dispatch!(add_transposed_impl(src, rb, dst))
-}
-
-#[inline(always)]
-fn add_transposed_impl<T: Element>(src: &[T], rb: usize, mut dst: ArrayViewMut2<'_, T>) {
-    let cols = dst.ncols();
-    let src = &src[..cols * rb];
-    let Some(d) = dst.as_slice_mut() else {
-        for ((j, t), v) in dst.indexed_iter_mut() {
-            *v += src[t * rb + j];
-        }
-        return;
-    };
-    let (jf, tf) = (rb - rb % TILE, cols - cols % TILE);
-    for j0 in (0..jf).step_by(TILE) {
-        for t0 in (0..tf).step_by(TILE) {
-            let mut tile = [[T::zero(); TILE]; TILE];
-            for (t, row) in tile.iter_mut().enumerate() {
-                row.copy_from_slice(&src[(t0 + t) * rb + j0..(t0 + t) * rb + j0 + TILE]);
-            }
-            for j in 0..TILE {
-                let out = &mut d[(j0 + j) * cols + t0..(j0 + j) * cols + t0 + TILE];
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o += tile[t][j];
-                }
-            }
-        }
-    }
-    for j in 0..rb {
-        let t_start = if j < jf { tf } else { 0 };
-        for t in t_start..cols {
-            d[j * cols + t] += src[t * rb + j];
+    for r in 0..rows {
+        for c in (if r < rf { cf } else { 0 })..cols {
+            op(&mut dst[c * rows + r], src[r * cols + c]);
         }
     }
 }
