@@ -196,6 +196,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    println!(
+        "\nThe hidden update is smooth. Uniform random locations (PEFT's WaveFT and FourierFT) land mostly on\n\
+         fine-scale or high-frequency coefficients and cannot express it; coarsest sub-bands first can, with the\n\
+         same parameter count. Which locations fit a task is exactly what WaveletFT's options let you compare."
+    );
+
     // 4. Files: save as a PEFT folder, load it back, merge.
     let model = first.ok_or("no model")?;
     let adapter_dir = dir.path().join("adapter");
