@@ -195,6 +195,27 @@ def main():
         lora_layers,
         LoraConfig(target_modules=["q", "v"], r=4, lora_alpha=8, use_rslora=True, init_lora_weights=False),
     )
+    three = [{"q": (24, 16), "v": (16, 24)} for _ in range(3)]
+    make_case(
+        "lora_layers_patterns",
+        three,
+        LoraConfig(
+            target_modules=["q", "v"],
+            r=4,
+            lora_alpha=8,
+            rank_pattern={"v": 2},
+            alpha_pattern={"layers.2.q": 3},
+            layers_to_transform=[0, 2],
+            layers_pattern="layers",
+            init_lora_weights=False,
+        ),
+    )
+    make_case(
+        "waveft_layers_to_transform",
+        three,
+        WaveFTConfig(target_modules=["q", "v"], wavelet_family="db2", layers_to_transform=1, layers_pattern="layers",
+                     **wave),
+    )
     make_case(
         "waveft_1024x768_n5000",
         [{"q": (1024, 768)}],

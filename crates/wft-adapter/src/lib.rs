@@ -70,7 +70,7 @@ pub use model::{
     ModuleSummary, PEFT_VERSION, Summary, WEIGHTS_FILE, folder_files,
 };
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
-pub use targets::{ModuleSpec, Targets, pattern_value, proportional};
+pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
 pub use tensors::{RawTensor, TensorFile, write_atomic, write_text_atomic};
 pub use waveletft::{Init, Strategy, WaveletFt, WaveletFtConfig};
 

@@ -156,24 +156,6 @@ fn field<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, key: &str, de
     }
 }
 
-/// `layers_to_transform` / `layers_pattern` may be a single value or a list.
-fn one_or_many<T: serde::de::DeserializeOwned>(
-    obj: &Map<String, Value>,
-    key: &str,
-    path: &Path,
-) -> Result<Option<Vec<T>>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(_)) => field(obj, key, None, path),
-        Some(_) => Ok(Some(vec![field(obj, key, None::<T>, path)?.ok_or_else(|| {
-            Error::Json {
-                path: path.to_path_buf(),
-                reason: format!("field {key:?} is empty"),
-            }
-        })?])),
-    }
-}
-
 /// The fields this crate interprets; everything else goes to `extra`.
 const KNOWN: &[&str] = &[
     "peft_type",
@@ -296,8 +278,8 @@ impl AdapterConfig {
             targets: Targets {
                 target_modules: field(&obj, "target_modules", None, path)?,
                 exclude_modules: field(&obj, "exclude_modules", None, path)?,
-                layers_to_transform: one_or_many(&obj, "layers_to_transform", path)?,
-                layers_pattern: one_or_many(&obj, "layers_pattern", path)?,
+                layers_to_transform: field(&obj, "layers_to_transform", None, path)?,
+                layers_pattern: field(&obj, "layers_pattern", None, path)?,
             },
             n_frequency_pattern: field(&obj, "n_frequency_pattern", BTreeMap::new(), path)?,
             rank_pattern: field(&obj, "rank_pattern", BTreeMap::new(), path)?,
@@ -369,21 +351,26 @@ impl AdapterConfig {
             }
             MethodConfig::Lora(c) => {
                 put("r", json!(c.r));
-                // PEFT types lora_alpha as an int; keep whole values whole.
-                let alpha = if c.lora_alpha.fract() == 0.0 && c.lora_alpha.abs() < 1e15 {
-                    json!(c.lora_alpha as i64)
-                } else {
-                    json!(c.lora_alpha)
-                };
-                put("lora_alpha", alpha);
+                put("lora_alpha", whole(c.lora_alpha));
                 put("use_rslora", json!(c.use_rslora));
                 put("rank_pattern", json!(self.rank_pattern));
-                put("alpha_pattern", json!(self.alpha_pattern));
+                let alphas: Map<String, Value> =
+                    self.alpha_pattern.iter().map(|(k, &v)| (k.clone(), whole(v))).collect();
+                put("alpha_pattern", Value::Object(alphas));
                 obj.entry("lora_dropout").or_insert(json!(0.0));
                 obj.entry("init_lora_weights").or_insert(json!(true));
             }
         }
         Value::Object(obj)
+    }
+}
+
+/// PEFT types LoRA's α as an int: keep whole values whole in JSON.
+fn whole(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
     }
 }
 

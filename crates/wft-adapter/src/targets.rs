@@ -48,9 +48,29 @@ pub struct Targets {
     /// `exclude_modules`.
     pub exclude_modules: Option<ModuleSpec>,
     /// `layers_to_transform`: only these layer indices.
-    pub layers_to_transform: Option<Vec<usize>>,
+    pub layers_to_transform: Option<OneOrMany<usize>>,
     /// `layers_pattern`: the name of the layer list (e.g. `layers`, `h`).
-    pub layers_pattern: Option<Vec<String>>,
+    pub layers_pattern: Option<OneOrMany<String>>,
+}
+
+/// A PEFT field that holds one value or a list (kept as written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The values.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 impl Targets {
@@ -72,7 +92,7 @@ impl Targets {
         }
         // Layer filters apply to name lists only, as in PEFT.
         if let (ModuleSpec::Names(_), Some(layers)) = (t, &self.layers_to_transform) {
-            return Ok(self.layer_index(path).is_some_and(|i| layers.contains(&i)));
+            return Ok(self.layer_index(path).is_some_and(|i| layers.as_slice().contains(&i)));
         }
         Ok(true)
     }
@@ -83,7 +103,7 @@ impl Targets {
         let comps: Vec<&str> = path.split('.').collect();
         comps.windows(2).find_map(|w| {
             let named = match &self.layers_pattern {
-                Some(p) => p.iter().any(|p| p == w[0]),
+                Some(p) => p.as_slice().iter().any(|p| p == w[0]),
                 None => true,
             };
             if named { w[1].parse().ok() } else { None }

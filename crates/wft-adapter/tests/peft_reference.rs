@@ -32,6 +32,8 @@ const CASES: &[&str] = &[
     "fourierft",
     "lora",
     "rslora",
+    "lora_layers_patterns",
+    "waveft_layers_to_transform",
 ];
 
 /// max |a − b| / max |b|.
@@ -91,7 +93,10 @@ fn merged_weights_equal_peft_merge_and_unload() {
         }
         assert_eq!(ours.metadata(), base.metadata());
     }
-    eprintln!("merged weights: worst relative error {worst:.2e} over {} cases", CASES.len());
+    eprintln!(
+        "merged weights: worst relative error {worst:.2e} over {} cases",
+        CASES.len()
+    );
 }
 
 #[test]
