@@ -133,11 +133,14 @@ impl<T: Element> AtomTable<T> {
         self.row_of.len()
     }
 
-    /// Multiply-adds of one dense outer-product pass (`Σ_k |u_k|·|v_k|`).
-    pub(crate) fn outer_cost(&self) -> usize {
-        (0..self.n())
-            .map(|k| self.rows.run_len(self.row_of[k]) * self.cols.run_len(self.col_of[k]))
-            .sum()
+    /// Multiply-adds per batch row of the block kernels: projecting onto
+    /// every distinct atom of both sides, and expanding every coefficient's
+    /// atoms back.
+    pub(crate) fn cost_per_row(&self) -> usize {
+        let expand: usize = (0..self.n())
+            .map(|k| self.rows.run_len(self.row_of[k]) + self.cols.run_len(self.col_of[k]))
+            .sum();
+        self.rows.support() + self.cols.support() + expand + self.n()
     }
 
     /// `W += s · Σ_k c_k u_k v_kᵀ` on a row-major `out × in` buffer, or on

@@ -16,7 +16,7 @@
 //! model. The native format stores locations and shapes and needs nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array2, ArrayViewMut2};
 use safetensors::Dtype;
@@ -888,11 +888,6 @@ impl AdapterModel {
 /// Name the tensor an adapter-construction error came from.
 fn in_tensor(file: &TensorFile, tensor: &str, e: Error) -> Error {
     Error::invalid(format!("{} tensor {tensor:?}", file.path().display()), e.to_string())
-}
-
-/// The adapter folder's files, for reporting.
-pub fn folder_files(dir: &Path) -> [PathBuf; 2] {
-    [dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE)]
 }
 
 impl Method {

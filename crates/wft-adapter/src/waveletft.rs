@@ -212,9 +212,11 @@ impl<T: Element> WaveletFt<T> {
         T::from_f64(self.config.scaling)
     }
 
-    /// Multiply-adds per batch row of the atom form of `x·ΔWᵀ`.
-    fn atom_cost_per_row(&self) -> usize {
-        self.atoms.cols.support() + self.atoms.outer_cost() / self.atoms.cols.len().max(1) + self.atoms.n()
+    /// Whether batches go through the atom kernels (else through the dense
+    /// ΔW and a matrix product, cheaper when atoms are wide).
+    fn atoms_for_batches(&self) -> bool {
+        let (out, inp) = self.geometry.shape();
+        self.atoms.cost_per_row() <= out * inp / 2
     }
 
     /// ΔW the reference way: scatter the coefficients into the full
@@ -363,7 +365,7 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
     fn forward_delta(&self, x: ArrayView2<'_, T>, mut y: ArrayViewMut2<'_, T>) -> Result<()> {
         let (out, inp) = self.shape();
         check_batch(x, y.view(), inp, out)?;
-        if self.atom_cost_per_row() > out * inp / 2 {
+        if !self.atoms_for_batches() {
             general_mat_mul(T::one(), &x, &self.delta_weight().t(), T::one(), &mut y);
             return Ok(());
         }
@@ -393,7 +395,7 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             check_shape("dx", d.shape(), x.shape())?;
         }
         let a = self.alpha();
-        if self.atom_cost_per_row() > out * inp / 2 {
+        if !self.atoms_for_batches() {
             let gw = g.t().dot(&x);
             dx_dense(&self.delta_weight(), g, dx)?;
             return self.grad_from_dense(gw.view());
@@ -514,5 +516,49 @@ fn choose_locations<T: Element>(
             flat.sort_unstable();
             flat.into_iter().map(|i| geometry.unflatten(i)).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes `tests/gradients.rs` uses for large batches take the atom
+    /// kernels (so those tests cover them), and wide atoms on a small matrix
+    /// take the dense path.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn batch_path_choice() {
+        for (layout, level, mode) in [
+            (Layout::Peft, 1, "zero"),
+            (Layout::Wavedec, 2, "periodization"),
+            (Layout::Wavedec, 2, "symmetric"),
+        ] {
+            let c = WaveletFtConfig {
+                wavelet: "db3".into(),
+                level,
+                mode: mode.into(),
+                layout,
+                ..Default::default()
+            };
+            assert!(
+                WaveletFt::<f64>::new(&c, (300, 200), 200, None)
+                    .unwrap()
+                    .atoms_for_batches(),
+                "{layout:?} {mode}"
+            );
+        }
+        let c = WaveletFtConfig {
+            wavelet: "sym8".into(),
+            level: 1,
+            mode: "zero".into(),
+            layout: Layout::Wavedec,
+            ..Default::default()
+        };
+        assert!(
+            !WaveletFt::<f64>::new(&c, (40, 40), 300, None)
+                .unwrap()
+                .atoms_for_batches()
+        );
     }
 }

@@ -208,28 +208,28 @@ fn large_batches_match_the_dense_path() {
             level,
             mode: mode.into(),
             layout,
-            n_frequency: 300,
+            n_frequency: 200,
             scaling: 2.0,
             ..Default::default()
         };
-        let mut a = WaveletFt::<f64>::new(&config, (37, 53), 300, None).unwrap();
+        let mut a = WaveletFt::<f64>::new(&config, (300, 200), 200, None).unwrap();
         let mut g = Mt19937::new(mode.len() as u64);
         for p in a.params_mut() {
             *p = g.next_normal();
         }
-        let x = randn(&mut g, (203, 53));
-        let r = randn(&mut g, (203, 37));
+        let x = randn(&mut g, (203, 200));
+        let r = randn(&mut g, (203, 300));
         let d = a.delta_weight();
         let want_y = x.dot(&d.t());
-        let mut y = Array2::zeros((203, 37));
+        let mut y = Array2::zeros((203, 300));
         a.forward_delta(x.view(), y.view_mut()).unwrap();
         assert!(max_abs(&(&y - &want_y)) < 1e-10, "{layout:?}");
         // Column-major output and a transposed (non-contiguous) input.
         let xt = x.t().to_owned();
-        let mut yf = Array2::<f64>::zeros((37, 203));
+        let mut yf = Array2::<f64>::zeros((300, 203));
         a.forward_delta(xt.t(), yf.view_mut().reversed_axes()).unwrap();
         assert!(max_abs(&(&yf.t() - &want_y)) < 1e-10, "{layout:?}");
-        let mut dx = Array2::zeros((203, 53));
+        let mut dx = Array2::zeros((203, 200));
         let grads = a.backward(x.view(), r.view(), Some(dx.view_mut())).unwrap();
         let dense = a.grad_from_dense(r.t().dot(&x).view()).unwrap();
         for (p, q) in grads.iter().zip(&dense) {
