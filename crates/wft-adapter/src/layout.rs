@@ -105,7 +105,7 @@ impl Geometry {
     /// The geometry of an `out × in` weight.
     ///
     /// # Errors
-    /// * [`Error::Invalid`] for an empty shape, or `Layout::Peft` with a level
+    /// * [`Error::Invalid`] for an empty or impossibly large shape, or `Layout::Peft` with a level
     ///   other than 1 or a mode other than zero.
     /// * [`Error::Dwt`] ([`dwt_core::Error::LevelTooDeep`]) for a `Wavedec`
     ///   level beyond `dwt_max_level` of the shorter side.
@@ -113,6 +113,10 @@ impl Geometry {
         let (out, inp) = shape;
         if out == 0 || inp == 0 {
             return Err(Error::invalid("weight shape", format!("{out}×{inp} is empty")));
+        }
+        // A shape read from a file must describe a matrix that can exist.
+        if out.checked_mul(inp).is_none_or(|n| n > isize::MAX as usize / 8) {
+            return Err(Error::invalid("weight shape", format!("{out}×{inp} is too large")));
         }
         let l = wavelet.filter_len();
         match layout {

@@ -245,6 +245,7 @@ fn levels_too_deep_and_bad_sizes_are_errors() {
     };
     assert!(WaveletFt::<f32>::new(&c, (2, 2), 5, None).is_err());
     assert!(WaveletFt::<f32>::new(&c, (0, 2), 1, None).is_err());
+    assert!(WaveletFt::<f32>::new(&c, (usize::MAX / 2, 3), 1, None).is_err());
     let c = WaveletFtConfig {
         wavelet: "nope".into(),
         ..Default::default()
