@@ -61,13 +61,14 @@ impl<T: Element> FourierFt<T> {
     /// have another length.
     pub fn new(config: &FourierFtConfig, shape: (usize, usize), n: usize, values: Option<Vec<T>>) -> Result<Self> {
         let (out, inp) = shape;
-        if n == 0 || n > out * inp {
+        let total = out.checked_mul(inp).unwrap_or(0);
+        if n == 0 || n > total {
             return Err(Error::invalid(
                 "n_frequency",
                 format!("{n} entries for a {out}×{inp} layer"),
             ));
         }
-        let freqs = randperm_prefix((out * inp) as u64, n, config.seed)
+        let freqs = randperm_prefix(total as u64, n, config.seed)
             .into_iter()
             .map(|i| ((i / inp as u64) as usize, (i % inp as u64) as usize))
             .collect();
