@@ -66,8 +66,8 @@ pub use fourierft::{FourierFt, FourierFtConfig};
 pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
 pub use model::{
-    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModuleShapes,
-    ModuleSummary, PEFT_VERSION, Summary, WEIGHTS_FILE,
+    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModulePlan,
+    ModuleShapes, ModuleSummary, PEFT_VERSION, Summary, WEIGHTS_FILE,
 };
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};

@@ -43,6 +43,15 @@ pub const PEFT_VERSION: &str = "0.21.2";
 /// `(out, in)` per module path, as the native format stores them.
 pub type ModuleShapes = BTreeMap<String, (usize, usize)>;
 
+/// One module a config adapts on a given base model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModulePlan {
+    /// `(out, in)` of the weight.
+    pub shape: (usize, usize),
+    /// Trainable coefficients (0 for LoRA, whose size is its rank).
+    pub n: usize,
+}
+
 /// The method and its per-layer settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MethodConfig {
@@ -291,6 +300,53 @@ impl AdapterConfig {
         Ok((config, shapes))
     }
 
+    /// The modules of `base` this config adapts (2-D `*.weight` tensors,
+    /// matched the way PEFT matches module paths), each with its `(out, in)`
+    /// and its `n`: from proportional allocation, `n_frequency_pattern` or
+    /// `n_frequency`, as PEFT decides it (0 for LoRA).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when nothing matches or a pattern is not a valid
+    /// regular expression.
+    pub fn plan(&self, base: &TensorFile) -> Result<BTreeMap<String, ModulePlan>> {
+        let mut targets = Vec::new();
+        for name in base.names() {
+            let Some(m) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            if base.info(&name).is_some_and(|(_, s)| s.len() == 2) && self.targets.matches(m)? {
+                targets.push((m.to_string(), module_shape(base, m, self.fan_in_fan_out)?.1));
+            }
+        }
+        if targets.is_empty() {
+            return Err(Error::invalid(
+                "target_modules",
+                format!(
+                    "{:?} matches no 2-D weight of {}",
+                    self.targets.target_modules,
+                    base.path().display()
+                ),
+            ));
+        }
+        let n_default = match &self.method {
+            MethodConfig::WaveletFt(c) => c.n_frequency,
+            MethodConfig::FourierFt { config, .. } => config.n_frequency,
+            MethodConfig::Lora(_) => 0,
+        };
+        let sizes: Vec<(String, usize)> = targets.iter().map(|(m, (o, i))| (m.clone(), o * i)).collect();
+        let prop = self.proportional_parameters.then(|| proportional(&sizes, n_default));
+        targets
+            .into_iter()
+            .map(|(m, shape)| {
+                let n = match &prop {
+                    Some(p) => p[&m],
+                    None => pattern_value(&self.n_frequency_pattern, &m)?.unwrap_or(n_default),
+                };
+                Ok((m, ModulePlan { shape, n }))
+            })
+            .collect()
+    }
+
     /// The PEFT `peft_type`, or `WAVELETFT` for the native format.
     pub fn peft_type(&self) -> &'static str {
         match &self.method {
@@ -518,6 +574,22 @@ impl AdapterModel {
             Ok(module_shape(base, m, fifo)?.1)
         };
         let key = |m: &str, s: &str| format!("{KEY_PREFIX}{m}{s}");
+        // What PEFT would allocate on this base; a spectrum of another length
+        // belongs to another config or model. (Skipped when the base's names
+        // do not match the config's targets directly.)
+        let plan = base.and_then(|b| config.plan(b).ok()).unwrap_or_default();
+        let check_n = |m: &str, k: &str, len: usize| match plan.get(m) {
+            Some(&ModulePlan { n, .. }) if n != len => Err(Error::ShapeMismatch {
+                path: file.path().to_path_buf(),
+                tensor: k.to_string(),
+                found: vec![len],
+                expected: format!(
+                    "[{n}], the n that {} allocates to this module of the base model",
+                    cfg_path.display()
+                ),
+            }),
+            _ => Ok(()),
+        };
         let mut modules = BTreeMap::new();
         let mut expected_keys = Vec::new();
         match &config.method {
@@ -525,6 +597,7 @@ impl AdapterModel {
                 for m in modules_with(&file, ".waveft_spectrum") {
                     let k = key(&m, ".waveft_spectrum");
                     let values = vector(&file, &k, None, "WaveFT spectrum")?;
+                    check_n(&m, &k, values.len())?;
                     let shape = shape_from_base(&m)?;
                     let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
                     a.params_mut().copy_from_slice(&values);
@@ -580,6 +653,7 @@ impl AdapterModel {
                 for m in modules_with(&file, ".fourierft_spectrum") {
                     let k = key(&m, ".fourierft_spectrum");
                     let values = vector(&file, &k, None, "FourierFT spectrum")?;
+                    check_n(&m, &k, values.len())?;
                     let shape = shape_from_base(&m)?;
                     let a =
                         FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
@@ -641,39 +715,8 @@ impl AdapterModel {
     /// # Errors
     /// [`Error::Invalid`] when nothing matches, and the adapters' own errors.
     pub fn new_for_base(config: AdapterConfig, base: &TensorFile, seed: u64) -> Result<Self> {
-        let mut targets = Vec::new();
-        for name in base.names() {
-            let Some(m) = name.strip_suffix(".weight") else {
-                continue;
-            };
-            if base.info(&name).is_some_and(|(_, s)| s.len() == 2) && config.targets.matches(m)? {
-                let (_, shape) = module_shape(base, m, config.fan_in_fan_out)?;
-                targets.push((m.to_string(), shape));
-            }
-        }
-        if targets.is_empty() {
-            return Err(Error::invalid(
-                "target_modules",
-                format!(
-                    "{:?} matches no 2-D weight of {}",
-                    config.targets.target_modules,
-                    base.path().display()
-                ),
-            ));
-        }
-        let n_default = match &config.method {
-            MethodConfig::WaveletFt(c) => c.n_frequency,
-            MethodConfig::FourierFt { config, .. } => config.n_frequency,
-            MethodConfig::Lora(_) => 0,
-        };
-        let sizes: Vec<(String, usize)> = targets.iter().map(|(m, (o, i))| (m.clone(), o * i)).collect();
-        let prop = config.proportional_parameters.then(|| proportional(&sizes, n_default));
         let mut modules = BTreeMap::new();
-        for (m, shape) in targets {
-            let n = match &prop {
-                Some(p) => p[&m],
-                None => pattern_value(&config.n_frequency_pattern, &m)?.unwrap_or(n_default),
-            };
+        for (m, ModulePlan { shape, n }) in config.plan(base)? {
             let w = match &config.method {
                 MethodConfig::WaveletFt(c) if c.strategy == Strategy::EnergyGuided => {
                     let key = resolve_weight(base, &m)?;

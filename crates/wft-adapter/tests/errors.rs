@@ -280,3 +280,20 @@ proptest! {
         let _ = AdapterModel::load(dir.path(), Some(&base("lora")));
     }
 }
+
+#[test]
+fn spectrum_length_must_match_the_config() {
+    // n_frequency edited: every spectrum now has the wrong length.
+    let dir = copy_adapter("waveft_db1_square");
+    edit_config(dir.path(), |v| v["n_frequency"] = 50.into());
+    let e = AdapterModel::load(dir.path(), Some(&base("waveft_db1_square"))).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{msg}");
+    assert!(msg.contains("waveft_spectrum") && msg.contains("[50]"), "{msg}");
+    // Proportional allocation depends on every target layer of the base: the
+    // same folder on a base with other layer sizes is refused.
+    let dir = copy_adapter("waveft_proportional");
+    edit_config(dir.path(), |v| v["target_modules"] = serde_json::json!(["q", "v"]));
+    let e = AdapterModel::load(dir.path(), Some(&base("waveft_proportional"))).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+}
