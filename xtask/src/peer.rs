@@ -47,6 +47,18 @@ fn parse(text: &str) -> (BTreeMap<(String, String), f64>, Vec<String>) {
     (times, other)
 }
 
+/// The peer script's `versions {…}` line.
+fn peer_versions(info: &[String]) -> String {
+    info.iter()
+        .find_map(|l| l.strip_prefix("versions "))
+        .unwrap_or("{}")
+        .to_owned()
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -81,12 +93,7 @@ pub(crate) fn pywt(quick: bool) -> Result {
         .get(&("bandwidth".into(), "copy".into()))
         .copied()
         .unwrap_or(f64::NAN);
-    let versions = info
-        .iter()
-        .find_map(|l| l.strip_prefix("versions "))
-        .unwrap_or("{}")
-        .to_owned();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (versions, threads) = (peer_versions(&info), threads());
 
     let mut md = String::new();
     let _ = writeln!(md, "## dwt-core against PyWavelets\n");
@@ -203,12 +210,7 @@ pub(crate) fn peft(quick: bool) -> Result {
     let peer = output(Command::new(&py).arg(root().join("scripts/bench_peft.py")).args(&cases))?;
     let (t, _) = parse(&ours);
     let (p, info) = parse(&peer);
-    let versions = info
-        .iter()
-        .find_map(|l| l.strip_prefix("versions "))
-        .unwrap_or("{}")
-        .to_owned();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (versions, threads) = (peer_versions(&info), threads());
     let get = |m: &BTreeMap<(String, String), f64>, c: &str, op: &str| m.get(&(c.to_owned(), op.to_owned())).copied();
     let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{:.2}", v * 1e3));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
