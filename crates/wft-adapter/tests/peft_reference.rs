@@ -239,3 +239,42 @@ fn save_round_trips_peft_folders() {
         assert_eq!(st.metadata(), peft.metadata());
     }
 }
+
+/// F16, BF16 and F64 checkpoints: merged in f32 (f64 for F64), stored back
+/// in their own dtype, within that dtype's rounding of PEFT's f32 merge.
+#[test]
+fn half_precision_checkpoints_keep_their_dtype() {
+    use wft_adapter::Dtype;
+    let dir = refs().join("waveft_db2_nonsquare");
+    let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
+    let peft = TensorFile::open(dir.join("merged.safetensors")).unwrap();
+    // Two roundings to the narrow type: the cast base and the merged result.
+    for (dtype, tol) in [
+        (Dtype::F16, 2.0 * 4.9e-4),
+        (Dtype::BF16, 2.0 * 3.9e-3),
+        (Dtype::F64, 1e-6),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cast = tmp.path().join("base.safetensors");
+        let tensors: Vec<(String, RawTensor<'static>)> = base
+            .names()
+            .into_iter()
+            .map(|n| {
+                let v = base.f32(&n, "").unwrap();
+                let t = RawTensor::from_f32_as(dtype, v.shape(), v.as_slice().unwrap()).unwrap();
+                (n, t)
+            })
+            .collect();
+        write_atomic(&cast, tensors.iter().map(|(k, t)| (k.clone(), t)), None).unwrap();
+        let cast = TensorFile::open(&cast).unwrap();
+        let model = AdapterModel::load(dir.join("adapter"), Some(&cast)).unwrap();
+        let out = tmp.path().join("merged.safetensors");
+        model.merge(&cast, &out, &mut |_, _| {}).unwrap();
+        let ours = TensorFile::open(&out).unwrap();
+        for name in ours.names() {
+            assert_eq!(ours.info(&name).unwrap().0, dtype, "{name} keeps its dtype");
+            let e = rel_err(&ours.f32(&name, "").unwrap(), &peft.f32(&name, "").unwrap());
+            assert!(e <= tol, "{dtype:?} {name}: {e}");
+        }
+    }
+}
