@@ -56,9 +56,7 @@ pub trait Adapter<T: Element>: std::fmt::Debug + Send + Sync {
     /// [`Error::Shape`] when `w` has the wrong shape.
     fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
         check_shape("weight", w.shape(), &stored_shape(self.shape(), fan_in_fan_out))?;
-        let d = self.delta_weight();
-        let d = if fan_in_fan_out { d.reversed_axes() } else { d };
-        w.scaled_add(sign, &d);
+        add_dense(self.delta_weight(), w.view_mut(), sign, fan_in_fan_out);
         Ok(())
     }
 
@@ -110,6 +108,13 @@ impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
     fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>> {
         (**self).backward(x, g, dx)
     }
+}
+
+/// `w += sign · d`, with `d` (`out × in`) transposed for `fan_in_fan_out`;
+/// shapes already checked.
+pub(crate) fn add_dense<T: Element>(d: Array2<T>, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) {
+    let d = if fan_in_fan_out { d.reversed_axes() } else { d };
+    w.scaled_add(sign, &d);
 }
 
 /// The shape of the stored weight: `(out, in)`, or `(in, out)` for `fan_in_fan_out`.

@@ -215,6 +215,19 @@ impl Geometry {
     pub fn bands(&self) -> &[BandInfo] {
         &self.bands
     }
+    /// Where the weight starts in the inverse transform's output (PEFT's
+    /// centre crop; the top-left corner otherwise).
+    pub fn crop(&self) -> (usize, usize) {
+        self.crop
+    }
+    /// Shape of the inverse transform's output before the crop (the weight's
+    /// own shape for the identity layout).
+    pub fn full_shape(&self) -> (usize, usize) {
+        match &self.bases {
+            Some([rows, cols]) => (rows.output_len(), cols.output_len()),
+            None => self.shape,
+        }
+    }
     /// Total number of coefficient positions.
     pub fn num_positions(&self) -> usize {
         self.bands.iter().map(BandInfo::size).sum()

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{
-    Method, ROW_BLOCK, add_transposed, check_batch, dx_dense, for_each_block, stored_shape, transpose_rows,
+    Method, ROW_BLOCK, add_dense, add_transposed, check_batch, dx_dense, for_each_block, stored_shape, transpose_rows,
 };
 use crate::error::check_shape;
 use crate::factors::AtomTable;
@@ -255,17 +255,8 @@ impl<T: Element> WaveletFt<T> {
                 )?
             }
         };
-        let (r0, c0) = self.crop_origin(full.dim());
+        let (r0, c0) = self.geometry.crop();
         Ok(full.slice(s![r0..r0 + out, c0..c0 + inp]).to_owned() * a)
-    }
-
-    /// Where the weight sits in the full inverse transform's output.
-    fn crop_origin(&self, full: (usize, usize)) -> (usize, usize) {
-        let (out, inp) = self.geometry.shape();
-        match self.geometry.layout() {
-            Layout::Peft => ((full.0 - out) / 2, (full.1 - inp) / 2),
-            _ => (0, 0),
-        }
     }
 
     /// `∂L/∂c` from a dense `G = ∂L/∂ΔW` (`out × in`), the adjoint way: embed
@@ -278,18 +269,14 @@ impl<T: Element> WaveletFt<T> {
         let (out, inp) = self.geometry.shape();
         check_shape("dL/dW", g.shape(), &[out, inp])?;
         let a = self.alpha();
+        if self.geometry.layout() == Layout::Identity {
+            return Ok(self.locations.iter().map(|c| a * g[[c.row, c.col]]).collect());
+        }
+        // G sits at the crop in the inverse transform's (zero-padded) output.
+        let (r0, c0) = self.geometry.crop();
+        let mut y = Array2::zeros(self.geometry.full_shape());
+        y.slice_mut(s![r0..r0 + out, c0..c0 + inp]).assign(&g);
         let bands: Vec<Array2<T>> = match self.geometry.layout() {
-            Layout::Identity => vec![g.to_owned()],
-            Layout::Peft => {
-                let (h, w) = self.geometry.bands()[0].shape;
-                let l = self.wavelet.filter_len();
-                let full = (2 * h + 2 - l, 2 * w + 2 - l);
-                let (r0, c0) = self.crop_origin(full);
-                let mut y = Array2::zeros(full);
-                y.slice_mut(s![r0..r0 + out, c0..c0 + inp]).assign(&g);
-                let (ca, [ch, cv, cd]) = idwt2_adjoint(y.view(), &self.wavelet, Mode::Zero)?;
-                vec![ca, ch, cv, cd]
-            }
             Layout::Wavedec => {
                 let (_, mode) = self.config.parse()?;
                 let like = wavedec2(
@@ -298,15 +285,16 @@ impl<T: Element> WaveletFt<T> {
                     mode,
                     Some(self.config.level),
                 )?;
-                let probe = waverec2(&like, &self.wavelet, mode)?;
-                let mut y = Array2::zeros(probe.dim());
-                y.slice_mut(s![..out, ..inp]).assign(&g);
                 let c = waverec2_adjoint(y.view(), &like, &self.wavelet, mode)?;
                 let mut v = vec![c.approx().clone()];
                 for [h, vv, d] in c.details() {
                     v.extend([h.clone(), vv.clone(), d.clone()]);
                 }
                 v
+            }
+            _ => {
+                let (ca, [ch, cv, cd]) = idwt2_adjoint(y.view(), &self.wavelet, Mode::Zero)?;
+                vec![ca, ch, cv, cd]
             }
         };
         Ok(self
@@ -347,15 +335,7 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
         let scale = sign * self.alpha();
         match w.as_slice_mut() {
             Some(buf) => self.atoms.add_outer(&self.coeffs, scale, buf, shape, fan_in_fan_out),
-            None => {
-                let mut d = self.delta_weight();
-                d *= sign;
-                if fan_in_fan_out {
-                    w += &d.t();
-                } else {
-                    w += &d;
-                }
-            }
+            None => add_dense(self.delta_weight(), w, sign, fan_in_fan_out),
         }
         Ok(())
     }
