@@ -8,8 +8,10 @@
 use std::collections::BTreeMap;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
-use rustfft::FftPlanner;
+use std::sync::Arc;
+
 use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
 
 use crate::adapter::{Method, check_batch, dx_dense};
 use crate::error::check_shape;
@@ -143,8 +145,7 @@ impl<T: Element> FourierFt<T> {
         let (out, inp) = self.shape;
         let (cols, slot) = self.col_slots();
         let nk = cols.len();
-        let mut planner = FftPlanner::<F>::new();
-        let (fo, fi) = (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp));
+        let (fo, fi) = inverse_ffts::<F>(out, inp);
         // H[u][slot] = Σ_v G[u,v] e^{2πi k v/in}: a length-`in` transform of
         // each row of G (blocks of rows on the thread pool), kept at the
         // distinct column frequencies.
@@ -186,8 +187,7 @@ impl<T: Element> FourierFt<T> {
         let (out, inp) = self.shape;
         let (cols, slot) = self.col_slots();
         let nk = cols.len();
-        let mut planner = FftPlanner::<F>::new();
-        let (fo, fi) = (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp));
+        let (fo, fi) = inverse_ffts::<F>(out, inp);
         // Length-`out` transforms of the distinct frequency columns only:
         // z[slot][u] = Σ_j S[j,k] e^{2πi j u/out}.
         let mut z = vec![Complex::<F>::default(); nk * out];
@@ -212,6 +212,12 @@ impl<T: Element> FourierFt<T> {
             }
         });
     }
+}
+
+/// Inverse FFTs of lengths `out` and `in`.
+fn inverse_ffts<F: FftFloat>(out: usize, inp: usize) -> (Arc<dyn Fft<F>>, Arc<dyn Fft<F>>) {
+    let mut planner = FftPlanner::<F>::new();
+    (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp))
 }
 
 /// Whether `T` is `f32` (FourierFT then transforms in f32, as PEFT does).
