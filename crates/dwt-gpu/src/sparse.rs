@@ -261,7 +261,9 @@ struct Params {
     first: u32,
     row0: u32,
     row1: u32,
-    pad: [u32; 4],
+    global_off: u32,
+    n_global: u32,
+    pad: [u32; 2],
 }
 
 /// A [`SparseBasis`] uploaded to the device: pieces bucketed by output
@@ -331,16 +333,26 @@ impl SparsePlan {
             }
             coef_start.push(pieces.len());
         }
-        // Bucket pieces by the 16×16 tiles they overlap (counting sort).
+        // Bucket pieces by the 16×16 tiles they overlap (counting sort);
+        // pieces over a quarter of all tiles go to the global list instead.
         let (tiles_r, tiles_c) = (rows.div_ceil(TILE), cols.div_ceil(TILE));
         let tiles = tiles_r * tiles_c;
-        let tiles_of = |p: &[usize; 8]| {
+        let span = |p: &[usize; 8]| {
             let (r0, r1) = (p[1] / TILE, (p[1] + p[2] - 1) / TILE);
             let (c0, c1) = (p[4] / TILE, (p[4] + p[5] - 1) / TILE);
+            (r0, r1, c0, c1)
+        };
+        let is_global = |p: &[usize; 8]| {
+            let (r0, r1, c0, c1) = span(p);
+            4 * (r1 - r0 + 1) * (c1 - c0 + 1) > tiles && tiles >= 16
+        };
+        let tiles_of = |p: &[usize; 8]| {
+            let (r0, r1, c0, c1) = span(p);
             (r0..=r1).flat_map(move |tr| (c0..=c1).map(move |tc| tr * tiles_c + tc))
         };
+        let global: Vec<usize> = (0..pieces.len()).filter(|&i| is_global(&pieces[i])).collect();
         let mut start = vec![0usize; tiles + 1];
-        for p in &pieces {
+        for p in pieces.iter().filter(|p| !is_global(p)) {
             for t in tiles_of(p) {
                 start[t + 1] += 1;
             }
@@ -350,18 +362,21 @@ impl SparsePlan {
         }
         let mut list = vec![0usize; start[tiles]];
         let mut fill = start.clone();
-        for (id, p) in pieces.iter().enumerate() {
+        for (id, p) in pieces.iter().enumerate().filter(|(_, p)| !is_global(p)) {
             for t in tiles_of(p) {
                 list[fill[t]] = id;
                 fill[t] += 1;
             }
         }
-        let active: Vec<usize> = (0..tiles).filter(|&t| start[t + 1] > start[t]).collect();
+        let active: Vec<usize> = (0..tiles)
+            .filter(|&t| !global.is_empty() || start[t + 1] > start[t])
+            .collect();
 
         let tile_off = pieces.len() * 8;
         let list_off = tile_off + start.len();
         let active_off = list_off + list.len();
         let coef_off = active_off + active.len();
+        let global_off = coef_off + coef_start.len();
         let words: Vec<u32> = pieces
             .iter()
             .flatten()
@@ -369,6 +384,7 @@ impl SparsePlan {
             .chain(&list)
             .chain(&active)
             .chain(&coef_start)
+            .chain(&global)
             .map(|&w| to_u32("sparse tables", w))
             .collect::<Result<_>>()?;
         let base = Params {
@@ -379,6 +395,8 @@ impl SparsePlan {
             list_off: to_u32("sparse tables", list_off)?,
             active_off: to_u32("sparse tables", active_off)?,
             coef_off: to_u32("sparse tables", coef_off)?,
+            global_off: to_u32("sparse tables", global_off)?,
+            n_global: to_u32("sparse tables", global.len())?,
             ..Params::default()
         };
         to_u32("matrix", rows.saturating_mul(cols))?;

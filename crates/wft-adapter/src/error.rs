@@ -12,6 +12,10 @@ pub enum Error {
     /// A wavelet transform error (unknown wavelet, level too deep, …).
     #[error(transparent)]
     Dwt(#[from] dwt_core::Error),
+    /// A GPU error (no adapter, out of device memory, …); feature `gpu`.
+    #[cfg(feature = "gpu")]
+    #[error(transparent)]
+    Gpu(#[from] dwt_gpu::Error),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

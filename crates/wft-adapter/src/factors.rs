@@ -31,6 +31,18 @@ impl<T: Element> FactorSet<T> {
         self.runs.len()
     }
 
+    /// The runs `(start, values)` of factor `id`.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn runs(&self, id: usize) -> Vec<(usize, &[T])> {
+        let (runs, mut off) = self.runs[id];
+        let mut v = Vec::new();
+        for (start, len) in runs.into_iter().filter(|r| r.1 > 0) {
+            v.push((start, &self.vals[off..off + len]));
+            off += len;
+        }
+        v
+    }
+
     /// Total support (number of stored values).
     pub(crate) fn support(&self) -> usize {
         self.vals.len()

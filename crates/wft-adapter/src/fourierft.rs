@@ -102,7 +102,7 @@ impl<T: Element> FourierFt<T> {
         &self.freqs
     }
 
-    fn norm(&self) -> f64 {
+    pub(crate) fn norm(&self) -> f64 {
         self.scaling / (self.shape.0 * self.shape.1) as f64
     }
 

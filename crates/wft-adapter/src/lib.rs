@@ -45,6 +45,8 @@
 //!
 //! # Features
 //! * `parallel` (default): batch rows run on rayon's thread pool.
+//! * `gpu`: ΔW, merge ([`AdapterModel::merge_gpu`]) and the WaveletFT
+//!   gradient on any GPU through `dwt-gpu` (wgpu): [`GpuAdapter`].
 
 #![warn(missing_docs)]
 
@@ -52,6 +54,8 @@ mod adapter;
 mod error;
 mod factors;
 mod fourierft;
+#[cfg(feature = "gpu")]
+mod gpu;
 mod layout;
 mod lora;
 mod model;
@@ -63,6 +67,10 @@ mod waveletft;
 pub use adapter::{AdaptedLinear, Adapter, Method};
 pub use error::{Error, Result};
 pub use fourierft::{FourierFt, FourierFtConfig};
+#[cfg(feature = "gpu")]
+pub use gpu::{GpuAdapter, Separable};
+#[cfg(feature = "gpu")]
+pub use dwt_gpu;
 pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
 pub use model::{

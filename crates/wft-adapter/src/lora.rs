@@ -108,7 +108,7 @@ impl<T: Element> Lora<T> {
         ArrayView2::from_shape((self.shape.0, self.r), &self.params[n..])
             .expect("parameters hold r·in then out·r values")
     }
-    fn s(&self) -> T {
+    pub(crate) fn s(&self) -> T {
         T::from_f64(self.scale)
     }
 }

@@ -844,6 +844,33 @@ impl AdapterModel {
     /// [`Error::NonFinite`] when adapter values are NaN or infinite, and
     /// write errors. Nothing is written unless everything checks out.
     pub fn merge(&self, base: &TensorFile, out: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<MergeReport> {
+        self.merge_on(base, out, Device::Cpu, progress)
+    }
+
+    /// [`AdapterModel::merge`] with ΔW built and added on a GPU (every
+    /// method; see [`crate::GpuAdapter`]). The output matches the CPU merge
+    /// to `f32` rounding.
+    ///
+    /// # Errors
+    /// As [`AdapterModel::merge`], plus [`Error::Gpu`].
+    #[cfg(feature = "gpu")]
+    pub fn merge_gpu(
+        &self,
+        base: &TensorFile,
+        out: &Path,
+        ctx: &dwt_gpu::Context,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<MergeReport> {
+        self.merge_on(base, out, Device::Gpu(ctx), progress)
+    }
+
+    fn merge_on(
+        &self,
+        base: &TensorFile,
+        out: &Path,
+        device: Device<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<MergeReport> {
         let fifo = self.config.fan_in_fan_out;
         let mut plan: BTreeMap<String, &str> = BTreeMap::new();
         for (m, a) in &self.modules {
@@ -875,7 +902,7 @@ impl AdapterModel {
                     raw
                 }
                 Some(m) => {
-                    let merged = self.merge_one(base, &name, &raw, self.modules[*m].as_adapter())?;
+                    let merged = self.merge_one(base, &name, &raw, &self.modules[*m], device)?;
                     report.merged.push((name.clone(), m.to_string()));
                     merged
                 }
@@ -893,7 +920,8 @@ impl AdapterModel {
         base: &TensorFile,
         name: &str,
         raw: &RawTensor<'_>,
-        a: &dyn Adapter<f32>,
+        module: &ModuleAdapter,
+        device: Device<'_>,
     ) -> Result<RawTensor<'static>> {
         let fifo = self.config.fan_in_fan_out;
         let not_float = || Error::DtypeMismatch {
@@ -909,7 +937,7 @@ impl AdapterModel {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                 .collect();
-            let d = a.delta_weight();
+            let d = device.delta(module)?;
             let d = if fifo { d.reversed_axes() } else { d };
             for (t, &v) in w.iter_mut().zip(d.iter()) {
                 *t += f64::from(v);
@@ -923,8 +951,44 @@ impl AdapterModel {
         }
         let mut w = to_f32(raw).ok_or_else(not_float)?;
         let view = ArrayViewMut2::from_shape(shape, &mut w).map_err(|e| Error::invalid(name, e.to_string()))?;
-        a.merge_into(view, 1.0, fifo)?;
+        device.merge(module, view, fifo)?;
         RawTensor::from_f32_as(raw.dtype, &raw.shape, &w)
+    }
+}
+
+/// Where a merge computes.
+#[derive(Debug, Clone, Copy)]
+enum Device<'a> {
+    Cpu,
+    #[cfg(feature = "gpu")]
+    Gpu(&'a dwt_gpu::Context),
+    /// Keeps the lifetime used when the `gpu` feature is off.
+    #[cfg(not(feature = "gpu"))]
+    #[allow(dead_code)]
+    Unused(std::convert::Infallible, std::marker::PhantomData<&'a ()>),
+}
+
+impl Device<'_> {
+    /// The module's dense ΔW.
+    fn delta(&self, module: &ModuleAdapter) -> Result<Array2<f32>> {
+        match self {
+            Device::Cpu => Ok(module.as_adapter().delta_weight()),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(ctx) => crate::GpuAdapter::new(ctx, module)?.delta_weight(),
+            #[cfg(not(feature = "gpu"))]
+            Device::Unused(never, _) => match *never {},
+        }
+    }
+
+    /// `W += ΔW` in place.
+    fn merge(&self, module: &ModuleAdapter, w: ArrayViewMut2<'_, f32>, fifo: bool) -> Result<()> {
+        match self {
+            Device::Cpu => module.as_adapter().merge_into(w, 1.0, fifo),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(ctx) => crate::GpuAdapter::new(ctx, module)?.merge_into(w, 1.0, fifo),
+            #[cfg(not(feature = "gpu"))]
+            Device::Unused(never, _) => match *never {},
+        }
     }
 }
 

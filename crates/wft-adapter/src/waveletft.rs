@@ -207,8 +207,13 @@ impl<T: Element> WaveletFt<T> {
     pub fn locations(&self) -> &[Coef] {
         &self.locations
     }
+    /// The rank-1 atom table (GPU upload).
+    #[cfg(feature = "gpu")]
+    pub(crate) fn atoms(&self) -> &AtomTable<T> {
+        &self.atoms
+    }
     /// The scaling α as `T`.
-    fn alpha(&self) -> T {
+    pub(crate) fn alpha(&self) -> T {
         T::from_f64(self.config.scaling)
     }
 

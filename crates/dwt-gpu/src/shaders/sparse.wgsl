@@ -49,10 +49,12 @@ struct Params {
     first: u32,
     row0: u32,
     row1: u32,
+    // Pieces that cover much of the matrix (FourierFT's and LoRA's factors
+    // span it all) are kept in one global list that every tile visits.
+    global_off: u32,
+    n_global: u32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
-    pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -90,6 +92,14 @@ fn in_block(i: u32, j: u32) -> bool {
     return r >= p.row0 && r < p.row1;
 }
 
+// c_k · u[i] · v[j] of one piece at (i, j), 0 outside it.
+fn contribution(pc: Piece, i: u32, j: u32) -> f32 {
+    if i >= pc.r0 && i - pc.r0 < pc.nr && j >= pc.c0 && j - pc.c0 < pc.nc {
+        return in0[pc.coef] * vals[pc.rv + i - pc.r0] * vals[pc.cv + j - pc.c0];
+    }
+    return 0.0;
+}
+
 @compute @workgroup_size(16, 16)
 fn reconstruct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = wid.x + wid.y * p.grid_x;
@@ -113,13 +123,13 @@ fn reconstruct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         return;
     }
     var acc = 0.0;
+    for (var q = 0u; q < p.n_global; q++) {
+        acc += contribution(piece(words[p.global_off + q]), i, j);
+    }
     let first = words[p.tile_off + tile];
     let last = words[p.tile_off + tile + 1u];
     for (var q = first; q < last; q++) {
-        let pc = piece(words[p.list_off + q]);
-        if i >= pc.r0 && i - pc.r0 < pc.nr && j >= pc.c0 && j - pc.c0 < pc.nc {
-            acc += in0[pc.coef] * vals[pc.rv + i - pc.r0] * vals[pc.cv + j - pc.c0];
-        }
+        acc += contribution(piece(words[p.list_off + q]), i, j);
     }
     let idx = elem(i, j);
     if p.accumulate == 1u {
