@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use wft_adapter::{AdapterModel, Dtype, RawTensor, Summary, TensorFile, write_atomic};
 
@@ -34,6 +34,11 @@ enum Command {
         /// Where to write the merged checkpoint.
         #[arg(long)]
         out: PathBuf,
+        /// Where ΔW is built and added: `gpu` uses the adapter wgpu picks
+        /// (WGPU_BACKEND / WGPU_ADAPTER_NAME choose; the result matches `cpu`
+        /// within 1e-5).
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -65,6 +70,15 @@ enum Command {
     },
 }
 
+/// Where a merge computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    /// The CPU (rayon threads).
+    Cpu,
+    /// A GPU through wgpu.
+    Gpu,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -82,8 +96,27 @@ fn run(command: Command) -> wft_adapter::Result<()> {
             base,
             adapter,
             out,
+            device,
             quiet,
         } => {
+            #[cfg(feature = "gpu")]
+            let gpu = match device {
+                Device::Gpu => {
+                    let ctx = wft_adapter::dwt_gpu::Context::new()?;
+                    if !quiet {
+                        eprintln!("merging on {}", ctx.describe());
+                    }
+                    Some(ctx)
+                }
+                Device::Cpu => None,
+            };
+            #[cfg(not(feature = "gpu"))]
+            if device == Device::Gpu {
+                return Err(wft_adapter::Error::Invalid {
+                    what: "--device gpu".into(),
+                    reason: "this wft was built without the `gpu` feature".into(),
+                });
+            }
             let base = TensorFile::open(&base)?;
             let model = AdapterModel::load(&adapter, Some(&base))?;
             let bar = if quiet {
@@ -95,7 +128,14 @@ fn run(command: Command) -> wft_adapter::Result<()> {
                 ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {elapsed}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let report = model.merge(&base, &out, &mut |done, _| bar.set_position(done as u64))?;
+            let mut progress = |done: usize, _| bar.set_position(done as u64);
+            #[cfg(feature = "gpu")]
+            let report = match &gpu {
+                Some(ctx) => model.merge_gpu(&base, &out, ctx, &mut progress)?,
+                None => model.merge(&base, &out, &mut progress)?,
+            };
+            #[cfg(not(feature = "gpu"))]
+            let report = model.merge(&base, &out, &mut progress)?;
             bar.finish_and_clear();
             println!(
                 "merged {} weights ({}), copied {} tensors unchanged -> {}",

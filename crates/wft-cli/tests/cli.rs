@@ -156,3 +156,51 @@ fn errors_name_the_file_and_exit_nonzero() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\" is not adapted"));
     assert_eq!(wft(&["merge"]).status.code(), Some(2), "usage errors exit 2");
 }
+
+/// `--device gpu` writes the same file as `--device cpu`, within 1e-5 of
+/// the update. Without an adapter this fails under `CI=true` and is
+/// reported as skipped otherwise.
+#[cfg(feature = "gpu")]
+#[test]
+fn merge_on_the_gpu_matches_the_cpu() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, names) in [
+        ("waveft_conv1d", &["layers.0.c_attn.weight", "layers.0.c_proj.weight"][..]),
+        ("fourierft", &["layers.0.q.weight", "layers.0.v.weight"][..]),
+    ] {
+        let dir = refs(case);
+        let run = |device: &str| {
+            let out = tmp.path().join(format!("{case}-{device}.safetensors"));
+            let o = wft(&[
+                "merge",
+                "--base",
+                s(&dir.join("base.safetensors")),
+                "--adapter",
+                s(&dir.join("adapter")),
+                "--out",
+                s(&out),
+                "--device",
+                device,
+                "--quiet",
+            ]);
+            (o, out)
+        };
+        let (o, gpu) = run("gpu");
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() && err.contains("no GPU adapter") && !std::env::var("CI").is_ok_and(|v| v == "true") {
+            let _ = writeln!(std::io::stderr(), "SKIPPED merge_on_the_gpu_matches_the_cpu: {err}");
+            return;
+        }
+        assert!(o.status.success(), "{err}");
+        let (o, cpu) = run("cpu");
+        assert!(o.status.success());
+        let base = dir.join("base.safetensors");
+        for name in names {
+            let b = f32s(&base, name);
+            let d = |f: &Path| f32s(f, name).iter().zip(&b).map(|(x, y)| x - y).collect::<Vec<_>>();
+            let e = max_rel(&d(&gpu), &d(&cpu));
+            assert!(e <= 1e-5, "{case} {name}: GPU vs CPU update {e}");
+        }
+    }
+}
