@@ -124,7 +124,10 @@ impl Context {
     /// A one-line description, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
     pub fn describe(&self) -> String {
         let i = &self.inner.info;
-        format!("{} ({:?}, {:?}, driver {})", i.name, i.backend, i.device_type, i.driver_info)
+        format!(
+            "{} ({:?}, {:?}, driver {})",
+            i.name, i.backend, i.device_type, i.driver_info
+        )
     }
 
     /// The device's limits (the adapter's own).
@@ -155,7 +158,12 @@ impl Context {
 
     /// A storage buffer that kernels bind in blocks (matrices): checked
     /// against the buffer-size limit only.
-    pub(crate) fn storage_blocked(&self, what: &'static str, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    pub(crate) fn storage_blocked(
+        &self,
+        what: &'static str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         self.alloc(what, bytes, usage, self.inner.limits.max_buffer_size)
     }
 
@@ -182,7 +190,11 @@ impl Context {
     }
 
     /// A storage buffer holding `data` (at least one element).
-    pub(crate) fn storage_init<T: bytemuck::Pod + Default>(&self, what: &'static str, data: &[T]) -> Result<wgpu::Buffer> {
+    pub(crate) fn storage_init<T: bytemuck::Pod + Default>(
+        &self,
+        what: &'static str,
+        data: &[T],
+    ) -> Result<wgpu::Buffer> {
         let bytes = std::mem::size_of_val(data) as u64;
         let limit = self.max_binding_bytes();
         if bytes > limit {
@@ -270,7 +282,9 @@ impl Context {
     pub(crate) fn submit(&self, record: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         let oom = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut encoder = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         record(&mut encoder);
         self.queue().submit([encoder.finish()]);
         let v = pollster::block_on(validation.pop());
@@ -279,6 +293,18 @@ impl Context {
             Some(e) => Err(Error::Device(e.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Copy the first `min(src.len(), dst.len())` elements of `src` to
+    /// `dst` on the device and wait: the memory-bandwidth reference of the
+    /// benchmarks.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when the device fails.
+    pub fn copy(&self, src: &crate::GpuMatrix, dst: &crate::GpuMatrix) -> Result<()> {
+        let bytes = src.len().min(dst.len()) as u64 * 4;
+        self.submit(|enc| enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes))?;
+        self.wait()
     }
 
     /// Wait until the queue is idle.
@@ -326,14 +352,26 @@ impl Context {
         out
     }
 
-    async fn read_through(&self, src: &wgpu::Buffer, stage: &wgpu::Buffer, len: usize, bytes: u64, block: bool) -> Result<Vec<f32>> {
+    async fn read_through(
+        &self,
+        src: &wgpu::Buffer,
+        stage: &wgpu::Buffer,
+        len: usize,
+        bytes: u64,
+        block: bool,
+    ) -> Result<Vec<f32>> {
         self.submit(|enc| enc.copy_buffer_to_buffer(src, 0, stage, 0, bytes))?;
         let (tx, rx) = std::sync::mpsc::channel();
         stage.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
             // The receiver outlives the wait below; a send error cannot happen.
             let _ = tx.send(r);
         });
-        MapWait { ctx: self, rx: &rx, block }.await?;
+        MapWait {
+            ctx: self,
+            rx: &rx,
+            block,
+        }
+        .await?;
         let out = {
             let view = stage
                 .slice(..bytes)

@@ -60,7 +60,9 @@ pub enum Error {
         detail: String,
     },
     /// An extension mode the GPU kernels do not implement.
-    #[error("mode `{0}` is not implemented on the GPU (zero, constant, symmetric, reflect, periodic and periodization are)")]
+    #[error(
+        "mode `{0}` is not implemented on the GPU (zero, constant, symmetric, reflect, periodic and periodization are)"
+    )]
     UnsupportedMode(dwt_core::Mode),
     /// The driver reported an error (a validation failure here is a bug in
     /// this crate; please report it).

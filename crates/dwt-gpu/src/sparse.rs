@@ -204,7 +204,11 @@ impl SparseBasis {
                 if idx >= b.coeff_len(loc.level) {
                     return Err(Error::OutOfRange {
                         what: "location",
-                        detail: format!("{loc:?}: bands of level {} have {} entries along axis {axis}", loc.level, b.coeff_len(loc.level)),
+                        detail: format!(
+                            "{loc:?}: bands of level {} have {} entries along axis {axis}",
+                            loc.level,
+                            b.coeff_len(loc.level)
+                        ),
                     });
                 }
                 let key = (loc.level, band, idx);
@@ -442,7 +446,10 @@ impl SparsePlan {
     pub fn delta(&self, coeffs: &[f32], alpha: f32) -> Result<Array2<f32>> {
         let c = self.ctx.upload_vec(coeffs)?;
         let out = self.ctx.zeros(self.shape)?;
-        self.ctx.batch().delta(self, &c, alpha, &out, Orientation::Normal)?.submit()?;
+        self.ctx
+            .batch()
+            .delta(self, &c, alpha, &out, Orientation::Normal)?
+            .submit()?;
         self.ctx.download(&out)
     }
 
@@ -453,7 +460,10 @@ impl SparsePlan {
     pub fn grad(&self, g: ndarray::ArrayView2<'_, f32>, alpha: f32) -> Result<Vec<f32>> {
         let g = self.ctx.upload(g)?;
         let out = self.ctx.upload_vec(&vec![0.0; self.n])?;
-        self.ctx.batch().grad(self, &g, alpha, &out, Orientation::Normal)?.submit()?;
+        self.ctx
+            .batch()
+            .grad(self, &g, alpha, &out, Orientation::Normal)?
+            .submit()?;
         self.ctx.download_vec(&out)
     }
 
@@ -703,10 +713,7 @@ impl Batch<'_> {
                 row1: to_u32("rows", block.1)?,
                 ..plan.base
             };
-            let bufs = vec![
-                (3, Self::block_binding(g, block)),
-                (4, out.buffer.as_entire_binding()),
-            ];
+            let bufs = vec![(3, Self::block_binding(g, block)), (4, out.buffer.as_entire_binding())];
             self.push(plan, Kernel::GradDense, p, plan.n, bufs)?;
         }
         Ok(self)

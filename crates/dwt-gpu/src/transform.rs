@@ -215,7 +215,14 @@ impl Dwt2 {
             *off += rows * cols;
             reg
         };
-        let mut bands = vec![[Region { off: 0, rows: 0, cols: 0 }; 4]; level];
+        let mut bands = vec![
+            [Region {
+                off: 0,
+                rows: 0,
+                cols: 0
+            }; 4];
+            level
+        ];
         bands[level - 1][0] = take(&mut off, r[level], c[level]);
         for j in (1..=level).rev() {
             for band in &mut bands[j - 1][1..] {
@@ -240,10 +247,17 @@ impl Dwt2 {
         }
         let io = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let bytes = |n: usize| n as u64 * 4;
-        let taps: Vec<f32> = wavelet.filter_bank().iter().flat_map(|f| f.iter().map(|&t| t as f32)).collect();
+        let taps: Vec<f32> = wavelet
+            .filter_bank()
+            .iter()
+            .flat_map(|f| f.iter().map(|&t| t as f32))
+            .collect();
         let taps = ctx.storage_init("filter taps", &taps)?;
         // The dense transforms bind whole matrices.
-        for (what, n) in [("transform input", rows * cols), ("transform output", out_shape.0 * out_shape.1)] {
+        for (what, n) in [
+            ("transform input", rows * cols),
+            ("transform output", out_shape.0 * out_shape.1),
+        ] {
             if bytes(n) > ctx.max_binding_bytes() {
                 return Err(Error::TooLarge {
                     what,
@@ -287,10 +301,7 @@ impl Dwt2 {
                 rows: r[j - 1],
                 cols: c[j],
             };
-            let hi = Region {
-                off: lo.len(),
-                ..lo
-            };
+            let hi = Region { off: lo.len(), ..lo };
             let p1 = Params {
                 lanes: r[j - 1] as u32,
                 n_in: c[j - 1] as u32,
@@ -332,10 +343,7 @@ impl Dwt2 {
                 rows: n0,
                 cols: c[j],
             };
-            let hi = Region {
-                off: lo.len(),
-                ..lo
-            };
+            let hi = Region { off: lo.len(), ..lo };
             for ((a, d), y) in [((approx, ch), lo), ((cv, cd), hi)] {
                 let p = Params {
                     lanes: c[j] as u32,
@@ -414,11 +422,7 @@ impl Dwt2 {
         let bind = self
             .ctx
             .bind(&pipeline, &[(0, &params), (1, &self.taps), (2, src), (3, dst)]);
-        Ok(Pass {
-            pipeline,
-            bind,
-            groups,
-        })
+        Ok(Pass { pipeline, bind, groups })
     }
 
     /// Fill every internal buffer (coefficients, scratch, output) with
@@ -466,6 +470,26 @@ impl Dwt2 {
                 p.record(&mut cp);
             }
         })
+    }
+
+    /// Run the forward passes again on the input already on the device
+    /// (kernel timing without transfers); waits for completion.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when the device fails.
+    pub fn run_forward(&self) -> Result<()> {
+        self.run(&self.forward, None)?;
+        self.ctx.wait()
+    }
+
+    /// Run the inverse passes again on the coefficients already on the
+    /// device; waits for completion.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when the device fails.
+    pub fn run_inverse(&self) -> Result<()> {
+        self.run(&self.inverse, None)?;
+        self.ctx.wait()
     }
 
     /// `wavedec2(x, wavelet, mode, level)` along axes 0 and 1.
@@ -530,7 +554,9 @@ impl Dwt2 {
     /// shapes; [`Error::Device`] when the device fails.
     pub fn inverse(&self, c: &Coeffs2<f32>) -> Result<Array2<f32>> {
         let flat = self.flatten(c)?;
-        self.ctx.queue().write_buffer(&self.arena, 0, bytemuck::cast_slice(&flat));
+        self.ctx
+            .queue()
+            .write_buffer(&self.arena, 0, bytemuck::cast_slice(&flat));
         self.run(&self.inverse, None)?;
         self.ctx.download(&self.output)
     }

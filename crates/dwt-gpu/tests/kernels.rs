@@ -11,7 +11,9 @@ use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SparseBasis, SparsePlan,
 use ndarray::{Array2, s};
 use proptest::prelude::*;
 
-const WAVELETS: [&str; 10] = ["haar", "db2", "db3", "db4", "db8", "sym3", "sym5", "coif1", "bior2.2", "rbio3.1"];
+const WAVELETS: [&str; 10] = [
+    "haar", "db2", "db3", "db4", "db8", "sym3", "sym5", "coif1", "bior2.2", "rbio3.1",
+];
 const GPU_MODES: [Mode; 6] = [
     Mode::Zero,
     Mode::Constant,
@@ -26,7 +28,11 @@ fn f64s(a: &Array2<f32>) -> Array2<f64> {
 }
 
 fn coeffs_f32(c: &Coeffs2<f64>) -> Coeffs2<f32> {
-    let details = c.details().iter().map(|d| d.clone().map(|b| b.mapv(|v| v as f32))).collect();
+    let details = c
+        .details()
+        .iter()
+        .map(|d| d.clone().map(|b| b.mapv(|v| v as f32)))
+        .collect();
     Coeffs2::from_parts(c.approx().mapv(|v| v as f32), details, c.axes())
 }
 
@@ -45,10 +51,18 @@ fn check_dense(ctx: &dwt_gpu::Context, name: &str, mode: Mode, shape: (usize, us
     let gpu = plan.forward(x.view()).unwrap();
     assert_eq!(gpu.levels(), cpu.levels());
     let worst = std::iter::once((gpu.approx().clone(), cpu.approx().clone()))
-        .chain(gpu.details().iter().zip(cpu.details()).flat_map(|(g, c)| (0..3).map(move |b| (g[b].clone(), c[b].clone()))))
+        .chain(
+            gpu.details()
+                .iter()
+                .zip(cpu.details())
+                .flat_map(|(g, c)| (0..3).map(move |b| (g[b].clone(), c[b].clone()))),
+        )
         .map(|(g, c)| rel_err(g.view(), c.view()))
         .fold(0.0, f64::max);
-    assert!(worst < TOL, "forward {name} {mode} {shape:?} L{level}: rel err {worst:e}");
+    assert!(
+        worst < TOL,
+        "forward {name} {mode} {shape:?} L{level}: rel err {worst:e}"
+    );
 
     // Inverse of random coefficients with the same shapes.
     let mut k = 0;
@@ -110,7 +124,14 @@ device_test! {
 }
 
 /// Random locations of a `level`-deep decomposition of `shape`.
-fn random_locations(shape: (usize, usize), level: usize, w: &Wavelet, mode: Mode, n: usize, seed: u64) -> Vec<Location> {
+fn random_locations(
+    shape: (usize, usize),
+    level: usize,
+    w: &Wavelet,
+    mode: Mode,
+    n: usize,
+    seed: u64,
+) -> Vec<Location> {
     let bases = [
         dwt_core::AtomBasis::new(w, mode, shape.0, level).unwrap(),
         dwt_core::AtomBasis::new(w, mode, shape.1, level).unwrap(),
@@ -120,8 +141,18 @@ fn random_locations(shape: (usize, usize), level: usize, w: &Wavelet, mode: Mode
     (0..n)
         .map(|k| {
             let lv = 1 + pick(v[4 * k], level);
-            let band = [Subband::Horizontal, Subband::Vertical, Subband::Diagonal, Subband::Approx][pick(v[4 * k + 1], if lv == level { 4 } else { 3 })];
-            Location { level: lv, band, row: pick(v[4 * k + 2], bases[0].coeff_len(lv)), col: pick(v[4 * k + 3], bases[1].coeff_len(lv)) }
+            let band = [
+                Subband::Horizontal,
+                Subband::Vertical,
+                Subband::Diagonal,
+                Subband::Approx,
+            ][pick(v[4 * k + 1], if lv == level { 4 } else { 3 })];
+            Location {
+                level: lv,
+                band,
+                row: pick(v[4 * k + 2], bases[0].coeff_len(lv)),
+                col: pick(v[4 * k + 3], bases[1].coeff_len(lv)),
+            }
         })
         .collect()
 }
@@ -241,12 +272,13 @@ device_test! {
         let mut basis = SparseBasis::new((rows, cols));
         let mut want = Array2::<f64>::zeros((rows, cols));
         let c = values(9, 6);
-        for k in 0..6 {
+        for (k, &ck) in c.iter().enumerate() {
             let u: Vec<f64> = values(10 + k as u64, rows).iter().map(|&v| f64::from(v)).collect();
             let v: Vec<f64> = values(20 + k as u64, cols).iter().map(|&v| f64::from(v)).collect();
             // Coefficients 0..3 span everything; 3..6 are small, two runs each
             // (a wrapped atom), overlapping.
-            let (ur, vr): (Vec<(usize, &[f64])>, Vec<(usize, &[f64])>) = if k < 3 {
+            type Runs<'a> = Vec<(usize, &'a [f64])>;
+            let (ur, vr): (Runs<'_>, Runs<'_>) = if k < 3 {
                 (vec![(0, &u[..])], vec![(0, &v[..])])
             } else {
                 (vec![(0, &u[..3]), (rows - 2, &u[3..5])], vec![(7 * k, &v[..9]), (cols - 1, &v[9..10])])
@@ -257,7 +289,7 @@ device_test! {
                 for &(cs, cv) in &vr {
                     for (i, &a) in rv.iter().enumerate() {
                         for (j, &b) in cv.iter().enumerate() {
-                            want[[rs + i, cs + j]] += f64::from(c[k]) * a * b;
+                            want[[rs + i, cs + j]] += f64::from(ck) * a * b;
                         }
                     }
                 }

@@ -13,7 +13,12 @@ use ndarray::{Array2, s};
 fn level1_locations(coeff_shape: (usize, usize), n: usize, seed: u64) -> Vec<Location> {
     let v = values(seed, 3 * n);
     let pick = |x: f32, m: usize| (((x + 1.0) / 2.0 * m as f32) as usize).min(m - 1);
-    let bands = [Subband::Approx, Subband::Horizontal, Subband::Vertical, Subband::Diagonal];
+    let bands = [
+        Subband::Approx,
+        Subband::Horizontal,
+        Subband::Vertical,
+        Subband::Diagonal,
+    ];
     (0..n)
         .map(|k| Location {
             level: 1,
@@ -35,8 +40,11 @@ fn reference(w: &Wavelet, mode: Mode, shape: (usize, usize), locs: &[Location], 
         band[[l.row, l.col]] += f64::from(v);
     }
     let full = waverec2(&z, w, mode).unwrap();
-    full.slice(s![crop.origin.0..crop.origin.0 + crop.shape.0, crop.origin.1..crop.origin.1 + crop.shape.1])
-        .to_owned()
+    full.slice(s![
+        crop.origin.0..crop.origin.0 + crop.shape.0,
+        crop.origin.1..crop.origin.1 + crop.shape.1
+    ])
+    .to_owned()
 }
 
 device_test! {

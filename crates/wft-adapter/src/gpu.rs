@@ -177,7 +177,12 @@ impl GpuAdapter {
         let coeffs: Vec<f32> = match self.method {
             Method::WaveletFt => params.to_vec(),
             Method::FourierFt => params.iter().flat_map(|&c| [c, -c]).collect(),
-            Method::Lora => return Err(Error::invalid("GPU LoRA", "its parameters are the atoms; upload a new adapter")),
+            Method::Lora => {
+                return Err(Error::invalid(
+                    "GPU LoRA",
+                    "its parameters are the atoms; upload a new adapter",
+                ));
+            }
         };
         self.ctx.write_vec(&self.coeffs, &coeffs)?;
         Ok(())
@@ -188,8 +193,18 @@ impl GpuAdapter {
     ///
     /// # Errors
     /// [`Error::Gpu`] when `w` has the wrong shape.
-    pub fn record_merge(&self, batch: &mut dwt_gpu::Batch<'_>, w: &GpuMatrix, sign: f32, fan_in_fan_out: bool) -> Result<()> {
-        let orient = if fan_in_fan_out { Orientation::Transposed } else { Orientation::Normal };
+    pub fn record_merge(
+        &self,
+        batch: &mut dwt_gpu::Batch<'_>,
+        w: &GpuMatrix,
+        sign: f32,
+        fan_in_fan_out: bool,
+    ) -> Result<()> {
+        let orient = if fan_in_fan_out {
+            Orientation::Transposed
+        } else {
+            Orientation::Normal
+        };
         batch.merge(&self.plan, &self.coeffs, sign * self.alpha, w, orient)?;
         Ok(())
     }
@@ -232,7 +247,10 @@ impl GpuAdapter {
         check_shape("x", &[x.ncols()], &[inp])?;
         check_shape("dL/dy", g.shape(), &[x.nrows(), out])?;
         if self.method == Method::Lora {
-            return Err(Error::invalid("GPU LoRA", "gradients of LoRA factors are dense products; use the CPU"));
+            return Err(Error::invalid(
+                "GPU LoRA",
+                "gradients of LoRA factors are dense products; use the CPU",
+            ));
         }
         let (gy, xb) = (self.ctx.upload(g)?, self.ctx.upload(x)?);
         let grad = self.ctx.upload_vec(&vec![0.0; self.plan.len()])?;

@@ -65,12 +65,12 @@ mod tensors;
 mod waveletft;
 
 pub use adapter::{AdaptedLinear, Adapter, Method};
+#[cfg(feature = "gpu")]
+pub use dwt_gpu;
 pub use error::{Error, Result};
 pub use fourierft::{FourierFt, FourierFtConfig};
 #[cfg(feature = "gpu")]
 pub use gpu::{GpuAdapter, Separable};
-#[cfg(feature = "gpu")]
-pub use dwt_gpu;
 pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
 pub use model::{

@@ -30,7 +30,11 @@ fn device(test: &str) -> Option<&'static Context> {
 
 /// max |a − b| / max |b|.
 fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
-    let scale = b.clone().into_iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let scale = b
+        .clone()
+        .into_iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
     a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
@@ -55,7 +59,9 @@ const CASES: &[&str] = &[
 
 #[test]
 fn gpu_merge_files_equal_cpu_and_peft() {
-    let Some(ctx) = device("gpu_merge_files_equal_cpu_and_peft") else { return };
+    let Some(ctx) = device("gpu_merge_files_equal_cpu_and_peft") else {
+        return;
+    };
     let refs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs");
     let mut worst = (0f32, 0f32);
     for case in CASES {
@@ -67,23 +73,47 @@ fn gpu_merge_files_equal_cpu_and_peft() {
         model.merge(&base, &cpu_path, &mut |_, _| {}).unwrap();
         let report = model.merge_gpu(&base, &gpu_path, ctx, &mut |_, _| {}).unwrap();
         assert_eq!(report.merged.len(), model.modules().len(), "{case}");
-        let (cpu, gpu) = (TensorFile::open(&cpu_path).unwrap(), TensorFile::open(&gpu_path).unwrap());
+        let (cpu, gpu) = (
+            TensorFile::open(&cpu_path).unwrap(),
+            TensorFile::open(&gpu_path).unwrap(),
+        );
         let peft = TensorFile::open(dir.join("merged.safetensors")).unwrap();
         assert_eq!(cpu.names(), gpu.names());
         for name in cpu.names() {
-            let (c, g, p) = (cpu.f32(&name, "").unwrap(), gpu.f32(&name, "").unwrap(), peft.f32(&name, "").unwrap());
+            let (c, g, p) = (
+                cpu.f32(&name, "").unwrap(),
+                gpu.f32(&name, "").unwrap(),
+                peft.f32(&name, "").unwrap(),
+            );
             assert_eq!(c.shape(), g.shape());
             // Compare the update, not the weight it sits on.
-            let dg: Vec<f32> = g.iter().zip(base.f32(&name, "").unwrap().iter()).map(|(a, b)| a - b).collect();
-            let dc: Vec<f32> = c.iter().zip(base.f32(&name, "").unwrap().iter()).map(|(a, b)| a - b).collect();
-            let e = if dc.iter().any(|&v| v != 0.0) { rel_err(&dg, &dc) } else { rel_err(g.iter(), c.iter()) };
+            let dg: Vec<f32> = g
+                .iter()
+                .zip(base.f32(&name, "").unwrap().iter())
+                .map(|(a, b)| a - b)
+                .collect();
+            let dc: Vec<f32> = c
+                .iter()
+                .zip(base.f32(&name, "").unwrap().iter())
+                .map(|(a, b)| a - b)
+                .collect();
+            let e = if dc.iter().any(|&v| v != 0.0) {
+                rel_err(&dg, &dc)
+            } else {
+                rel_err(g.iter(), c.iter())
+            };
             assert!(e <= TOL, "{case} {name}: GPU vs CPU update rel err {e:e}");
             let ep = rel_err(g.iter(), p.iter());
             assert!(ep <= TOL, "{case} {name}: GPU vs PEFT rel err {ep:e}");
             worst = (worst.0.max(e), worst.1.max(ep));
         }
     }
-    let _ = writeln!(std::io::stderr(), "GPU merge, worst rel err: vs CPU update {:e}, vs PEFT weights {:e}", worst.0, worst.1);
+    let _ = writeln!(
+        std::io::stderr(),
+        "GPU merge, worst rel err: vs CPU update {:e}, vs PEFT weights {:e}",
+        worst.0,
+        worst.1
+    );
 }
 
 fn random(seed: u64, shape: (usize, usize)) -> Array2<f32> {
@@ -123,10 +153,28 @@ fn check_adapter<A: Adapter<f32> + wft_adapter::Separable>(ctx: &Context, a: &A,
 
 #[test]
 fn gpu_adapters_match_cpu_adapters() {
-    let Some(ctx) = device("gpu_adapters_match_cpu_adapters") else { return };
+    let Some(ctx) = device("gpu_adapters_match_cpu_adapters") else {
+        return;
+    };
     let configs = [
-        ("PEFT db2", WaveletFtConfig { wavelet: "db2".into(), n_frequency: 300, ..Default::default() }, (70, 50)),
-        ("PEFT sym3 odd", WaveletFtConfig { wavelet: "sym3".into(), n_frequency: 200, ..Default::default() }, (37, 61)),
+        (
+            "PEFT db2",
+            WaveletFtConfig {
+                wavelet: "db2".into(),
+                n_frequency: 300,
+                ..Default::default()
+            },
+            (70, 50),
+        ),
+        (
+            "PEFT sym3 odd",
+            WaveletFtConfig {
+                wavelet: "sym3".into(),
+                n_frequency: 200,
+                ..Default::default()
+            },
+            (37, 61),
+        ),
         (
             "wavedec sym4 L2 periodization",
             WaveletFtConfig {
@@ -151,7 +199,15 @@ fn gpu_adapters_match_cpu_adapters() {
             },
             (90, 81),
         ),
-        ("identity", WaveletFtConfig { layout: Layout::Identity, n_frequency: 80, ..Default::default() }, (20, 30)),
+        (
+            "identity",
+            WaveletFtConfig {
+                layout: Layout::Identity,
+                n_frequency: 80,
+                ..Default::default()
+            },
+            (20, 30),
+        ),
     ];
     for (what, config, shape) in configs {
         let mut a = WaveletFt::<f32>::new(&config, shape, config.n_frequency, None).unwrap();
@@ -165,11 +221,19 @@ fn gpu_adapters_match_cpu_adapters() {
         let e = rel_err(gpu.delta_weight().unwrap().iter(), a.delta_weight().iter());
         assert!(e <= TOL, "{what}: ΔW after set_params rel err {e:e}");
     }
-    let fcfg = FourierFtConfig { n_frequency: 120, scaling: 150.0, ..Default::default() };
+    let fcfg = FourierFtConfig {
+        n_frequency: 120,
+        scaling: 150.0,
+        ..Default::default()
+    };
     let mut f = FourierFt::<f32>::new(&fcfg, (48, 40), 120, None).unwrap();
     f.randomize(3, 1.0);
     check_adapter(ctx, &f, "FourierFT");
-    let lcfg = LoraConfig { r: 4, lora_alpha: 8.0, ..Default::default() };
+    let lcfg = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        ..Default::default()
+    };
     let l = Lora::<f32>::from_factors(&lcfg, random(4, (4, 33)), random(5, (29, 4))).unwrap();
     check_adapter(ctx, &l, "LoRA");
 }

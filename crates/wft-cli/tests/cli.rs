@@ -166,7 +166,10 @@ fn merge_on_the_gpu_matches_the_cpu() {
     use std::io::Write;
     let tmp = tempfile::tempdir().unwrap();
     for (case, names) in [
-        ("waveft_conv1d", &["layers.0.c_attn.weight", "layers.0.c_proj.weight"][..]),
+        (
+            "waveft_conv1d",
+            &["layers.0.c_attn.weight", "layers.0.c_proj.weight"][..],
+        ),
         ("fourierft", &["layers.0.q.weight", "layers.0.v.weight"][..]),
     ] {
         let dir = refs(case);

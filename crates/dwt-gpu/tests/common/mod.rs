@@ -75,7 +75,10 @@ pub fn rel_err(gpu: ArrayView2<'_, f32>, reference: ArrayView2<'_, f64>) -> f64 
     let mut err: f64 = 0.0;
     for (&g, &r) in gpu.iter().zip(reference) {
         if r.is_finite() {
-            assert!(g.is_finite(), "unwritten or non-finite output {g} where the reference is {r}");
+            assert!(
+                g.is_finite(),
+                "unwritten or non-finite output {g} where the reference is {r}"
+            );
             scale = scale.max(r.abs());
             err = err.max((f64::from(g) - r).abs());
         } else {

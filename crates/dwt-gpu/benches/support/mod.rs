@@ -1,0 +1,36 @@
+//! Inputs shared by the criterion benches and the `gpu_bench` example.
+#![allow(dead_code)]
+
+use dwt_gpu::{Location, Subband};
+use ndarray::Array2;
+
+/// Deterministic values in [-1, 1).
+pub fn data(shape: (usize, usize), seed: u64) -> Array2<f32> {
+    let mut s = seed | 1;
+    Array2::from_shape_simple_fn(shape, || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    })
+}
+
+/// `n` level-1 locations spread over the four bands of `coeff`-shaped bands.
+pub fn locations(coeff: (usize, usize), n: usize, seed: u64) -> Vec<Location> {
+    let v = data((1, 3 * n), seed);
+    let pick = |x: f32, m: usize| (((x + 1.0) / 2.0 * m as f32) as usize).min(m - 1);
+    let bands = [
+        Subband::Approx,
+        Subband::Horizontal,
+        Subband::Vertical,
+        Subband::Diagonal,
+    ];
+    (0..n)
+        .map(|k| Location {
+            level: 1,
+            band: bands[pick(v[[0, 3 * k]], 4)],
+            row: pick(v[[0, 3 * k + 1]], coeff.0),
+            col: pick(v[[0, 3 * k + 2]], coeff.1),
+        })
+        .collect()
+}
