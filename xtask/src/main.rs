@@ -2,13 +2,18 @@
 //! pattern: an ordinary binary aliased in `.cargo/config.toml`).
 //!
 //! * `ci` — what CI checks: formatting, clippy with `-D warnings`, rustdoc
-//!   with `-D warnings`, and the tests (doc tests included).
+//!   with `-D warnings`, and the tests (doc tests included), then the GPU
+//!   tests again with `WGPU_BACKEND=gl`.
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
 //! * `bench [--peer pywt|peft] [--quick]` — criterion benchmarks, or the
 //!   same-run comparison with PyWavelets or PEFT that writes its section of
 //!   `docs/PERFORMANCE.md`.
+//! * `bench --gpu [--quick]` — the one script for a machine with a GPU:
+//!   builds in release, runs the GPU tests with `CI=true` (no adapter is a
+//!   failure), then times every kernel against dwt-core and a buffer copy
+//!   and writes the table to the `gpu` section of `docs/PERFORMANCE.md`.
 //! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
 //!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
 //!   not part of CI: PyTorch is about 5.6 GB).
@@ -74,7 +79,12 @@ fn ci() -> Result {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-j2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
-    run(cargo().args(["test", "--workspace", "-j2"]))
+    run(cargo().args(["test", "--workspace", "-j2"]))?;
+    // The GPU tests once more on the GL backend (llvmpipe where there is no
+    // GPU): the same kernels through naga's GLSL output.
+    run(cargo()
+        .args(["test", "-j2", "-p", "dwt-gpu", "-p", "wft-adapter", "-p", "wft-cli", "--tests"])
+        .env("WGPU_BACKEND", "gl"))
 }
 
 /// A venv under `target/` (ignored by git) with the pinned packages of
@@ -192,7 +202,33 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft] [--quick] | peft-refs>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | peft-refs>".into())
+}
+
+/// `cargo xtask bench --gpu`: check, then time, on the adapter wgpu picks.
+fn gpu_bench(quick: bool) -> Result {
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
+    // Check first: every GPU test, with a missing adapter counted as a failure.
+    run(cargo()
+        .args(["test", "--release", "-j", &jobs, "-p", "dwt-gpu", "-p", "wft-adapter", "--features", "wft-adapter/gpu"])
+        .env("CI", "true"))?;
+    let table = root().join("target/gpu_bench.md");
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-j", &jobs, "-p", "dwt-gpu", "--example", "gpu_bench", "--", "--markdown"])
+        .arg(&table);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)?;
+    let table = std::fs::read_to_string(&table).map_err(|e| format!("{}: {e}", table.display()))?;
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let body = format!(
+        "Measured {} with `cargo xtask bench --gpu{}` (median wall time per call, including the \
+         submission and the wait; CPU columns are dwt-core on this machine's cores in the same run).\n\n{table}",
+        date.trim(),
+        if quick { " --quick" } else { "" }
+    );
+    write_section(&root().join("docs/PERFORMANCE.md"), "gpu", &body)
 }
 
 fn main() -> ExitCode {
@@ -202,11 +238,12 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(flag("--check")),
         Some("peft-refs") => peft_refs(),
+        Some("bench") if flag("--gpu") => gpu_bench(flag("--quick")),
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),
             Some(p) if p == "peft" => peer::peft(flag("--quick")),
             Some(other) => Err(format!("unknown peer {other:?} (known: pywt, peft)")),
-            None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "wft-adapter", "-j2"])),
+            None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "dwt-gpu", "-p", "wft-adapter", "-j2"])),
         },
         _ => usage(),
     };
