@@ -83,7 +83,17 @@ fn ci() -> Result {
     // The GPU tests once more on the GL backend (llvmpipe where there is no
     // GPU): the same kernels through naga's GLSL output.
     run(cargo()
-        .args(["test", "-j2", "-p", "dwt-gpu", "-p", "wft-adapter", "-p", "wft-cli", "--tests"])
+        .args([
+            "test",
+            "-j2",
+            "-p",
+            "dwt-gpu",
+            "-p",
+            "wft-adapter",
+            "-p",
+            "wft-cli",
+            "--tests",
+        ])
         .env("WGPU_BACKEND", "gl"))
 }
 
@@ -210,12 +220,34 @@ fn gpu_bench(quick: bool) -> Result {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
     // Check first: every GPU test, with a missing adapter counted as a failure.
     run(cargo()
-        .args(["test", "--release", "-j", &jobs, "-p", "dwt-gpu", "-p", "wft-adapter", "--features", "wft-adapter/gpu"])
+        .args([
+            "test",
+            "--release",
+            "-j",
+            &jobs,
+            "-p",
+            "dwt-gpu",
+            "-p",
+            "wft-adapter",
+            "--features",
+            "wft-adapter/gpu",
+        ])
         .env("CI", "true"))?;
     let table = root().join("target/gpu_bench.md");
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-j", &jobs, "-p", "dwt-gpu", "--example", "gpu_bench", "--", "--markdown"])
-        .arg(&table);
+    cmd.args([
+        "run",
+        "--release",
+        "-j",
+        &jobs,
+        "-p",
+        "dwt-gpu",
+        "--example",
+        "gpu_bench",
+        "--",
+        "--markdown",
+    ])
+    .arg(&table);
     if quick {
         cmd.arg("--quick");
     }
