@@ -80,20 +80,11 @@ fn ci() -> Result {
         .args(["doc", "--workspace", "--no-deps", "-j2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace", "-j2"]))?;
-    // The GPU tests once more on the GL backend (llvmpipe where there is no
-    // GPU): the same kernels through naga's GLSL output.
+    // The tests once more on the GL backend (llvmpipe where there is no
+    // GPU): the same kernels through naga's GLSL output. Same selection as
+    // above, so nothing is rebuilt.
     run(cargo()
-        .args([
-            "test",
-            "-j2",
-            "-p",
-            "dwt-gpu",
-            "-p",
-            "wft-adapter",
-            "-p",
-            "wft-cli",
-            "--tests",
-        ])
+        .args(["test", "--workspace", "-j2", "--tests"])
         .env("WGPU_BACKEND", "gl"))
 }
 
