@@ -147,11 +147,12 @@ enum Buf {
 /// PyWavelets' `wavedec2`, `inverse` its `waverec2`, both along axes 0
 /// and 1 of a row-major `f32` matrix.
 ///
-/// ```no_run
+/// ```
 /// use dwt_core::{Mode, Wavelet};
 /// use dwt_gpu::{Context, Dwt2};
 /// use ndarray::Array2;
 ///
+/// # if Context::new().is_err() { return Ok(()); }
 /// let ctx = Context::new()?;
 /// let w = Wavelet::new("db4")?;
 /// let plan = Dwt2::new(&ctx, &w, Mode::Periodization, (512, 384), 3)?;

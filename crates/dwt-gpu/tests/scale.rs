@@ -3,31 +3,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 use common::{TOL, matrix, rel_err, values};
 use dwt_core::{Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
 use dwt_gpu::{Crop, Location, Orientation, SparseBasis, SparsePlan, Subband};
 use ndarray::{Array2, s};
-
-/// `n` locations spread over the bands of a one-level decomposition.
-fn level1_locations(coeff_shape: (usize, usize), n: usize, seed: u64) -> Vec<Location> {
-    let v = values(seed, 3 * n);
-    let pick = |x: f32, m: usize| (((x + 1.0) / 2.0 * m as f32) as usize).min(m - 1);
-    let bands = [
-        Subband::Approx,
-        Subband::Horizontal,
-        Subband::Vertical,
-        Subband::Diagonal,
-    ];
-    (0..n)
-        .map(|k| Location {
-            level: 1,
-            band: bands[pick(v[3 * k], 4)],
-            row: pick(v[3 * k + 1], coeff_shape.0),
-            col: pick(v[3 * k + 2], coeff_shape.1),
-        })
-        .collect()
-}
+use support::locations as level1_locations;
 
 /// The dense CPU reference of a (possibly cropped) level-1 reconstruction.
 fn reference(w: &Wavelet, mode: Mode, shape: (usize, usize), locs: &[Location], c: &[f32], crop: Crop) -> Array2<f64> {

@@ -5,10 +5,13 @@
 #![cfg(feature = "gpu")]
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use common::{CASES, rel_err};
 use ndarray::Array2;
 use wft_adapter::dwt_gpu::Context;
 use wft_adapter::{
@@ -28,34 +31,7 @@ fn device(test: &str) -> Option<&'static Context> {
     }
 }
 
-/// max |a − b| / max |b|.
-fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
-    let scale = b
-        .clone()
-        .into_iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
 const TOL: f32 = 1e-5;
-
-const CASES: &[&str] = &[
-    "waveft_db1_square",
-    "waveft_db2_nonsquare",
-    "waveft_sym3_odd",
-    "waveft_coif1_odd",
-    "waveft_db3_odd",
-    "waveft_conv1d",
-    "waveft_no_idwt",
-    "waveft_proportional",
-    "waveft_pattern_regex",
-    "fourierft",
-    "lora",
-    "rslora",
-    "lora_layers_patterns",
-    "waveft_layers_to_transform",
-];
 
 #[test]
 fn gpu_merge_files_equal_cpu_and_peft() {

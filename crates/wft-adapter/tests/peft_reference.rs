@@ -12,38 +12,14 @@ use wft_adapter::{
     Adapter, AdapterModel, CONFIG_FILE, ModuleAdapter, RawTensor, TensorFile, randperm_prefix, write_atomic,
 };
 
+mod common;
+
+use common::{CASES, rel_err};
+
 const TOL: f32 = 1e-5;
 
 fn refs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs")
-}
-
-/// Cases with base and merged weights.
-const CASES: &[&str] = &[
-    "waveft_db1_square",
-    "waveft_db2_nonsquare",
-    "waveft_sym3_odd",
-    "waveft_coif1_odd",
-    "waveft_db3_odd",
-    "waveft_conv1d",
-    "waveft_no_idwt",
-    "waveft_proportional",
-    "waveft_pattern_regex",
-    "fourierft",
-    "lora",
-    "rslora",
-    "lora_layers_patterns",
-    "waveft_layers_to_transform",
-];
-
-/// max |a − b| / max |b|.
-fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
-    let scale = b
-        .clone()
-        .into_iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn f32_2d(f: &TensorFile, k: &str) -> Array2<f32> {
