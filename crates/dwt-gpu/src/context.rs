@@ -307,6 +307,25 @@ impl Context {
         self.wait()
     }
 
+    /// Resolve when the work submitted so far has finished, driving the
+    /// device with non-blocking polls (no thread blocks in the driver).
+    ///
+    /// # Errors
+    /// [`Error::Device`] when the device is lost.
+    pub async fn wait_async(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        self.queue().on_submitted_work_done(move || {
+            // The receiver outlives the wait below.
+            let _ = tx.send(Ok(()));
+        });
+        Done {
+            ctx: self,
+            rx: &rx,
+            block: false,
+        }
+        .await
+    }
+
     /// Wait until the queue is idle.
     ///
     /// # Errors
@@ -366,7 +385,7 @@ impl Context {
             // The receiver outlives the wait below; a send error cannot happen.
             let _ = tx.send(r);
         });
-        MapWait {
+        Done {
             ctx: self,
             rx: &rx,
             block,
@@ -384,17 +403,17 @@ impl Context {
     }
 }
 
-/// Resolves when a `map_async` callback has fired. On native backends the
-/// callback runs inside `Device::poll`, so polling this future drives the
-/// device without blocking.
-struct MapWait<'a> {
+/// Resolves when a wgpu callback (`map_async`, `on_submitted_work_done`)
+/// has fired. On native backends callbacks run inside `Device::poll`, so
+/// polling this future drives the device without blocking.
+struct Done<'a, E> {
     ctx: &'a Context,
-    rx: &'a std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    rx: &'a std::sync::mpsc::Receiver<Result<(), E>>,
     /// Block in `Device::poll` until the queue is idle (blocking wrappers).
     block: bool,
 }
 
-impl std::future::Future for MapWait<'_> {
+impl<E: std::fmt::Display> std::future::Future for Done<'_, E> {
     type Output = Result<()>;
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         let how = if self.block {

@@ -783,6 +783,21 @@ impl Batch<'_> {
     /// # Errors
     /// [`Error::Device`] when the device reports an error.
     pub fn submit(&mut self) -> Result<()> {
+        self.record_and_submit()?;
+        self.ctx.wait()
+    }
+
+    /// [`Batch::submit`] that resolves when the work is done, without
+    /// blocking a thread in the driver.
+    ///
+    /// # Errors
+    /// As [`Batch::submit`].
+    pub async fn submit_async(&mut self) -> Result<()> {
+        self.record_and_submit()?;
+        self.ctx.wait_async().await
+    }
+
+    fn record_and_submit(&mut self) -> Result<()> {
         let passes = std::mem::take(&mut self.passes);
         self.ctx.submit(|enc| {
             let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
@@ -791,7 +806,6 @@ impl Batch<'_> {
                 cp.set_bind_group(0, bind, &[]);
                 cp.dispatch_workgroups(g.0, g.1, 1);
             }
-        })?;
-        self.ctx.wait()
+        })
     }
 }

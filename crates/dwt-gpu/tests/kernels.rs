@@ -312,3 +312,24 @@ device_test! {
         }
     }
 }
+
+device_test! {
+    /// The async API (context, submission, readback) gives the same bytes as
+    /// the blocking one.
+    fn async_api_matches_blocking(ctx) {
+        let w = Wavelet::new("db2").unwrap();
+        let locs = random_locations((40, 36), 2, &w, Mode::Zero, 25, 3);
+        let plan = SparsePlan::new(ctx, &SparseBasis::wavedec2(&w, Mode::Zero, (40, 36), 2, None, &locs).unwrap()).unwrap();
+        let c = ctx.upload_vec(&values(4, 25)).unwrap();
+        let (a, b) = (ctx.zeros(plan.shape()).unwrap(), ctx.zeros(plan.shape()).unwrap());
+        ctx.batch().merge(&plan, &c, 0.3, &a, Orientation::Normal).unwrap().submit().unwrap();
+        let fresh = pollster::block_on(dwt_gpu::Context::new_async()).unwrap();
+        assert!(!fresh.describe().is_empty());
+        let got = pollster::block_on(async {
+            ctx.batch().merge(&plan, &c, 0.3, &b, Orientation::Normal)?.submit_async().await?;
+            ctx.download_async(&b).await
+        })
+        .unwrap();
+        assert_eq!(got, ctx.download(&a).unwrap());
+    }
+}
