@@ -76,6 +76,16 @@ fn sparse(c: &mut Criterion) {
             .unwrap();
         let m = ctx.upload(data(shape, 4).view()).unwrap();
         let grad = ctx.upload_vec(&[0.0; 1000]).unwrap();
+        // The CPU way with dwt-core: dense waverec2 of the scattered
+        // coefficients, then add.
+        let dense = scattered(&w, shape, &locs);
+        let mut wc = data(shape, 4);
+        g.bench_function(BenchmarkId::new("cpu_waverec2_add", &id), |b| {
+            b.iter(|| {
+                let d = waverec2(&dense, &w, Mode::Zero).unwrap();
+                wc.zip_mut_with(&d, |a, b| *a += 0.5 * b);
+            })
+        });
         let (gy, x) = (
             ctx.upload(data((256, shape.0), 5).view()).unwrap(),
             ctx.upload(data((256, shape.1), 6).view()).unwrap(),
@@ -137,6 +147,16 @@ fn model(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("model_24x768x768_n1000");
     g.sample_size(10);
+    let dense = scattered(&w, (768, 768), &locs);
+    let mut cpu_layers: Vec<_> = (0..24).map(|k| data((768, 768), 10 + k)).collect();
+    g.bench_function("cpu_waverec2_add", |b| {
+        b.iter(|| {
+            for m in &mut cpu_layers {
+                let d = waverec2(&dense, &w, Mode::Zero).unwrap();
+                m.zip_mut_with(&d, |a, b| *a += 0.5 * b);
+            }
+        })
+    });
     g.bench_function("merge_one_submission", |b| {
         b.iter(|| {
             let mut batch = ctx.batch();
@@ -147,6 +167,19 @@ fn model(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Level-1 coefficients of a `shape` signal, zero but for `locs` (value 1).
+fn scattered(w: &Wavelet, shape: (usize, usize), locs: &[dwt_gpu::Location]) -> dwt_core::Coeffs2<f32> {
+    let mut z = wavedec2(ndarray::Array2::<f32>::zeros(shape).view(), w, Mode::Zero, Some(1)).unwrap();
+    for l in locs {
+        let band = match l.band {
+            dwt_gpu::Subband::Approx => z.approx_mut(),
+            b => &mut z.details_mut()[0][b as usize - 1],
+        };
+        band[[l.row, l.col]] += 1.0;
+    }
+    z
 }
 
 criterion_group!(benches, dense, sparse, model);
