@@ -143,7 +143,9 @@ impl Context {
     /// # Errors
     /// As [`Context::zeros`].
     pub fn upload_vec(&self, v: &[f32]) -> Result<GpuVector> {
-        let buffer = self.storage("vector", bytes_of("vector", v.len())?, IO)?;
+        // Kernels bind coefficient and gradient vectors whole; plans check
+        // their sizes. A long vector may still be copied (dense transforms).
+        let buffer = self.storage_blocked("vector", bytes_of("vector", v.len())?, IO)?;
         if !v.is_empty() {
             self.queue().write_buffer(&buffer, 0, bytemuck::cast_slice(v));
         }

@@ -254,14 +254,8 @@ impl Context {
         p
     }
 
-    /// A bind group for `pipeline` with whole `buffers` at their bindings.
-    pub(crate) fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers.iter().map(|&(b, buf)| (b, buf.as_entire_binding())).collect();
-        self.bind_resources(pipeline, entries)
-    }
-
     /// A bind group from explicit resources (buffer ranges).
-    pub(crate) fn bind_resources(
+    pub(crate) fn bind(
         &self,
         pipeline: &wgpu::ComputePipeline,
         resources: Vec<(u32, wgpu::BindingResource<'_>)>,

@@ -404,6 +404,13 @@ impl SparsePlan {
             ..Params::default()
         };
         to_u32("matrix", rows.saturating_mul(cols))?;
+        if basis.len() as u64 * 4 > ctx.max_binding_bytes() {
+            return Err(Error::TooLarge {
+                what: "coefficient vector",
+                bytes: basis.len() as u64 * 4,
+                limit: ctx.max_binding_bytes(),
+            });
+        }
         Ok(SparsePlan {
             ctx: ctx.clone(),
             shape: basis.shape,
@@ -560,7 +567,7 @@ impl Batch<'_> {
             (2, plan.vals.as_entire_binding()),
         ];
         all.extend(bufs);
-        let bind = self.ctx.bind_resources(&pipeline, all);
+        let bind = self.ctx.bind(&pipeline, all);
         self.passes.push((pipeline, bind, g));
         Ok(())
     }

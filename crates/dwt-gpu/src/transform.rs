@@ -92,28 +92,38 @@ struct Params {
     z: View,
 }
 
-/// A row-major `rows × cols` block at element offset `off` of a buffer.
-#[derive(Debug, Clone, Copy)]
-struct Region {
-    off: usize,
+/// A row-major `rows × cols` matrix in its own buffer.
+#[derive(Debug)]
+struct Band {
+    buf: wgpu::Buffer,
     rows: usize,
     cols: usize,
 }
 
-impl Region {
+impl Band {
+    fn new(ctx: &Context, what: &'static str, rows: usize, cols: usize) -> Result<Self> {
+        let io = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        Ok(Band {
+            buf: ctx.storage(what, (rows * cols) as u64 * 4, io)?,
+            rows,
+            cols,
+        })
+    }
     fn len(&self) -> usize {
         self.rows * self.cols
     }
-    /// The view whose lanes are rows (transform along axis 1) or columns
-    /// (along axis 0).
-    fn along(&self, axis: usize) -> View {
-        let (so, sa) = if axis == 1 { (self.cols, 1) } else { (1, self.cols) };
-        View {
-            off: self.off as u32,
-            so: so as u32,
-            sa: sa as u32,
-            pad: 0,
-        }
+}
+
+/// The strided view of a row-major `cols`-wide matrix starting at element
+/// `off` of its binding, with rows as lanes (a pass along axis 1) or
+/// columns as lanes (along axis 0).
+fn along(off: usize, cols: usize, axis: usize) -> View {
+    let (so, sa) = if axis == 1 { (cols, 1) } else { (1, cols) };
+    View {
+        off: off as u32,
+        so: so as u32,
+        sa: sa as u32,
+        pad: 0,
     }
 }
 
@@ -133,13 +143,24 @@ impl Pass {
     }
 }
 
-/// Which buffer a pass reads or writes.
+/// A buffer bound whole, or the rows `r0..r1` of a `cols`-wide matrix.
 #[derive(Debug, Clone, Copy)]
-enum Buf {
-    Input,
-    Arena,
-    Temp,
-    Output,
+enum Bound<'a> {
+    Whole(&'a wgpu::Buffer),
+    Rows(&'a wgpu::Buffer, usize, usize, usize),
+}
+
+impl<'a> Bound<'a> {
+    fn resource(self) -> wgpu::BindingResource<'a> {
+        match self {
+            Bound::Whole(b) => b.as_entire_binding(),
+            Bound::Rows(b, r0, r1, cols) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b,
+                offset: (r0 * cols) as u64 * 4,
+                size: std::num::NonZeroU64::new(((r1 - r0) * cols) as u64 * 4),
+            }),
+        }
+    }
 }
 
 /// A multilevel 2-D DWT plan for one shape, wavelet, mode and level, with
@@ -167,25 +188,32 @@ pub struct Dwt2 {
     ctx: Context,
     shape: (usize, usize),
     out_shape: (usize, usize),
+    taps_len: u32,
+    mode: u32,
     taps: wgpu::Buffer,
     input: GpuMatrix,
-    arena: wgpu::Buffer,
-    temp: wgpu::Buffer,
     output: GpuMatrix,
-    /// Band regions, finest level first: `[cA_j, cH_j, cV_j, cD_j]`
+    /// All coefficients in `wavedec2` order, for one readback.
+    flat: GpuMatrix,
+    /// Finest level first: `[cA_j, cH_j, cV_j, cD_j]`, one buffer each
     /// (`cA_j` is scratch except at the coarsest level).
-    bands: Vec<[Region; 4]>,
-    /// Element count of the coefficient prefix of the arena, in
-    /// `wavedec2` order.
+    bands: Vec<[Band; 4]>,
+    /// `recon[j]`: the approximation of level `j` rebuilt from level `j + 1`.
+    recon: Vec<Option<Band>>,
+    /// Scratch between the two axes of a level: low-pass and high-pass.
+    lo: wgpu::Buffer,
+    hi: wgpu::Buffer,
     n_coeffs: usize,
     forward: Vec<Pass>,
     inverse: Vec<Pass>,
-    /// The inverse's last pass, rebuilt by `inverse_into` for other targets.
-    last: (Params, Kernel, u32, u32),
 }
 
 impl Dwt2 {
     /// Plan a `level`-deep transform of `shape` matrices.
+    ///
+    /// Every band and scratch buffer must fit one storage binding; the
+    /// input and output matrices need not (they are bound in blocks of
+    /// rows), so a 4096×11008 transform runs where the device binds 128 MiB.
     ///
     /// # Errors
     /// * [`Error::Dwt`] where `dwt_core::wavedec2` would refuse the
@@ -207,231 +235,243 @@ impl Dwt2 {
             c.push(dwt_coeff_len(c[j - 1], l, mode));
         }
         let inv = |n: usize| idwt_len(n, l, mode);
-
-        // Arena: the coefficients in wavedec2 order, then scratch slots for
-        // the intermediate approximations of both directions.
-        let mut off = 0;
-        let take = |off: &mut usize, rows: usize, cols: usize| {
-            let reg = Region { off: *off, rows, cols };
-            *off += rows * cols;
-            reg
-        };
-        let mut bands = vec![
-            [Region {
-                off: 0,
-                rows: 0,
-                cols: 0
-            }; 4];
-            level
-        ];
-        bands[level - 1][0] = take(&mut off, r[level], c[level]);
-        for j in (1..=level).rev() {
-            for band in &mut bands[j - 1][1..] {
-                *band = take(&mut off, r[j], c[j]);
-            }
-        }
-        let n_coeffs = off;
-        for band in bands.iter_mut().take(level - 1) {
-            band[0] = take(&mut off, band[1].rows, band[1].cols);
-        }
-        // recon[j]: the approximation of level j rebuilt from level j + 1.
-        let mut recon = vec![None; level + 1];
-        for j in 1..level {
-            recon[j] = Some(take(&mut off, inv(r[j + 1])?, inv(c[j + 1])?));
-        }
-        let arena_len = off;
         let out_shape = (inv(r[1])?, inv(c[1])?);
 
-        let mut temp_len = 0;
+        let mut bands = Vec::with_capacity(level);
         for j in 1..=level {
-            temp_len = temp_len.max(2 * r[j - 1] * c[j]).max(2 * inv(r[j])? * c[j]);
+            let b = |what| Band::new(ctx, what, r[j], c[j]);
+            bands.push([b("approximation band")?, b("cH band")?, b("cV band")?, b("cD band")?]);
         }
+        let mut recon = vec![None];
+        for j in 1..level {
+            recon.push(Some(Band::new(ctx, "approximation", inv(r[j + 1])?, inv(c[j + 1])?)?));
+        }
+        let mut scratch = 0;
+        for j in 1..=level {
+            scratch = scratch.max(r[j - 1] * c[j]).max(inv(r[j])? * c[j]);
+        }
+        let n_coeffs = bands[level - 1][0].len() + bands.iter().map(|b| 3 * b[1].len()).sum::<usize>();
         let io = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let bytes = |n: usize| n as u64 * 4;
         let taps: Vec<f32> = wavelet
             .filter_bank()
             .iter()
             .flat_map(|f| f.iter().map(|&t| t as f32))
             .collect();
-        let taps = ctx.storage_init("filter taps", &taps)?;
-        // The dense transforms bind whole matrices.
-        for (what, n) in [
-            ("transform input", rows * cols),
-            ("transform output", out_shape.0 * out_shape.1),
-        ] {
-            if bytes(n) > ctx.max_binding_bytes() {
-                return Err(Error::TooLarge {
-                    what,
-                    bytes: bytes(n),
-                    limit: ctx.max_binding_bytes(),
-                });
-            }
-        }
-        let input = ctx.zeros(shape)?;
-        let arena = ctx.storage("coefficient arena", bytes(arena_len), io)?;
-        let temp = ctx.storage("transform scratch", bytes(temp_len), io)?;
-        let output = ctx.zeros(out_shape)?;
-
         let mut plan = Dwt2 {
             ctx: ctx.clone(),
             shape,
             out_shape,
-            taps,
-            input,
-            arena,
-            temp,
-            output,
-            bands,
+            taps_len: l as u32,
+            mode: code,
+            taps: ctx.storage_init("filter taps", &taps)?,
+            input: ctx.zeros(shape)?,
+            output: ctx.zeros(out_shape)?,
+            lo: ctx.storage("transform scratch", scratch as u64 * 4, io)?,
+            hi: ctx.storage("transform scratch", scratch as u64 * 4, io)?,
             n_coeffs,
+            flat: ctx.zeros((1, n_coeffs))?,
+            bands,
+            recon,
             forward: Vec::new(),
             inverse: Vec::new(),
-            last: (Params::default(), Kernel::Synthesis, l as u32, code),
         };
-        let (l, code) = (l as u32, code);
 
-        // Forward: level j reads X (the input, or cA_{j-1}), filters along
-        // axis 1 into the scratch (lo | hi), then along axis 0 into bands.
+        // Forward: level j filters X (the input, or cA_{j-1}) along axis 1
+        // into lo | hi, then each along axis 0 into the bands.
+        let mut forward = Vec::new();
         for j in 1..=level {
-            let x = if j == 1 {
-                (Buf::Input, Region { off: 0, rows, cols })
-            } else {
-                (Buf::Arena, plan.bands[j - 2][0])
-            };
-            let lo = Region {
-                off: 0,
-                rows: r[j - 1],
-                cols: c[j],
-            };
-            let hi = Region { off: lo.len(), ..lo };
-            let p1 = Params {
+            let p = Params {
                 lanes: r[j - 1] as u32,
                 n_in: c[j - 1] as u32,
                 n_out: c[j] as u32,
-                a: x.1.along(1),
-                y: lo.along(1),
-                z: hi.along(1),
                 ..Params::default()
             };
-            let pass = plan.pass(Kernel::Analysis, l, code, p1, x.0, Buf::Temp)?;
-            plan.forward.push(pass);
-            let [ca, ch, cv, cd] = plan.bands[j - 1];
-            for (src, (a, d)) in [(lo, (ca, ch)), (hi, (cv, cd))] {
+            let x = if j == 1 {
+                &plan.input.buffer
+            } else {
+                &plan.bands[j - 2][0].buf
+            };
+            forward.extend(plan.rows_pass(Kernel::Analysis, p, x, c[j - 1])?);
+            let [ca, ch, cv, cd] = &plan.bands[j - 1];
+            for (src, a, d) in [(&plan.lo, ca, ch), (&plan.hi, cv, cd)] {
                 let p = Params {
                     lanes: c[j] as u32,
                     n_in: r[j - 1] as u32,
                     n_out: r[j] as u32,
                     lane_major: 1,
-                    a: src.along(0),
-                    y: a.along(0),
-                    z: d.along(0),
+                    a: along(0, c[j], 0),
+                    y: along(0, c[j], 0),
+                    z: along(0, c[j], 0),
                     ..Params::default()
                 };
-                let pass = plan.pass(Kernel::Analysis, l, code, p, Buf::Temp, Buf::Arena)?;
-                plan.forward.push(pass);
+                let binds = [
+                    (2, Bound::Whole(src)),
+                    (4, Bound::Whole(&a.buf)),
+                    (5, Bound::Whole(&d.buf)),
+                ];
+                forward.push(plan.pass(Kernel::Analysis, p, &binds)?);
             }
         }
 
         // Inverse: level j synthesises (cA, cH) and (cV, cD) along axis 0
-        // into the scratch, then (lo, hi) along axis 1 into the next
+        // into lo and hi, then (lo, hi) along axis 1 into the next
         // approximation, or the output.
+        let mut inverse = Vec::new();
         for j in (1..=level).rev() {
-            let [ca, ch, cv, cd] = plan.bands[j - 1];
-            let approx = if j == level { ca } else { recon[j].unwrap_or(ca) };
-            let n0 = inv(r[j])?;
-            let n1 = inv(c[j])?;
-            let lo = Region {
-                off: 0,
-                rows: n0,
-                cols: c[j],
+            let [ca, ch, cv, cd] = &plan.bands[j - 1];
+            let approx = match plan.recon.get(j) {
+                Some(Some(rec)) => rec,
+                _ => ca,
             };
-            let hi = Region { off: lo.len(), ..lo };
-            for ((a, d), y) in [((approx, ch), lo), ((cv, cd), hi)] {
+            let n0 = inv(r[j])?;
+            for (a, d, y) in [(approx, ch, &plan.lo), (cv, cd, &plan.hi)] {
                 let p = Params {
                     lanes: c[j] as u32,
                     n_in: r[j] as u32,
                     n_out: n0 as u32,
                     lane_major: 1,
                     scale: 1.0,
-                    a: a.along(0),
-                    d: d.along(0),
-                    y: y.along(0),
+                    // The approximation may be one column wider (PyWavelets trims it).
+                    a: along(0, a.cols, 0),
+                    d: along(0, c[j], 0),
+                    y: along(0, c[j], 0),
                     ..Params::default()
                 };
-                let pass = plan.pass(Kernel::Synthesis, l, code, p, Buf::Arena, Buf::Temp)?;
-                plan.inverse.push(pass);
+                let binds = [
+                    (2, Bound::Whole(&a.buf)),
+                    (3, Bound::Whole(&d.buf)),
+                    (4, Bound::Whole(y)),
+                ];
+                inverse.push(plan.pass(Kernel::Synthesis, p, &binds)?);
             }
-            let (target, dst) = match recon[j - 1] {
-                Some(reg) if j > 1 => (reg, Buf::Arena),
-                _ => (
-                    Region {
-                        off: 0,
-                        rows: n0,
-                        cols: n1,
-                    },
-                    Buf::Output,
-                ),
-            };
-            let p = Params {
-                lanes: n0 as u32,
-                n_in: c[j] as u32,
-                n_out: n1 as u32,
-                scale: 1.0,
-                a: lo.along(1),
-                d: hi.along(1),
-                y: target.along(1),
-                ..Params::default()
-            };
-            if j == 1 {
-                plan.last.0 = p;
+            if j > 1 {
+                let target = plan.recon[j - 1].as_ref().map_or(&plan.output.buffer, |b| &b.buf);
+                inverse.extend(plan.synthesis_rows(n0, c[j], inv(c[j])?, target, 1.0, false)?);
             }
-            let pass = plan.pass(Kernel::Synthesis, l, code, p, Buf::Temp, dst)?;
-            plan.inverse.push(pass);
         }
+        inverse.extend(plan.synthesis_rows(out_shape.0, c[1], out_shape.1, &plan.output.buffer, 1.0, false)?);
+        plan.forward = forward;
+        plan.inverse = inverse;
         Ok(plan)
     }
 
-    fn buffer(&self, b: Buf) -> &wgpu::Buffer {
-        match b {
-            Buf::Input => &self.input.buffer,
-            Buf::Arena => &self.arena,
-            Buf::Temp => &self.temp,
-            Buf::Output => &self.output.buffer,
-        }
-    }
-
-    fn pass(&self, kernel: Kernel, l: u32, code: u32, p: Params, src: Buf, dst: Buf) -> Result<Pass> {
-        self.pass_to(kernel, l, code, p, self.buffer(src), self.buffer(dst))
-    }
-
-    fn pass_to(
-        &self,
-        kernel: Kernel,
-        l: u32,
-        code: u32,
-        mut p: Params,
-        src: &wgpu::Buffer,
-        dst: &wgpu::Buffer,
-    ) -> Result<Pass> {
+    /// One dispatch of `kernel` with the taps and the given bindings.
+    fn pass(&self, kernel: Kernel, mut p: Params, binds: &[(u32, Bound<'_>)]) -> Result<Pass> {
         let threads = u64::from(p.lanes) * u64::from(p.n_out);
         let groups = grid(
             threads.div_ceil(u64::from(THREADS)),
             self.ctx.limits().max_compute_workgroups_per_dimension,
         )?;
         p.grid_x = groups.0 * THREADS;
-        let pipeline = self.ctx.pipeline(kernel, l, code);
+        let pipeline = self.ctx.pipeline(kernel, self.taps_len, self.mode);
         let params = self.ctx.uniform(&p);
-        let bind = self
-            .ctx
-            .bind(&pipeline, &[(0, &params), (1, &self.taps), (2, src), (3, dst)]);
+        let mut res = vec![(0, params.as_entire_binding()), (1, self.taps.as_entire_binding())];
+        res.extend(binds.iter().map(|&(b, bound)| (b, bound.resource())));
+        let bind = self.ctx.bind(&pipeline, res);
         Ok(Pass { pipeline, bind, groups })
     }
 
-    /// Fill every internal buffer (coefficients, scratch, output) with
-    /// `value`; tests poison them with NaN to prove every element is
-    /// written.
+    /// Blocks of rows `[r0, r1)` of a `rows × cols` matrix that each fit one
+    /// binding; starts are multiples of 64 rows (256-byte aligned offsets).
+    fn row_blocks(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
+        let row_bytes = cols as u64 * 4;
+        let limit = self.ctx.max_binding_bytes();
+        if rows as u64 * row_bytes <= limit {
+            return Ok(vec![(0, rows)]);
+        }
+        let per = ((limit / row_bytes) as usize / 64) * 64;
+        if per == 0 {
+            return Err(Error::TooLarge {
+                what: "64 rows of a matrix",
+                bytes: 64 * row_bytes,
+                limit,
+            });
+        }
+        Ok((0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect())
+    }
+
+    /// The analysis pass along axis 1 of the `cols`-wide matrix `x` into
+    /// lo | hi, in row blocks when `x` is larger than one binding.
+    fn rows_pass(&self, kernel: Kernel, p: Params, x: &wgpu::Buffer, cols: usize) -> Result<Vec<Pass>> {
+        let out_cols = p.n_out as usize;
+        self.row_blocks(p.lanes as usize, cols)?
+            .into_iter()
+            .map(|(r0, r1)| {
+                let q = Params {
+                    lanes: (r1 - r0) as u32,
+                    a: along(0, cols, 1),
+                    y: along(r0 * out_cols, out_cols, 1),
+                    z: along(r0 * out_cols, out_cols, 1),
+                    ..p
+                };
+                let binds = [
+                    (2, Bound::Rows(x, r0, r1, cols)),
+                    (4, Bound::Whole(&self.lo)),
+                    (5, Bound::Whole(&self.hi)),
+                ];
+                self.pass(kernel, q, &binds)
+            })
+            .collect()
+    }
+
+    /// A level's synthesis pass along axis 1: (lo, hi), `n0 × m` each,
+    /// into the `n0 × n1` matrix `target` (`scale`, `accumulate`), in row
+    /// blocks when `target` is larger than one binding.
+    #[allow(clippy::too_many_arguments)]
+    fn synthesis_rows(
+        &self,
+        n0: usize,
+        m: usize,
+        n1: usize,
+        target: &wgpu::Buffer,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<Vec<Pass>> {
+        self.row_blocks(n0, n1)?
+            .into_iter()
+            .map(|(r0, r1)| {
+                let p = Params {
+                    lanes: (r1 - r0) as u32,
+                    n_in: m as u32,
+                    n_out: n1 as u32,
+                    scale,
+                    accumulate: u32::from(accumulate),
+                    a: along(r0 * m, m, 1),
+                    d: along(r0 * m, m, 1),
+                    y: along(0, n1, 1),
+                    ..Params::default()
+                };
+                let binds = [
+                    (2, Bound::Whole(&self.lo)),
+                    (3, Bound::Whole(&self.hi)),
+                    (4, Bound::Rows(target, r0, r1, n1)),
+                ];
+                self.pass(Kernel::Synthesis, p, &binds)
+            })
+            .collect()
+    }
+
+    /// The bands in `wavedec2` order: `[cA_n, cH_n, cV_n, cD_n, …, cD_1]`.
+    fn ordered(&self) -> Vec<&Band> {
+        let level = self.bands.len();
+        let mut v = vec![&self.bands[level - 1][0]];
+        for j in (1..=level).rev() {
+            v.extend(self.bands[j - 1][1..].iter());
+        }
+        v
+    }
+
+    /// Fill every internal buffer (bands, scratch, output) with `value`;
+    /// tests poison them with NaN to prove every element is written.
     #[doc(hidden)]
     pub fn poison(&self, value: f32) {
-        for b in [&self.arena, &self.temp, &self.output.buffer] {
+        let bufs = self
+            .bands
+            .iter()
+            .flatten()
+            .chain(self.recon.iter().flatten())
+            .map(|b| &b.buf);
+        for b in bufs.chain([&self.lo, &self.hi, &self.output.buffer]) {
             let v = vec![value; (b.size() / 4) as usize];
             self.ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(&v));
         }
@@ -451,12 +491,7 @@ impl Dwt2 {
 
     /// Band shapes in `wavedec2` order: `[cA_n, cH_n, cV_n, cD_n, …, cD_1]`.
     pub fn band_shapes(&self) -> Vec<(usize, usize)> {
-        let level = self.bands.len();
-        let mut v = vec![(self.bands[level - 1][0].rows, self.bands[level - 1][0].cols)];
-        for j in (1..=level).rev() {
-            v.extend(self.bands[j - 1][1..].iter().map(|r| (r.rows, r.cols)));
-        }
-        v
+        self.ordered().iter().map(|b| (b.rows, b.cols)).collect()
     }
 
     /// Number of coefficients (all bands).
@@ -464,10 +499,11 @@ impl Dwt2 {
         self.n_coeffs
     }
 
-    fn run(&self, passes: &[Pass], extra: Option<&Pass>) -> Result<()> {
+    fn run(&self, passes: &[Pass], copies: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         self.ctx.submit(|enc| {
+            copies(enc);
             let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for p in passes.iter().chain(extra) {
+            for p in passes {
                 p.record(&mut cp);
             }
         })
@@ -479,7 +515,7 @@ impl Dwt2 {
     /// # Errors
     /// [`Error::Device`] when the device fails.
     pub fn run_forward(&self) -> Result<()> {
-        self.run(&self.forward, None)?;
+        self.run(&self.forward, |_| {})?;
         self.ctx.wait()
     }
 
@@ -489,7 +525,7 @@ impl Dwt2 {
     /// # Errors
     /// [`Error::Device`] when the device fails.
     pub fn run_inverse(&self) -> Result<()> {
-        self.run(&self.inverse, None)?;
+        self.run(&self.inverse, |_| {})?;
         self.ctx.wait()
     }
 
@@ -500,9 +536,17 @@ impl Dwt2 {
     /// [`Error::Device`] when the device fails.
     pub fn forward(&self, x: ArrayView2<'_, f32>) -> Result<Coeffs2<f32>> {
         self.ctx.write(&self.input, x)?;
-        self.run(&self.forward, None)?;
-        let flat = pollster::block_on(self.ctx.read_f32(&self.arena, self.n_coeffs, true))?;
-        self.split(&flat)
+        self.run(&self.forward, |_| {})?;
+        // Gather the bands into one vector, then read it back once.
+        self.ctx.submit(|enc| {
+            let mut off = 0;
+            for b in self.ordered() {
+                enc.copy_buffer_to_buffer(&b.buf, 0, &self.flat.buffer, off * 4, b.len() as u64 * 4);
+                off += b.len() as u64;
+            }
+        })?;
+        let flat = self.ctx.download(&self.flat)?;
+        self.split(flat.as_slice().unwrap_or(&[]))
     }
 
     /// Flat coefficients in `wavedec2` order to [`Coeffs2`].
@@ -555,10 +599,14 @@ impl Dwt2 {
     /// shapes; [`Error::Device`] when the device fails.
     pub fn inverse(&self, c: &Coeffs2<f32>) -> Result<Array2<f32>> {
         let flat = self.flatten(c)?;
-        self.ctx
-            .queue()
-            .write_buffer(&self.arena, 0, bytemuck::cast_slice(&flat));
-        self.run(&self.inverse, None)?;
+        let mut off = 0;
+        for b in self.ordered() {
+            self.ctx
+                .queue()
+                .write_buffer(&b.buf, 0, bytemuck::cast_slice(&flat[off..off + b.len()]));
+            off += b.len();
+        }
+        self.run(&self.inverse, |_| {})?;
         self.ctx.download(&self.output)
     }
 
@@ -584,17 +632,22 @@ impl Dwt2 {
                 got: format!("{:?}", out.shape()),
             });
         }
-        let (mut p, kernel, l, code) = self.last;
-        p.scale = scale;
-        p.accumulate = u32::from(accumulate);
-        let last = self.pass_to(kernel, l, code, p, &self.temp, &out.buffer)?;
-        let n = self.inverse.len();
+        let (n0, n1) = self.out_shape;
+        let last = self.synthesis_rows(n0, self.bands[0][1].cols, n1, &out.buffer, scale, accumulate)?;
+        // The plan's own last pass (into `output`) is replaced by `last`.
+        let keep = self.inverse.len() - self.row_blocks(n0, n1)?.len();
+        let passes: Vec<&Pass> = self.inverse[..keep].iter().chain(&last).collect();
         self.ctx.submit(|enc| {
-            enc.copy_buffer_to_buffer(&coeffs.buffer, 0, &self.arena, 0, self.n_coeffs as u64 * 4);
+            let mut off = 0;
+            for b in self.ordered() {
+                enc.copy_buffer_to_buffer(&coeffs.buffer, off * 4, &b.buf, 0, b.len() as u64 * 4);
+                off += b.len() as u64;
+            }
             let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            for p in self.inverse[..n - 1].iter().chain([&last]) {
+            for p in passes {
                 p.record(&mut cp);
             }
-        })
+        })?;
+        self.ctx.wait()
     }
 }

@@ -96,10 +96,12 @@ proptest! {
 }
 
 device_test! {
-    /// One large transform per GPU mode family (at least 2048×2048).
+    /// Large transforms: 2048×2048, and 4096×11008 (180 MB, beyond
+    /// lavapipe's 128 MiB binding: the input and output go in row blocks).
     fn dense_transforms_large(ctx) {
         check_dense(ctx, "db4", Mode::Periodization, (2048, 2048), 3, 7);
         check_dense(ctx, "sym5", Mode::Zero, (2049, 1500), 2, 8);
+        check_dense(ctx, "db2", Mode::Zero, (4096, 11008), 2, 9);
     }
 }
 

@@ -51,8 +51,12 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 // dec_lo, dec_hi, rec_lo, rec_hi, L taps each.
 @group(0) @binding(1) var<storage, read> taps: array<f32>;
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// Each view has its own buffer (a band, a scratch, or a block of rows of a
+// matrix larger than one binding).
+@group(0) @binding(2) var<storage, read> src_a: array<f32>;
+@group(0) @binding(3) var<storage, read> src_d: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst_y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dst_z: array<f32>;
 
 // (lane, position) of this thread's output, or lanes = out of range.
 fn position(gid: vec3<u32>) -> vec2<u32> {
@@ -111,7 +115,7 @@ fn extended(o: u32, m: i32) -> f32 {
             }
         }
     }
-    return src[p.a.off + o * p.a.so + u32(i) * p.a.sa];
+    return src_a[p.a.off + o * p.a.so + u32(i) * p.a.sa];
 }
 
 @compute @workgroup_size(256)
@@ -131,7 +135,7 @@ fn analysis(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < L; j++) {
             var t = wrap(i32(L / 2u) + 2 * i32(k) - i32(j), np);
             t = min(t, n - 1);
-            let x = src[p.a.off + o * p.a.so + u32(t) * p.a.sa];
+            let x = src_a[p.a.off + o * p.a.so + u32(t) * p.a.sa];
             lo += taps[j] * x;
             hi += taps[L + j] * x;
         }
@@ -142,8 +146,8 @@ fn analysis(@builtin(global_invocation_id) gid: vec3<u32>) {
             hi += taps[L + j] * x;
         }
     }
-    dst[p.y.off + o * p.y.so + k * p.y.sa] = lo;
-    dst[p.z.off + o * p.z.so + k * p.z.sa] = hi;
+    dst_y[p.y.off + o * p.y.so + k * p.y.sa] = lo;
+    dst_z[p.z.off + o * p.z.so + k * p.z.sa] = hi;
 }
 
 @compute @workgroup_size(256)
@@ -165,8 +169,8 @@ fn synthesis(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var t = 0u; t < hl; t++) {
             let j = j0 + 2u * t;
             let k = u32(wrap(base - i32(j), 2 * m) / 2);
-            let a = src[p.a.off + o * p.a.so + k * p.a.sa];
-            let d = src[p.d.off + o * p.d.so + k * p.d.sa];
+            let a = src_a[p.a.off + o * p.a.so + k * p.a.sa];
+            let d = src_d[p.d.off + o * p.d.so + k * p.d.sa];
             y += a * taps[2u * L + j] + d * taps[3u * L + j];
         }
     } else {
@@ -177,16 +181,16 @@ fn synthesis(@builtin(global_invocation_id) gid: vec3<u32>) {
             let k = k0 - i32(t);
             if k >= 0 && k < m {
                 let j = j0 + 2u * t;
-                let a = src[p.a.off + o * p.a.so + u32(k) * p.a.sa];
-                let d = src[p.d.off + o * p.d.so + u32(k) * p.d.sa];
+                let a = src_a[p.a.off + o * p.a.so + u32(k) * p.a.sa];
+                let d = src_d[p.d.off + o * p.d.so + u32(k) * p.d.sa];
                 y += a * taps[2u * L + j] + d * taps[3u * L + j];
             }
         }
     }
     let at = p.y.off + o * p.y.so + n * p.y.sa;
     if p.accumulate == 1u {
-        dst[at] += p.scale * y;
+        dst_y[at] += p.scale * y;
     } else {
-        dst[at] = p.scale * y;
+        dst_y[at] = p.scale * y;
     }
 }
