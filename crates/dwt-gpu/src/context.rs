@@ -86,6 +86,11 @@ impl Context {
                 trace: wgpu::Trace::Off,
             })
             .await?;
+        // Everything this crate does runs under error scopes; anything that
+        // still escapes them is reported instead of wgpu's default panic.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            eprintln!("dwt-gpu: uncaptured GPU error: {e}");
+        }));
         let module = |label, src: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
@@ -225,11 +230,14 @@ impl Context {
 
     /// The pipeline of `kernel` for filter length `taps` and GPU mode code
     /// `mode`, compiled on first use and cached.
-    pub(crate) fn pipeline(&self, kernel: Kernel, taps: u32, mode: u32) -> wgpu::ComputePipeline {
+    ///
+    /// A backend that cannot compile the shader reports [`Error::Device`]
+    /// instead of wgpu's default panic.
+    pub(crate) fn pipeline(&self, kernel: Kernel, taps: u32, mode: u32) -> Result<wgpu::ComputePipeline> {
         let key = (kernel, taps, mode);
         let mut cache = lock(&self.inner.pipelines);
         if let Some(p) = cache.get(&key) {
-            return p.clone();
+            return Ok(p.clone());
         }
         let module = match kernel {
             Kernel::Analysis | Kernel::Synthesis => &self.inner.dwt,
@@ -239,19 +247,31 @@ impl Context {
             Kernel::Analysis | Kernel::Synthesis => &[("L", taps as f64), ("MODE", mode as f64)],
             _ => &[],
         };
-        let p = self.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry()),
-            layout: None,
-            module,
-            entry_point: Some(kernel.entry()),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let p = self.scoped(|d| {
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: None,
+                module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
         cache.insert(key, p.clone());
-        p
+        Ok(p)
+    }
+
+    /// Run `make` under a validation error scope.
+    fn scoped<T>(&self, make: impl FnOnce(&wgpu::Device) -> T) -> Result<T> {
+        let scope = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let t = make(self.device());
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(Error::Device(e.to_string())),
+            None => Ok(t),
+        }
     }
 
     /// A bind group from explicit resources (buffer ranges).
@@ -259,15 +279,17 @@ impl Context {
         &self,
         pipeline: &wgpu::ComputePipeline,
         resources: Vec<(u32, wgpu::BindingResource<'_>)>,
-    ) -> wgpu::BindGroup {
+    ) -> Result<wgpu::BindGroup> {
         let entries: Vec<_> = resources
             .into_iter()
             .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
             .collect();
-        self.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
+        self.scoped(|d| {
+            d.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
         })
     }
 

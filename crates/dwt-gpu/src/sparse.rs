@@ -559,7 +559,7 @@ impl Batch<'_> {
         let g = grid(groups as u64, self.ctx.limits().max_compute_workgroups_per_dimension)?;
         p.grid_x = g.0;
         p.count = to_u32("workgroups", groups)?;
-        let pipeline = self.ctx.pipeline(kernel, 0, 0);
+        let pipeline = self.ctx.pipeline(kernel, 0, 0)?;
         let params = self.ctx.uniform(&p);
         let mut all = vec![
             (0, params.as_entire_binding()),
@@ -567,7 +567,7 @@ impl Batch<'_> {
             (2, plan.vals.as_entire_binding()),
         ];
         all.extend(bufs);
-        let bind = self.ctx.bind(&pipeline, all);
+        let bind = self.ctx.bind(&pipeline, all)?;
         self.passes.push((pipeline, bind, g));
         Ok(())
     }

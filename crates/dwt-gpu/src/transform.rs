@@ -363,11 +363,11 @@ impl Dwt2 {
             self.ctx.limits().max_compute_workgroups_per_dimension,
         )?;
         p.grid_x = groups.0 * THREADS;
-        let pipeline = self.ctx.pipeline(kernel, self.taps_len, self.mode);
+        let pipeline = self.ctx.pipeline(kernel, self.taps_len, self.mode)?;
         let params = self.ctx.uniform(&p);
         let mut res = vec![(0, params.as_entire_binding()), (1, self.taps.as_entire_binding())];
         res.extend(binds.iter().map(|&(b, bound)| (b, bound.resource())));
-        let bind = self.ctx.bind(&pipeline, res);
+        let bind = self.ctx.bind(&pipeline, res)?;
         Ok(Pass { pipeline, bind, groups })
     }
 
