@@ -57,7 +57,39 @@ impl GpuVector {
     }
 }
 
+/// Rows `r0..r1` of a row-major `cols`-wide matrix stored in `buf`, as a
+/// binding (a block of a matrix larger than one binding).
+pub(crate) fn rows_binding(buf: &wgpu::Buffer, cols: usize, (r0, r1): (usize, usize)) -> wgpu::BindingResource<'_> {
+    let row_bytes = cols as u64 * 4;
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: r0 as u64 * row_bytes,
+        size: std::num::NonZeroU64::new((r1 - r0) as u64 * row_bytes),
+    })
+}
+
 impl Context {
+    /// Blocks of rows `[r0, r1)` of a row-major `rows × cols` matrix that
+    /// each fit one binding. Block starts are multiples of 64 rows: of 16
+    /// (the sparse kernels' tile height) and, in bytes, of 256 (the largest
+    /// binding-offset alignment a device may ask for).
+    pub(crate) fn row_blocks(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
+        let row_bytes = cols as u64 * 4;
+        let limit = self.max_binding_bytes();
+        if rows as u64 * row_bytes <= limit {
+            return Ok(vec![(0, rows)]);
+        }
+        let per = ((limit / row_bytes) as usize / 64) * 64;
+        if per == 0 {
+            return Err(Error::TooLarge {
+                what: "64 rows of a matrix",
+                bytes: 64 * row_bytes,
+                limit,
+            });
+        }
+        Ok((0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect())
+    }
+
     /// A `rows × cols` matrix of zeros on the device.
     ///
     /// # Errors

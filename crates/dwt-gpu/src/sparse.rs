@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use dwt_core::{Band, Mode, Wavelet};
 use ndarray::Array2;
 
+use crate::buffer::rows_binding;
 use crate::context::Kernel;
 use crate::transform::{check_level, grid};
 use crate::{Context, Error, GpuMatrix, GpuVector, Result};
@@ -572,34 +573,13 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Blocks of stored rows `[r0, r1)` of `m`, each within one binding.
-    /// Block starts are multiples of 64 rows, so they are multiples of 16
-    /// (tile rows) and their byte offsets of 256 (binding alignment).
+    /// Blocks of stored rows of `m` that each fit one binding.
     fn blocks(&self, m: &GpuMatrix) -> Result<Vec<(usize, usize)>> {
-        let (rows, cols) = m.shape();
-        let row_bytes = cols as u64 * 4;
-        let limit = self.ctx.max_binding_bytes();
-        if rows as u64 * row_bytes <= limit {
-            return Ok(vec![(0, rows)]);
-        }
-        let per = ((limit / row_bytes) as usize / 64) * 64;
-        if per == 0 {
-            return Err(Error::TooLarge {
-                what: "64 rows of a matrix",
-                bytes: 64 * row_bytes,
-                limit,
-            });
-        }
-        Ok((0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect())
+        self.ctx.row_blocks(m.shape().0, m.shape().1)
     }
 
-    fn block_binding(m: &GpuMatrix, (r0, r1): (usize, usize)) -> wgpu::BindingResource<'_> {
-        let row_bytes = m.shape().1 as u64 * 4;
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &m.buffer,
-            offset: r0 as u64 * row_bytes,
-            size: std::num::NonZeroU64::new((r1 - r0) as u64 * row_bytes),
-        })
+    fn block_binding(m: &GpuMatrix, block: (usize, usize)) -> wgpu::BindingResource<'_> {
+        rows_binding(&m.buffer, m.shape().1, block)
     }
 
     fn reconstruct(

@@ -3,6 +3,7 @@
 use dwt_core::{Coeffs2, Mode, Wavelet, dwt_coeff_len, idwt_len};
 use ndarray::{Array2, ArrayView2, Axis};
 
+use crate::buffer::rows_binding;
 use crate::context::Kernel;
 use crate::{Context, Error, GpuMatrix, GpuVector, Result};
 
@@ -154,11 +155,7 @@ impl<'a> Bound<'a> {
     fn resource(self) -> wgpu::BindingResource<'a> {
         match self {
             Bound::Whole(b) => b.as_entire_binding(),
-            Bound::Rows(b, r0, r1, cols) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b,
-                offset: (r0 * cols) as u64 * 4,
-                size: std::num::NonZeroU64::new(((r1 - r0) * cols) as u64 * 4),
-            }),
+            Bound::Rows(b, r0, r1, cols) => rows_binding(b, cols, (r0, r1)),
         }
     }
 }
@@ -371,30 +368,12 @@ impl Dwt2 {
         Ok(Pass { pipeline, bind, groups })
     }
 
-    /// Blocks of rows `[r0, r1)` of a `rows × cols` matrix that each fit one
-    /// binding; starts are multiples of 64 rows (256-byte aligned offsets).
-    fn row_blocks(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
-        let row_bytes = cols as u64 * 4;
-        let limit = self.ctx.max_binding_bytes();
-        if rows as u64 * row_bytes <= limit {
-            return Ok(vec![(0, rows)]);
-        }
-        let per = ((limit / row_bytes) as usize / 64) * 64;
-        if per == 0 {
-            return Err(Error::TooLarge {
-                what: "64 rows of a matrix",
-                bytes: 64 * row_bytes,
-                limit,
-            });
-        }
-        Ok((0..rows).step_by(per).map(|r0| (r0, (r0 + per).min(rows))).collect())
-    }
-
     /// The analysis pass along axis 1 of the `cols`-wide matrix `x` into
     /// lo | hi, in row blocks when `x` is larger than one binding.
     fn rows_pass(&self, kernel: Kernel, p: Params, x: &wgpu::Buffer, cols: usize) -> Result<Vec<Pass>> {
         let out_cols = p.n_out as usize;
-        self.row_blocks(p.lanes as usize, cols)?
+        self.ctx
+            .row_blocks(p.lanes as usize, cols)?
             .into_iter()
             .map(|(r0, r1)| {
                 let q = Params {
@@ -427,7 +406,8 @@ impl Dwt2 {
         scale: f32,
         accumulate: bool,
     ) -> Result<Vec<Pass>> {
-        self.row_blocks(n0, n1)?
+        self.ctx
+            .row_blocks(n0, n1)?
             .into_iter()
             .map(|(r0, r1)| {
                 let p = Params {
@@ -635,7 +615,7 @@ impl Dwt2 {
         let (n0, n1) = self.out_shape;
         let last = self.synthesis_rows(n0, self.bands[0][1].cols, n1, &out.buffer, scale, accumulate)?;
         // The plan's own last pass (into `output`) is replaced by `last`.
-        let keep = self.inverse.len() - self.row_blocks(n0, n1)?.len();
+        let keep = self.inverse.len() - self.ctx.row_blocks(n0, n1)?.len();
         let passes: Vec<&Pass> = self.inverse[..keep].iter().chain(&last).collect();
         self.ctx.submit(|enc| {
             let mut off = 0;
