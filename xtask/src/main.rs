@@ -2,8 +2,8 @@
 //! pattern: an ordinary binary aliased in `.cargo/config.toml`).
 //!
 //! * `ci` — what CI checks: formatting, clippy with `-D warnings`, rustdoc
-//!   with `-D warnings`, and the tests (doc tests included), then the GPU
-//!   tests again with `WGPU_BACKEND=gl`.
+//!   with `-D warnings`, and the tests (doc tests included), then the tests
+//!   again with `WGPU_BACKEND=gl`.
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
