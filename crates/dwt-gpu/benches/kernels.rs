@@ -10,7 +10,7 @@ mod support;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dwt_core::{Mode, Wavelet, wavedec2, waverec2};
 use dwt_gpu::{Context, Dwt2, Orientation, SparseBasis, SparsePlan};
-use support::{data, locations};
+use support::{data, locations, scatter};
 
 const SIZES: [(usize, usize); 3] = [(1024, 1024), (4096, 4096), (4096, 11008)];
 
@@ -78,7 +78,7 @@ fn sparse(c: &mut Criterion) {
         let grad = ctx.upload_vec(&[0.0; 1000]).unwrap();
         // The CPU way with dwt-core: dense waverec2 of the scattered
         // coefficients, then add.
-        let dense = scattered(&w, shape, &locs);
+        let dense = scatter::<f32>(&w, Mode::Zero, shape, 1, &locs, &[1.0; 1000]);
         let mut wc = data(shape, 4);
         g.bench_function(BenchmarkId::new("cpu_waverec2_add", &id), |b| {
             b.iter(|| {
@@ -147,7 +147,7 @@ fn model(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("model_24x768x768_n1000");
     g.sample_size(10);
-    let dense = scattered(&w, (768, 768), &locs);
+    let dense = scatter::<f32>(&w, Mode::Zero, (768, 768), 1, &locs, &[1.0; 1000]);
     let mut cpu_layers: Vec<_> = (0..24).map(|k| data((768, 768), 10 + k)).collect();
     g.bench_function("cpu_waverec2_add", |b| {
         b.iter(|| {
@@ -167,19 +167,6 @@ fn model(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// Level-1 coefficients of a `shape` signal, zero but for `locs` (value 1).
-fn scattered(w: &Wavelet, shape: (usize, usize), locs: &[dwt_gpu::Location]) -> dwt_core::Coeffs2<f32> {
-    let mut z = wavedec2(ndarray::Array2::<f32>::zeros(shape).view(), w, Mode::Zero, Some(1)).unwrap();
-    for l in locs {
-        let band = match l.band {
-            dwt_gpu::Subband::Approx => z.approx_mut(),
-            b => &mut z.details_mut()[0][b as usize - 1],
-        };
-        band[[l.row, l.col]] += 1.0;
-    }
-    z
 }
 
 criterion_group!(benches, dense, sparse, model);

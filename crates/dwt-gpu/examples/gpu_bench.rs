@@ -12,12 +12,12 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use dwt_core::{Mode, Wavelet, wavedec2, waverec2};
-use dwt_gpu::{Context, Dwt2, Orientation, SparseBasis, SparsePlan, Subband};
+use dwt_gpu::{Context, Dwt2, Orientation, SparseBasis, SparsePlan};
 use ndarray::Array2;
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-use support::{data, locations};
+use support::{data, locations, scatter};
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -143,15 +143,7 @@ fn main() -> Res {
             let base = data(plan.shape(), 4);
             let w = ctx.upload(base.view())?;
             // Check once: merge against dwt-core's dense waverec2 of the scattered coefficients.
-            let mut z = wavedec2(Array2::<f64>::zeros(shape).view(), &w1, Mode::Zero, Some(1))?;
-            for (l, &v) in locs.iter().zip(&c) {
-                let band = match l.band {
-                    Subband::Approx => z.approx_mut(),
-                    b => &mut z.details_mut()[0][b as usize - 1],
-                };
-                band[[l.row, l.col]] += f64::from(v);
-            }
-            let dense = waverec2(&z, &w1, Mode::Zero)?;
+            let dense = waverec2(&scatter::<f64>(&w1, Mode::Zero, shape, 1, &locs, &c), &w1, Mode::Zero)?;
             ctx.batch()
                 .merge(&plan, &coeffs, 0.5, &w, Orientation::Normal)?
                 .submit()?;
@@ -164,14 +156,7 @@ fn main() -> Res {
                     .submit()?)
             })?;
             // The CPU way with dwt-core: dense waverec2 of the coefficients, then add.
-            let zf = {
-                let d = z
-                    .details()
-                    .iter()
-                    .map(|d| d.clone().map(|a| a.mapv(|v| v as f32)))
-                    .collect();
-                dwt_core::Coeffs2::from_parts(z.approx().mapv(|v| v as f32), d, z.axes())
-            };
+            let zf = scatter::<f32>(&w1, Mode::Zero, shape, 1, &locs, &c);
             let mut wc = base.clone();
             let cpu = time(reps.min(5), || {
                 let d = waverec2(&zf, &w1, Mode::Zero)?;

@@ -4,12 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 use common::{TOL, matrix, rel_err, values};
 use dwt_core::{Coeffs2, Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
 use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SparseBasis, SparsePlan, Subband};
 use ndarray::{Array2, s};
 use proptest::prelude::*;
+use support::{coefficient, scatter};
 
 const WAVELETS: [&str; 10] = [
     "haar", "db2", "db3", "db4", "db8", "sym3", "sym5", "coif1", "bior2.2", "rbio3.1",
@@ -159,19 +162,6 @@ fn random_locations(
         .collect()
 }
 
-/// Zero coefficients of the decomposition, with `c[k]` added at `locs[k]`.
-fn scatter(shape: (usize, usize), level: usize, w: &Wavelet, mode: Mode, locs: &[Location], c: &[f32]) -> Coeffs2<f64> {
-    let mut z = wavedec2(Array2::<f64>::zeros(shape).view(), w, mode, Some(level)).unwrap();
-    for (loc, &v) in locs.iter().zip(c) {
-        let band = match loc.band {
-            Subband::Approx => z.approx_mut(),
-            b => &mut z.details_mut()[level - loc.level][b as usize - 1],
-        };
-        band[[loc.row, loc.col]] += f64::from(v);
-    }
-    z
-}
-
 fn all_modes() -> impl Strategy<Value = Mode> {
     prop::sample::select(Mode::ALL.to_vec())
 }
@@ -194,7 +184,7 @@ proptest! {
         prop_assume!(wavedec2(Array2::<f64>::zeros((rows, cols)).view(), &w, mode, Some(level)).is_ok());
         let locs = random_locations((rows, cols), level, &w, mode, n, seed);
         let c = values(seed ^ 1, n);
-        let dense = waverec2(&scatter((rows, cols), level, &w, mode, &locs, &c), &w, mode).unwrap();
+        let dense = waverec2(&scatter::<f64>(&w, mode, (rows, cols), level, &locs, &c), &w, mode).unwrap();
         let full = dense.dim();
         let win = if crop {
             Crop { origin: (full.0 / 3, full.1 / 4), shape: (full.0 - full.0 / 3 - full.0 / 5, full.1 - full.1 / 4) }
@@ -232,12 +222,9 @@ proptest! {
         let g = matrix(seed ^ 3, win.shape);
         let mut padded = Array2::<f64>::zeros(full);
         padded.slice_mut(s![win.origin.0..win.origin.0 + win.shape.0, win.origin.1..win.origin.1 + win.shape.1]).assign(&f64s(&g));
-        let like = scatter((rows, cols), level, &w, mode, &[], &[]);
+        let like = scatter::<f64>(&w, mode, (rows, cols), level, &[], &[]);
         let adj = waverec2_adjoint(padded.view(), &like, &w, mode).unwrap();
-        let want_grad: Vec<f64> = locs.iter().map(|l| {
-            let band = match l.band { Subband::Approx => adj.approx(), b => &adj.details()[level - l.level][b as usize - 1] };
-            f64::from(alpha) * band[[l.row, l.col]]
-        }).collect();
+        let want_grad: Vec<f64> = locs.iter().map(|l| f64::from(alpha) * coefficient(&adj, level, l)).collect();
         let gbuf = ctx.upload(if transposed { g.t() } else { g.view() }).unwrap();
         let grad = ctx.upload_vec(&vec![f32::NAN; n]).unwrap();
         ctx.batch().grad(&plan, &gbuf, alpha, &grad, orient).unwrap().submit().unwrap();
@@ -253,10 +240,7 @@ proptest! {
         let gfull = f64s(&gy).t().dot(&f64s(&x));
         padded.slice_mut(s![win.origin.0..win.origin.0 + win.shape.0, win.origin.1..win.origin.1 + win.shape.1]).assign(&gfull);
         let adj = waverec2_adjoint(padded.view(), &like, &w, mode).unwrap();
-        let want_f: Vec<f64> = locs.iter().map(|l| {
-            let band = match l.band { Subband::Approx => adj.approx(), b => &adj.details()[level - l.level][b as usize - 1] };
-            f64::from(alpha) * band[[l.row, l.col]]
-        }).collect();
+        let want_f: Vec<f64> = locs.iter().map(|l| f64::from(alpha) * coefficient(&adj, level, l)).collect();
         let (gyb, xb) = (ctx.upload(gy.view()).unwrap(), ctx.upload(x.view()).unwrap());
         ctx.batch().grad_factors(&plan, &gyb, &xb, alpha, &grad).unwrap().submit().unwrap();
         let got = Array2::from_shape_vec((1, n), ctx.download_vec(&grad).unwrap()).unwrap();

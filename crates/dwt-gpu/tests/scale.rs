@@ -8,21 +8,13 @@ mod support;
 
 use common::{TOL, matrix, rel_err, values};
 use dwt_core::{Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
-use dwt_gpu::{Crop, Location, Orientation, SparseBasis, SparsePlan, Subband};
+use dwt_gpu::{Crop, Location, Orientation, SparseBasis, SparsePlan};
 use ndarray::{Array2, s};
-use support::locations as level1_locations;
+use support::{coefficient, locations as level1_locations, scatter};
 
 /// The dense CPU reference of a (possibly cropped) level-1 reconstruction.
 fn reference(w: &Wavelet, mode: Mode, shape: (usize, usize), locs: &[Location], c: &[f32], crop: Crop) -> Array2<f64> {
-    let mut z = wavedec2(Array2::<f64>::zeros(shape).view(), w, mode, Some(1)).unwrap();
-    for (l, &v) in locs.iter().zip(c) {
-        let band = match l.band {
-            Subband::Approx => z.approx_mut(),
-            b => &mut z.details_mut()[0][b as usize - 1],
-        };
-        band[[l.row, l.col]] += f64::from(v);
-    }
-    let full = waverec2(&z, w, mode).unwrap();
+    let full = waverec2(&scatter::<f64>(w, mode, shape, 1, locs, c), w, mode).unwrap();
     full.slice(s![
         crop.origin.0..crop.origin.0 + crop.shape.0,
         crop.origin.1..crop.origin.1 + crop.shape.1
@@ -57,10 +49,7 @@ device_test! {
             let gbuf = ctx.upload(g.view()).unwrap();
             let grad = ctx.upload_vec(&vec![f32::NAN; c.len()]).unwrap();
             let adj = waverec2_adjoint(g.mapv(f64::from).view(), &wavedec2(Array2::<f64>::zeros(shape).view(), &w, mode, Some(1)).unwrap(), &w, mode).unwrap();
-            let want_grad: Vec<f64> = locs.iter().map(|l| match l.band {
-                Subband::Approx => adj.approx()[[l.row, l.col]],
-                b => adj.details()[0][b as usize - 1][[l.row, l.col]],
-            } * 0.5).collect();
+            let want_grad: Vec<f64> = locs.iter().map(|l| coefficient(&adj, 1, l) * 0.5).collect();
             layers.push((plan, base, wbuf, dbuf, cbuf, gbuf, grad, want, want_grad));
         }
         let mut batch = ctx.batch();
@@ -105,10 +94,7 @@ device_test! {
             gp.slice_mut(s![1..4097, 1..11009]).assign(&g.mapv(f64::from));
             waverec2_adjoint(gp.view(), &wavedec2(Array2::<f64>::zeros(padded).view(), &w, mode, Some(1)).unwrap(), &w, mode).unwrap()
         };
-        let want_grad: Vec<f64> = locs.iter().map(|l| match l.band {
-            Subband::Approx => adj.approx()[[l.row, l.col]],
-            b => adj.details()[0][b as usize - 1][[l.row, l.col]],
-        } * 2.0).collect();
+        let want_grad: Vec<f64> = locs.iter().map(|l| coefficient(&adj, 1, l) * 2.0).collect();
         let want_grad = Array2::from_shape_vec((1, locs.len()), want_grad).unwrap();
         for orient in [Orientation::Normal, Orientation::Transposed] {
             let t = orient == Orientation::Transposed;

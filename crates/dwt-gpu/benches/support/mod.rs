@@ -34,3 +34,34 @@ pub fn locations(coeff: (usize, usize), n: usize, seed: u64) -> Vec<Location> {
         })
         .collect()
 }
+
+/// The `level`-deep `wavedec2` coefficients of a zero `shape` signal, with
+/// `c[k]` added at `locs[k]`: the dense form of a sparse coefficient set,
+/// for dwt-core's `waverec2` (the CPU reference and baseline).
+pub fn scatter<T: dwt_core::Real>(
+    w: &dwt_core::Wavelet,
+    mode: dwt_core::Mode,
+    shape: (usize, usize),
+    level: usize,
+    locs: &[Location],
+    c: &[f32],
+) -> dwt_core::Coeffs2<T> {
+    let zeros = Array2::<T>::zeros(shape);
+    let mut z = dwt_core::wavedec2(zeros.view(), w, mode, Some(level)).expect("a valid decomposition");
+    for (l, &v) in locs.iter().zip(c) {
+        let band = match l.band {
+            Subband::Approx => z.approx_mut(),
+            b => &mut z.details_mut()[level - l.level][b as usize - 1],
+        };
+        band[[l.row, l.col]] += T::from_f64(f64::from(v));
+    }
+    z
+}
+
+/// The coefficient at `loc` of a `level`-deep decomposition.
+pub fn coefficient<T: dwt_core::Real>(c: &dwt_core::Coeffs2<T>, level: usize, loc: &Location) -> T {
+    match loc.band {
+        Subband::Approx => c.approx()[[loc.row, loc.col]],
+        b => c.details()[level - loc.level][b as usize - 1][[loc.row, loc.col]],
+    }
+}
