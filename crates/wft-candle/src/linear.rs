@@ -1,0 +1,377 @@
+//! The linear layer with three personalities: frozen, plain (every weight a
+//! candle variable, for full fine-tuning) and adapted (WaveletFT, FourierFT
+//! or LoRA on a frozen weight).
+//!
+//! # How the adapted layer computes
+//! The layer keeps the merged weight `W' = W + ΔW(c)` and rebuilds it only
+//! when the coefficients `c` (a candle [`Var`]) changed since the last call,
+//! with `wft-adapter`'s in-place merge (for WaveletFT: the sparse atoms,
+//! `O(n·support²)`). The forward pass is then one matrix product, exactly
+//! what the frozen layer costs:
+//!
+//! ```text
+//! h = detach(x) · W'ᵀ                    (candle's matmul, no graph)
+//! y = tap(h, x, c)                       (the value of h; the graph below)
+//! ∂L/∂x = g · W'                         (one matmul, as for a frozen layer)
+//! ∂L/∂c = adapter.backward(x, g)         (wft-adapter: for WaveletFT
+//!                                         α Σ_b (g_b·u_k)(x_b·v_k), never gᵀx)
+//! ```
+//!
+//! The tap is a candle custom op whose backward returns those two
+//! gradients. A frozen layer uses the same tap without `c`, so it never
+//! computes the weight gradient `gᵀx` that candle's own matmul backward
+//! always forms, even for constants.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Shape, Tensor, Var};
+use wft_adapter::ndarray::{Array2, ArrayView2};
+use wft_adapter::{Adapter, ModuleAdapter};
+
+use crate::error::{Error, Result, check_shape};
+
+/// A linear layer `y = x·Wᵀ + b` over the last axis of `x`, frozen, plain
+/// or adapted.
+#[derive(Debug)]
+pub struct Linear {
+    kind: Kind,
+    bias: Option<Tensor>,
+    out: usize,
+    inp: usize,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A constant weight; only `∂L/∂x` flows.
+    Frozen(Tensor),
+    /// candle's own matmul: gradients flow to every variable in it.
+    Plain(Tensor),
+    /// A frozen weight plus an adapter whose parameters are a variable.
+    Adapted(Box<Adapted>),
+}
+
+#[derive(Debug)]
+struct Adapted {
+    /// The trainable parameters, in the adapter's own flat order.
+    params: Var,
+    /// The frozen weight, `out × in`.
+    base: Array2<f32>,
+    state: Mutex<Merged>,
+}
+
+/// The adapter at the parameters last merged, and `W + ΔW` at them.
+#[derive(Debug, Clone)]
+struct Merged {
+    adapter: Arc<ModuleAdapter>,
+    weight: Tensor,
+}
+
+impl Linear {
+    /// A frozen layer: `weight` is `out × in`, `bias` has `out` entries.
+    /// Gradients flow to `x` only.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the weight is not 2-D or the bias does not fit.
+    pub fn frozen(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        check_bias(bias.as_ref(), out)?;
+        Ok(Linear {
+            kind: Kind::Frozen(weight.detach()),
+            bias: bias.map(|b| b.detach()),
+            out,
+            inp,
+        })
+    }
+
+    /// A layer computed with candle's own matmul, so that every variable in
+    /// `weight` and `bias` receives its gradient (full fine-tuning).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the weight is not 2-D or the bias does not fit.
+    pub fn plain(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        check_bias(bias.as_ref(), out)?;
+        Ok(Linear {
+            kind: Kind::Plain(weight),
+            bias,
+            out,
+            inp,
+        })
+    }
+
+    /// A frozen layer plus `adapter`, whose parameters become a new candle
+    /// [`Var`] (see [`Linear::vars`]) initialised from the adapter's
+    /// current values.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the adapter was built for another shape, and
+    /// candle's errors (the weight must be `f32` on the CPU, where
+    /// `wft-adapter` computes).
+    pub fn adapted(weight: Tensor, bias: Option<Tensor>, adapter: ModuleAdapter) -> Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        check_bias(bias.as_ref(), out)?;
+        let (ao, ai) = adapter.as_adapter().shape();
+        check_shape("adapter", &[ao, ai], &[out, inp])?;
+        let base = to_array(&weight)?;
+        let params = Var::from_vec(
+            adapter.as_adapter().params().to_vec(),
+            adapter.as_adapter().num_params(),
+            &Device::Cpu,
+        )?;
+        let weight = merged_weight(&base, adapter.as_adapter())?;
+        Ok(Linear {
+            kind: Kind::Adapted(Box::new(Adapted {
+                params,
+                base,
+                state: Mutex::new(Merged {
+                    adapter: Arc::new(adapter),
+                    weight,
+                }),
+            })),
+            bias: bias.map(|b| b.detach()),
+            out,
+            inp,
+        })
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    /// The trainable variables of an adapted layer (its parameters); empty
+    /// for the other kinds (a plain layer's variables belong to whoever
+    /// made its tensors).
+    pub fn vars(&self) -> Vec<Var> {
+        match &self.kind {
+            Kind::Adapted(a) => vec![a.params.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The adapter, with the parameters' current values; `None` unless
+    /// the layer is adapted.
+    ///
+    /// # Errors
+    /// candle's errors reading the parameters.
+    pub fn adapter(&self) -> Result<Option<ModuleAdapter>> {
+        match &self.kind {
+            Kind::Adapted(a) => Ok(Some(a.sync()?.adapter.as_ref().clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The effective weight `W` (frozen, plain) or `W + ΔW` (adapted, at
+    /// the parameters' current values), `out × in`.
+    ///
+    /// # Errors
+    /// candle's errors reading the parameters.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.kind {
+            Kind::Frozen(w) | Kind::Plain(w) => Ok(w.clone()),
+            Kind::Adapted(a) => Ok(a.sync()?.weight.clone()),
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&inp, lead)) = dims.split_last() else {
+            candle_core::bail!("linear layer: a scalar input")
+        };
+        if inp != self.inp {
+            candle_core::bail!("linear layer: input has {inp} features, the weight takes {}", self.inp)
+        }
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, inp))?;
+        let y = match &self.kind {
+            Kind::Plain(w) => x2.matmul(&w.t()?)?,
+            Kind::Frozen(w) => {
+                let h = x2.detach().matmul(&w.t()?)?;
+                if x2.track_op() {
+                    h.apply_op2(
+                        &x2,
+                        Tap {
+                            weight: w.clone(),
+                            adapter: None,
+                        },
+                    )?
+                } else {
+                    h
+                }
+            }
+            Kind::Adapted(a) => {
+                let merged = a.sync().map_err(candle_core::Error::wrap)?;
+                let h = x2.detach().matmul(&merged.weight.t()?)?;
+                h.apply_op3(
+                    &x2,
+                    a.params.as_tensor(),
+                    Tap {
+                        weight: merged.weight,
+                        adapter: Some(merged.adapter),
+                    },
+                )?
+            }
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = lead.to_vec();
+        shape.push(self.out);
+        y.reshape(shape)
+    }
+}
+
+impl Adapted {
+    /// The merged state at the parameters' current values: rebuilt from
+    /// the frozen weight when they changed since the last call (so no
+    /// rounding accumulates across optimizer steps), reused otherwise.
+    fn sync(&self) -> Result<Merged> {
+        let values = self.params.as_tensor().to_vec1::<f32>()?;
+        let mut state = lock(&self.state);
+        let current = state.adapter.as_adapter().params();
+        let same =
+            current.len() == values.len() && current.iter().zip(&values).all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            let mut adapter = state.adapter.as_ref().clone();
+            adapter.as_adapter_mut().params_mut().copy_from_slice(&values);
+            state.weight = merged_weight(&self.base, adapter.as_adapter())?;
+            state.adapter = Arc::new(adapter);
+        }
+        Ok(state.clone())
+    }
+}
+
+/// The state lock; a panic elsewhere cannot leave the merged weight half
+/// written (it is replaced whole), so a poisoned lock is still usable.
+fn lock(m: &Mutex<Merged>) -> MutexGuard<'_, Merged> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `W + ΔW` as a tensor.
+fn merged_weight(base: &Array2<f32>, adapter: &dyn Adapter<f32>) -> Result<Tensor> {
+    let mut w = base.clone();
+    adapter.merge_into(w.view_mut(), 1.0, false)?;
+    let (out, inp) = w.dim();
+    Ok(Tensor::from_vec(
+        w.into_raw_vec_and_offset().0,
+        (out, inp),
+        &Device::Cpu,
+    )?)
+}
+
+fn check_bias(bias: Option<&Tensor>, out: usize) -> Result<()> {
+    match bias {
+        Some(b) => check_shape("bias", b.dims(), &[out]),
+        None => Ok(()),
+    }
+}
+
+/// A 2-D `f32` tensor as an ndarray array (copied).
+pub(crate) fn to_array(t: &Tensor) -> Result<Array2<f32>> {
+    let (r, c) = t.dims2()?;
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Array2::from_shape_vec((r, c), v).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The gradient tap: forward, the value of `h` (already computed by a
+/// matmul outside the graph); backward, `∂L/∂x = g·W'` and, with an
+/// adapter, `∂L/∂c` from `wft-adapter`.
+struct Tap {
+    weight: Tensor,
+    adapter: Option<Arc<ModuleAdapter>>,
+}
+
+impl Tap {
+    fn copy(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("adapted linear layers compute in f32")
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("adapted linear layer: non-contiguous product")
+        };
+        Ok((CpuStorage::F32(v[start..end].to_vec()), l.shape().clone()))
+    }
+
+    fn grad_x(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if x.track_op() {
+            Ok(Some(g.matmul(&self.weight)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn grad_params(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some(adapter) = &self.adapter else { return Ok(None) };
+        let (rows, inp) = x.dims2()?;
+        let out = g.dim(1)?;
+        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let xa = ArrayView2::from_shape((rows, inp), &xv).map_err(candle_core::Error::wrap)?;
+        let ga = ArrayView2::from_shape((rows, out), &gv).map_err(candle_core::Error::wrap)?;
+        let grads = adapter
+            .as_adapter()
+            .backward(xa, ga, None)
+            .map_err(candle_core::Error::wrap)?;
+        let n = grads.len();
+        Ok(Some(Tensor::from_vec(grads, n, &Device::Cpu)?))
+    }
+}
+
+impl CustomOp2 for Tap {
+    fn name(&self) -> &'static str {
+        "wft-frozen-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Tap::copy(s1, l1)
+    }
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((None, self.grad_x(x, g)?))
+    }
+}
+
+impl CustomOp3 for Tap {
+    fn name(&self) -> &'static str {
+        "wft-adapted-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Tap::copy(s1, l1)
+    }
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        x: &Tensor,
+        _c: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((None, self.grad_x(x, g)?, self.grad_params(x, g)?))
+    }
+}

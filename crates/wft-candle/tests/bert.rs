@@ -1,0 +1,209 @@
+//! The BERT encoder on a tiny random checkpoint: every tuning computes the
+//! same function at initialisation, gradients reach what each tuning
+//! trains (and match finite differences through the whole network), and
+//! bad checkpoints or adapters are typed errors.
+
+use candle_core::{Device, Tensor, Var};
+use wft_adapter::{AdapterConfig, AdapterModel, LoraConfig, MethodConfig, ModuleSpec, TensorFile, WaveletFtConfig};
+use wft_candle::bert::{Bert, Config, Tuning, Weights, mean_pool};
+use wft_candle::{Classifier, Error};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+struct Fixture {
+    config: Config,
+    weights: Weights,
+    base: TensorFile,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> R<Fixture> {
+    let config = Config::tiny(50);
+    let weights = Weights::random(&config, 7)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.safetensors");
+    weights.save(&path)?;
+    Ok(Fixture {
+        base: TensorFile::open(&path)?,
+        config,
+        weights,
+        _dir: dir,
+    })
+}
+
+fn inputs() -> R<(Tensor, Tensor)> {
+    let ids = Tensor::from_vec(vec![2u32, 10, 11, 12, 3, 2, 20, 3, 0, 0], (2, 5), &Device::Cpu)?;
+    let mask = Tensor::from_vec(vec![1f32, 1., 1., 1., 1., 1., 1., 1., 0., 0.], (2, 5), &Device::Cpu)?;
+    Ok((ids, mask))
+}
+
+fn wavelet(n: usize) -> MethodConfig {
+    MethodConfig::WaveletFt(WaveletFtConfig {
+        n_frequency: n,
+        scaling: 5.0,
+        ..Default::default()
+    })
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> R<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+#[test]
+fn every_tuning_starts_as_the_frozen_model() -> R {
+    let f = fixture()?;
+    let (ids, mask) = inputs()?;
+    let frozen = Bert::new(&f.config, &f.weights, Tuning::Frozen)?.forward(&ids, &mask)?;
+    let full = Bert::new(&f.config, &f.weights, Tuning::Full)?.forward(&ids, &mask)?;
+    assert!(max_diff(&frozen, &full)? < 1e-5);
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into()]);
+    for method in [
+        wavelet(100),
+        MethodConfig::Lora(LoraConfig {
+            r: 2,
+            lora_alpha: 4.0,
+            use_rslora: false,
+        }),
+    ] {
+        let model = AdapterModel::new_for_base(AdapterConfig::new(method, targets.clone()), &f.base, 1)?;
+        assert_eq!(model.modules().len(), 2 * f.config.num_hidden_layers);
+        let bert = Bert::new(&f.config, &f.weights, Tuning::Adapters(&model))?;
+        assert_eq!(bert.vars().len(), model.modules().len());
+        assert!(max_diff(&frozen, &bert.forward(&ids, &mask)?)? < 1e-5);
+    }
+    Ok(())
+}
+
+/// Mean pooling ignores padding.
+#[test]
+fn mean_pooling_skips_padding() -> R {
+    let h = Tensor::from_vec((0..12).map(|v| v as f32).collect::<Vec<_>>(), (2, 3, 2), &Device::Cpu)?;
+    let mask = Tensor::from_vec(vec![1f32, 1., 0., 1., 0., 0.], (2, 3), &Device::Cpu)?;
+    assert_eq!(
+        mean_pool(&h, &mask)?.to_vec2::<f32>()?,
+        vec![vec![1.0, 2.0], vec![6.0, 7.0]]
+    );
+    Ok(())
+}
+
+/// ∂(loss)/∂c through the whole classifier against central differences
+/// (the network is not linear in c, so these carry an O(h²) error).
+#[test]
+fn adapter_gradients_match_finite_differences_through_bert() -> R {
+    let f = fixture()?;
+    let (ids, mask) = inputs()?;
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into()]);
+    let mut model = AdapterModel::new_for_base(AdapterConfig::new(wavelet(64), targets), &f.base, 1)?;
+    let mut g = wft_adapter::Mt19937::new(3);
+    for m in model.modules_mut().values_mut() {
+        m.as_adapter_mut()
+            .params_mut()
+            .iter_mut()
+            .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
+    }
+    let clf = Classifier::new(Bert::new(&f.config, &f.weights, Tuning::Adapters(&model))?, 3, 0)?;
+    let labels = Tensor::from_vec(vec![0u32, 2], 2, &Device::Cpu)?;
+    let loss = |c: &Classifier| -> R<f32> {
+        Ok(candle_nn::loss::cross_entropy(&c.logits(&ids, &mask)?, &labels)?.to_scalar::<f32>()?)
+    };
+    let l = candle_nn::loss::cross_entropy(&clf.logits(&ids, &mask)?, &labels)?;
+    let grads = l.backward()?;
+    let (path, var) = clf.bert().named_vars()[1].clone();
+    let grad = grads.get(var.as_tensor()).ok_or("no gradient")?.to_vec1::<f32>()?;
+    let base = var.as_tensor().to_vec1::<f32>()?;
+    let h = 1e-2f32;
+    let mut worst = 0f32;
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{path}: zero gradient");
+    for k in [0, 7, 31, 63] {
+        let mut p = base.clone();
+        p[k] += h;
+        var.set(&Tensor::from_vec(p.clone(), base.len(), &Device::Cpu)?)?;
+        let up = loss(&clf)?;
+        p[k] -= 2.0 * h;
+        var.set(&Tensor::from_vec(p, base.len(), &Device::Cpu)?)?;
+        let down = loss(&clf)?;
+        worst = worst.max(((up - down) / (2.0 * h) - grad[k]).abs() / scale);
+    }
+    assert!(worst < 2e-2, "{path}: relative error {worst}");
+    Ok(())
+}
+
+/// Frozen: the embedded input gets a gradient, no weight does. Full: every
+/// weight does.
+#[test]
+fn gradients_reach_what_each_tuning_trains() -> R {
+    let f = fixture()?;
+    let (ids, mask) = inputs()?;
+    let frozen = Classifier::new(Bert::new(&f.config, &f.weights, Tuning::Frozen)?, 3, 0)?;
+    assert_eq!(frozen.num_trainable().0, 0);
+    let x = Var::from_tensor(&frozen.bert().embed(&ids)?)?;
+    let grads = frozen
+        .logits_from_embedded(x.as_tensor(), &mask)?
+        .sum_all()?
+        .backward()?;
+    assert!(grads.get(x.as_tensor()).is_some());
+    for t in f.weights.tensors().values() {
+        assert!(grads.get(t).is_none());
+    }
+    let full = Classifier::new(Bert::new(&f.config, &f.weights, Tuning::Full)?, 3, 0)?;
+    let grads = full.logits(&ids, &mask)?.sum_all()?.backward()?;
+    let named = full.bert().named_vars();
+    assert_eq!(named.len(), f.weights.tensors().len());
+    for (name, v) in named {
+        assert!(grads.get(v.as_tensor()).is_some(), "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_checkpoints_and_adapters_are_typed_errors() -> R {
+    let f = fixture()?;
+    let mut w = f.weights.clone();
+    w.insert(
+        "encoder.layer.1.attention.self.key.weight",
+        Tensor::zeros((32, 31), candle_core::DType::F32, &Device::Cpu)?,
+    );
+    assert!(matches!(
+        Bert::new(&f.config, &w, Tuning::Frozen),
+        Err(Error::Shape { .. })
+    ));
+    let mut c = f.config.clone();
+    c.num_hidden_layers = 3;
+    assert!(matches!(
+        Bert::new(&c, &f.weights, Tuning::Frozen),
+        Err(Error::MissingTensor(_))
+    ));
+    c = f.config.clone();
+    c.num_attention_heads = 5;
+    assert!(matches!(
+        Bert::new(&c, &f.weights, Tuning::Frozen),
+        Err(Error::Config(_))
+    ));
+    // An adapter made for a deeper model names a layer this one lacks.
+    let deeper = Config {
+        num_hidden_layers: 3,
+        ..f.config.clone()
+    };
+    let dir = tempfile::tempdir()?;
+    Weights::random(&deeper, 1)?.save(dir.path().join("m.safetensors"))?;
+    let other = TensorFile::open(dir.path().join("m.safetensors"))?;
+    let model = AdapterModel::new_for_base(
+        AdapterConfig::new(wavelet(10), ModuleSpec::Names(vec!["query".into()])),
+        &other,
+        0,
+    )?;
+    assert!(matches!(
+        Bert::new(&f.config, &f.weights, Tuning::Adapters(&model)),
+        Err(Error::Config(_))
+    ));
+    // A too-long input.
+    let bert = Bert::new(&f.config, &f.weights, Tuning::Frozen)?;
+    let long = Tensor::zeros(
+        (1, f.config.max_position_embeddings + 1),
+        candle_core::DType::U32,
+        &Device::Cpu,
+    )?;
+    assert!(matches!(bert.embed(&long), Err(Error::Config(_))));
+    Ok(())
+}

