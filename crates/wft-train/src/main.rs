@@ -408,7 +408,8 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
             100.0 * wft.test_acc,
             100.0 * head.test_acc,
             wft.trainable_encoder,
-            100.0 * wft.trainable_encoder as f64 / p.weights.tensors().values().map(|t| t.elem_count()).sum::<usize>() as f64,
+            100.0 * wft.trainable_encoder as f64
+                / p.weights.tensors().values().map(|t| t.elem_count()).sum::<usize>() as f64,
             p.weights.tensors().values().map(|t| t.elem_count()).sum::<usize>()
         );
     }
