@@ -330,7 +330,7 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     crate::fetch_minilm()?;
     let py = venv("peft")?;
     run(cargo().args(["build", "--release", "-j2", "-p", "wft-train"]))?;
-    let rounds = if quick { "3" } else { "10" };
+    let rounds = if quick { "3" } else { "6" };
     let dir = root().join("target/bench-training");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let ours_path = dir.join("ours.json");

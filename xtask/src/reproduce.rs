@@ -172,7 +172,7 @@ impl Plan {
         {
             return Ok(v);
         }
-        let rounds = if self.quick { "3" } else { "10" };
+        let rounds = if self.quick { "3" } else { "6" };
         run(Command::new(self.binary())
             .args(["bench", "--rounds", rounds, "--methods", &self.methods.join(",")])
             .args(&self.model)
