@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use wft_train::train::{Tokenised, frozen_step_secs, median};
+use wft_train::train::{Tokenised, frozen_step, median};
 use wft_train::{
     Dataset, Error, Method, Model, Prepared, Result, RunOptions, Source, TrainConfig, Trainer, run_prepared,
     sentence_embeddings, write_text,
@@ -258,9 +258,8 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
     let pb = bar(rounds as u64 + 1, "rounds");
     for r in 0..=rounds {
         let b = &batches[r % batches.len()];
-        let owned: Vec<Tokenised> = b.iter().map(|t| (*t).clone()).collect();
         // Round 0 warms every path up and is not timed.
-        let f = frozen_step_secs_one(&frozen, &p, &owned)?;
+        let f = frozen_step(&frozen, &p.encoder, b)?;
         if r > 0 {
             frozen_times.push(f);
         }
@@ -298,13 +297,6 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
         })?,
         out,
     )
-}
-
-/// One timed frozen step (forward plus input gradients) on `batch`.
-fn frozen_step_secs_one(frozen: &wft_candle::Classifier, p: &Prepared, batch: &[Tokenised]) -> Result<f64> {
-    // `frozen_step_secs` times all but its first batch; give it the batch twice.
-    let two: Vec<Tokenised> = batch.iter().chain(batch).cloned().collect();
-    frozen_step_secs(frozen, &p.encoder, &two, batch.len(), 1)
 }
 
 fn embed_cmd(model: &Path, sentences: &Path) -> Result<()> {

@@ -252,13 +252,32 @@ pub fn accuracy(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenise
     Ok(right as f64 / examples.len() as f64)
 }
 
-/// Median seconds of one step of the frozen model with input gradients:
-/// the encoder frozen, its embedded input a variable, forward plus the
-/// backward pass down to that input (no weight gradients), over `steps`
-/// batches of `batch` after one warm-up.
+/// Seconds of one step of the frozen model with input gradients on
+/// `batch`: the encoder frozen, its embedded input a variable, forward plus
+/// the backward pass down to that input (no weight gradients).
 ///
 /// # Errors
-/// candle's errors.
+/// candle's errors, and [`crate::Error::Data`] if no input gradient came out.
+pub fn frozen_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised]) -> Result<f64> {
+    let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();
+    let labels: Vec<u32> = batch.iter().map(|(_, l)| *l as u32).collect();
+    let t = Instant::now();
+    let (input, mask) = enc.batch(&ids)?;
+    let x = Var::from_tensor(&frozen.bert().embed(&input)?)?;
+    let logits = frozen.logits_from_embedded(x.as_tensor(), &mask)?;
+    let labels = Tensor::from_vec(labels, batch.len(), &Device::Cpu)?;
+    let grads = candle_nn::loss::cross_entropy(&logits, &labels)?.backward()?;
+    if grads.get(x.as_tensor()).is_none() {
+        return Err(crate::Error::Data("the frozen step computed no input gradient".into()));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Median of [`frozen_step`] over `steps` batches of `batch` from `data`,
+/// after one untimed warm-up batch.
+///
+/// # Errors
+/// As [`frozen_step`].
 pub fn frozen_step_secs(
     frozen: &Classifier,
     enc: &TextEncoder,
@@ -268,19 +287,10 @@ pub fn frozen_step_secs(
 ) -> Result<f64> {
     let mut times = Vec::new();
     for (i, chunk) in data.chunks(batch.max(1)).take(steps + 1).enumerate() {
-        let ids: Vec<&Ids> = chunk.iter().map(|(i, _)| i).collect();
-        let labels: Vec<u32> = chunk.iter().map(|(_, l)| *l as u32).collect();
-        let t = Instant::now();
-        let (input, mask) = enc.batch(&ids)?;
-        let x = Var::from_tensor(&frozen.bert().embed(&input)?)?;
-        let logits = frozen.logits_from_embedded(x.as_tensor(), &mask)?;
-        let labels = Tensor::from_vec(labels, chunk.len(), &Device::Cpu)?;
-        let grads = candle_nn::loss::cross_entropy(&logits, &labels)?.backward()?;
-        if grads.get(x.as_tensor()).is_none() {
-            return Err(crate::Error::Data("the frozen step computed no input gradient".into()));
-        }
+        let chunk: Vec<&Tokenised> = chunk.iter().collect();
+        let t = frozen_step(frozen, enc, &chunk)?;
         if i > 0 {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(t);
         }
     }
     Ok(median(&mut times))
