@@ -28,6 +28,11 @@
 //! * `demo [ARGS…]` — the README's main job: fetch all-MiniLM-L6-v2, then
 //!   `wft-train demo` in release (fine-tune WaveletFT on the task, compare
 //!   with the head-only baseline, save, reload and merge the adapter).
+//! * `scale [--gb N]` — generate a synthetic Llama-70B-shaped, sharded
+//!   bf16 checkpoint of at least N GB (default 8) under `target/scale`, merge
+//!   a WaveFT adapter into it with the release `wft`, and write wall time and
+//!   peak RSS (`/usr/bin/time -v`) against `cp` of the same bytes to the
+//!   `scale` section of `docs/PERFORMANCE.md`.
 //! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
 //!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
 //!   not part of CI: PyTorch is about 5.6 GB).
@@ -35,6 +40,7 @@
 
 mod peer;
 mod reproduce;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -224,7 +230,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | peft-refs | fetch-minilm>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | fetch-minilm>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -330,6 +336,7 @@ fn main() -> ExitCode {
         Some("fetch-minilm") => fetch_minilm(),
         Some("reproduce") => reproduce::reproduce(flag("--quick")),
         Some("demo") => demo(&args[1..]),
+        Some("scale") => scale::scale(&args[1..]),
         Some("bench") if flag("--gpu") => gpu_bench(flag("--quick")),
         Some("bench") => match args.iter().position(|a| a == "--peer").and_then(|i| args.get(i + 1)) {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),

@@ -118,6 +118,32 @@ pub enum Error {
         /// The matching tensors.
         candidates: Vec<String>,
     },
+    /// A JSON object (a safetensors header, a shard index, an adapter
+    /// config) repeats a key, or a tensor appears in two shards.
+    #[error("{}: duplicate key {key}", path.display())]
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// The repeated key.
+        key: String,
+    },
+    /// A file name read from a file (a shard in an index) is not a plain
+    /// file name: it has separators, `..`, or is absolute.
+    #[error("{}: refusing file name {name:?}: only plain file names beside the index are allowed", path.display())]
+    UnsafeName {
+        /// The file that named it.
+        path: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// A file is larger than this crate reads of its kind.
+    #[error("{}: larger than the {limit}-byte limit for this kind of file", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Values that must be finite are not.
     #[error("{what} contains NaN or infinity (at index {index})")]
     NonFinite {

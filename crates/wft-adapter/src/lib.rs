@@ -60,6 +60,7 @@ mod layout;
 mod lora;
 mod model;
 mod rng;
+mod stream;
 mod targets;
 mod tensors;
 mod waveletft;
@@ -79,7 +80,7 @@ pub use model::{
 };
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
-pub use tensors::{RawTensor, TensorFile, write_atomic, write_text_atomic};
+pub use tensors::{INDEX_FILE, MAX_JSON_BYTES, RawTensor, TensorFile, write_atomic, write_text_atomic};
 pub use waveletft::{Init, Strategy, WaveletFt, WaveletFtConfig};
 
 pub use dwt_core;

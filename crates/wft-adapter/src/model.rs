@@ -16,6 +16,7 @@
 //! model. The native format stores locations and shapes and needs nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 use ndarray::{Array2, ArrayViewMut2};
@@ -24,8 +25,11 @@ use serde_json::{Map, Value, json};
 
 use crate::adapter::{check_finite, stored_shape};
 use crate::layout::{Coef, Layout};
+use crate::stream::rewrite;
 use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
-use crate::tensors::{RawTensor, TensorFile, to_f32, write_atomic, write_text_atomic};
+use crate::tensors::{
+    MAX_JSON_BYTES, RawTensor, TensorFile, check_json_keys, encode_f32, read_json_text, write_atomic, write_text_atomic,
+};
 use crate::{
     Adapter, Error, FourierFt, FourierFtConfig, Init, Lora, LoraConfig, Method, Result, Strategy, WaveletFt,
     WaveletFtConfig,
@@ -557,9 +561,39 @@ impl AdapterModel {
     pub fn load(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let (config, shapes) = AdapterConfig::from_json(&text, &cfg_path)?;
+        let text = read_json_text(&cfg_path)?;
         let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
+        Self::from_parts(&text, &cfg_path, &file, base)
+    }
+
+    /// [`AdapterModel::load`] from memory: the config's JSON text and the
+    /// weights file's bytes (for adapters that arrive over a network, and
+    /// for fuzzing). Errors name `adapter_config.json` and
+    /// `adapter_model.safetensors` in a folder called `<memory>`.
+    ///
+    /// # Errors
+    /// As [`AdapterModel::load`].
+    pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
+        let dir = Path::new("<memory>");
+        let cfg_path = dir.join(CONFIG_FILE);
+        if config.len() as u64 > MAX_JSON_BYTES {
+            return Err(Error::TooLarge {
+                path: cfg_path,
+                limit: MAX_JSON_BYTES,
+            });
+        }
+        let text = std::str::from_utf8(config).map_err(|e| Error::Json {
+            path: cfg_path.clone(),
+            reason: e.to_string(),
+        })?;
+        check_json_keys(text, &cfg_path)?;
+        let file = TensorFile::from_bytes(dir.join(WEIGHTS_FILE), weights)?;
+        Self::from_parts(text, &cfg_path, &file, base)
+    }
+
+    fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {
+        let cfg_path = cfg_path.to_path_buf();
+        let (config, shapes) = AdapterConfig::from_json(text, &cfg_path)?;
         let fifo = config.fan_in_fan_out;
         let shape_from_base = |m: &str| -> Result<(usize, usize)> {
             let base = base.ok_or_else(|| {
@@ -593,19 +627,9 @@ impl AdapterModel {
         let mut modules = BTreeMap::new();
         let mut expected_keys = Vec::new();
         match &config.method {
-            MethodConfig::WaveletFt(c) if config.peft_type() == "WAVEFT" => {
-                for m in modules_with(&file, ".waveft_spectrum") {
-                    let k = key(&m, ".waveft_spectrum");
-                    let values = vector(&file, &k, None, "WaveFT spectrum")?;
-                    check_n(&m, &k, values.len())?;
-                    let shape = shape_from_base(&m)?;
-                    let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
-                    a.params_mut().copy_from_slice(&values);
-                    modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
-                    expected_keys.push(k);
-                }
-            }
-            MethodConfig::WaveletFt(c) => {
+            // Native tensors carry their locations, whatever the config
+            // could also be expressed as (a PEFT-compatible config saved natively).
+            MethodConfig::WaveletFt(c) if !modules_with(file, ".waveletft_coefficients").is_empty() => {
                 for m in modules_with(&file, ".waveletft_coefficients") {
                     let (kc, kl) = (key(&m, ".waveletft_coefficients"), key(&m, ".waveletft_locations"));
                     let values = vector(&file, &kc, None, "WaveletFT coefficients")?;
@@ -647,6 +671,18 @@ impl AdapterModel {
                     let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(&file, &kl, e))?;
                     modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
                     expected_keys.extend([kc, kl]);
+                }
+            }
+            MethodConfig::WaveletFt(c) => {
+                for m in modules_with(&file, ".waveft_spectrum") {
+                    let k = key(&m, ".waveft_spectrum");
+                    let values = vector(&file, &k, None, "WaveFT spectrum")?;
+                    check_n(&m, &k, values.len())?;
+                    let shape = shape_from_base(&m)?;
+                    let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
+                    a.params_mut().copy_from_slice(&values);
+                    modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
+                    expected_keys.push(k);
                 }
             }
             MethodConfig::FourierFt { config: c, .. } => {
@@ -885,74 +921,76 @@ impl AdapterModel {
                 });
             }
             check_finite(&format!("adapter of {m:?}"), a.as_adapter().params())?;
+            match base.info(&key) {
+                Some((Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16, _)) => {}
+                found => {
+                    return Err(Error::DtypeMismatch {
+                        path: base.path().to_path_buf(),
+                        tensor: key,
+                        found: found.map_or("nothing".into(), |(d, _)| format!("{d:?}")),
+                        expected: "F32, F64, F16 or BF16".into(),
+                    });
+                }
+            }
             plan.insert(key, m);
         }
-        let names = base.names();
-        let total = names.len();
-        let mut tensors: Vec<(String, RawTensor<'_>)> = Vec::with_capacity(total);
         let mut report = MergeReport {
             merged: Vec::new(),
             copied: 0,
         };
-        for (i, name) in names.into_iter().enumerate() {
-            let raw = base.raw(&name, "")?;
-            let t = match plan.get(&name) {
-                None => {
-                    report.copied += 1;
-                    raw
-                }
-                Some(m) => {
-                    let merged = self.merge_one(base, &name, &raw, &self.modules[*m], device)?;
-                    report.merged.push((name.clone(), m.to_string()));
-                    merged
-                }
+        let mut replace = |name: &str, w: &mut dyn Write| -> Result<bool> {
+            let Some(m) = plan.get(name) else {
+                report.copied += 1;
+                return Ok(false);
             };
-            tensors.push((name, t));
-            progress(i + 1, total);
-        }
-        let meta = base.metadata().cloned();
-        write_atomic(out, tensors.iter().map(|(k, t)| (k.clone(), t)), meta)?;
+            self.merge_one(base, name, &self.modules[*m], device, w)?;
+            report.merged.push((name.to_string(), m.to_string()));
+            Ok(true)
+        };
+        rewrite(base, out, &mut replace, progress)?;
+        report.merged.sort();
         Ok(report)
     }
 
+    /// Merge one weight and write its bytes (same dtype and length) to `w`.
     fn merge_one(
         &self,
         base: &TensorFile,
         name: &str,
-        raw: &RawTensor<'_>,
         module: &ModuleAdapter,
         device: Device<'_>,
-    ) -> Result<RawTensor<'static>> {
+        w: &mut dyn Write,
+    ) -> Result<()> {
         let fifo = self.config.fan_in_fan_out;
+        let raw = base.raw(name, "")?;
+        let (dtype, dims) = (raw.dtype, raw.shape.clone());
         let not_float = || Error::DtypeMismatch {
             path: base.path().to_path_buf(),
             tensor: name.to_string(),
-            found: format!("{:?}", raw.dtype),
+            found: format!("{dtype:?}"),
             expected: "F32, F64, F16 or BF16".into(),
         };
-        let shape = [raw.shape[0], raw.shape[1]];
-        if raw.dtype == Dtype::F64 {
-            let mut w: Vec<f64> = raw
-                .data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect();
+        let io = |e| Error::io(base.path(), e);
+        if dtype == Dtype::F64 {
             let d = device.delta(module)?;
             let d = if fifo { d.reversed_axes() } else { d };
-            for (t, &v) in w.iter_mut().zip(d.iter()) {
-                *t += f64::from(v);
+            let mut buf = Vec::with_capacity(1 << 16);
+            for (c, &v) in raw.data.chunks_exact(8).zip(d.iter()) {
+                let t = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v);
+                buf.extend_from_slice(&t.to_le_bytes());
+                if buf.len() >= 1 << 16 {
+                    w.write_all(&buf).map_err(io)?;
+                    buf.clear();
+                }
             }
-            let data: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            return Ok(RawTensor {
-                dtype: Dtype::F64,
-                shape: raw.shape.clone(),
-                data: data.into(),
-            });
+            return w.write_all(&buf).map_err(io);
         }
-        let mut w = to_f32(raw).ok_or_else(not_float)?;
-        let view = ArrayViewMut2::from_shape(shape, &mut w).map_err(|e| Error::invalid(name, e.to_string()))?;
+        drop(raw);
+        let mut values = base.f32_releasing(name)?.ok_or_else(not_float)?;
+        let view = ArrayViewMut2::from_shape([dims[0], dims[1]], &mut values)
+            .map_err(|e| Error::invalid(name, e.to_string()))?;
         device.merge(module, view, fifo)?;
-        RawTensor::from_f32_as(raw.dtype, &raw.shape, &w)
+        encode_f32(dtype, &values, w).map_err(io)?.ok_or_else(not_float)
     }
 }
 

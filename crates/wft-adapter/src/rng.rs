@@ -6,6 +6,7 @@
 //! branches of its CPU `randperm`, reproduced here from their definitions.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// The Mersenne Twister MT19937 (Matsumoto & Nishimura 1998), seeded the way
 /// `torch.Generator().manual_seed(seed)`, `std::mt19937(seed)` and
@@ -96,7 +97,10 @@ pub const RANDPERM_SMALL_LIMIT: u64 = 4_294_967_295 / 20;
 /// * Otherwise (the inside-out branch): `O(total)` time, as the whole stream
 ///   must be drawn, but only `O(n)` memory.
 ///
-/// `n` larger than `total` is clamped to `total`.
+/// `n` larger than `total` is clamped to `total`. Large-branch results are
+/// remembered per `(total, seed)` for the life of the process (every layer
+/// of a shape shares its locations, and a 70B model has hundreds of layers
+/// of three shapes), so each shape's stream is drawn once.
 ///
 /// ```
 /// // PEFT's locations for a 768×768 layer with the default seed.
@@ -107,10 +111,30 @@ pub fn randperm_prefix(total: u64, n: usize, seed: u64) -> Vec<u64> {
     let n = (n as u64).min(total) as usize;
     let mut rng = Mt19937::new(seed);
     if total < RANDPERM_SMALL_LIMIT {
-        small_branch(&mut rng, total, n)
-    } else {
-        inside_out_branch(&mut rng, total, n)
+        return small_branch(&mut rng, total, n);
     }
+    // The longest prefix drawn so far for (total, seed); a prefix of it is
+    // the answer for any shorter n.
+    static LARGE: Mutex<Vec<((u64, u64), Vec<u64>)>> = Mutex::new(Vec::new());
+    let key = (total, seed);
+    let cached = |cache: &Vec<((u64, u64), Vec<u64>)>| {
+        cache
+            .iter()
+            .find(|(k, v)| *k == key && v.len() >= n)
+            .map(|(_, v)| v[..n].to_vec())
+    };
+    if let Some(v) = LARGE.lock().ok().and_then(|c| cached(&c)) {
+        return v;
+    }
+    let v = inside_out_branch(&mut rng, total, n);
+    if let Ok(mut cache) = LARGE.lock() {
+        cache.retain(|(k, _)| *k != key);
+        if cache.len() >= 16 {
+            cache.remove(0);
+        }
+        cache.push((key, v.clone()));
+    }
+    v
 }
 
 /// `r = 0..N; for i in 0..N-1 { z = random() % (N-i); swap(r[i], r[i+z]) }`,

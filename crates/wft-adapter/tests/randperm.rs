@@ -51,3 +51,37 @@ fn prefixes_are_consistent() {
     assert_eq!(s.len(), 5000);
     assert!(s.iter().all(|&i| i < 1 << 20));
 }
+
+/// Real torch 2.15 prefixes on the large branch, from
+/// `scripts/make_randperm_large.py` (committed output): Llama-70B layer
+/// shapes in both orientations, 16384², and the first size on the branch,
+/// 2048–4096 indices each, compared index by index.
+#[test]
+fn large_branch_matches_torch_prefixes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/randperm_large.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        let (out, inp, seed) = (
+            case["out"].as_u64().unwrap(),
+            case["in"].as_u64().unwrap(),
+            case["seed"].as_u64().unwrap(),
+        );
+        let want: Vec<u64> = case["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(out * inp >= RANDPERM_SMALL_LIMIT);
+        let got = randperm_prefix(out * inp, want.len(), seed);
+        let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(
+            first_bad, None,
+            "{out}x{inp} seed {seed}: first difference at index {first_bad:?}"
+        );
+        assert_eq!(got.len(), want.len());
+    }
+}

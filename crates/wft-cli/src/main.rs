@@ -23,15 +23,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Merge an adapter into a safetensors checkpoint: adapted weights get ΔW,
-    /// every other tensor is copied unchanged; the output is written atomically.
+    /// every other tensor is copied unchanged. Streams: the base is
+    /// memory-mapped and the output written one tensor at a time, so memory
+    /// stays near the largest tensor whatever the model's size. The output
+    /// is written atomically.
     Merge {
-        /// The base model's safetensors file.
+        /// The base checkpoint: a .safetensors file, a sharded checkpoint's
+        /// model.safetensors.index.json, or a folder holding either.
         #[arg(long)]
         base: PathBuf,
         /// The adapter folder (adapter_config.json + adapter_model.safetensors).
         #[arg(long)]
         adapter: PathBuf,
-        /// Where to write the merged checkpoint.
+        /// Where to write the merged checkpoint: a file (replaced atomically
+        /// if it exists), or for a sharded base a new folder that receives
+        /// the shards under their own names and the index.
         #[arg(long)]
         out: PathBuf,
         /// Where ΔW is built and added: `gpu` uses the adapter wgpu picks
@@ -48,14 +54,15 @@ enum Command {
     Inspect {
         /// The adapter folder.
         adapter: PathBuf,
-        /// The base model, for the layer shapes WaveFT/FourierFT folders do not store.
+        /// The base checkpoint (file, index or folder), for the layer shapes
+        /// WaveFT/FourierFT folders do not store.
         #[arg(long)]
         base: Option<PathBuf>,
     },
     /// Write ΔW (out × in, f32) of one adapted module to a safetensors file
     /// (tensor "delta_weight").
     Delta {
-        /// The base model's safetensors file.
+        /// The base checkpoint (file, index or folder).
         #[arg(long)]
         base: PathBuf,
         /// The adapter folder.

@@ -1,0 +1,178 @@
+//! Writing a checkpoint tensor by tensor: the header is copied verbatim
+//! (merging changes no name, dtype, shape or offset), untouched tensors are
+//! copied file to file by the kernel (`copy_file_range` through
+//! [`std::io::copy`], so their pages never enter this process), and the
+//! tensors being changed are written by the caller one at a time. Memory
+//! stays at about one tensor whatever the checkpoint's size.
+//!
+//! Atomicity: a single file goes to a temporary file beside the output,
+//! synced, then renamed over it. A sharded checkpoint goes to a temporary
+//! folder beside the output (every shard and the index synced), then that
+//! folder is renamed to the output, which must not exist yet (or be an
+//! empty folder): a directory cannot be replaced atomically. A crash or
+//! SIGKILL leaves the output path as it was; the temporary `.wft-*.tmp`
+//! file or folder stays behind and can be deleted.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::tensors::{Bytes, INDEX_FILE, Shard, TensorFile};
+use crate::{Error, Result};
+
+/// Writes a replacement for a tensor into the writer and returns `true`, or
+/// returns `false` to have the tensor copied unchanged. A replacement must
+/// have exactly the original's byte length.
+pub(crate) type Replace<'a> = dyn FnMut(&str, &mut dyn Write) -> Result<bool> + 'a;
+
+fn parent(out: &Path) -> &Path {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Write `base` to `out` (a file, or a folder for a sharded base), every
+/// tensor copied byte for byte except those `replace` writes.
+pub(crate) fn rewrite(
+    base: &TensorFile,
+    out: &Path,
+    replace: &mut Replace<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let total = base.names().len();
+    let mut done = 0;
+    let mut tick = || {
+        done += 1;
+        progress(done, total);
+    };
+    let dir = parent(out);
+    let Some(index) = base.index_text() else {
+        let tmp = tempfile::Builder::new()
+            .prefix(".wft-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        write_shard(&base.shards()[0], tmp.as_file(), out, replace, &mut tick)?;
+        tmp.as_file().sync_all().map_err(|e| Error::io(out, e))?;
+        tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+        return sync_dir(dir);
+    };
+    if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
+        return Err(Error::invalid(
+            format!("output {}", out.display()),
+            "a sharded checkpoint is written as a folder, and this path already exists (a folder cannot be \
+             replaced atomically): remove it or choose another",
+        ));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".wft-")
+        .suffix(".tmp")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    for shard in base.shards() {
+        // Shard names were checked to be plain file names when the index was read.
+        let name = shard.path.file_name().unwrap_or_default();
+        let path = tmp.path().join(name);
+        let file = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+        write_shard(shard, &file, &out.join(name), replace, &mut tick)?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+    }
+    let path = tmp.path().join(INDEX_FILE);
+    let mut file = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+    file.write_all(index.as_bytes()).map_err(|e| Error::io(&path, e))?;
+    file.sync_all().map_err(|e| Error::io(&path, e))?;
+    sync_dir(tmp.path())?;
+    let kept = tmp.keep();
+    if let Err(e) = std::fs::rename(&kept, out) {
+        let _ = std::fs::remove_dir_all(&kept);
+        return Err(Error::io(out, e));
+    }
+    sync_dir(dir)
+}
+
+/// Make a rename durable (a no-op where folders cannot be opened).
+fn sync_dir(dir: &Path) -> Result<()> {
+    match File::open(dir) {
+        Ok(f) => f.sync_all().or_else(|e| match e.kind() {
+            // Some filesystems refuse fsync on folders; the data is synced.
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported => Ok(()),
+            _ => Err(Error::io(dir, e)),
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Counts what the caller writes, so a replacement of the wrong length is
+/// caught before it shifts every later tensor.
+struct Counting<W> {
+    inner: W,
+    n: usize,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One shard: header, then every tensor in offset order.
+fn write_shard(
+    shard: &Shard,
+    mut file: &File,
+    out: &Path,
+    replace: &mut Replace<'_>,
+    tick: &mut dyn FnMut(),
+) -> Result<()> {
+    let io = |e| Error::io(out, e);
+    file.write_all(&shard.bytes[..shard.data_start]).map_err(io)?;
+    for name in shard.meta.offset_keys() {
+        let Some(info) = shard.meta.info(&name) else { continue };
+        let range = shard.range(info);
+        let mut w = Counting {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            n: 0,
+        };
+        if replace(&name, &mut w)? {
+            w.flush().map_err(io)?;
+            if w.n != range.len() {
+                return Err(Error::invalid(
+                    format!("replacement of tensor {name:?}"),
+                    format!("{} bytes written, the tensor has {}", w.n, range.len()),
+                ));
+            }
+        } else {
+            drop(w);
+            copy_range(shard, range.clone(), file).map_err(io)?;
+        }
+        shard.bytes.release(range);
+        tick();
+    }
+    Ok(())
+}
+
+/// Copy a byte range of the shard's file to `out`: file to file in the
+/// kernel when the shard is a mapped file, from memory otherwise.
+fn copy_range(shard: &Shard, range: std::ops::Range<usize>, mut out: &File) -> std::io::Result<()> {
+    match &shard.bytes {
+        Bytes::Mapped(_, src) => {
+            let mut src: &File = src;
+            src.seek(SeekFrom::Start(range.start as u64))?;
+            let len = range.len() as u64;
+            let n = std::io::copy(&mut src.take(len), &mut out)?;
+            if n != len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while being read", shard.path.display()),
+                ));
+            }
+            Ok(())
+        }
+        Bytes::Owned(v) => out.write_all(&v[range]),
+    }
+}
