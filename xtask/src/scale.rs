@@ -86,7 +86,7 @@ fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], rng: &mut Rng) -> 
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut text = serde_json::Value::Object(header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let file = std::fs::File::create(path).map_err(io(path))?;
@@ -131,7 +131,9 @@ fn generate(dir: &Path, layers: usize) -> Result<(PathBuf, PathBuf)> {
             size = 0;
         }
         size += bytes;
-        groups.last_mut().map(|g| g.push(t));
+        if let Some(g) = groups.last_mut() {
+            g.push(t);
+        }
     }
     let started = Instant::now();
     let mut rng = Rng(0x5eed_1234_5678_9abc);

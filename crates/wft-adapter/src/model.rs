@@ -630,9 +630,9 @@ impl AdapterModel {
             // Native tensors carry their locations, whatever the config
             // could also be expressed as (a PEFT-compatible config saved natively).
             MethodConfig::WaveletFt(c) if !modules_with(file, ".waveletft_coefficients").is_empty() => {
-                for m in modules_with(&file, ".waveletft_coefficients") {
+                for m in modules_with(file, ".waveletft_coefficients") {
                     let (kc, kl) = (key(&m, ".waveletft_coefficients"), key(&m, ".waveletft_locations"));
-                    let values = vector(&file, &kc, None, "WaveletFT coefficients")?;
+                    let values = vector(file, &kc, None, "WaveletFT coefficients")?;
                     let locs = file.i64(&kl, "WaveletFT locations (band, row, column)")?;
                     if locs.shape() != [values.len(), 3] {
                         return Err(Error::ShapeMismatch {
@@ -668,43 +668,42 @@ impl AdapterModel {
                             expected: format!("{:?}, the base model's shape", shape_from_base(&m)?),
                         });
                     }
-                    let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(&file, &kl, e))?;
+                    let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(file, &kl, e))?;
                     modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
                     expected_keys.extend([kc, kl]);
                 }
             }
             MethodConfig::WaveletFt(c) => {
-                for m in modules_with(&file, ".waveft_spectrum") {
+                for m in modules_with(file, ".waveft_spectrum") {
                     let k = key(&m, ".waveft_spectrum");
-                    let values = vector(&file, &k, None, "WaveFT spectrum")?;
+                    let values = vector(file, &k, None, "WaveFT spectrum")?;
                     check_n(&m, &k, values.len())?;
                     let shape = shape_from_base(&m)?;
-                    let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(&file, &k, e))?;
+                    let mut a = WaveletFt::new(c, shape, values.len(), None).map_err(|e| in_tensor(file, &k, e))?;
                     a.params_mut().copy_from_slice(&values);
                     modules.insert(m, ModuleAdapter::WaveletFt(Box::new(a)));
                     expected_keys.push(k);
                 }
             }
             MethodConfig::FourierFt { config: c, .. } => {
-                for m in modules_with(&file, ".fourierft_spectrum") {
+                for m in modules_with(file, ".fourierft_spectrum") {
                     let k = key(&m, ".fourierft_spectrum");
-                    let values = vector(&file, &k, None, "FourierFT spectrum")?;
+                    let values = vector(file, &k, None, "FourierFT spectrum")?;
                     check_n(&m, &k, values.len())?;
                     let shape = shape_from_base(&m)?;
-                    let a =
-                        FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(&file, &k, e))?;
+                    let a = FourierFt::new(c, shape, values.len(), Some(values)).map_err(|e| in_tensor(file, &k, e))?;
                     modules.insert(m, ModuleAdapter::FourierFt(Box::new(a)));
                     expected_keys.push(k);
                 }
             }
             MethodConfig::Lora(c) => {
-                for m in modules_with(&file, ".lora_A.weight") {
+                for m in modules_with(file, ".lora_A.weight") {
                     let (ka, kb) = (key(&m, ".lora_A.weight"), key(&m, ".lora_B.weight"));
                     let mut c = c.clone();
                     c.r = pattern_value(&config.rank_pattern, &m)?.unwrap_or(c.r);
                     c.lora_alpha = pattern_value(&config.alpha_pattern, &m)?.unwrap_or(c.lora_alpha);
-                    let a = matrix(&file, &ka, [Some(c.r), None], "LoRA A (r × in)")?;
-                    let b = matrix(&file, &kb, [None, Some(c.r)], "LoRA B (out × r)")?;
+                    let a = matrix(file, &ka, [Some(c.r), None], "LoRA A (r × in)")?;
+                    let b = matrix(file, &kb, [None, Some(c.r)], "LoRA B (out × r)")?;
                     if let Some(base) = base {
                         let (key, shape) = module_shape(base, &m, fifo)?;
                         let want = (b.nrows(), a.ncols());

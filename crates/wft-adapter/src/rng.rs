@@ -115,9 +115,10 @@ pub fn randperm_prefix(total: u64, n: usize, seed: u64) -> Vec<u64> {
     }
     // The longest prefix drawn so far for (total, seed); a prefix of it is
     // the answer for any shorter n.
-    static LARGE: Mutex<Vec<((u64, u64), Vec<u64>)>> = Mutex::new(Vec::new());
+    type Cache = Vec<((u64, u64), Vec<u64>)>;
+    static LARGE: Mutex<Cache> = Mutex::new(Vec::new());
     let key = (total, seed);
-    let cached = |cache: &Vec<((u64, u64), Vec<u64>)>| {
+    let cached = |cache: &Cache| {
         cache
             .iter()
             .find(|(k, v)| *k == key && v.len() >= n)
