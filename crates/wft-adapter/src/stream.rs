@@ -1,7 +1,7 @@
 //! Writing a checkpoint tensor by tensor: the header is copied verbatim
 //! (merging changes no name, dtype, shape or offset), untouched tensors are
-//! copied file to file by the kernel (`copy_file_range` through
-//! [`std::io::copy`], so their pages never enter this process), and the
+//! copied file to file by the kernel (`copy_file_range` on Linux, so their
+//! pages never enter this process; written from the map elsewhere), and the
 //! tensors being changed are written by the caller one at a time. Memory
 //! stays at about one tensor whatever the checkpoint's size.
 //!
@@ -14,7 +14,7 @@
 //! file or folder stays behind and can be deleted.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::tensors::{Bytes, INDEX_FILE, Shard, TensorFile};
@@ -156,23 +156,66 @@ fn write_shard(
     Ok(())
 }
 
-/// Copy a byte range of the shard's file to `out`: file to file in the
-/// kernel when the shard is a mapped file, from memory otherwise.
+/// Copy a byte range of the shard's file to the end of `out`: file to file
+/// in the kernel where the platform can (Linux `copy_file_range` with an
+/// explicit source offset, so the shared source handle's position is never
+/// used and concurrent merges from one [`TensorFile`] cannot interfere),
+/// from the mapped bytes otherwise.
 fn copy_range(shard: &Shard, range: std::ops::Range<usize>, mut out: &File) -> std::io::Result<()> {
-    match &shard.bytes {
-        Bytes::Mapped(_, src) => {
-            let mut src: &File = src;
-            src.seek(SeekFrom::Start(range.start as u64))?;
-            let len = range.len() as u64;
-            let n = std::io::copy(&mut src.take(len), &mut out)?;
-            if n != len {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being read", shard.path.display()),
-                ));
-            }
-            Ok(())
-        }
-        Bytes::Owned(v) => out.write_all(&v[range]),
+    #[cfg(target_os = "linux")]
+    if let Bytes::Mapped(_, src) = &shard.bytes
+        && kernel_copy(src, range.clone(), out)?
+    {
+        return Ok(());
     }
+    out.write_all(&shard.bytes[range])
+}
+
+/// `copy_file_range(2)` from `src` at `range` to `out` at its position.
+/// `Ok(false)` (nothing copied) where the kernel or filesystem cannot, so
+/// the caller falls back to an ordinary write.
+#[cfg(target_os = "linux")]
+fn kernel_copy(src: &File, range: std::ops::Range<usize>, out: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut offset = range.start as libc::off64_t;
+    let mut left = range.len();
+    let mut first = true;
+    while left > 0 {
+        // SAFETY: both descriptors are open files borrowed for the call;
+        // `offset` is a valid pointer; a null output offset means "at the
+        // output's position", which only this merge writes.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut offset,
+                out.as_raw_fd(),
+                std::ptr::null_mut(),
+                left.min(1 << 30),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            let unsupported = matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM)
+            );
+            if first && unsupported {
+                return Ok(false);
+            }
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the checkpoint shrank while being read",
+            ));
+        }
+        first = false;
+        left -= n as usize;
+    }
+    Ok(true)
 }

@@ -520,17 +520,13 @@ impl TensorFile {
         let (shard, info) = self.locate(name, "")?;
         let range = shard.range(info);
         let size = (info.dtype.bitsize() / 8).max(1);
-        let mut out = Vec::with_capacity(range.len() / size.max(1));
+        let mut out = Vec::with_capacity(range.len() / size);
         let mut at = range.start;
         while at < range.end {
             let end = (at + CHUNK / size * size).min(range.end);
-            let raw = RawTensor {
-                dtype: info.dtype,
-                shape: vec![(end - at) / size],
-                data: Cow::Borrowed(&shard.bytes[at..end]),
-            };
-            let Some(v) = to_f32(&raw) else { return Ok(None) };
-            out.extend_from_slice(&v);
+            if !decode_into(info.dtype, &shard.bytes[at..end], &mut out) {
+                return Ok(None);
+            }
             shard.bytes.release(at..end);
             at = end;
         }
@@ -597,14 +593,20 @@ fn le<const N: usize>(c: &[u8]) -> [u8; N] {
 
 /// Decode float bytes to f32; `None` for non-float dtypes.
 pub(crate) fn to_f32(raw: &RawTensor<'_>) -> Option<Vec<f32>> {
-    let d = &raw.data;
-    Some(match raw.dtype {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(le(c))).collect(),
-        Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes(le(c)).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes(le(c)).to_f32()).collect(),
-        _ => return None,
-    })
+    let mut out = Vec::with_capacity(raw.data.len() / (raw.dtype.bitsize() / 8).max(1));
+    decode_into(raw.dtype, &raw.data, &mut out).then_some(out)
+}
+
+/// Append float bytes of `dtype` to `out` as f32; `false` for non-float dtypes.
+fn decode_into(dtype: Dtype, d: &[u8], out: &mut Vec<f32>) -> bool {
+    match dtype {
+        Dtype::F32 => out.extend(d.chunks_exact(4).map(|c| f32::from_le_bytes(le(c)))),
+        Dtype::F64 => out.extend(d.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32)),
+        Dtype::F16 => out.extend(d.chunks_exact(2).map(|c| f16::from_le_bytes(le(c)).to_f32())),
+        Dtype::BF16 => out.extend(d.chunks_exact(2).map(|c| bf16::from_le_bytes(le(c)).to_f32())),
+        _ => return false,
+    }
+    true
 }
 
 /// Write tensors to `path` atomically: a temporary file in the same folder,

@@ -208,6 +208,48 @@ fn sharded_merge_equals_the_single_file_merge() {
     }
 }
 
+/// One opened checkpoint, four merges at once (thousands of adapters share
+/// a base): every output is the same bytes as a merge alone.
+#[test]
+fn concurrent_merges_from_one_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, sharded) = write_base(dir.path());
+    let model = model(configs().remove(0).1, &single);
+    let alone = dir.path().join("alone.safetensors");
+    model
+        .merge(&sharded, &dir.path().join("alone"), &mut |_, _| {})
+        .unwrap();
+    model.merge(&single, &alone, &mut |_, _| {}).unwrap();
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (model, single, sharded, dir) = (&model, &single, &sharded, dir.path());
+            s.spawn(move || {
+                model
+                    .merge(single, &dir.join(format!("t{i}.safetensors")), &mut |_, _| {})
+                    .unwrap();
+                model
+                    .merge(sharded, &dir.join(format!("t{i}")), &mut |_, _| {})
+                    .unwrap();
+            });
+        }
+    });
+    let want = std::fs::read(&alone).unwrap();
+    for i in 0..4 {
+        assert!(
+            std::fs::read(dir.path().join(format!("t{i}.safetensors"))).unwrap() == want,
+            "thread {i}"
+        );
+        for shard in sharded.files() {
+            let name = shard.file_name().unwrap();
+            assert!(
+                std::fs::read(dir.path().join(format!("t{i}")).join(name)).unwrap()
+                    == std::fs::read(dir.path().join("alone").join(name)).unwrap(),
+                "thread {i}, {name:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sharded_output_never_replaces_a_folder() {
     let dir = tempfile::tempdir().unwrap();
