@@ -292,7 +292,7 @@ pub(crate) fn scale(args: &[String]) -> Result {
     let mut body = String::new();
     let _ = writeln!(
         body,
-        "## Merging a checkpoint larger than memory allows to hold twice\n\n\
+        "## Streaming merge of a multi-GB sharded checkpoint\n\n\
          Measured {} with `cargo xtask scale --gb {gb}` on this machine ({cpus} cores). \
          Synthetic Llama-3-70B-shaped checkpoint: {layers} layers plus a {VOCAB}×{HIDDEN} embedding, \
          random bf16, {:.2} GB in {} shards with an index. Adapter: PEFT WaveFT, db1, n = 1000 on \
