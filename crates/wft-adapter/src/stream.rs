@@ -17,20 +17,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::tensors::{Bytes, INDEX_FILE, Shard, TensorFile};
+use crate::tensors::{Bytes, INDEX_FILE, Shard, TensorFile, parent_dir, temp_dir_beside, temp_file_beside};
 use crate::{Error, Result};
 
 /// Writes a replacement for a tensor into the writer and returns `true`, or
 /// returns `false` to have the tensor copied unchanged. A replacement must
 /// have exactly the original's byte length.
 pub(crate) type Replace<'a> = dyn FnMut(&str, &mut dyn Write) -> Result<bool> + 'a;
-
-fn parent(out: &Path) -> &Path {
-    match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
 
 /// Write `base` to `out` (a file, or a folder for a sharded base), every
 /// tensor copied byte for byte except those `replace` writes.
@@ -46,14 +39,12 @@ pub(crate) fn rewrite(
         done += 1;
         progress(done, total);
     };
-    let dir = parent(out);
+    let dir = parent_dir(out);
     let Some(index) = base.index_text() else {
-        let tmp = tempfile::Builder::new()
-            .prefix(".wft-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        write_shard(&base.shards()[0], tmp.as_file(), out, replace, &mut tick)?;
+        let tmp = temp_file_beside(out)?;
+        let shard = &base.shards()[0];
+        write_shard(shard, tmp.as_file(), out, replace, &mut tick)?;
+        keep_permissions(shard, tmp.path())?;
         tmp.as_file().sync_all().map_err(|e| Error::io(out, e))?;
         tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
         return sync_dir(dir);
@@ -65,17 +56,14 @@ pub(crate) fn rewrite(
              replaced atomically): remove it or choose another",
         ));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(".wft-")
-        .suffix(".tmp")
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = temp_dir_beside(out)?;
     for shard in base.shards() {
         // Shard names were checked to be plain file names when the index was read.
         let name = shard.path.file_name().unwrap_or_default();
         let path = tmp.path().join(name);
         let file = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
         write_shard(shard, &file, &out.join(name), replace, &mut tick)?;
+        keep_permissions(shard, &path)?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
     }
     let path = tmp.path().join(INDEX_FILE);
@@ -89,6 +77,17 @@ pub(crate) fn rewrite(
         return Err(Error::io(out, e));
     }
     sync_dir(dir)
+}
+
+/// Give an output shard its input's permissions (temporary files are
+/// created private, 0600 on Unix, and a merged model should be as readable
+/// as its base).
+fn keep_permissions(shard: &Shard, path: &Path) -> Result<()> {
+    if let Bytes::Mapped(_, src) = &shard.bytes {
+        let perms = src.metadata().map_err(|e| Error::io(&shard.path, e))?.permissions();
+        std::fs::set_permissions(path, perms).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// Make a rename durable (a no-op where folders cannot be opened).

@@ -609,6 +609,40 @@ fn decode_into(dtype: Dtype, d: &[u8], out: &mut Vec<f32>) -> bool {
     true
 }
 
+/// The folder a file at `path` lives in (`.` for a bare name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary file beside `path`, named `.wft-*.tmp`, that becomes `path`
+/// by a rename. Created with the usual permissions (0666 less the umask on
+/// Unix), not the private 0600 of ordinary temporary files, so that what is
+/// renamed into place is as readable as any file the user writes.
+pub(crate) fn temp_file_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(path);
+    temp_builder(0o666).tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// A temporary folder beside `path` (0777 less the umask on Unix).
+pub(crate) fn temp_dir_beside(path: &Path) -> Result<tempfile::TempDir> {
+    let dir = parent_dir(path);
+    temp_builder(0o777).tempdir_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+fn temp_builder(#[allow(unused_variables)] mode: u32) -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".wft-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    b
+}
+
 /// Write tensors to `path` atomically: a temporary file in the same folder,
 /// synced, then renamed over `path`. A crash leaves either the old file or
 /// the new one, never half of one.
@@ -621,15 +655,7 @@ pub fn write_atomic<'a>(
     tensors: impl IntoIterator<Item = (String, &'a RawTensor<'a>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".wft-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = temp_file_beside(path)?;
     safetensors::serialize_to_file(tensors, metadata, tmp.path()).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         reason: format!("while writing: {e}"),
@@ -644,14 +670,7 @@ pub fn write_atomic<'a>(
 /// # Errors
 /// [`Error::Io`] when writing fails; `path` is then untouched.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".wft-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let mut tmp = temp_file_beside(path)?;
     tmp.write_all(text.as_bytes()).map_err(|e| Error::io(tmp.path(), e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;

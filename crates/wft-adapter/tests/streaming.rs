@@ -56,6 +56,16 @@ fn write_base(dir: &Path) -> (TensorFile, TensorFile) {
     }
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
     std::fs::write(sharded.join(INDEX_FILE), index.to_string()).unwrap();
+    // An unusual mode, which the merged files must carry over.
+    #[cfg(unix)]
+    for entry in std::fs::read_dir(&sharded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain([single.clone()])
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
     (TensorFile::open(&single).unwrap(), TensorFile::open(&sharded).unwrap())
 }
 
@@ -153,6 +163,16 @@ fn sharded_merge_equals_the_single_file_merge() {
         assert_eq!(report.merged.len(), 6, "{label}");
         assert_eq!(report.copied, 3, "{label}");
         model.merge(&single, &out_single, &mut |_, _| {}).unwrap();
+        // The inputs' permissions, not the temporary files' private ones.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&out_single), mode(single.path()), "{label}");
+            for f in sharded.files() {
+                assert_eq!(mode(&out_sharded.join(f.file_name().unwrap())), mode(f), "{label}");
+            }
+        }
         // Same shard names, the index byte for byte.
         let mut names: Vec<String> = std::fs::read_dir(&out_sharded)
             .unwrap()
