@@ -655,11 +655,15 @@ pub fn write_atomic<'a>(
     tensors: impl IntoIterator<Item = (String, &'a RawTensor<'a>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let tmp = temp_file_beside(path)?;
-    safetensors::serialize_to_file(tensors, metadata, tmp.path()).map_err(|e| Error::Safetensors {
+    // Serialized here and written to our own temporary: safetensors'
+    // `serialize_to_file` renames a temporary of its own (private mode)
+    // over the path, and the sync below would then reach the wrong file.
+    let bytes = safetensors::serialize(tensors, metadata).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         reason: format!("while writing: {e}"),
     })?;
+    let mut tmp = temp_file_beside(path)?;
+    tmp.write_all(&bytes).map_err(|e| Error::io(tmp.path(), e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())

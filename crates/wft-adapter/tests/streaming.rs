@@ -228,6 +228,26 @@ fn sharded_merge_equals_the_single_file_merge() {
     }
 }
 
+/// Every file an adapter folder gets is written the same way (temporary,
+/// sync, rename) and so gets the same permissions, whatever the umask.
+#[cfg(unix)]
+#[test]
+fn saved_files_have_ordinary_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (single, _) = write_base(dir.path());
+    let model = model(configs().remove(0).1, &single);
+    let folder = dir.path().join("adapter");
+    model.save(&folder).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let weights = mode(&folder.join(WEIGHTS_FILE));
+    assert_eq!(weights, mode(&folder.join(wft_adapter::CONFIG_FILE)));
+    // What a plain file created here gets.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"").unwrap();
+    assert_eq!(weights, mode(&plain), "not the private mode of a temporary file");
+}
+
 /// One opened checkpoint, four merges at once (thousands of adapters share
 /// a base): every output is the same bytes as a merge alone.
 #[test]
