@@ -2,8 +2,10 @@
 //! pattern: an ordinary binary aliased in `.cargo/config.toml`).
 //!
 //! * `ci` — what CI checks: formatting, clippy with `-D warnings`, rustdoc
-//!   with `-D warnings`, and the tests (doc tests included), then the tests
-//!   again with `WGPU_BACKEND=gl`, then `reproduce --quick`. It fetches
+//!   with `-D warnings` (and clippy again for dwt-core, wft-adapter and
+//!   wft-cli without their default features), and the tests (doc tests
+//!   included), then the GPU test targets again with `WGPU_BACKEND=gl`,
+//!   then `reproduce --quick`. It fetches
 //!   all-MiniLM-L6-v2 first (`fetch-minilm`) for wft-train's embedding test.
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
@@ -100,20 +102,44 @@ fn ci() -> Result {
     // sentence-transformers' embeddings.
     fetch_minilm()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
+    // Each library without its default features, one at a time so that no
+    // other package turns them back on (wft-cli's `gpu` would hide the
+    // CPU-only code; dwt-core's and wft-adapter's `parallel` the serial one).
+    for package in ["dwt-core", "wft-adapter", "wft-cli"] {
+        run(cargo().args([
+            "clippy",
+            "-p",
+            package,
+            "--no-default-features",
+            "--all-targets",
+            "-j2",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-j2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace", "-j2"]))?;
-    // The tests once more on the GL backend (llvmpipe where there is no
-    // GPU): the same kernels through naga's GLSL output. Same selection as
-    // above, so nothing is rebuilt.
-    run(cargo()
-        .args(["test", "--workspace", "-j2", "--tests"])
-        .env("WGPU_BACKEND", "gl"))?;
+    // The GPU tests once more on the GL backend (llvmpipe where there is no
+    // GPU): the same kernels through naga's GLSL output. The workspace's
+    // feature set, so nothing is rebuilt; only the targets that hold GPU
+    // tests (dwt-gpu's, wft-adapter's `gpu`, wft-cli's `cli`).
+    let mut gl = cargo();
+    gl.args(["test", "--workspace", "-j2"]);
+    for target in GPU_TEST_TARGETS {
+        gl.args(["--test", target]);
+    }
+    run(gl.env("WGPU_BACKEND", "gl"))?;
     // The fine-tuning pipeline end to end on a tiny random BERT: the loss
     // falls, and save → load → merge reproduces the logits.
     reproduce::reproduce(true)
 }
+
+/// The test targets that hold GPU tests; a target of the same name in
+/// another crate runs too (they are CPU tests, and quick).
+const GPU_TEST_TARGETS: [&str; 6] = ["kernels", "errors", "no_adapter", "scale", "gpu", "cli"];
 
 /// A venv under `target/` (ignored by git) with the pinned packages of
 /// `scripts/requirements-{stack}.txt`, reinstalled when that file changes.

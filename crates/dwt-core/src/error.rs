@@ -138,6 +138,14 @@ pub enum Error {
         /// Found.
         found: usize,
     },
+    /// A factor, location or crop of a separable basis lies outside it.
+    #[error("{what} out of range: {detail}")]
+    OutOfRange {
+        /// What was out of range.
+        what: &'static str,
+        /// Where, and the bounds.
+        detail: String,
+    },
 }
 
 /// Shorthand for `Result<T, dwt_core::Error>`.

@@ -19,6 +19,10 @@
 //! * **Atoms**: [`AtomBasis`] gives the reconstruction of one unit
 //!   coefficient in `O(support)` work, the building block of sparse
 //!   (few-coefficient) synthesis and its gradient.
+//! * **Separable atoms**: [`SeparableBasis`] holds the rank-1 atoms of a
+//!   few 2-D coefficients ([`Location`], [`Subband`]) as interned factor
+//!   runs, with the products that never form the reconstruction; the one
+//!   model that wft-adapter's CPU kernels run on and dwt-gpu uploads.
 //! * **Plans**: [`Plan1`]/[`Plan2`] precompute everything that depends on the
 //!   shape and then transform into caller-provided buffers without
 //!   allocating, RustFFT style.
@@ -51,8 +55,12 @@
 //! # Features
 //! * `parallel` (default): large steps run on rayon's thread pool. Turn it
 //!   off, or call [`Plan::set_parallel`], for single-threaded transforms.
+//! * `serde`: [`Wavelet`] and [`Mode`] serialise as their names
+//!   (`"db2"`, `"periodization"`) and deserialise through [`Wavelet::new`]
+//!   and [`Mode`]'s `FromStr`, so unknown names are errors.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod array;
 mod atoms;
@@ -65,6 +73,9 @@ mod mode;
 mod plan;
 mod real;
 mod scratch;
+mod separable;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod transform;
 mod wavelet;
 
@@ -75,6 +86,7 @@ pub use error::{Error, Result};
 pub use mode::{Mode, dwt_coeff_len, dwt_max_level, idwt_len};
 pub use plan::{Level, Plan, Plan1, Plan2};
 pub use real::Real;
+pub use separable::{Crop, FactorSet, Location, Orientation, SeparableBasis, Subband};
 pub use transform::{
     dwt, dwt_axis, dwt2, dwt2_axes, idwt, idwt_adjoint, idwt_axis, idwt2, idwt2_adjoint, idwt2_axes, last_axis,
     last_two_axes, wavedec, wavedec_axis, wavedec2, wavedec2_axes, waverec, waverec_adjoint, waverec2,

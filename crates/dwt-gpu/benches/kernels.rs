@@ -8,8 +8,8 @@
 mod support;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use dwt_core::{Mode, Wavelet, wavedec2, waverec2};
-use dwt_gpu::{Context, Dwt2, Orientation, SparseBasis, SparsePlan};
+use dwt_core::{Level, Mode, Wavelet, wavedec2, waverec2};
+use dwt_gpu::{Context, Dwt2, Orientation, SeparableBasis, SparsePlan};
 use support::{data, locations, scatter};
 
 const SIZES: [(usize, usize); 3] = [(1024, 1024), (4096, 4096), (4096, 11008)];
@@ -68,7 +68,7 @@ fn sparse(c: &mut Criterion) {
         let locs = locations((shape.0 / 2, shape.1 / 2), 1000, 2);
         let plan = SparsePlan::new(
             &ctx,
-            &SparseBasis::wavedec2(&w, Mode::Zero, shape, 1, None, &locs).unwrap(),
+            &SeparableBasis::wavedec2(&w, Mode::Zero, shape, Level::Exactly(1), None, &locs).unwrap(),
         )
         .unwrap();
         let coeffs = ctx
@@ -136,7 +136,7 @@ fn model(c: &mut Criterion) {
     let locs = locations((384, 384), 1000, 7);
     let plan = SparsePlan::new(
         &ctx,
-        &SparseBasis::wavedec2(&w, Mode::Zero, (768, 768), 1, None, &locs).unwrap(),
+        &SeparableBasis::wavedec2(&w, Mode::Zero, (768, 768), Level::Exactly(1), None, &locs).unwrap(),
     )
     .unwrap();
     let coeffs = ctx

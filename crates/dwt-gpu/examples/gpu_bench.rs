@@ -11,8 +11,8 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use dwt_core::{Mode, Wavelet, wavedec2, waverec2};
-use dwt_gpu::{Context, Dwt2, Orientation, SparseBasis, SparsePlan};
+use dwt_core::{Level, Mode, Wavelet, wavedec2, waverec2};
+use dwt_gpu::{Context, Dwt2, Orientation, SeparableBasis, SparsePlan};
 use ndarray::Array2;
 
 #[path = "../benches/support/mod.rs"]
@@ -138,7 +138,10 @@ fn main() -> Res {
             let coeff = (shape.0.div_ceil(2), shape.1.div_ceil(2));
             let locs = locations(coeff, n, 2);
             let c: Vec<f32> = data((1, n), 3).into_iter().collect();
-            let plan = SparsePlan::new(&ctx, &SparseBasis::wavedec2(&w1, Mode::Zero, shape, 1, None, &locs)?)?;
+            let plan = SparsePlan::new(
+                &ctx,
+                &SeparableBasis::wavedec2(&w1, Mode::Zero, shape, Level::Exactly(1), None, &locs)?,
+            )?;
             let coeffs = ctx.upload_vec(&c)?;
             let base = data(plan.shape(), 4);
             let w = ctx.upload(base.view())?;
@@ -208,7 +211,7 @@ fn main() -> Res {
     let locs = locations((384, 384), 1000, 5);
     let plan = SparsePlan::new(
         &ctx,
-        &SparseBasis::wavedec2(&w1, Mode::Zero, (768, 768), 1, None, &locs)?,
+        &SeparableBasis::wavedec2(&w1, Mode::Zero, (768, 768), Level::Exactly(1), None, &locs)?,
     )?;
     let coeffs = ctx.upload_vec(&data((1, 1000), 6).into_iter().collect::<Vec<_>>())?;
     let layers: Vec<_> = (0..24)

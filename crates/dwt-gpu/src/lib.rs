@@ -10,7 +10,7 @@
 //!   symmetric, reflect, periodic and periodization modes, for every
 //!   wavelet of `dwt_core` (taps in a buffer; pipelines specialised per
 //!   filter length and mode).
-//! * [`SparseBasis`] / [`SparsePlan`]: ΔW = α·Σ c_k·atom_k from a few
+//! * [`SeparableBasis`] (dwt-core's, re-exported) / [`SparsePlan`]: ΔW = α·Σ c_k·atom_k from a few
 //!   coefficients without a dense coefficient array; cropped transforms
 //!   (PEFT's WaveFT layout) included.
 //! * [`Batch`]: fused in-place merge and unmerge, ΔW, and the gradient with
@@ -18,8 +18,8 @@
 //!   a linear layer), for many matrices in one submission.
 //!
 //! ```
-//! use dwt_core::{Mode, Wavelet};
-//! use dwt_gpu::{Context, Location, Orientation, SparseBasis, SparsePlan, Subband};
+//! use dwt_core::{Level, Mode, Wavelet};
+//! use dwt_gpu::{Context, Location, Orientation, SeparableBasis, SparsePlan, Subband};
 //! use ndarray::Array2;
 //!
 //! # if let Err(e) = Context::new() { eprintln!("skipped: {e}"); return Ok(()); }
@@ -32,7 +32,7 @@
 //!     Location { level: 1, band: Subband::Diagonal, row: 60, col: 31 },
 //! ];
 //! let w = Wavelet::new("db2")?;
-//! let basis = SparseBasis::wavedec2(&w, Mode::Periodization, (256, 128), 1, None, &locs)?;
+//! let basis = SeparableBasis::wavedec2(&w, Mode::Periodization, (256, 128), Level::Exactly(1), None, &locs)?;
 //! let plan = SparsePlan::new(&ctx, &basis)?;
 //!
 //! // W += 0.5 · ΔW on the device, then back to the host.
@@ -50,6 +50,7 @@
 //! (`WGPU_BACKEND=gl`). Both are slow; they prove the kernels, not speed.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod buffer;
 mod context;
@@ -59,8 +60,9 @@ mod transform;
 
 pub use buffer::{GpuMatrix, GpuVector};
 pub use context::Context;
+pub use dwt_core::{Crop, Location, Orientation, SeparableBasis, Subband};
 pub use error::{Error, Result};
-pub use sparse::{Batch, Crop, Location, Orientation, SparseBasis, SparsePlan, Subband};
+pub use sparse::{Batch, SparsePlan};
 pub use transform::Dwt2;
 
 /// The README's example runs as a doc test.

@@ -1,249 +1,16 @@
 //! Sparse synthesis: ΔW from a few coefficients, the fused merge, and the
 //! gradient with respect to the coefficients.
 
-use std::collections::HashMap;
-
-use dwt_core::{Band, Mode, Wavelet};
+use dwt_core::{Orientation, SeparableBasis};
 use ndarray::Array2;
 
 use crate::buffer::rows_binding;
 use crate::context::Kernel;
-use crate::transform::{check_level, grid};
+use crate::transform::grid;
 use crate::{Context, Error, GpuMatrix, GpuVector, Result};
 
 /// Output tile edge of the reconstruction kernel (16×16 threads).
 const TILE: usize = 16;
-
-/// A 2-D subband, PyWavelets' names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Subband {
-    /// `cA`: low-pass along both axes (coarsest level only).
-    Approx,
-    /// `cH`: detail along axis 0, low-pass along axis 1.
-    Horizontal,
-    /// `cV`: low-pass along axis 0, detail along axis 1.
-    Vertical,
-    /// `cD`: detail along both axes.
-    Diagonal,
-}
-
-impl Subband {
-    fn bands(self) -> (Band, Band) {
-        match self {
-            Subband::Approx => (Band::Approx, Band::Approx),
-            Subband::Horizontal => (Band::Detail, Band::Approx),
-            Subband::Vertical => (Band::Approx, Band::Detail),
-            Subband::Diagonal => (Band::Detail, Band::Detail),
-        }
-    }
-}
-
-/// One coefficient of a `wavedec2` decomposition: `level` counts from 1
-/// (finest) to the decomposition depth, as `AtomBasis` does; the
-/// approximation exists only at the coarsest level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Location {
-    /// Decomposition level, 1 = finest.
-    pub level: usize,
-    /// The subband.
-    pub band: Subband,
-    /// Row inside the band.
-    pub row: usize,
-    /// Column inside the band.
-    pub col: usize,
-}
-
-/// A window of the reconstruction: rows `origin.0 ..` and columns
-/// `origin.1 ..` of `shape` (PEFT's centre crop of a padded transform).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crop {
-    /// First row and column kept.
-    pub origin: (usize, usize),
-    /// Rows and columns kept.
-    pub shape: (usize, usize),
-}
-
-/// `(start, values)` runs of one 1-D factor.
-type Runs = Vec<(usize, Vec<f32>)>;
-
-/// The separable atoms of `n` coefficients on a `rows × cols` output:
-/// coefficient `k` contributes `c_k · u ⊗ v`, with `u` a row factor and `v`
-/// a column factor, each a few contiguous runs. Any linear separable
-/// synthesis fits: a multilevel `waverec2` in any mode
-/// ([`SparseBasis::wavedec2`]), a cropped one, PEFT's layout, or unit
-/// impulses.
-#[derive(Debug, Clone, Default)]
-pub struct SparseBasis {
-    shape: (usize, usize),
-    rows: Vec<Runs>,
-    cols: Vec<Runs>,
-    coef: Vec<(u32, u32)>,
-}
-
-impl SparseBasis {
-    /// An empty basis on a `rows × cols` output.
-    pub fn new(shape: (usize, usize)) -> Self {
-        SparseBasis {
-            shape,
-            ..SparseBasis::default()
-        }
-    }
-
-    /// The output shape.
-    pub fn shape(&self) -> (usize, usize) {
-        self.shape
-    }
-
-    /// Number of coefficients.
-    pub fn len(&self) -> usize {
-        self.coef.len()
-    }
-
-    /// Whether there are no coefficients.
-    pub fn is_empty(&self) -> bool {
-        self.coef.is_empty()
-    }
-
-    fn factor(runs: &[(usize, &[f64])], extent: usize, what: &'static str) -> Result<Runs> {
-        runs.iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|&(start, v)| {
-                if start.checked_add(v.len()).is_none_or(|end| end > extent) {
-                    return Err(Error::OutOfRange {
-                        what,
-                        detail: format!("run {start}..{} of a {extent}-long axis", start.saturating_add(v.len())),
-                    });
-                }
-                Ok((start, v.iter().map(|&x| x as f32).collect()))
-            })
-            .collect()
-    }
-
-    /// Add a row factor (runs of `(first row, values)`); returns its id.
-    ///
-    /// # Errors
-    /// [`Error::OutOfRange`] for a run past the last row.
-    pub fn add_row_factor(&mut self, runs: &[(usize, &[f64])]) -> Result<usize> {
-        self.rows.push(Self::factor(runs, self.shape.0, "row factor")?);
-        Ok(self.rows.len() - 1)
-    }
-
-    /// Add a column factor; returns its id.
-    ///
-    /// # Errors
-    /// [`Error::OutOfRange`] for a run past the last column.
-    pub fn add_col_factor(&mut self, runs: &[(usize, &[f64])]) -> Result<usize> {
-        self.cols.push(Self::factor(runs, self.shape.1, "column factor")?);
-        Ok(self.cols.len() - 1)
-    }
-
-    /// Add coefficient number [`SparseBasis::len`], with atom `row ⊗ col`.
-    ///
-    /// # Errors
-    /// [`Error::OutOfRange`] for an unknown factor id.
-    pub fn push(&mut self, row: usize, col: usize) -> Result<()> {
-        if row >= self.rows.len() || col >= self.cols.len() {
-            return Err(Error::OutOfRange {
-                what: "factor id",
-                detail: format!(
-                    "({row}, {col}) with {} row and {} column factors",
-                    self.rows.len(),
-                    self.cols.len()
-                ),
-            });
-        }
-        self.coef.push((row as u32, col as u32));
-        Ok(())
-    }
-
-    /// The atoms of `locations` in a `level`-deep `wavedec2` of a `shape`
-    /// signal: coefficient `k` of the result is `locations[k]`, and
-    /// reconstruction gives `waverec2` of those coefficients (PyWavelets'
-    /// output shape), or its `crop` window.
-    ///
-    /// # Errors
-    /// * [`Error::Dwt`] for a level or shape `dwt_core::wavedec2` refuses
-    ///   (including levels past `dwt_max_level`).
-    /// * [`Error::OutOfRange`] for a location outside its band, an
-    ///   approximation below the coarsest level, or a crop outside the
-    ///   reconstruction.
-    pub fn wavedec2(
-        wavelet: &Wavelet,
-        mode: Mode,
-        shape: (usize, usize),
-        level: usize,
-        crop: Option<Crop>,
-        locations: &[Location],
-    ) -> Result<Self> {
-        let bases = check_level(wavelet, mode, shape, level)?;
-        let full = (bases[0].output_len(), bases[1].output_len());
-        let crop = crop.unwrap_or(Crop {
-            origin: (0, 0),
-            shape: full,
-        });
-        let fits = |o: usize, n: usize, len: usize| o.checked_add(n).is_some_and(|e| e <= len);
-        if !fits(crop.origin.0, crop.shape.0, full.0) || !fits(crop.origin.1, crop.shape.1, full.1) {
-            return Err(Error::OutOfRange {
-                what: "crop",
-                detail: format!("{crop:?} of a {full:?} reconstruction"),
-            });
-        }
-        let periodic = mode == Mode::Periodization;
-        let mut basis = SparseBasis::new(crop.shape);
-        let mut ids: [HashMap<(usize, Band, usize), usize>; 2] = [HashMap::new(), HashMap::new()];
-        for loc in locations {
-            if loc.level == 0 || loc.level > level || (loc.band == Subband::Approx && loc.level != level) {
-                return Err(Error::OutOfRange {
-                    what: "location",
-                    detail: format!("{loc:?} in a {level}-level decomposition"),
-                });
-            }
-            let (rb, cb) = loc.band.bands();
-            let mut fid = [0; 2];
-            for (axis, (band, idx)) in [(rb, loc.row), (cb, loc.col)].into_iter().enumerate() {
-                let b = &bases[axis];
-                if idx >= b.coeff_len(loc.level) {
-                    return Err(Error::OutOfRange {
-                        what: "location",
-                        detail: format!(
-                            "{loc:?}: bands of level {} have {} entries along axis {axis}",
-                            loc.level,
-                            b.coeff_len(loc.level)
-                        ),
-                    });
-                }
-                let key = (loc.level, band, idx);
-                fid[axis] = match ids[axis].get(&key) {
-                    Some(&id) => id,
-                    None => {
-                        let (o, n) = [(crop.origin.0, crop.shape.0), (crop.origin.1, crop.shape.1)][axis];
-                        let atom = b.atom(loc.level, band, idx)?.crop(o, n, periodic);
-                        let runs: Vec<_> = atom.segments().collect();
-                        let id = if axis == 0 {
-                            basis.add_row_factor(&runs)?
-                        } else {
-                            basis.add_col_factor(&runs)?
-                        };
-                        ids[axis].insert(key, id);
-                        id
-                    }
-                };
-            }
-            basis.push(fid[0], fid[1])?;
-        }
-        Ok(basis)
-    }
-}
-
-/// Which way a matrix is stored on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Orientation {
-    /// Row-major `rows × cols`, as the basis.
-    #[default]
-    Normal,
-    /// Row-major `cols × rows` (the transpose; PEFT's `fan_in_fan_out`).
-    Transposed,
-}
 
 /// The WGSL `Params` of `sparse.wgsl`.
 #[repr(C)]
@@ -271,7 +38,7 @@ struct Params {
     pad: [u32; 2],
 }
 
-/// A [`SparseBasis`] uploaded to the device: pieces bucketed by output
+/// A [`SeparableBasis`] uploaded to the device: pieces bucketed by output
 /// tile, ready for [`Batch`] operations. Build it once per set of
 /// locations; only the coefficient values change between calls.
 #[derive(Debug)]
@@ -297,13 +64,14 @@ fn to_u32(what: &'static str, v: usize) -> Result<u32> {
 }
 
 impl SparsePlan {
-    /// Upload `basis`.
+    /// Upload `basis` as it is: its factor runs back to back, and its
+    /// pieces bucketed by output tile.
     ///
     /// # Errors
     /// [`Error::TooLarge`] / [`Error::OutOfMemory`] when the tables do not
     /// fit the device, [`Error::ShapeMismatch`] for an empty shape.
-    pub fn new(ctx: &Context, basis: &SparseBasis) -> Result<Self> {
-        let (rows, cols) = basis.shape;
+    pub fn new(ctx: &Context, basis: &SeparableBasis<f32>) -> Result<Self> {
+        let (rows, cols) = basis.shape();
         if rows == 0 || cols == 0 {
             return Err(Error::ShapeMismatch {
                 what: "sparse basis shape",
@@ -313,26 +81,26 @@ impl SparsePlan {
         }
         // Values: every factor's runs back to back.
         let mut vals: Vec<f32> = Vec::new();
-        let mut place = |side: &[Runs]| -> Vec<Vec<(usize, usize, usize)>> {
-            side.iter()
-                .map(|runs| {
-                    runs.iter()
+        let mut place = |side: &dwt_core::FactorSet<f32>| -> Vec<Vec<(usize, usize, usize)>> {
+            (0..side.len())
+                .map(|id| {
+                    side.runs(id)
                         .map(|(start, v)| {
                             vals.extend_from_slice(v);
-                            (*start, v.len(), vals.len() - v.len())
+                            (start, v.len(), vals.len() - v.len())
                         })
                         .collect()
                 })
                 .collect()
         };
-        let rowp = place(&basis.rows);
-        let colp = place(&basis.cols);
+        let rowp = place(basis.rows());
+        let colp = place(basis.cols());
         // Pieces, grouped by coefficient.
         let mut pieces: Vec<[usize; 8]> = Vec::new();
         let mut coef_start = vec![0usize];
-        for (k, &(r, c)) in basis.coef.iter().enumerate() {
-            for &(r0, nr, rv) in &rowp[r as usize] {
-                for &(c0, nc, cv) in &colp[c as usize] {
+        for (k, (r, c)) in basis.atoms().enumerate() {
+            for &(r0, nr, rv) in &rowp[r] {
+                for &(c0, nc, cv) in &colp[c] {
                     pieces.push([k, r0, nr, rv, c0, nc, cv, 0]);
                 }
             }
@@ -414,7 +182,7 @@ impl SparsePlan {
         }
         Ok(SparsePlan {
             ctx: ctx.clone(),
-            shape: basis.shape,
+            shape: basis.shape(),
             n: basis.len(),
             words: ctx.storage_init("sparse tables", &words)?,
             vals: ctx.storage_init("atom values", &vals)?,
@@ -476,10 +244,7 @@ impl SparsePlan {
     }
 
     fn check_matrix(&self, m: &GpuMatrix, orient: Orientation, what: &'static str) -> Result<()> {
-        let want = match orient {
-            Orientation::Normal => self.shape,
-            Orientation::Transposed => (self.shape.1, self.shape.0),
-        };
+        let want = orient.stored_shape(self.shape);
         if m.shape() != want {
             return Err(Error::ShapeMismatch {
                 what,
@@ -506,14 +271,14 @@ impl SparsePlan {
 /// and submitted at once: every adapted layer of a model in one submission.
 ///
 /// ```
-/// use dwt_core::{Mode, Wavelet};
-/// use dwt_gpu::{Batch, Context, Location, Orientation, SparseBasis, SparsePlan, Subband};
+/// use dwt_core::{Level, Mode, Wavelet};
+/// use dwt_gpu::{Batch, Context, Location, Orientation, SeparableBasis, SparsePlan, Subband};
 ///
 /// # if Context::new().is_err() { return Ok(()); }
 /// let ctx = Context::new()?;
 /// let w = Wavelet::new("db2")?;
 /// let locs = [Location { level: 1, band: Subband::Approx, row: 3, col: 4 }];
-/// let plan = SparsePlan::new(&ctx, &SparseBasis::wavedec2(&w, Mode::Periodization, (64, 64), 1, None, &locs)?)?;
+/// let plan = SparsePlan::new(&ctx, &SeparableBasis::wavedec2(&w, Mode::Periodization, (64, 64), Level::Exactly(1), None, &locs)?)?;
 /// let (w1, w2) = (ctx.zeros((64, 64))?, ctx.zeros((64, 64))?);
 /// let c = ctx.upload_vec(&[1.5])?;
 /// ctx.batch()

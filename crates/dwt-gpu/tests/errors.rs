@@ -5,8 +5,8 @@
 mod common;
 
 use common::matrix;
-use dwt_core::{Mode, Wavelet, wavedec2, waverec2};
-use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SparseBasis, SparsePlan, Subband};
+use dwt_core::{Level, Mode, Wavelet, wavedec2, waverec2};
+use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SeparableBasis, SparsePlan, Subband};
 use ndarray::Array2;
 
 fn loc(level: usize, band: Subband, row: usize, col: usize) -> Location {
@@ -29,7 +29,7 @@ device_test! {
     fn sparse_inputs_are_checked(ctx) {
         let w = Wavelet::new("db2").unwrap();
         let m = Mode::Zero;
-        let basis = |locs: &[Location], crop| SparseBasis::wavedec2(&w, m, (40, 30), 2, crop, locs);
+        let basis = |locs: &[Location], crop| SeparableBasis::<f32>::wavedec2(&w, m, (40, 30), Level::Exactly(2), crop, locs);
         for bad in [
             loc(1, Subband::Approx, 0, 0),     // the approximation lives at the coarsest level only
             loc(3, Subband::Diagonal, 0, 0),   // deeper than the decomposition
@@ -37,17 +37,17 @@ device_test! {
             loc(1, Subband::Horizontal, 21, 0), // level 1 bands have 21 rows
             loc(2, Subband::Vertical, 0, 99),
         ] {
-            assert!(matches!(basis(&[bad], None), Err(Error::OutOfRange { .. })), "{bad:?}");
+            assert!(matches!(basis(&[bad], None), Err(dwt_core::Error::OutOfRange { .. })), "{bad:?}");
         }
         let crop = Crop { origin: (5, 5), shape: (40, 30) };
-        assert!(matches!(basis(&[], Some(crop)), Err(Error::OutOfRange { .. })));
-        assert!(matches!(SparseBasis::wavedec2(&w, m, (40, 30), 9, None, &[]), Err(Error::Dwt(_))));
+        assert!(matches!(basis(&[], Some(crop)), Err(dwt_core::Error::OutOfRange { .. })));
+        assert!(matches!(SeparableBasis::<f32>::wavedec2(&w, m, (40, 30), Level::Exactly(9), None, &[]), Err(dwt_core::Error::LevelTooDeep { .. })));
 
-        let mut b = SparseBasis::new((8, 8));
-        assert!(matches!(b.add_row_factor(&[(6, &[1.0, 2.0, 3.0])]), Err(Error::OutOfRange { .. })));
-        assert!(matches!(b.add_col_factor(&[(usize::MAX, &[1.0])]), Err(Error::OutOfRange { .. })));
-        assert!(matches!(b.push(0, 0), Err(Error::OutOfRange { .. })));
-        assert!(matches!(SparsePlan::new(ctx, &SparseBasis::new((0, 3))), Err(Error::ShapeMismatch { .. })));
+        let mut b = SeparableBasis::<f32>::new((8, 8));
+        assert!(matches!(b.add_row_factor(&[(6, &[1.0, 2.0, 3.0])]), Err(dwt_core::Error::OutOfRange { .. })));
+        assert!(matches!(b.add_col_factor(&[(usize::MAX, &[1.0])]), Err(dwt_core::Error::OutOfRange { .. })));
+        assert!(matches!(b.push(0, 0), Err(dwt_core::Error::OutOfRange { .. })));
+        assert!(matches!(SparsePlan::new(ctx, &SeparableBasis::<f32>::new((0, 3))), Err(Error::ShapeMismatch { .. })));
 
         let plan = SparsePlan::new(ctx, &basis(&[loc(2, Subband::Approx, 1, 1), loc(1, Subband::Diagonal, 3, 4)], None).unwrap()).unwrap();
         let (rows, cols) = plan.shape();
@@ -88,7 +88,7 @@ device_test! {
             let w = Wavelet::new(name).unwrap();
             let locs = [loc(2, Subband::Approx, 2, 3), loc(1, Subband::Vertical, 10, 4), loc(1, Subband::Diagonal, 5, 5)];
             let c = [f32::NAN, 1.0, f32::INFINITY];
-            let plan = SparsePlan::new(ctx, &SparseBasis::wavedec2(&w, mode, (33, 28), 2, None, &locs).unwrap()).unwrap();
+            let plan = SparsePlan::new(ctx, &SeparableBasis::wavedec2(&w, mode, (33, 28), Level::Exactly(2), None, &locs).unwrap()).unwrap();
             let got = plan.delta(&c, 1.0).unwrap();
             let mut z = wavedec2(Array2::<f64>::zeros((33, 28)).view(), &w, mode, Some(2)).unwrap();
             z.approx_mut()[[2, 3]] = f64::NAN;

@@ -8,8 +8,8 @@ mod common;
 mod support;
 
 use common::{TOL, matrix, rel_err, values};
-use dwt_core::{Coeffs2, Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
-use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SparseBasis, SparsePlan, Subband};
+use dwt_core::{Coeffs2, Level, Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
+use dwt_gpu::{Crop, Dwt2, Error, Location, Orientation, SeparableBasis, SparsePlan, Subband};
 use ndarray::{Array2, s};
 use proptest::prelude::*;
 use support::{coefficient, scatter};
@@ -192,7 +192,7 @@ proptest! {
             Crop { origin: (0, 0), shape: full }
         };
         let want = dense.slice(s![win.origin.0..win.origin.0 + win.shape.0, win.origin.1..win.origin.1 + win.shape.1]).to_owned();
-        let basis = SparseBasis::wavedec2(&w, mode, (rows, cols), level, crop.then_some(win), &locs).unwrap();
+        let basis = SeparableBasis::wavedec2(&w, mode, (rows, cols), Level::Exactly(level), crop.then_some(win), &locs).unwrap();
         let plan = SparsePlan::new(ctx, &basis).unwrap();
         let alpha = 0.75f32;
         let orient = if transposed { Orientation::Transposed } else { Orientation::Normal };
@@ -255,15 +255,15 @@ device_test! {
     /// gradient are still exact sums of outer products.
     fn generic_separable_bases(ctx) {
         let (rows, cols) = (100, 130);
-        let mut basis = SparseBasis::new((rows, cols));
+        let mut basis = SeparableBasis::new((rows, cols));
         let mut want = Array2::<f64>::zeros((rows, cols));
         let c = values(9, 6);
         for (k, &ck) in c.iter().enumerate() {
-            let u: Vec<f64> = values(10 + k as u64, rows).iter().map(|&v| f64::from(v)).collect();
-            let v: Vec<f64> = values(20 + k as u64, cols).iter().map(|&v| f64::from(v)).collect();
+            let u: Vec<f32> = values(10 + k as u64, rows);
+            let v: Vec<f32> = values(20 + k as u64, cols);
             // Coefficients 0..3 span everything; 3..6 are small, two runs each
             // (a wrapped atom), overlapping.
-            type Runs<'a> = Vec<(usize, &'a [f64])>;
+            type Runs<'a> = Vec<(usize, &'a [f32])>;
             let (ur, vr): (Runs<'_>, Runs<'_>) = if k < 3 {
                 (vec![(0, &u[..])], vec![(0, &v[..])])
             } else {
@@ -275,7 +275,7 @@ device_test! {
                 for &(cs, cv) in &vr {
                     for (i, &a) in rv.iter().enumerate() {
                         for (j, &b) in cv.iter().enumerate() {
-                            want[[rs + i, cs + j]] += f64::from(ck) * a * b;
+                            want[[rs + i, cs + j]] += f64::from(ck) * f64::from(a) * f64::from(b);
                         }
                     }
                 }
@@ -305,7 +305,7 @@ device_test! {
     fn async_api_matches_blocking(ctx) {
         let w = Wavelet::new("db2").unwrap();
         let locs = random_locations((40, 36), 2, &w, Mode::Zero, 25, 3);
-        let plan = SparsePlan::new(ctx, &SparseBasis::wavedec2(&w, Mode::Zero, (40, 36), 2, None, &locs).unwrap()).unwrap();
+        let plan = SparsePlan::new(ctx, &SeparableBasis::wavedec2(&w, Mode::Zero, (40, 36), Level::Exactly(2), None, &locs).unwrap()).unwrap();
         let c = ctx.upload_vec(&values(4, 25)).unwrap();
         let (a, b) = (ctx.zeros(plan.shape()).unwrap(), ctx.zeros(plan.shape()).unwrap());
         ctx.batch().merge(&plan, &c, 0.3, &a, Orientation::Normal).unwrap().submit().unwrap();

@@ -7,8 +7,8 @@ mod common;
 mod support;
 
 use common::{TOL, matrix, rel_err, values};
-use dwt_core::{Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
-use dwt_gpu::{Crop, Location, Orientation, SparseBasis, SparsePlan};
+use dwt_core::{Level, Mode, Wavelet, wavedec2, waverec2, waverec2_adjoint};
+use dwt_gpu::{Crop, Location, Orientation, SeparableBasis, SparsePlan};
 use ndarray::{Array2, s};
 use support::{coefficient, locations as level1_locations, scatter};
 
@@ -39,7 +39,7 @@ device_test! {
             let full = waverec2(&wavedec2(Array2::<f64>::zeros(shape).view(), &w, mode, Some(1)).unwrap(), &w, mode).unwrap().dim();
             let crop = Crop { origin: (0, 0), shape: full };
             let want = reference(&w, mode, shape, &locs, &c, crop);
-            let plan = SparsePlan::new(ctx, &SparseBasis::wavedec2(&w, mode, shape, 1, None, &locs).unwrap()).unwrap();
+            let plan = SparsePlan::new(ctx, &SeparableBasis::wavedec2(&w, mode, shape, Level::Exactly(1), None, &locs).unwrap()).unwrap();
             let base = matrix(200 + k as u64, full);
             let wbuf = ctx.upload(base.view()).unwrap();
             let dbuf = ctx.zeros(full).unwrap();
@@ -86,7 +86,7 @@ device_test! {
         let locs = level1_locations(coeff_shape, 1000, 11);
         let c = values(12, locs.len());
         let want = reference(&w, mode, padded, &locs, &c, crop);
-        let plan = SparsePlan::new(ctx, &SparseBasis::wavedec2(&w, mode, padded, 1, Some(crop), &locs).unwrap()).unwrap();
+        let plan = SparsePlan::new(ctx, &SeparableBasis::wavedec2(&w, mode, padded, Level::Exactly(1), Some(crop), &locs).unwrap()).unwrap();
         let cbuf = ctx.upload_vec(&c).unwrap();
         let g = matrix(13, shape);
         let adj = {

@@ -12,8 +12,10 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ndarray::Array2;
+use wft_adapter::dwt_core::Wavelet;
 use wft_adapter::{
-    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, Lora, LoraConfig, Mt19937, WaveletFt, WaveletFtConfig,
+    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, InputGrad, Lora, LoraConfig, Mt19937, Orientation, WaveletFt,
+    WaveletFtConfig,
 };
 
 fn randn(g: &mut Mt19937, shape: (usize, usize)) -> Array2<f32> {
@@ -36,30 +38,27 @@ fn delta(c: &mut Criterion) {
             let id = format!("{}x{}/n{n}", shape.0, shape.1);
             for wavelet in ["db1", "db2"] {
                 let cfg = WaveletFtConfig {
-                    wavelet: wavelet.into(),
+                    wavelet: Wavelet::new(wavelet).expect("a built-in wavelet"),
                     n_frequency: n,
                     ..Default::default()
                 };
-                let a = randomized(
-                    WaveletFt::<f32>::new(&cfg, shape, n, None).expect("valid config"),
-                    &mut g,
-                );
+                let a = randomized(WaveletFt::<f32>::new(&cfg, shape).expect("valid config"), &mut g);
                 let mut w = randn(&mut g, shape);
                 group.bench_function(BenchmarkId::new(format!("{wavelet}/delta_weight"), &id), |b| {
                     b.iter(|| black_box(a.delta_weight()))
                 });
                 group.bench_function(BenchmarkId::new(format!("{wavelet}/merge_in_place"), &id), |b| {
-                    b.iter(|| a.merge_into(w.view_mut(), 1.0, false).expect("shapes match"))
+                    b.iter(|| {
+                        a.merge_into(w.view_mut(), 1.0, Orientation::Normal)
+                            .expect("shapes match")
+                    })
                 });
             }
             let cfg = FourierFtConfig {
                 n_frequency: n,
                 ..Default::default()
             };
-            let f = randomized(
-                FourierFt::<f32>::new(&cfg, shape, n, None).expect("valid config"),
-                &mut g,
-            );
+            let f = randomized(FourierFt::<f32>::new(&cfg, shape).expect("valid config"), &mut g);
             group.bench_function(BenchmarkId::new("fourierft/delta_weight", &id), |b| {
                 b.iter(|| black_box(f.delta_weight()))
             });
@@ -81,18 +80,15 @@ fn forward_backward(c: &mut Criterion) {
         n_frequency: 1000,
         ..Default::default()
     };
-    let wft = randomized(
-        WaveletFt::<f32>::new(&cfg, shape, 1000, None).expect("valid config"),
-        &mut g,
-    );
+    let wft = randomized(WaveletFt::<f32>::new(&cfg, shape).expect("valid config"), &mut g);
     let lora = Lora::<f32>::new(
         &LoraConfig {
             r: 8,
             lora_alpha: 16.0,
             use_rslora: false,
+            seed: 3,
         },
         shape,
-        3,
     )
     .expect("valid");
     type Layer = AdaptedLinear<f32, Box<dyn Adapter<f32>>>;
@@ -110,7 +106,10 @@ fn forward_backward(c: &mut Criterion) {
         group.bench_function(format!("768x768/{name}"), |b| {
             b.iter(|| {
                 let y = layer.forward(x.view()).expect("shapes");
-                black_box((y, layer.backward(x.view(), gy.view(), true).expect("shapes")))
+                black_box((
+                    y,
+                    layer.backward(x.view(), gy.view(), InputGrad::Compute).expect("shapes"),
+                ))
             })
         });
     }

@@ -15,8 +15,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ndarray::Array2;
+use wft_adapter::dwt_core::Wavelet;
 use wft_adapter::{
-    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, Lora, LoraConfig, Mt19937, WaveletFt, WaveletFtConfig,
+    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, InputGrad, Lora, LoraConfig, Mt19937, Orientation, WaveletFt,
+    WaveletFtConfig,
 };
 
 /// Median seconds of `f` over at least 3 runs and about `budget` seconds.
@@ -49,26 +51,27 @@ fn adapter(method: &str, shape: (usize, usize), n: usize, g: &mut Mt19937) -> Re
     let mut a: Box<dyn Adapter<f32>> = match method {
         "db1" | "db2" => {
             let c = WaveletFtConfig {
-                wavelet: method.into(),
+                wavelet: Wavelet::new(method).map_err(|e| e.to_string())?,
                 n_frequency: n,
                 ..Default::default()
             };
-            Box::new(WaveletFt::<f32>::new(&c, shape, n, None).map_err(|e| e.to_string())?)
+            Box::new(WaveletFt::<f32>::new(&c, shape).map_err(|e| e.to_string())?)
         }
         "fourierft" => {
             let c = FourierFtConfig {
                 n_frequency: n,
                 ..Default::default()
             };
-            Box::new(FourierFt::<f32>::new(&c, shape, n, None).map_err(|e| e.to_string())?)
+            Box::new(FourierFt::<f32>::new(&c, shape).map_err(|e| e.to_string())?)
         }
         "lora8" => {
             let c = LoraConfig {
                 r: 8,
                 lora_alpha: 16.0,
                 use_rslora: false,
+                seed: 1,
             };
-            Box::new(Lora::<f32>::new(&c, shape, 1).map_err(|e| e.to_string())?)
+            Box::new(Lora::<f32>::new(&c, shape).map_err(|e| e.to_string())?)
         }
         other => return Err(format!("unknown method {other}")),
     };
@@ -99,8 +102,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     w += &d;
                 });
                 println!("{case} delta_then_add {t:.9}");
+                // A failed call is an error, never timed as a no-op.
+                a.merge_into(w.view_mut(), 1.0, Orientation::Normal)?;
                 let t = median(budget, || {
-                    a.merge_into(w.view_mut(), 1.0, false).unwrap_or_default();
+                    black_box(a.merge_into(w.view_mut(), 1.0, Orientation::Normal)).ok();
                 });
                 println!("{case} merge {t:.9}");
             }
@@ -120,9 +125,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     let layer = AdaptedLinear::new(w.clone(), None, adapter(method, shape, n, &mut g)?)
                         .map_err(|e| e.to_string())?;
+                    // A failed call is an error, never timed as a no-op.
+                    layer.forward(x.view())?;
+                    layer.backward(x.view(), gy.view(), InputGrad::Compute)?;
                     median(3.0, || {
-                        let y = layer.forward(x.view()).unwrap_or_default();
-                        black_box((y, layer.backward(x.view(), gy.view(), true).unwrap_or_default()));
+                        let y = layer.forward(x.view());
+                        let _ = black_box((y, layer.backward(x.view(), gy.view(), InputGrad::Compute)));
                     })
                 };
                 println!("{case} forward_backward {t:.9}");

@@ -19,6 +19,7 @@ mod support;
 use std::process::ExitCode;
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::{
     AdapterConfig, AdapterModel, FourierFtConfig, Init, Layout, LoraConfig, MethodConfig, ModuleSpec, Mt19937,
     RawTensor, Strategy, TensorFile, WaveletFtConfig, write_atomic,
@@ -113,10 +114,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "WaveletFT demo: fit a hidden ΔW* of a {OUT}×{IN} layer from {BATCH} input/output pairs, {steps} Adam steps\n"
     );
-    let wave = |layout, level, mode: &str, strategy| WaveletFtConfig {
-        wavelet: "db2".into(),
+    let db2 = Wavelet::new("db2")?;
+    let wave = |layout, level, mode, strategy| WaveletFtConfig {
+        wavelet: db2.clone(),
         level,
-        mode: mode.into(),
+        mode,
         layout,
         n_frequency: 160,
         scaling: 25.0,
@@ -127,23 +129,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let methods: Vec<(&str, MethodConfig, f32)> = vec![
         (
             "WaveletFT, PEFT layout (db2, 1 level)",
-            MethodConfig::WaveletFt(wave(Layout::Peft, 1, "zero", Strategy::Uniform)),
+            MethodConfig::WaveletFt(wave(Layout::Peft, 1, Mode::Zero, Strategy::Uniform)),
             2e-3,
         ),
         (
             "WaveletFT, 3 levels, low-frequency first",
-            MethodConfig::WaveletFt(wave(Layout::Wavedec, 3, "periodization", Strategy::LowFrequencyFirst)),
+            MethodConfig::WaveletFt(wave(
+                Layout::Wavedec,
+                3,
+                Mode::Periodization,
+                Strategy::LowFrequencyFirst,
+            )),
             2e-3,
         ),
         (
             "FourierFT",
-            MethodConfig::FourierFt {
-                config: FourierFtConfig {
-                    n_frequency: 160,
-                    ..Default::default()
-                },
-                init_zeros: true,
-            },
+            MethodConfig::FourierFt(FourierFtConfig {
+                n_frequency: 160,
+                ..Default::default()
+            }),
             0.05,
         ),
         (
@@ -152,6 +156,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 r: 1,
                 lora_alpha: 1.0,
                 use_rslora: false,
+                seed: 0,
             }),
             1e-2,
         ),

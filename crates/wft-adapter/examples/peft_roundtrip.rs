@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
-use wft_adapter::{AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, RawTensor, TensorFile, write_atomic};
+use wft_adapter::{
+    AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, Orientation, RawTensor, TensorFile, write_atomic,
+};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out: PathBuf = std::env::args().nth(1).ok_or("usage: peft_roundtrip OUT_DIR")?.into();
@@ -35,7 +37,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let base = TensorFile::open(case.join("base.safetensors"))?;
         let cfg_path = case.join("adapter").join(CONFIG_FILE);
         let (config, _) = AdapterConfig::from_json(&std::fs::read_to_string(&cfg_path)?, &cfg_path)?;
-        let fifo = config.fan_in_fan_out;
+        let orient = config.orientation;
         let mut model = AdapterModel::new_for_base(config, &base, 11)?;
         let mut g = Mt19937::new(99);
         for m in model.modules_mut().values_mut() {
@@ -53,7 +55,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let w: Array2<f32> = base
                 .f32(&format!("{m}.weight"), "weight")?
                 .into_dimensionality::<Ix2>()?;
-            let w = if fifo { w.reversed_axes() } else { w };
+            let w = match orient {
+                Orientation::Normal => w,
+                Orientation::Transposed => w.reversed_axes(),
+            };
             let b: Array1<f32> = base.f32(&format!("{m}.bias"), "bias")?.into_dimensionality::<Ix1>()?;
             let mut y = x.dot(&w.t()) + &b;
             a.as_adapter().forward_delta(x.view(), y.view_mut())?;

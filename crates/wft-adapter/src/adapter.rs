@@ -1,5 +1,6 @@
 //! The trait every method implements, and a linear layer that carries one.
 
+use dwt_core::Orientation;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 
@@ -49,14 +50,15 @@ pub trait Adapter<T: Element>: std::fmt::Debug + Send + Sync {
     /// The dense `out × in` update ΔW.
     fn delta_weight(&self) -> Array2<T>;
 
-    /// `W += sign · ΔW` in place. `w` is `out × in`, or `in × out` when
-    /// `fan_in_fan_out` (GPT-2's `Conv1D` layout).
+    /// `W += sign · ΔW` in place. `w` is `out × in`, or `in × out` for
+    /// [`Orientation::Transposed`] (PEFT's `fan_in_fan_out`, GPT-2's
+    /// `Conv1D` layout).
     ///
     /// # Errors
     /// [`Error::Shape`] when `w` has the wrong shape.
-    fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
-        check_shape("weight", w.shape(), &stored_shape(self.shape(), fan_in_fan_out))?;
-        add_dense(self.delta_weight(), w.view_mut(), sign, fan_in_fan_out);
+    fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
+        check_shape("weight", w.shape(), &stored_shape(self.shape(), orientation))?;
+        add_dense(self.delta_weight(), w.view_mut(), sign, orientation);
         Ok(())
     }
 
@@ -99,8 +101,8 @@ impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
     fn delta_weight(&self) -> Array2<T> {
         (**self).delta_weight()
     }
-    fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
-        (**self).merge_into(w, sign, fan_in_fan_out)
+    fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
+        (**self).merge_into(w, sign, orientation)
     }
     fn forward_delta(&self, x: ArrayView2<'_, T>, y: ArrayViewMut2<'_, T>) -> Result<()> {
         (**self).forward_delta(x, y)
@@ -110,16 +112,20 @@ impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
     }
 }
 
-/// `w += sign · d`, with `d` (`out × in`) transposed for `fan_in_fan_out`;
-/// shapes already checked.
-pub(crate) fn add_dense<T: Element>(d: Array2<T>, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) {
-    let d = if fan_in_fan_out { d.reversed_axes() } else { d };
+/// `w += sign · d`, with `d` (`out × in`) transposed for
+/// [`Orientation::Transposed`]; shapes already checked.
+pub(crate) fn add_dense<T: Element>(d: Array2<T>, mut w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) {
+    let d = match orientation {
+        Orientation::Normal => d,
+        Orientation::Transposed => d.reversed_axes(),
+    };
     w.scaled_add(sign, &d);
 }
 
-/// The shape of the stored weight: `(out, in)`, or `(in, out)` for `fan_in_fan_out`.
-pub(crate) fn stored_shape((out, inp): (usize, usize), fan_in_fan_out: bool) -> [usize; 2] {
-    if fan_in_fan_out { [inp, out] } else { [out, inp] }
+/// The shape of the stored weight: `[out, in]`, or `[in, out]` transposed.
+pub(crate) fn stored_shape(shape: (usize, usize), orientation: Orientation) -> [usize; 2] {
+    let (a, b) = orientation.stored_shape(shape);
+    [a, b]
 }
 
 /// Check `x: batch × inp` and `y: batch × out`.
@@ -139,6 +145,24 @@ pub(crate) fn dx_dense<T: Element>(
         general_mat_mul(T::one(), &g, delta, T::one(), &mut dx);
     }
     Ok(())
+}
+
+/// Whether [`AdaptedLinear::backward`] computes `∂L/∂x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputGrad {
+    /// Only the parameter gradients (the first layer of a network).
+    Skip,
+    /// The parameter gradients and `∂L/∂x`.
+    Compute,
+}
+
+/// What [`AdaptedLinear::backward`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients<T> {
+    /// `∂L/∂params`, in [`Adapter::params`] order.
+    pub params: Vec<T>,
+    /// `∂L/∂x` (`batch × in`), with [`InputGrad::Compute`].
+    pub input: Option<Array2<T>>,
 }
 
 /// A linear layer `y = x·Wᵀ + b` with an adapter, merged or not.
@@ -173,9 +197,17 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
     pub fn adapter(&self) -> &A {
         &self.adapter
     }
-    /// The adapter, for an optimizer step. Unmerge first if merged.
-    pub fn adapter_mut(&mut self) -> &mut A {
-        &mut self.adapter
+    /// The adapter, for an optimizer step.
+    ///
+    /// # Errors
+    /// [`Error::Merged`] while ΔW is merged into the weight: changing the
+    /// parameters then would make [`Self::unmerge`] subtract another ΔW.
+    /// Unmerge first.
+    pub fn adapter_mut(&mut self) -> Result<&mut A> {
+        if self.merged {
+            return Err(Error::Merged);
+        }
+        Ok(&mut self.adapter)
     }
     /// The weight (with ΔW added while merged).
     pub fn weight(&self) -> &Array2<T> {
@@ -204,45 +236,50 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
         Ok(y)
     }
 
-    /// `∂L/∂params` and, when `want_dx`, `∂L/∂x`, given `g = ∂L/∂y`.
+    /// `∂L/∂params` and, with [`InputGrad::Compute`], `∂L/∂x`, given
+    /// `g = ∂L/∂y`.
     ///
     /// # Errors
     /// [`Error::Shape`] for mismatched shapes.
-    pub fn backward(
-        &self,
-        x: ArrayView2<'_, T>,
-        g: ArrayView2<'_, T>,
-        want_dx: bool,
-    ) -> Result<(Vec<T>, Option<Array2<T>>)> {
+    pub fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, input: InputGrad) -> Result<Gradients<T>> {
         let (out, inp) = self.adapter.shape();
         check_batch(x, g, inp, out)?;
-        let mut dx = want_dx.then(|| g.dot(&self.weight));
+        let mut dx = (input == InputGrad::Compute).then(|| g.dot(&self.weight));
         // Once merged, W already carries ΔW: the adapter adds nothing to ∂L/∂x.
         let share = if self.merged {
             None
         } else {
             dx.as_mut().map(|d| d.view_mut())
         };
-        let grads = self.adapter.backward(x, g, share)?;
-        Ok((grads, dx))
+        let params = self.adapter.backward(x, g, share)?;
+        Ok(Gradients { params, input: dx })
     }
 
     /// Add ΔW into the weight. A no-op when already merged.
-    pub fn merge(&mut self) {
+    ///
+    /// # Errors
+    /// None in practice: the shapes were checked at construction; an
+    /// adapter's own [`Adapter::merge_into`] errors are passed on.
+    pub fn merge(&mut self) -> Result<()> {
         if !self.merged {
-            let res = self.adapter.merge_into(self.weight.view_mut(), T::one(), false);
-            debug_assert!(res.is_ok(), "shapes were checked at construction");
+            self.adapter
+                .merge_into(self.weight.view_mut(), T::one(), Orientation::Normal)?;
             self.merged = true;
         }
+        Ok(())
     }
 
     /// Subtract ΔW from the weight again. A no-op when not merged.
-    pub fn unmerge(&mut self) {
+    ///
+    /// # Errors
+    /// As [`Self::merge`].
+    pub fn unmerge(&mut self) -> Result<()> {
         if self.merged {
-            let res = self.adapter.merge_into(self.weight.view_mut(), -T::one(), false);
-            debug_assert!(res.is_ok(), "shapes were checked at construction");
+            self.adapter
+                .merge_into(self.weight.view_mut(), -T::one(), Orientation::Normal)?;
             self.merged = false;
         }
+        Ok(())
     }
 
     /// [`Self::merge`], refusing adapter parameters that are NaN or infinite
@@ -257,7 +294,8 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
         }
         check_finite("adapter parameters", self.adapter.params())?;
         let mut merged = self.weight.clone();
-        self.adapter.merge_into(merged.view_mut(), T::one(), false)?;
+        self.adapter
+            .merge_into(merged.view_mut(), T::one(), Orientation::Normal)?;
         check_finite("merged weight", merged.iter())?;
         self.weight = merged;
         self.merged = true;

@@ -144,6 +144,19 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The adapter's parameters were asked for mutably while ΔW is merged
+    /// into the weight.
+    #[error("the adapter is merged into its weight: unmerge before changing its parameters")]
+    Merged,
+    /// An output path would overwrite the input it is made from, or a file
+    /// that exists.
+    #[error("{}: {reason}", path.display())]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// Values that must be finite are not.
     #[error("{what} contains NaN or infinity (at index {index})")]
     NonFinite {

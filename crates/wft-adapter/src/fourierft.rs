@@ -6,9 +6,9 @@
 //! only over the distinct frequency rows, then over blocks of columns.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
-use std::sync::Arc;
 
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
@@ -16,7 +16,7 @@ use rustfft::{Fft, FftPlanner};
 use crate::adapter::{Method, check_batch, dx_dense};
 use crate::error::check_shape;
 use crate::rng::{Mt19937, randperm_prefix};
-use crate::{Adapter, Element, Error, Result};
+use crate::{Adapter, Element, Error, Init, Result};
 
 /// Columns transformed together.
 const BLOCK: usize = 64;
@@ -31,15 +31,20 @@ pub struct FourierFtConfig {
     pub scaling: f64,
     /// Location seed.
     pub seed: u64,
+    /// Initial values: zeros (PEFT's `init_weights=True`) or seeded normal
+    /// values (`init_weights=False` draws `randn`, standard deviation 1;
+    /// ours is MT19937 from `seed`, so only the distribution matches).
+    pub init: Init,
 }
 
 impl Default for FourierFtConfig {
-    /// PEFT's defaults: n = 1000, α = 150, seed 777.
+    /// PEFT's defaults: n = 1000, α = 150, seed 777, zeros.
     fn default() -> Self {
         FourierFtConfig {
             n_frequency: 1000,
             scaling: 150.0,
             seed: 777,
+            init: Init::Zeros,
         }
     }
 }
@@ -55,13 +60,32 @@ pub struct FourierFt<T> {
 }
 
 impl<T: Element> FourierFt<T> {
-    /// A new adapter with `n` entries at PEFT's locations and the given values
-    /// (`None`: zeros).
+    /// A new adapter with `config.n_frequency` entries at PEFT's locations,
+    /// valued as `config.init` says.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when `n` is 0 or exceeds `out · in`, or the values
-    /// have another length.
-    pub fn new(config: &FourierFtConfig, shape: (usize, usize), n: usize, values: Option<Vec<T>>) -> Result<Self> {
+    /// [`Error::Invalid`] when `n_frequency` is 0 or exceeds `out · in`.
+    pub fn new(config: &FourierFtConfig, shape: (usize, usize)) -> Result<Self> {
+        let mut a = Self::with_values(config, shape, config.n_frequency, None)?;
+        if let Init::Normal { std } = config.init {
+            let mut g = Mt19937::new(config.seed);
+            a.coeffs
+                .iter_mut()
+                .for_each(|c| *c = T::from_f64(std * g.next_normal()));
+        }
+        Ok(a)
+    }
+
+    /// An adapter at PEFT's locations for `spectrum.len()` entries, with
+    /// those values (what a `FOURIERFT` folder stores).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the spectrum is empty or longer than `out · in`.
+    pub fn from_spectrum(config: &FourierFtConfig, shape: (usize, usize), spectrum: Vec<T>) -> Result<Self> {
+        Self::with_values(config, shape, spectrum.len(), Some(spectrum))
+    }
+
+    fn with_values(config: &FourierFtConfig, shape: (usize, usize), n: usize, values: Option<Vec<T>>) -> Result<Self> {
         let (out, inp) = shape;
         let total = out.checked_mul(inp).unwrap_or(0);
         if n == 0 || n > total {
@@ -87,14 +111,6 @@ impl<T: Element> FourierFt<T> {
             freqs,
             coeffs,
         })
-    }
-
-    /// Seeded normal values (PEFT's `init_weights=False` draws `randn`).
-    pub fn randomize(&mut self, seed: u64, std: f64) {
-        let mut g = Mt19937::new(seed);
-        self.coeffs
-            .iter_mut()
-            .for_each(|c| *c = T::from_f64(std * g.next_normal()));
     }
 
     /// `(row frequency, column frequency)` of each entry.
@@ -214,9 +230,13 @@ impl<T: Element> FourierFt<T> {
     }
 }
 
-/// Inverse FFTs of lengths `out` and `in`.
+/// Inverse FFTs of lengths `out` and `in`, from one planner per precision
+/// for the whole process: RustFFT's planner keeps every plan it made, so a
+/// training loop plans each length once, not once per call.
 fn inverse_ffts<F: FftFloat>(out: usize, inp: usize) -> (Arc<dyn Fft<F>>, Arc<dyn Fft<F>>) {
-    let mut planner = FftPlanner::<F>::new();
+    // A poisoned lock only means another thread panicked mid-plan; the
+    // planner's cache is still valid.
+    let mut planner = F::planner().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     (planner.plan_fft_inverse(out), planner.plan_fft_inverse(inp))
 }
 
@@ -228,15 +248,25 @@ fn is_f32<T: 'static>() -> bool {
 /// The precisions RustFFT transforms in.
 trait FftFloat: rustfft::FftNum + Default + rustfft::num_traits::ToPrimitive {
     fn of(v: f64) -> Self;
+    /// The process-wide planner of this precision.
+    fn planner() -> &'static Mutex<FftPlanner<Self>>;
 }
 impl FftFloat for f32 {
     fn of(v: f64) -> Self {
         v as f32
     }
+    fn planner() -> &'static Mutex<FftPlanner<Self>> {
+        static PLANNER: OnceLock<Mutex<FftPlanner<f32>>> = OnceLock::new();
+        PLANNER.get_or_init(|| Mutex::new(FftPlanner::new()))
+    }
 }
 impl FftFloat for f64 {
     fn of(v: f64) -> Self {
         v
+    }
+    fn planner() -> &'static Mutex<FftPlanner<Self>> {
+        static PLANNER: OnceLock<Mutex<FftPlanner<f64>>> = OnceLock::new();
+        PLANNER.get_or_init(|| Mutex::new(FftPlanner::new()))
     }
 }
 

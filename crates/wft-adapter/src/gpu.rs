@@ -2,52 +2,49 @@
 //! `dwt-gpu`'s sparse kernels, so ΔW, the fused merge and the gradient run
 //! on whatever GPU wgpu finds.
 
-use dwt_gpu::{Context, GpuMatrix, GpuVector, Orientation, SparseBasis, SparsePlan};
+use dwt_core::{Orientation, SeparableBasis};
+use dwt_gpu::{Context, GpuMatrix, GpuVector, SparsePlan};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::adapter::stored_shape;
 use crate::error::check_shape;
 use crate::{Adapter, Error, FourierFt, Lora, Method, ModuleAdapter, Result, WaveletFt};
 
-/// ΔW = α · Σ_k c_k · u_k ⊗ v_k with compactly supported (or, for LoRA and
-/// FourierFT, full-length) factors: the form the GPU kernels take.
+/// ΔW = α · Σ_k c_k · u_k ⊗ v_k: the atoms, their coefficients and α.
+#[derive(Debug, Clone)]
+pub struct SeparableForm {
+    /// The atoms (dwt-core's basis, uploaded as it is).
+    pub basis: SeparableBasis<f32>,
+    /// One value per atom.
+    pub coeffs: Vec<f32>,
+    /// The scale α.
+    pub alpha: f32,
+}
+
+/// Every method's ΔW as separable atoms: compactly supported for
+/// WaveletFT, full-length factors for LoRA and FourierFT. The form the GPU
+/// kernels take.
 pub trait Separable {
     /// The method (how parameters map to coefficients).
     fn method_kind(&self) -> Method;
-    /// The atoms, the coefficient values and α.
+    /// The atoms, their coefficients and α.
     ///
     /// # Errors
-    /// [`Error::Gpu`] when a factor does not fit the shape (a bug).
-    fn separable(&self) -> Result<(SparseBasis, Vec<f32>, f32)>;
-}
-
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
+    /// [`Error::Dwt`] when a factor does not fit the shape (a bug).
+    fn separable(&self) -> Result<SeparableForm>;
 }
 
 impl Separable for WaveletFt<f32> {
     fn method_kind(&self) -> Method {
         Method::WaveletFt
     }
-    /// The adapter's own atom table: coefficient `k` is `c_k`.
-    fn separable(&self) -> Result<(SparseBasis, Vec<f32>, f32)> {
-        let t = self.atoms();
-        let mut basis = SparseBasis::new(self.shape());
-        for (side, add) in [(&t.rows, true), (&t.cols, false)] {
-            for id in 0..side.len() {
-                let runs: Vec<(usize, Vec<f64>)> = side.runs(id).into_iter().map(|(s, v)| (s, widen(v))).collect();
-                let runs: Vec<(usize, &[f64])> = runs.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-                if add {
-                    basis.add_row_factor(&runs)?;
-                } else {
-                    basis.add_col_factor(&runs)?;
-                }
-            }
-        }
-        for (&r, &c) in t.row_of.iter().zip(&t.col_of) {
-            basis.push(r, c)?;
-        }
-        Ok((basis, self.params().to_vec(), self.alpha()))
+    /// The adapter's own atoms: coefficient `k` is `c_k`.
+    fn separable(&self) -> Result<SeparableForm> {
+        Ok(SeparableForm {
+            basis: self.atoms().clone(),
+            coeffs: self.params().to_vec(),
+            alpha: self.alpha(),
+        })
     }
 }
 
@@ -56,17 +53,21 @@ impl Separable for Lora<f32> {
         Method::Lora
     }
     /// `s · B·A` as `r` unit coefficients, `B[:, k] ⊗ A[k, :]`.
-    fn separable(&self) -> Result<(SparseBasis, Vec<f32>, f32)> {
+    fn separable(&self) -> Result<SeparableForm> {
         let (a, b) = (self.a(), self.b());
-        let mut basis = SparseBasis::new(self.shape());
+        let mut basis = SeparableBasis::new(self.shape());
         for k in 0..self.rank() {
-            let u: Vec<f64> = b.column(k).iter().map(|&x| f64::from(x)).collect();
-            let v: Vec<f64> = a.row(k).iter().map(|&x| f64::from(x)).collect();
+            let u: Vec<f32> = b.column(k).to_vec();
+            let v: Vec<f32> = a.row(k).to_vec();
             let r = basis.add_row_factor(&[(0, &u)])?;
             let c = basis.add_col_factor(&[(0, &v)])?;
             basis.push(r, c)?;
         }
-        Ok((basis, vec![1.0; self.rank()], self.s()))
+        Ok(SeparableForm {
+            basis,
+            coeffs: vec![1.0; self.rank()],
+            alpha: self.s(),
+        })
     }
 }
 
@@ -76,18 +77,18 @@ impl Separable for FourierFt<f32> {
     }
     /// `α/(out·in) · Σ c_n cos(2π(u_n i/out + v_n j/in))`, each entry as
     /// two rank-1 terms: `cos·cos` with `c_n` and `sin·sin` with `−c_n`.
-    fn separable(&self) -> Result<(SparseBasis, Vec<f32>, f32)> {
+    fn separable(&self) -> Result<SeparableForm> {
         let (out, inp) = self.shape();
-        let wave = |f: usize, len: usize, sin: bool| -> Vec<f64> {
+        let wave = |f: usize, len: usize, sin: bool| -> Vec<f32> {
             (0..len)
                 .map(|i| {
                     // Reduce the phase exactly before scaling by 2π.
                     let t = std::f64::consts::TAU * ((f * i) % len) as f64 / len as f64;
-                    if sin { t.sin() } else { t.cos() }
+                    (if sin { t.sin() } else { t.cos() }) as f32
                 })
                 .collect()
         };
-        let mut basis = SparseBasis::new((out, inp));
+        let mut basis = SeparableBasis::new((out, inp));
         let mut coeffs = Vec::with_capacity(2 * self.num_params());
         for (&(u, v), &c) in self.frequencies().iter().zip(self.params()) {
             for sin in [false, true] {
@@ -97,7 +98,11 @@ impl Separable for FourierFt<f32> {
                 coeffs.push(if sin { -c } else { c });
             }
         }
-        Ok((basis, coeffs, self.norm() as f32))
+        Ok(SeparableForm {
+            basis,
+            coeffs,
+            alpha: self.norm() as f32,
+        })
     }
 }
 
@@ -105,7 +110,7 @@ impl Separable for ModuleAdapter {
     fn method_kind(&self) -> Method {
         self.as_adapter().method()
     }
-    fn separable(&self) -> Result<(SparseBasis, Vec<f32>, f32)> {
+    fn separable(&self) -> Result<SeparableForm> {
         match self {
             ModuleAdapter::WaveletFt(a) => a.separable(),
             ModuleAdapter::FourierFt(a) => a.separable(),
@@ -120,17 +125,17 @@ impl Separable for ModuleAdapter {
 ///
 /// ```
 /// use wft_adapter::dwt_gpu::Context;
-/// use wft_adapter::{Adapter, GpuAdapter, WaveletFt, WaveletFtConfig};
+/// use wft_adapter::{Adapter, GpuAdapter, Orientation, WaveletFt, WaveletFtConfig};
 /// use ndarray::Array2;
 ///
 /// # if Context::new().is_err() { return Ok(()); }
 /// let ctx = Context::new()?;
 /// let config = WaveletFtConfig { n_frequency: 500, ..Default::default() };
-/// let mut a = WaveletFt::<f32>::new(&config, (768, 768), 500, None)?;
+/// let mut a = WaveletFt::<f32>::new(&config, (768, 768))?;
 /// a.params_mut().iter_mut().enumerate().for_each(|(k, c)| *c = k as f32 * 1e-3);
 /// let gpu = GpuAdapter::new(&ctx, &a)?;
 /// let mut w = Array2::<f32>::zeros((768, 768));
-/// gpu.merge_into(w.view_mut(), 1.0, false)?; // W += ΔW, on the GPU
+/// gpu.merge_into(w.view_mut(), 1.0, Orientation::Normal)?; // W += ΔW, on the GPU
 /// # Ok::<(), wft_adapter::Error>(())
 /// ```
 #[derive(Debug)]
@@ -148,13 +153,13 @@ impl GpuAdapter {
     /// # Errors
     /// [`Error::Gpu`] when the tables do not fit the device.
     pub fn new<A: Separable + ?Sized>(ctx: &Context, adapter: &A) -> Result<Self> {
-        let (basis, coeffs, alpha) = adapter.separable()?;
+        let form = adapter.separable()?;
         Ok(GpuAdapter {
             ctx: ctx.clone(),
             method: adapter.method_kind(),
-            plan: SparsePlan::new(ctx, &basis)?,
-            coeffs: ctx.upload_vec(&coeffs)?,
-            alpha,
+            plan: SparsePlan::new(ctx, &form.basis)?,
+            coeffs: ctx.upload_vec(&form.coeffs)?,
+            alpha: form.alpha,
         })
     }
 
@@ -190,7 +195,7 @@ impl GpuAdapter {
     }
 
     /// Record `W += sign · ΔW` on a device matrix (stored `in × out` when
-    /// `fan_in_fan_out`) into `batch`.
+    /// [`Orientation::Transposed`]) into `batch`.
     ///
     /// # Errors
     /// [`Error::Gpu`] when `w` has the wrong shape.
@@ -199,14 +204,9 @@ impl GpuAdapter {
         batch: &mut dwt_gpu::Batch<'_>,
         w: &GpuMatrix,
         sign: f32,
-        fan_in_fan_out: bool,
+        orientation: Orientation,
     ) -> Result<()> {
-        let orient = if fan_in_fan_out {
-            Orientation::Transposed
-        } else {
-            Orientation::Normal
-        };
-        batch.merge(&self.plan, &self.coeffs, sign * self.alpha, w, orient)?;
+        batch.merge(&self.plan, &self.coeffs, sign * self.alpha, w, orientation)?;
         Ok(())
     }
 
@@ -214,11 +214,11 @@ impl GpuAdapter {
     ///
     /// # Errors
     /// [`Error::Shape`] when `w` has the wrong shape; [`Error::Gpu`].
-    pub fn merge_into(&self, mut w: ArrayViewMut2<'_, f32>, sign: f32, fan_in_fan_out: bool) -> Result<()> {
-        check_shape("weight", w.shape(), &stored_shape(self.shape(), fan_in_fan_out))?;
+    pub fn merge_into(&self, mut w: ArrayViewMut2<'_, f32>, sign: f32, orientation: Orientation) -> Result<()> {
+        check_shape("weight", w.shape(), &stored_shape(self.shape(), orientation))?;
         let dev = self.ctx.upload(w.view())?;
         let mut batch = self.ctx.batch();
-        self.record_merge(&mut batch, &dev, sign, fan_in_fan_out)?;
+        self.record_merge(&mut batch, &dev, sign, orientation)?;
         batch.submit()?;
         w.assign(&self.ctx.download(&dev)?);
         Ok(())

@@ -1,11 +1,11 @@
 //! Where trainable wavelet coefficients live, and what each one does to ΔW.
 //!
 //! A [`Geometry`] describes the coefficient array of one `out × in` layer:
-//! its sub-bands in a fixed flat order, and for each coefficient the two 1-D
-//! synthesis atoms whose outer product is its contribution to ΔW (2-D
-//! wavelet bases are separable).
+//! its sub-bands in a fixed flat order, and the separable synthesis
+//! ([`dwt_core::SeparableBasis`]) whose atoms are each coefficient's
+//! contribution to ΔW. Coefficients are [`dwt_core::Location`]s.
 
-use dwt_core::{AtomBasis, Band, Mode, Wavelet, dwt_max_level};
+use dwt_core::{AtomBasis, Crop, Level, Location, Mode, Real, SeparableBasis, Subband, Wavelet, dwt_max_level};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -28,38 +28,13 @@ pub enum Layout {
     Wavedec,
 }
 
-/// A 2-D sub-band kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BandKind {
-    /// Approximation (low-pass along both axes).
-    A,
-    /// Detail along rows (axis 0), approximation along columns: PyWavelets' cH.
-    H,
-    /// Approximation along rows, detail along columns: PyWavelets' cV.
-    V,
-    /// Detail along both axes.
-    D,
-}
-
-impl BandKind {
-    /// The 1-D bands of the row (axis 0) and column (axis 1) atoms.
-    pub fn factors(self) -> (Band, Band) {
-        match self {
-            BandKind::A => (Band::Approx, Band::Approx),
-            BandKind::H => (Band::Detail, Band::Approx),
-            BandKind::V => (Band::Approx, Band::Detail),
-            BandKind::D => (Band::Detail, Band::Detail),
-        }
-    }
-}
-
 /// One sub-band of the coefficient array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BandInfo {
     /// Decomposition level (1 = finest).
     pub level: usize,
     /// Which of the four kinds.
-    pub kind: BandKind,
+    pub kind: Subband,
     /// Rows and columns.
     pub shape: (usize, usize),
 }
@@ -71,33 +46,18 @@ impl BandInfo {
     }
 }
 
-/// One coefficient position: sub-band index (into [`Geometry::bands`]), row
-/// and column inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Coef {
-    /// Index into [`Geometry::bands`].
-    pub band: usize,
-    /// Row inside the band.
-    pub row: usize,
-    /// Column inside the band.
-    pub col: usize,
-}
-
-/// A 1-D atom as it lands in ΔW: at most two contiguous runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Factor {
-    /// `(first position, values)` runs.
-    pub runs: Vec<(usize, Vec<f64>)>,
-}
-
 /// The coefficient array of one `out × in` layer.
 #[derive(Debug, Clone)]
 pub struct Geometry {
     layout: Layout,
     shape: (usize, usize),
-    bases: Option<[AtomBasis; 2]>,
+    mode: Mode,
+    level: usize,
+    /// The shape `wavedec2` decomposes (PEFT's padded one, else the weight's).
+    signal: (usize, usize),
+    /// The inverse transform's output shape, before the crop.
+    full: (usize, usize),
     crop: (usize, usize),
-    periodic: bool,
     bands: Vec<BandInfo>,
 }
 
@@ -123,12 +83,14 @@ impl Geometry {
             Layout::Identity => Ok(Geometry {
                 layout,
                 shape,
-                bases: None,
+                mode,
+                level: 0,
+                signal: shape,
+                full: shape,
                 crop: (0, 0),
-                periodic: false,
                 bands: vec![BandInfo {
                     level: 0,
-                    kind: BandKind::A,
+                    kind: Subband::Approx,
                     shape,
                 }],
             }),
@@ -143,23 +105,32 @@ impl Geometry {
                 // idwt of P/2 coefficients has P − L + 2 samples.
                 let pad = |d: usize| (d + l - 2).next_multiple_of(2);
                 let (po, pi) = (pad(out), pad(inp));
-                let rows = AtomBasis::new(wavelet, Mode::Zero, po + 2 - l, 1)?;
-                let cols = AtomBasis::new(wavelet, Mode::Zero, pi + 2 - l, 1)?;
-                let crop = ((rows.output_len() - out) / 2, (cols.output_len() - inp) / 2);
+                let signal = (po + 2 - l, pi + 2 - l);
+                let rows = AtomBasis::new(wavelet, Mode::Zero, signal.0, 1)?;
+                let cols = AtomBasis::new(wavelet, Mode::Zero, signal.1, 1)?;
+                let full = (rows.output_len(), cols.output_len());
+                let crop = ((full.0 - out) / 2, (full.1 - inp) / 2);
                 let half = (po / 2, pi / 2);
-                let bands = [BandKind::A, BandKind::H, BandKind::V, BandKind::D]
-                    .map(|kind| BandInfo {
-                        level: 1,
-                        kind,
-                        shape: half,
-                    })
-                    .to_vec();
+                let bands = [
+                    Subband::Approx,
+                    Subband::Horizontal,
+                    Subband::Vertical,
+                    Subband::Diagonal,
+                ]
+                .map(|kind| BandInfo {
+                    level: 1,
+                    kind,
+                    shape: half,
+                })
+                .to_vec();
                 Ok(Geometry {
                     layout,
                     shape,
-                    bases: Some([rows, cols]),
+                    mode: Mode::Zero,
+                    level: 1,
+                    signal,
+                    full,
                     crop,
-                    periodic: false,
                     bands,
                 })
             }
@@ -178,11 +149,11 @@ impl Geometry {
                 let cols = AtomBasis::new(wavelet, mode, inp, level)?;
                 let mut bands = vec![BandInfo {
                     level,
-                    kind: BandKind::A,
+                    kind: Subband::Approx,
                     shape: (rows.coeff_len(level), cols.coeff_len(level)),
                 }];
                 for j in (1..=level).rev() {
-                    for kind in [BandKind::H, BandKind::V, BandKind::D] {
+                    for kind in Subband::DETAILS {
                         bands.push(BandInfo {
                             level: j,
                             kind,
@@ -193,9 +164,11 @@ impl Geometry {
                 Ok(Geometry {
                     layout,
                     shape,
-                    bases: Some([rows, cols]),
+                    mode,
+                    level,
+                    signal: shape,
+                    full: (rows.output_len(), cols.output_len()),
                     crop: (0, 0),
-                    periodic: mode == Mode::Periodization,
                     bands,
                 })
             }
@@ -223,47 +196,74 @@ impl Geometry {
     /// Shape of the inverse transform's output before the crop (the weight's
     /// own shape for the identity layout).
     pub fn full_shape(&self) -> (usize, usize) {
-        match &self.bases {
-            Some([rows, cols]) => (rows.output_len(), cols.output_len()),
-            None => self.shape,
-        }
+        self.full
     }
     /// Total number of coefficient positions.
     pub fn num_positions(&self) -> usize {
         self.bands.iter().map(BandInfo::size).sum()
     }
 
-    /// Check that a coefficient position exists.
+    /// The index into [`Self::bands`] of a location's band.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when it does not.
-    pub fn check(&self, c: Coef) -> Result<()> {
-        match self.bands.get(c.band) {
-            Some(b) if c.row < b.shape.0 && c.col < b.shape.1 => Ok(()),
+    /// [`Error::Invalid`] when the location is outside every band.
+    pub fn band_index(&self, c: Location) -> Result<usize> {
+        match self.bands.iter().position(|b| b.level == c.level && b.kind == c.band) {
+            Some(i) if c.row < self.bands[i].shape.0 && c.col < self.bands[i].shape.1 => Ok(i),
             _ => Err(Error::invalid(
                 "coefficient location",
                 format!(
                     "{c:?} is outside the {} sub-bands {:?}",
                     self.bands.len(),
-                    self.shape_list()
+                    self.bands
+                        .iter()
+                        .map(|b| (b.level, b.kind, b.shape))
+                        .collect::<Vec<_>>()
                 ),
             )),
         }
     }
 
-    fn shape_list(&self) -> Vec<(usize, usize)> {
-        self.bands.iter().map(|b| b.shape).collect()
+    /// Check that a coefficient position exists.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when it does not.
+    pub fn check(&self, c: Location) -> Result<()> {
+        self.band_index(c).map(|_| ())
+    }
+
+    /// The location at `row`, `col` of band `band` (an index into
+    /// [`Self::bands`], as the native file format stores it).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when there is no such position.
+    pub fn location(&self, band: usize, row: usize, col: usize) -> Result<Location> {
+        let b = self.bands.get(band).ok_or_else(|| {
+            Error::invalid(
+                "coefficient location",
+                format!("band {band} of {} sub-bands", self.bands.len()),
+            )
+        })?;
+        let c = Location {
+            level: b.level,
+            band: b.kind,
+            row,
+            col,
+        };
+        self.check(c)?;
+        Ok(c)
     }
 
     /// The position of flat index `i` in band order (row-major inside each band).
     ///
     /// # Errors
     /// [`Error::Invalid`] when `i >= num_positions()`.
-    pub fn unflatten(&self, mut i: usize) -> Result<Coef> {
-        for (band, b) in self.bands.iter().enumerate() {
+    pub fn unflatten(&self, mut i: usize) -> Result<Location> {
+        for b in &self.bands {
             if i < b.size() {
-                return Ok(Coef {
-                    band,
+                return Ok(Location {
+                    level: b.level,
+                    band: b.kind,
                     row: i / b.shape.1,
                     col: i % b.shape.1,
                 });
@@ -274,23 +274,31 @@ impl Geometry {
     }
 
     /// The inverse of [`Self::unflatten`].
-    pub fn flatten(&self, c: Coef) -> usize {
-        let before: usize = self.bands[..c.band].iter().map(BandInfo::size).sum();
-        before + c.row * self.bands[c.band].shape.1 + c.col
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a location outside the array.
+    pub fn flatten(&self, c: Location) -> Result<usize> {
+        let band = self.band_index(c)?;
+        let before: usize = self.bands[..band].iter().map(BandInfo::size).sum();
+        Ok(before + c.row * self.bands[band].shape.1 + c.col)
     }
 
     /// PEFT's location for flat weight index `idx` (`row = idx / in`,
     /// `col = idx % in`), placed into the padded array and its quadrant.
     /// Only for the PEFT and identity layouts.
-    pub fn peft_position(&self, idx: u64) -> Result<Coef> {
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an index beyond the weight or the wavedec layout.
+    pub fn peft_position(&self, idx: u64) -> Result<Location> {
         let (out, inp) = self.shape;
         let (r, c) = ((idx / inp as u64) as usize, (idx % inp as u64) as usize);
         if r >= out {
             return Err(Error::invalid("PEFT location", format!("{idx} is beyond {out}×{inp}")));
         }
         match self.layout {
-            Layout::Identity => Ok(Coef {
-                band: 0,
+            Layout::Identity => Ok(Location {
+                level: 0,
+                band: Subband::Approx,
                 row: r,
                 col: c,
             }),
@@ -298,9 +306,10 @@ impl Geometry {
                 let (h, w) = self.bands[0].shape;
                 let (po, pi) = (2 * h, 2 * w);
                 let (pr, pc) = (r + (po - out) / 2, c + (pi - inp) / 2);
-                let band = usize::from(pr >= h) * 2 + usize::from(pc >= w);
                 // Quadrant order A (TL), H (TR), V (BL), D (BR).
-                Ok(Coef {
+                let band = self.bands[usize::from(pr >= h) * 2 + usize::from(pc >= w)].kind;
+                Ok(Location {
+                    level: 1,
                     band,
                     row: pr % h,
                     col: pc % w,
@@ -313,40 +322,28 @@ impl Geometry {
         }
     }
 
-    /// The atom of a coefficient along `axis` (0: rows, 1: columns),
-    /// cropped to the weight. The outer product of the two is the
-    /// coefficient's ΔW.
+    /// The separable atoms of `locations`, cropped to the weight: the
+    /// outer product of coefficient `k`'s two factors is its ΔW (before α).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a position outside the array or an axis other
-    /// than 0 or 1.
-    pub fn factor(&self, c: Coef, axis: usize) -> Result<Factor> {
-        self.check(c)?;
-        if axis > 1 {
-            return Err(Error::invalid("axis", format!("{axis} (a weight has axes 0 and 1)")));
-        }
-        let idx = [c.row, c.col][axis];
-        let Some(bases) = &self.bases else {
-            return Ok(Factor {
-                runs: vec![(idx, vec![1.0])],
-            });
-        };
-        let b = self.bands[c.band];
-        let (rb, cb) = b.kind.factors();
-        let (lo, len) = [(self.crop.0, self.shape.0), (self.crop.1, self.shape.1)][axis];
-        let atom = bases[axis]
-            .atom(b.level, [rb, cb][axis], idx)?
-            .crop(lo, len, self.periodic);
-        Ok(Factor {
-            runs: atom.segments().map(|(s, v)| (s, v.to_vec())).collect(),
+    /// [`Error::Dwt`] for a location outside the array.
+    pub fn basis<T: Real>(&self, wavelet: &Wavelet, locations: &[Location]) -> Result<SeparableBasis<T>> {
+        Ok(match self.layout {
+            Layout::Identity => {
+                let positions: Vec<(usize, usize)> = locations.iter().map(|c| (c.row, c.col)).collect();
+                SeparableBasis::impulses(self.shape, &positions)?
+            }
+            Layout::Peft | Layout::Wavedec => SeparableBasis::wavedec2(
+                wavelet,
+                self.mode,
+                self.signal,
+                Level::Unchecked(self.level),
+                Some(Crop {
+                    origin: self.crop,
+                    shape: self.shape,
+                }),
+                locations,
+            )?,
         })
-    }
-
-    /// The atom key of a coefficient's row and column factors: coefficients
-    /// with equal keys share a factor.
-    pub(crate) fn factor_keys(&self, c: Coef) -> ((usize, Band, usize), (usize, Band, usize)) {
-        let b = self.bands[c.band];
-        let (rb, cb) = b.kind.factors();
-        ((b.level, rb, c.row), (b.level, cb, c.col))
     }
 }

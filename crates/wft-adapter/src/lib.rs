@@ -18,11 +18,12 @@
 //!
 //! ```
 //! use ndarray::Array2;
+//! use wft_adapter::dwt_core::Wavelet;
 //! use wft_adapter::{Adapter, AdaptedLinear, WaveletFt, WaveletFtConfig};
 //!
 //! // PEFT's WaveFT defaults, db2, 64 coefficients on a 48×32 layer.
-//! let config = WaveletFtConfig { wavelet: "db2".into(), n_frequency: 64, ..Default::default() };
-//! let mut adapter = WaveletFt::<f64>::new(&config, (48, 32), config.n_frequency, None)?;
+//! let config = WaveletFtConfig { wavelet: Wavelet::new("db2")?, n_frequency: 64, ..Default::default() };
+//! let mut adapter = WaveletFt::<f64>::new(&config, (48, 32))?;
 //! adapter.params_mut()[0] = 0.5;
 //!
 //! let w = Array2::from_shape_fn((48, 32), |(i, j)| ((i + 2 * j) % 5) as f64 * 0.1);
@@ -49,41 +50,47 @@
 //!   gradient on any GPU through `dwt-gpu` (wgpu): [`GpuAdapter`].
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapter;
+mod config;
 mod error;
-mod factors;
+mod folder;
 mod fourierft;
 #[cfg(feature = "gpu")]
 mod gpu;
 mod layout;
 mod lora;
+mod merge;
 mod model;
 mod rng;
 mod stream;
+mod summary;
 mod targets;
 mod tensors;
 mod waveletft;
 
-pub use adapter::{AdaptedLinear, Adapter, Method};
+pub use adapter::{AdaptedLinear, Adapter, Gradients, InputGrad, Method};
+pub use config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PEFT_VERSION, PeftType};
 #[cfg(feature = "gpu")]
 pub use dwt_gpu;
 pub use error::{Error, Result};
+pub use folder::{CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE};
 pub use fourierft::{FourierFt, FourierFtConfig};
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuAdapter, Separable};
-pub use layout::{BandInfo, BandKind, Coef, Factor, Geometry, Layout};
+pub use gpu::{GpuAdapter, Separable, SeparableForm};
+pub use layout::{BandInfo, Geometry, Layout};
 pub use lora::{Lora, LoraConfig};
-pub use model::{
-    AdapterConfig, AdapterModel, CONFIG_FILE, KEY_PREFIX, MergeReport, MethodConfig, ModuleAdapter, ModulePlan,
-    ModuleShapes, ModuleSummary, PEFT_VERSION, Summary, WEIGHTS_FILE,
-};
+pub use merge::MergeReport;
+pub use model::{AdapterModel, ModuleAdapter};
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
+pub use summary::{ModuleSummary, Summary};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
 pub use tensors::{INDEX_FILE, MAX_JSON_BYTES, RawTensor, TensorFile, write_atomic, write_text_atomic};
 pub use waveletft::{Init, Strategy, WaveletFt, WaveletFtConfig};
 
 pub use dwt_core;
+pub use dwt_core::{Location, Orientation, SeparableBasis, Subband};
 pub use ndarray;
 pub use safetensors::Dtype;
 

@@ -18,6 +18,8 @@ pub struct LoraConfig {
     pub lora_alpha: f64,
     /// Scale by `α/√r` instead of `α/r`.
     pub use_rslora: bool,
+    /// Seed of `A`'s initial draw (not part of PEFT's config).
+    pub seed: u64,
 }
 
 impl Default for LoraConfig {
@@ -27,6 +29,7 @@ impl Default for LoraConfig {
             r: 8,
             lora_alpha: 8.0,
             use_rslora: false,
+            seed: 0,
         }
     }
 }
@@ -53,13 +56,13 @@ pub struct Lora<T> {
 }
 
 impl<T: Element> Lora<T> {
-    /// A new adapter: `A` seeded normal with standard deviation `1/√in`, `B`
-    /// zero, so ΔW starts at 0 (PEFT draws `A` Kaiming-uniform from torch's
-    /// stream; only the role matches).
+    /// A new adapter: `A` normal with standard deviation `1/√in` from
+    /// `config.seed`, `B` zero, so ΔW starts at 0 (PEFT draws `A`
+    /// Kaiming-uniform from torch's stream; only the role matches).
     ///
     /// # Errors
     /// [`Error::Invalid`] for `r == 0` or an empty shape.
-    pub fn new(config: &LoraConfig, shape: (usize, usize), seed: u64) -> Result<Self> {
+    pub fn new(config: &LoraConfig, shape: (usize, usize)) -> Result<Self> {
         let (out, inp) = shape;
         if config.r == 0 || out == 0 || inp == 0 {
             return Err(Error::invalid(
@@ -67,7 +70,7 @@ impl<T: Element> Lora<T> {
                 format!("rank {} for a {out}×{inp} layer", config.r),
             ));
         }
-        let mut g = Mt19937::new(seed);
+        let mut g = Mt19937::new(config.seed);
         let std = 1.0 / (inp as f64).sqrt();
         let a = Array2::from_shape_simple_fn((config.r, inp), || T::from_f64(std * g.next_normal()));
         Self::from_factors(config, a, Array2::zeros((out, config.r)))

@@ -33,6 +33,7 @@ pub(crate) fn rewrite(
     replace: &mut Replace<'_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
+    refuse_input_as_output(base, out)?;
     let total = base.names().len();
     let mut done = 0;
     let mut tick = || {
@@ -217,4 +218,45 @@ fn kernel_copy(src: &File, range: std::ops::Range<usize>, out: &File) -> std::io
         left -= n as usize;
     }
     Ok(true)
+}
+
+/// Refuse an output that is the base itself: its file, one of its shards,
+/// its index or its folder, through any path or link. The merge would be
+/// atomic, so nothing would be corrupted, but the original weights would
+/// be gone.
+fn refuse_input_as_output(base: &TensorFile, out: &Path) -> Result<()> {
+    let mut inputs: Vec<&Path> = base.files();
+    inputs.push(base.path());
+    if base.is_sharded() {
+        inputs.push(parent_dir(base.path()));
+    }
+    if inputs.iter().any(|input| same_file(input, out)) {
+        return Err(Error::OutputExists {
+            path: out.to_path_buf(),
+            reason: format!(
+                "is the base checkpoint {} itself: the merge would replace the weights it reads",
+                base.path().display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file or folder (after links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
 }

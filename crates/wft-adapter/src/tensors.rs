@@ -88,24 +88,33 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// real ones are kilobytes; anything near this is hostile.
 pub const MAX_JSON_BYTES: u64 = 16 << 20;
 
-/// Read a JSON file of at most [`MAX_JSON_BYTES`], refusing duplicate keys
-/// at any depth.
-pub(crate) fn read_json_text(path: &Path) -> Result<String> {
+/// Read a text file of at most [`MAX_JSON_BYTES`] that must be UTF-8.
+pub(crate) fn read_text_capped(path: &Path) -> Result<String> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     file.take(MAX_JSON_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
+    Ok(text_capped(&bytes, path)?.to_string())
+}
+
+/// `bytes` as UTF-8 text of at most [`MAX_JSON_BYTES`]; errors name `path`.
+pub(crate) fn text_capped<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str> {
     if bytes.len() as u64 > MAX_JSON_BYTES {
         return Err(Error::TooLarge {
             path: path.to_path_buf(),
             limit: MAX_JSON_BYTES,
         });
     }
-    let text = String::from_utf8(bytes).map_err(|e| Error::Json {
+    std::str::from_utf8(bytes).map_err(|e| Error::Json {
         path: path.to_path_buf(),
         reason: format!("not UTF-8: {e}"),
-    })?;
+    })
+}
+
+/// [`read_text_capped`], refusing duplicate keys.
+pub(crate) fn read_json_text(path: &Path) -> Result<String> {
+    let text = read_text_capped(path)?;
     check_json_keys(&text, path)?;
     Ok(text)
 }

@@ -1,6 +1,9 @@
 //! WaveletFT: `ΔW = α · IDWT2(S(c))` with `n` trainable wavelet coefficients.
 
-use dwt_core::{Coeffs2, Mode, Wavelet, idwt2, idwt2_adjoint, wavedec2, waverec2, waverec2_adjoint};
+use dwt_core::{
+    Coeffs2, Location, Mode, Orientation, SeparableBasis, Wavelet, idwt2, idwt2_adjoint, wavedec2, waverec2,
+    waverec2_adjoint,
+};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use serde::{Deserialize, Serialize};
@@ -9,8 +12,7 @@ use crate::adapter::{
     Method, ROW_BLOCK, add_dense, add_transposed, check_batch, dx_dense, for_each_block, stored_shape, transpose_rows,
 };
 use crate::error::check_shape;
-use crate::factors::AtomTable;
-use crate::layout::{Coef, Geometry, Layout};
+use crate::layout::{Geometry, Layout};
 use crate::rng::{Mt19937, randperm_prefix};
 use crate::{Adapter, Element, Error, Result};
 
@@ -50,16 +52,17 @@ pub enum Init {
     },
 }
 
-/// The per-layer WaveletFT settings. Serialises as JSON.
+/// The per-layer WaveletFT settings. Serialises as JSON (the wavelet and
+/// the mode by name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WaveletFtConfig {
-    /// Any dwt-core wavelet name (`db1`, `sym4`, `coif2`, `bior2.2`, …).
-    pub wavelet: String,
+    /// The wavelet (`db1`, `sym4`, `coif2`, `bior2.2`, …).
+    pub wavelet: Wavelet,
     /// Decomposition levels (1 for the PEFT layout).
     pub level: usize,
-    /// Extension mode name (`zero` for the PEFT layout).
-    pub mode: String,
+    /// Extension mode (`zero` for the PEFT layout).
+    pub mode: Mode,
     /// The coefficient layout.
     pub layout: Layout,
     /// Number of trainable coefficients per layer.
@@ -78,9 +81,9 @@ impl Default for WaveletFtConfig {
     /// PEFT's WaveFT defaults: db1, n = 2592, α = 25, seed 777, zeros.
     fn default() -> Self {
         WaveletFtConfig {
-            wavelet: "db1".into(),
+            wavelet: db1(),
             level: 1,
-            mode: "zero".into(),
+            mode: Mode::Zero,
             layout: Layout::Peft,
             n_frequency: 2592,
             scaling: 25.0,
@@ -91,15 +94,13 @@ impl Default for WaveletFtConfig {
     }
 }
 
-impl WaveletFtConfig {
-    /// The wavelet and mode, parsed.
-    ///
-    /// # Errors
-    /// [`Error::Dwt`] for an unknown wavelet or mode name.
-    pub fn parse(&self) -> Result<(Wavelet, Mode)> {
-        Ok((Wavelet::new(&self.wavelet)?, self.mode.parse::<Mode>()?))
-    }
+/// PEFT's default wavelet.
+#[allow(clippy::expect_used)]
+fn db1() -> Wavelet {
+    Wavelet::new("db1").expect("db1 is one of dwt-core's built-in wavelets")
+}
 
+impl WaveletFtConfig {
     /// Whether PEFT's WaveFT can express this configuration.
     pub fn is_peft_compatible(&self) -> bool {
         matches!(self.layout, Layout::Peft | Layout::Identity) && self.strategy == Strategy::Uniform
@@ -110,33 +111,40 @@ impl WaveletFtConfig {
 #[derive(Debug, Clone)]
 pub struct WaveletFt<T> {
     config: WaveletFtConfig,
-    wavelet: Wavelet,
     geometry: Geometry,
-    locations: Vec<Coef>,
+    locations: Vec<Location>,
     coeffs: Vec<T>,
-    atoms: AtomTable<T>,
+    atoms: SeparableBasis<T>,
 }
 
 impl<T: Element> WaveletFt<T> {
-    /// A new adapter for an `out × in` layer with `n` coefficients (usually
-    /// `config.n_frequency`), locations drawn by `config.strategy`.
-    /// `frozen` is the layer's weight, needed by [`Strategy::EnergyGuided`].
+    /// A new adapter for an `out × in` layer: `config.n_frequency`
+    /// coefficients at the locations `config.strategy` draws, with the
+    /// values `config.init` gives.
     ///
     /// # Errors
-    /// * [`Error::Dwt`] for an unknown wavelet or mode, or a level too deep
-    ///   for the shape;
-    /// * [`Error::Invalid`] when `n` exceeds the available positions, the
-    ///   strategy does not fit the layout, or `frozen` is missing or has
-    ///   another shape.
-    pub fn new(
-        config: &WaveletFtConfig,
-        shape: (usize, usize),
-        n: usize,
-        frozen: Option<ArrayView2<'_, T>>,
-    ) -> Result<Self> {
-        let (wavelet, mode) = config.parse()?;
-        let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
-        let locations = choose_locations(config, &geometry, &wavelet, mode, n, frozen)?;
+    /// * [`Error::Dwt`] for a level too deep for the shape;
+    /// * [`Error::Invalid`] when `n_frequency` exceeds the available
+    ///   positions or the strategy does not fit the layout, and for
+    ///   [`Strategy::EnergyGuided`], which needs the frozen weight
+    ///   ([`Self::from_frozen`]).
+    pub fn new(config: &WaveletFtConfig, shape: (usize, usize)) -> Result<Self> {
+        Self::with_weight(config, shape, None)
+    }
+
+    /// [`Self::new`] for the layer whose frozen `out × in` weight is
+    /// `frozen` ([`Strategy::EnergyGuided`] ranks its coefficients; the
+    /// other strategies only take its shape).
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn from_frozen(config: &WaveletFtConfig, frozen: ArrayView2<'_, T>) -> Result<Self> {
+        Self::with_weight(config, frozen.dim(), Some(frozen))
+    }
+
+    fn with_weight(config: &WaveletFtConfig, shape: (usize, usize), frozen: Option<ArrayView2<'_, T>>) -> Result<Self> {
+        let geometry = Geometry::new(config.layout, &config.wavelet, config.mode, config.level, shape)?;
+        let locations = choose_locations(config, &geometry, frozen)?;
         let coeffs = match config.init {
             Init::Zeros => vec![T::zero(); locations.len()],
             Init::Normal { std } => {
@@ -146,7 +154,7 @@ impl<T: Element> WaveletFt<T> {
                     .collect()
             }
         };
-        Self::build(config.clone(), wavelet, geometry, locations, coeffs)
+        Self::build(config.clone(), geometry, locations, coeffs)
     }
 
     /// An adapter with explicit locations and coefficient values (what the
@@ -158,11 +166,10 @@ impl<T: Element> WaveletFt<T> {
     pub fn from_parts(
         config: &WaveletFtConfig,
         shape: (usize, usize),
-        locations: Vec<Coef>,
+        locations: Vec<Location>,
         coeffs: Vec<T>,
     ) -> Result<Self> {
-        let (wavelet, mode) = config.parse()?;
-        let geometry = Geometry::new(config.layout, &wavelet, mode, config.level, shape)?;
+        let geometry = Geometry::new(config.layout, &config.wavelet, config.mode, config.level, shape)?;
         if locations.len() != coeffs.len() {
             return Err(Error::invalid(
                 "coefficients",
@@ -172,22 +179,13 @@ impl<T: Element> WaveletFt<T> {
         for &c in &locations {
             geometry.check(c)?;
         }
-        Self::build(config.clone(), wavelet, geometry, locations, coeffs)
+        Self::build(config.clone(), geometry, locations, coeffs)
     }
 
-    fn build(
-        config: WaveletFtConfig,
-        wavelet: Wavelet,
-        geometry: Geometry,
-        locations: Vec<Coef>,
-        coeffs: Vec<T>,
-    ) -> Result<Self> {
-        let atoms = AtomTable::build(locations.iter().map(|&c| geometry.factor_keys(c)), |k, axis| {
-            geometry.factor(locations[k], axis)
-        })?;
+    fn build(config: WaveletFtConfig, geometry: Geometry, locations: Vec<Location>, coeffs: Vec<T>) -> Result<Self> {
+        let atoms = geometry.basis(&config.wavelet, &locations)?;
         Ok(WaveletFt {
             config,
-            wavelet,
             geometry,
             locations,
             coeffs,
@@ -204,12 +202,12 @@ impl<T: Element> WaveletFt<T> {
         &self.geometry
     }
     /// Where each coefficient sits.
-    pub fn locations(&self) -> &[Coef] {
+    pub fn locations(&self) -> &[Location] {
         &self.locations
     }
-    /// The rank-1 atom table (GPU upload).
-    #[cfg(feature = "gpu")]
-    pub(crate) fn atoms(&self) -> &AtomTable<T> {
+    /// The separable atoms, coefficient `k` of them being `locations()[k]`
+    /// (before α): what the kernels run on and `dwt-gpu` uploads.
+    pub fn atoms(&self) -> &SeparableBasis<T> {
         &self.atoms
     }
     /// The scaling α as `T`.
@@ -236,15 +234,15 @@ impl<T: Element> WaveletFt<T> {
         let bands = self.geometry.bands();
         let mut arrays: Vec<Array2<T>> = bands.iter().map(|b| Array2::zeros(b.shape)).collect();
         for (c, &v) in self.locations.iter().zip(&self.coeffs) {
-            arrays[c.band][[c.row, c.col]] += v;
+            arrays[self.geometry.band_index(*c)?][[c.row, c.col]] += v;
         }
         let a = self.alpha();
-        let (_, mode) = self.config.parse()?;
+        let (wavelet, mode) = (&self.config.wavelet, self.config.mode);
         let full = match self.geometry.layout() {
             Layout::Identity => return Ok(arrays.swap_remove(0) * a),
             Layout::Peft => {
                 let [ca, ch, cv, cd] = [&arrays[0], &arrays[1], &arrays[2], &arrays[3]];
-                idwt2(ca.view(), [ch.view(), cv.view(), cd.view()], &self.wavelet, Mode::Zero)?
+                idwt2(ca.view(), [ch.view(), cv.view(), cd.view()], wavelet, Mode::Zero)?
             }
             Layout::Wavedec => {
                 let mut it = arrays.into_iter();
@@ -253,11 +251,7 @@ impl<T: Element> WaveletFt<T> {
                 while let (Some(h), Some(v), Some(d)) = (it.next(), it.next(), it.next()) {
                     details.push([h, v, d]);
                 }
-                waverec2(
-                    &Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)]),
-                    &self.wavelet,
-                    mode,
-                )?
+                waverec2(&Coeffs2::from_parts(approx, details, [Axis(0), Axis(1)]), wavelet, mode)?
             }
         };
         let (r0, c0) = self.geometry.crop();
@@ -281,16 +275,16 @@ impl<T: Element> WaveletFt<T> {
         let (r0, c0) = self.geometry.crop();
         let mut y = Array2::zeros(self.geometry.full_shape());
         y.slice_mut(s![r0..r0 + out, c0..c0 + inp]).assign(&g);
+        let (wavelet, mode) = (&self.config.wavelet, self.config.mode);
         let bands: Vec<Array2<T>> = match self.geometry.layout() {
             Layout::Wavedec => {
-                let (_, mode) = self.config.parse()?;
                 let like = wavedec2(
                     Array2::<T>::zeros((out, inp)).view(),
-                    &self.wavelet,
+                    wavelet,
                     mode,
                     Some(self.config.level),
                 )?;
-                let c = waverec2_adjoint(y.view(), &like, &self.wavelet, mode)?;
+                let c = waverec2_adjoint(y.view(), &like, wavelet, mode)?;
                 let mut v = vec![c.approx().clone()];
                 for [h, vv, d] in c.details() {
                     v.extend([h.clone(), vv.clone(), d.clone()]);
@@ -298,15 +292,14 @@ impl<T: Element> WaveletFt<T> {
                 v
             }
             _ => {
-                let (ca, [ch, cv, cd]) = idwt2_adjoint(y.view(), &self.wavelet, Mode::Zero)?;
+                let (ca, [ch, cv, cd]) = idwt2_adjoint(y.view(), wavelet, Mode::Zero)?;
                 vec![ca, ch, cv, cd]
             }
         };
-        Ok(self
-            .locations
+        self.locations
             .iter()
-            .map(|c| a * bands[c.band][[c.row, c.col]])
-            .collect())
+            .map(|&c| Ok(a * bands[self.geometry.band_index(c)?][[c.row, c.col]]))
+            .collect()
     }
 }
 
@@ -328,19 +321,19 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
         let (out, inp) = self.shape();
         let mut w = Array2::zeros((out, inp));
         if let Some(buf) = w.as_slice_mut() {
-            self.atoms.add_outer(&self.coeffs, self.alpha(), buf, (out, inp), false);
+            self.atoms
+                .add_outer(&self.coeffs, self.alpha(), buf, Orientation::Normal);
         }
         w
     }
 
     /// Adds the atoms in place: `O(n · support²)`, never `O(out · in)`.
-    fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, fan_in_fan_out: bool) -> Result<()> {
-        let shape = self.shape();
-        check_shape("weight", w.shape(), &stored_shape(shape, fan_in_fan_out))?;
+    fn merge_into(&self, mut w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
+        check_shape("weight", w.shape(), &stored_shape(self.shape(), orientation))?;
         let scale = sign * self.alpha();
         match w.as_slice_mut() {
-            Some(buf) => self.atoms.add_outer(&self.coeffs, scale, buf, shape, fan_in_fan_out),
-            None => add_dense(self.delta_weight(), w, sign, fan_in_fan_out),
+            Some(buf) => self.atoms.add_outer(&self.coeffs, scale, buf, orientation),
+            None => add_dense(self.delta_weight(), w, sign, orientation),
         }
         Ok(())
     }
@@ -359,7 +352,7 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
         let xs = x.as_slice().unwrap_or(&[]);
         let init = || {
             let z = |len| vec![T::zero(); len * ROW_BLOCK];
-            (z(inp), z(t.cols.len()), z(out))
+            (z(inp), z(t.cols().len()), z(out))
         };
         for_each_block(x.nrows(), Some(y), init, |(xt, xv, yt), (start, rb, y)| {
             transpose_rows(xs, inp, start, rb, xt);
@@ -393,11 +386,11 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             let z = |len| vec![T::zero(); len * ROW_BLOCK];
             let dxt = if want_dx { z(inp) } else { Vec::new() };
             (
-                vec![T::zero(); t.n()],
+                vec![T::zero(); t.len()],
                 z(inp),
                 z(out),
-                z(t.rows.len()),
-                z(t.cols.len()),
+                z(t.rows().len()),
+                z(t.cols().len()),
                 dxt,
             )
         };
@@ -411,7 +404,7 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
                 add_transposed(&st.5[..inp * rb], rb, dx);
             }
         });
-        let mut grad = vec![T::zero(); t.n()];
+        let mut grad = vec![T::zero(); t.len()];
         for p in parts {
             for (acc, v) in grad.iter_mut().zip(p.0) {
                 *acc += v;
@@ -426,12 +419,10 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
 fn choose_locations<T: Element>(
     config: &WaveletFtConfig,
     geometry: &Geometry,
-    wavelet: &Wavelet,
-    mode: Mode,
-    n: usize,
     frozen: Option<ArrayView2<'_, T>>,
-) -> Result<Vec<Coef>> {
+) -> Result<Vec<Location>> {
     let (out, inp) = geometry.shape();
+    let n = config.n_frequency;
     let peft_like = matches!(geometry.layout(), Layout::Peft | Layout::Identity);
     let available = if peft_like { out * inp } else { geometry.num_positions() };
     if n == 0 || n > available {
@@ -460,7 +451,7 @@ fn choose_locations<T: Element>(
             .collect(),
         Strategy::LowFrequencyFirst => {
             let mut locs = Vec::with_capacity(n);
-            for (band, b) in geometry.bands().iter().enumerate() {
+            for b in geometry.bands() {
                 let left = n - locs.len();
                 if left == 0 {
                     break;
@@ -473,8 +464,9 @@ fn choose_locations<T: Element>(
                         .map(|i| i as usize)
                         .collect()
                 };
-                locs.extend(pick.into_iter().map(|i| Coef {
-                    band,
+                locs.extend(pick.into_iter().map(|i| Location {
+                    level: b.level,
+                    band: b.kind,
                     row: i / b.shape.1,
                     col: i % b.shape.1,
                 }));
@@ -482,9 +474,14 @@ fn choose_locations<T: Element>(
             Ok(locs)
         }
         Strategy::EnergyGuided => {
-            let w = frozen.ok_or_else(|| Error::invalid("strategy", "energy_guided needs the frozen weight"))?;
+            let w = frozen.ok_or_else(|| {
+                Error::invalid(
+                    "strategy",
+                    "energy_guided needs the frozen weight (WaveletFt::from_frozen)",
+                )
+            })?;
             check_shape("frozen weight", w.shape(), &[out, inp])?;
-            let c = wavedec2(w, wavelet, mode, Some(config.level))?;
+            let c = wavedec2(w, &config.wavelet, config.mode, Some(config.level))?;
             // NaN magnitudes rank below every number.
             let mag = |v: &T| if v.is_nan() { -1.0 } else { v.as_f64().abs() };
             let mut mags: Vec<(f64, usize)> = Vec::with_capacity(available);
@@ -515,35 +512,31 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     fn batch_path_choice() {
         for (layout, level, mode) in [
-            (Layout::Peft, 1, "zero"),
-            (Layout::Wavedec, 2, "periodization"),
-            (Layout::Wavedec, 2, "symmetric"),
+            (Layout::Peft, 1, Mode::Zero),
+            (Layout::Wavedec, 2, Mode::Periodization),
+            (Layout::Wavedec, 2, Mode::Symmetric),
         ] {
             let c = WaveletFtConfig {
-                wavelet: "db3".into(),
+                wavelet: Wavelet::new("db3").unwrap(),
                 level,
-                mode: mode.into(),
+                mode,
                 layout,
+                n_frequency: 200,
                 ..Default::default()
             };
             assert!(
-                WaveletFt::<f64>::new(&c, (300, 200), 200, None)
-                    .unwrap()
-                    .atoms_for_batches(),
+                WaveletFt::<f64>::new(&c, (300, 200)).unwrap().atoms_for_batches(),
                 "{layout:?} {mode}"
             );
         }
         let c = WaveletFtConfig {
-            wavelet: "sym8".into(),
+            wavelet: Wavelet::new("sym8").unwrap(),
             level: 1,
-            mode: "zero".into(),
+            mode: Mode::Zero,
             layout: Layout::Wavedec,
+            n_frequency: 300,
             ..Default::default()
         };
-        assert!(
-            !WaveletFt::<f64>::new(&c, (40, 40), 300, None)
-                .unwrap()
-                .atoms_for_batches()
-        );
+        assert!(!WaveletFt::<f64>::new(&c, (40, 40)).unwrap().atoms_for_batches());
     }
 }

@@ -230,33 +230,74 @@ fn truncated_and_corrupt_safetensors() {
 
 #[test]
 fn levels_too_deep_and_bad_sizes_are_errors() {
+    use wft_adapter::dwt_core::Mode;
     use wft_adapter::{Layout, WaveletFt, WaveletFtConfig};
     let c = WaveletFtConfig {
         layout: Layout::Wavedec,
         level: 9,
-        mode: "symmetric".into(),
+        mode: Mode::Symmetric,
         ..Default::default()
     };
-    let e = WaveletFt::<f32>::new(&c, (16, 16), 4, None).unwrap_err();
+    let e = WaveletFt::<f32>::new(
+        &WaveletFtConfig {
+            n_frequency: 4,
+            ..c.clone()
+        },
+        (16, 16),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("level"), "{e}");
     let c = WaveletFtConfig {
         n_frequency: 10,
         ..Default::default()
     };
-    assert!(WaveletFt::<f32>::new(&c, (2, 2), 5, None).is_err());
-    assert!(WaveletFt::<f32>::new(&c, (0, 2), 1, None).is_err());
-    assert!(WaveletFt::<f32>::new(&c, (usize::MAX / 2, 3), 1, None).is_err());
-    let c = WaveletFtConfig {
-        wavelet: "nope".into(),
-        ..Default::default()
-    };
-    assert!(matches!(WaveletFt::<f32>::new(&c, (8, 8), 1, None), Err(Error::Dwt(_))));
+    assert!(
+        WaveletFt::<f32>::new(
+            &WaveletFtConfig {
+                n_frequency: 5,
+                ..c.clone()
+            },
+            (2, 2)
+        )
+        .is_err()
+    );
+    assert!(
+        WaveletFt::<f32>::new(
+            &WaveletFtConfig {
+                n_frequency: 1,
+                ..c.clone()
+            },
+            (0, 2)
+        )
+        .is_err()
+    );
+    assert!(
+        WaveletFt::<f32>::new(
+            &WaveletFtConfig {
+                n_frequency: 1,
+                ..c.clone()
+            },
+            (usize::MAX / 2, 3)
+        )
+        .is_err()
+    );
+    // An unknown wavelet cannot reach a config any more: the typed field
+    // refuses it where it is read.
+    let e = serde_json::from_str::<WaveletFtConfig>(r#"{"wavelet": "nope"}"#).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
     let c = WaveletFtConfig {
         strategy: wft_adapter::Strategy::EnergyGuided,
         ..Default::default()
     };
     assert!(
-        WaveletFt::<f32>::new(&c, (8, 8), 1, None).is_err(),
+        WaveletFt::<f32>::new(
+            &WaveletFtConfig {
+                n_frequency: 1,
+                ..c.clone()
+            },
+            (8, 8)
+        )
+        .is_err(),
         "PEFT layout is uniform only"
     );
 }

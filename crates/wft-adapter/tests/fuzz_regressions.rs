@@ -35,6 +35,14 @@ fn adapter_folder_inputs() {
     assert!(replay("adapter_folder", harness::adapter_folder) >= 14);
 }
 
+/// `wft inspect`'s reader on the adapter-folder seeds (the same
+/// `config | weights | base` inputs) and its own reproducers.
+#[test]
+fn inspect_inputs() {
+    assert!(replay("adapter_folder", harness::inspect) >= 14);
+    replay("inspect", harness::inspect);
+}
+
 #[test]
 fn native_folder_inputs() {
     assert!(replay("native_folder", harness::native_folder) >= 3);

@@ -13,10 +13,11 @@ use std::sync::OnceLock;
 
 use common::{CASES, rel_err};
 use ndarray::Array2;
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::dwt_gpu::Context;
 use wft_adapter::{
-    Adapter, AdapterModel, FourierFt, FourierFtConfig, GpuAdapter, Layout, Lora, LoraConfig, TensorFile, WaveletFt,
-    WaveletFtConfig,
+    Adapter, AdapterModel, FourierFt, FourierFtConfig, GpuAdapter, Init, Layout, Lora, LoraConfig, Orientation,
+    TensorFile, WaveletFt, WaveletFtConfig,
 };
 
 fn device(test: &str) -> Option<&'static Context> {
@@ -109,14 +110,14 @@ fn check_adapter<A: Adapter<f32> + wft_adapter::Separable>(ctx: &Context, a: &A,
     let cpu_d = a.delta_weight();
     let e = rel_err(gpu.delta_weight().unwrap().iter(), cpu_d.iter());
     assert!(e <= TOL, "{what}: ΔW rel err {e:e}");
-    for fifo in [false, true] {
-        let w0 = random(7, if fifo { (inp, out) } else { (out, inp) });
+    for orient in [Orientation::Normal, Orientation::Transposed] {
+        let w0 = random(7, orient.stored_shape((out, inp)));
         let (mut wc, mut wg) = (w0.clone(), w0.clone());
-        a.merge_into(wc.view_mut(), 1.0, fifo).unwrap();
-        gpu.merge_into(wg.view_mut(), 1.0, fifo).unwrap();
+        a.merge_into(wc.view_mut(), 1.0, orient).unwrap();
+        gpu.merge_into(wg.view_mut(), 1.0, orient).unwrap();
         let (dc, dg) = (&wc - &w0, &wg - &w0);
         let e = rel_err(dg.iter(), dc.iter());
-        assert!(e <= 2.0 * TOL, "{what} (fan_in_fan_out {fifo}): merge rel err {e:e}");
+        assert!(e <= 2.0 * TOL, "{what} ({orient:?}): merge rel err {e:e}");
     }
     if a.method() != wft_adapter::Method::Lora {
         let (x, g) = (random(8, (13, inp)), random(9, (13, out)));
@@ -136,7 +137,7 @@ fn gpu_adapters_match_cpu_adapters() {
         (
             "PEFT db2",
             WaveletFtConfig {
-                wavelet: "db2".into(),
+                wavelet: Wavelet::new("db2").unwrap(),
                 n_frequency: 300,
                 ..Default::default()
             },
@@ -145,7 +146,7 @@ fn gpu_adapters_match_cpu_adapters() {
         (
             "PEFT sym3 odd",
             WaveletFtConfig {
-                wavelet: "sym3".into(),
+                wavelet: Wavelet::new("sym3").unwrap(),
                 n_frequency: 200,
                 ..Default::default()
             },
@@ -154,9 +155,9 @@ fn gpu_adapters_match_cpu_adapters() {
         (
             "wavedec sym4 L2 periodization",
             WaveletFtConfig {
-                wavelet: "sym4".into(),
+                wavelet: Wavelet::new("sym4").unwrap(),
                 level: 2,
-                mode: "periodization".into(),
+                mode: Mode::Periodization,
                 layout: Layout::Wavedec,
                 n_frequency: 150,
                 ..Default::default()
@@ -166,9 +167,9 @@ fn gpu_adapters_match_cpu_adapters() {
         (
             "wavedec db3 L3 symmetric",
             WaveletFtConfig {
-                wavelet: "db3".into(),
+                wavelet: Wavelet::new("db3").unwrap(),
                 level: 3,
-                mode: "symmetric".into(),
+                mode: Mode::Symmetric,
                 layout: Layout::Wavedec,
                 n_frequency: 100,
                 ..Default::default()
@@ -186,7 +187,7 @@ fn gpu_adapters_match_cpu_adapters() {
         ),
     ];
     for (what, config, shape) in configs {
-        let mut a = WaveletFt::<f32>::new(&config, shape, config.n_frequency, None).unwrap();
+        let mut a = WaveletFt::<f32>::new(&config, shape).unwrap();
         let v = random(1, (1, a.num_params()));
         a.params_mut().copy_from_slice(v.as_slice().unwrap());
         check_adapter(ctx, &a, what);
@@ -200,10 +201,10 @@ fn gpu_adapters_match_cpu_adapters() {
     let fcfg = FourierFtConfig {
         n_frequency: 120,
         scaling: 150.0,
+        init: Init::Normal { std: 1.0 },
         ..Default::default()
     };
-    let mut f = FourierFt::<f32>::new(&fcfg, (48, 40), 120, None).unwrap();
-    f.randomize(3, 1.0);
+    let f = FourierFt::<f32>::new(&fcfg, (48, 40)).unwrap();
     check_adapter(ctx, &f, "FourierFT");
     let lcfg = LoraConfig {
         r: 4,

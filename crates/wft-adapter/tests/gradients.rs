@@ -7,8 +7,8 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use wft_adapter::dwt_core::{Mode, Wavelet, dwt_max_level};
 use wft_adapter::{
-    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, Init, Layout, Lora, LoraConfig, Mt19937, Strategy, WaveletFt,
-    WaveletFtConfig,
+    AdaptedLinear, Adapter, FourierFt, FourierFtConfig, Init, InputGrad, Layout, Lora, LoraConfig, Mt19937,
+    Orientation, Strategy, WaveletFt, WaveletFtConfig,
 };
 
 fn randn(g: &mut Mt19937, shape: (usize, usize)) -> Array2<f64> {
@@ -38,7 +38,10 @@ fn check_adapter<A: Adapter<f64> + Clone>(adapter: A, seed: u64) -> Result<(), T
         (&y * &r).sum()
     };
     let layer = AdaptedLinear::new(w.clone(), None, adapter.clone()).unwrap();
-    let (grads, dx) = layer.backward(x.view(), r.view(), true).unwrap();
+    let wft_adapter::Gradients {
+        params: grads,
+        input: dx,
+    } = layer.backward(x.view(), r.view(), InputGrad::Compute).unwrap();
     let h = 1e-3;
     let scale = grads.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     prop_assert_eq!(grads.len(), adapter.num_params());
@@ -59,7 +62,7 @@ fn check_adapter<A: Adapter<f64> + Clone>(adapter: A, seed: u64) -> Result<(), T
     layer.merge_safe().unwrap();
     let y1 = layer.forward(x.view()).unwrap();
     prop_assert!(max_abs(&(&y1 - &y0)) <= 1e-9 * max_abs(&y0).max(1.0));
-    layer.unmerge();
+    layer.unmerge().unwrap();
     prop_assert!(max_abs(&(layer.weight() - &w)) <= 1e-12 * max_abs(&w).max(1.0));
     Ok(())
 }
@@ -82,11 +85,11 @@ proptest! {
                              frac in 0.05f64..1.0, seed: u64, identity: bool) {
         let n = ((out * inp) as f64 * frac).ceil() as usize;
         let config = WaveletFtConfig {
-            wavelet, n_frequency: n, seed,
+            wavelet: Wavelet::new(&wavelet).unwrap(), n_frequency: n, seed,
             layout: if identity { Layout::Identity } else { Layout::Peft },
             ..Default::default()
         };
-        let a = WaveletFt::<f64>::new(&config, (out, inp), n, None).unwrap();
+        let a = WaveletFt::<f64>::new(&config, (out, inp)).unwrap();
         check_adapter(a, seed)?;
     }
 
@@ -100,14 +103,14 @@ proptest! {
         prop_assume!(max >= 1);
         let level = level.min(max);
         let config = WaveletFtConfig {
-            wavelet, level, mode: mode.name().into(), layout: Layout::Wavedec, seed, strategy,
+            wavelet: w, level, mode, layout: Layout::Wavedec, seed, strategy,
             n_frequency: 1, init: Init::Zeros, scaling: 3.0,
         };
         let mut g = Mt19937::new(seed);
         let frozen = randn(&mut g, (out, inp));
-        let probe = WaveletFt::<f64>::new(&config, (out, inp), 1, Some(frozen.view())).unwrap();
+        let probe = WaveletFt::<f64>::from_frozen(&config, frozen.view()).unwrap();
         let n = ((probe.geometry().num_positions() as f64 * frac).ceil() as usize).max(1);
-        let a = WaveletFt::<f64>::new(&config, (out, inp), n, Some(frozen.view())).unwrap();
+        let a = WaveletFt::<f64>::from_frozen(&WaveletFtConfig { n_frequency: n, ..config.clone() }, frozen.view()).unwrap();
         // The atoms agree with the dense inverse transform, and the atom
         // gradient with the adjoint transform.
         let mut b = a.clone();
@@ -127,8 +130,8 @@ proptest! {
     #[test]
     fn fourierft(out in 1usize..24, inp in 1usize..24, frac in 0.05f64..1.0, seed: u64) {
         let n = ((out * inp) as f64 * frac).ceil() as usize;
-        let config = FourierFtConfig { n_frequency: n, scaling: 150.0, seed };
-        let a = FourierFt::<f64>::new(&config, (out, inp), n, None).unwrap();
+        let config = FourierFtConfig { n_frequency: n, scaling: 150.0, seed, init: Init::Zeros };
+        let a = FourierFt::<f64>::new(&config, (out, inp)).unwrap();
         // ΔW against the closed form α/(out·in) Σ c cos(2π(j u/out + k v/in)).
         let mut b = a.clone();
         let mut g = Mt19937::new(seed);
@@ -145,8 +148,8 @@ proptest! {
 
     #[test]
     fn lora(out in 1usize..30, inp in 1usize..30, r in 1usize..5, rs: bool, seed: u64) {
-        let config = LoraConfig { r, lora_alpha: 7.0, use_rslora: rs };
-        let a = Lora::<f64>::new(&config, (out, inp), seed).unwrap();
+        let config = LoraConfig { r, lora_alpha: 7.0, use_rslora: rs, seed };
+        let a = Lora::<f64>::new(&config, (out, inp)).unwrap();
         check_adapter(a, seed)?;
     }
 }
@@ -157,7 +160,7 @@ fn merge_safe_refuses_nan_and_leaves_the_weight() {
         n_frequency: 10,
         ..Default::default()
     };
-    let mut a = WaveletFt::<f32>::new(&config, (8, 8), 10, None).unwrap();
+    let mut a = WaveletFt::<f32>::new(&config, (8, 8)).unwrap();
     a.params_mut()[3] = f32::NAN;
     let w = Array2::from_elem((8, 8), 1.0f32);
     let mut layer = AdaptedLinear::new(w.clone(), None, a).unwrap();
@@ -166,7 +169,7 @@ fn merge_safe_refuses_nan_and_leaves_the_weight() {
     assert_eq!(layer.weight(), &w);
     assert!(!layer.is_merged());
     // An unsafe merge propagates NaN only over the atom's support (db1: 2×2 at most).
-    layer.merge();
+    layer.merge().unwrap();
     let nans = layer.weight().iter().filter(|v| v.is_nan()).count();
     assert!((1..=4).contains(&nans), "{nans} NaNs");
 }
@@ -174,21 +177,21 @@ fn merge_safe_refuses_nan_and_leaves_the_weight() {
 #[test]
 fn fan_in_fan_out_merge_is_the_transpose() {
     let config = WaveletFtConfig {
-        wavelet: "db3".into(),
+        wavelet: Wavelet::new("db3").unwrap(),
         n_frequency: 30,
         ..Default::default()
     };
-    let mut a = WaveletFt::<f64>::new(&config, (13, 21), 30, None).unwrap();
+    let mut a = WaveletFt::<f64>::new(&config, (13, 21)).unwrap();
     let mut g = Mt19937::new(1);
     for p in a.params_mut() {
         *p = g.next_normal();
     }
     let mut wt = Array2::<f64>::zeros((21, 13));
-    a.merge_into(wt.view_mut(), 1.0, true).unwrap();
+    a.merge_into(wt.view_mut(), 1.0, Orientation::Transposed).unwrap();
     assert!(max_abs(&(&wt.t() - &a.delta_weight())) < 1e-12);
     // The wrong orientation is a typed error, not a panic.
     assert!(
-        a.merge_into(Array2::<f64>::zeros((13, 13)).view_mut(), 1.0, true)
+        a.merge_into(Array2::<f64>::zeros((13, 13)).view_mut(), 1.0, Orientation::Transposed)
             .is_err()
     );
 }
@@ -199,21 +202,21 @@ fn fan_in_fan_out_merge_is_the_transpose() {
 #[test]
 fn large_batches_match_the_dense_path() {
     for (layout, level, mode) in [
-        (Layout::Peft, 1, "zero"),
-        (Layout::Wavedec, 2, "periodization"),
-        (Layout::Wavedec, 2, "symmetric"),
+        (Layout::Peft, 1, Mode::Zero),
+        (Layout::Wavedec, 2, Mode::Periodization),
+        (Layout::Wavedec, 2, Mode::Symmetric),
     ] {
         let config = WaveletFtConfig {
-            wavelet: "db3".into(),
+            wavelet: Wavelet::new("db3").unwrap(),
             level,
-            mode: mode.into(),
+            mode,
             layout,
             n_frequency: 200,
             scaling: 2.0,
             ..Default::default()
         };
-        let mut a = WaveletFt::<f64>::new(&config, (300, 200), 200, None).unwrap();
-        let mut g = Mt19937::new(mode.len() as u64);
+        let mut a = WaveletFt::<f64>::new(&config, (300, 200)).unwrap();
+        let mut g = Mt19937::new(mode.name().len() as u64);
         for p in a.params_mut() {
             *p = g.next_normal();
         }

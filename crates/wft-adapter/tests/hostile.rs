@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wft_adapter::{AdapterModel, CONFIG_FILE, Error, INDEX_FILE, MAX_JSON_BYTES, TensorFile, WEIGHTS_FILE};
+use wft_adapter::{AdapterModel, CONFIG_FILE, Error, INDEX_FILE, MAX_JSON_BYTES, Summary, TensorFile, WEIGHTS_FILE};
 
 /// `unwrap_err` without printing the (large) `Ok` value.
 trait ErrorOnly {
@@ -108,6 +108,39 @@ fn duplicate_keys() {
     let config = br#"{"peft_type":"LORA","n_frequency_pattern":{"q":1,"q":2}}"#;
     let e = AdapterModel::from_bytes(config, st("{}", 0), None).error();
     assert!(matches!(e, Error::DuplicateKey { .. }), "{e}");
+}
+
+/// `wft inspect`'s reader refuses what loading refuses: a WaveFT folder
+/// whose config says `peft_type` twice (it once reported "method LoRA" for
+/// WaveFT spectra), from a folder and from memory, and any other hostile
+/// config through the same guarded reader.
+#[test]
+fn inspect_refuses_duplicate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = refs("waveft_db1_square");
+    std::fs::copy(src.join("adapter").join(WEIGHTS_FILE), dir.path().join(WEIGHTS_FILE)).unwrap();
+    let config = br#"{"peft_type": "WAVEFT", "n_frequency": 4, "peft_type": "LORA"}"#;
+    std::fs::write(dir.path().join(CONFIG_FILE), config).unwrap();
+    let e = Summary::read(dir.path(), None).error();
+    assert!(
+        matches!(&e, Error::DuplicateKey { key, .. } if key.contains("peft_type")),
+        "{e}"
+    );
+    let weights = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+    let e = Summary::from_bytes(config, weights.clone(), None).error();
+    assert!(
+        matches!(&e, Error::DuplicateKey { key, .. } if key.contains("peft_type")),
+        "{e}"
+    );
+    let huge = vec![b' '; MAX_JSON_BYTES as usize + 1];
+    assert!(matches!(
+        Summary::from_bytes(&huge, weights.clone(), None).error(),
+        Error::TooLarge { .. }
+    ));
+    assert!(matches!(
+        Summary::from_bytes(b"{\xff}", weights, None).error(),
+        Error::Json { .. }
+    ));
 }
 
 #[test]

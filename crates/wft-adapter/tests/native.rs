@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::{
     Adapter, AdapterConfig, AdapterModel, CONFIG_FILE, Init, Layout, MethodConfig, ModuleAdapter, ModuleSpec, Mt19937,
     Strategy, TensorFile, WaveletFtConfig,
@@ -20,9 +21,9 @@ fn native_folders_round_trip_without_the_base() {
     let base = base();
     for strategy in [Strategy::Uniform, Strategy::LowFrequencyFirst, Strategy::EnergyGuided] {
         let wave = WaveletFtConfig {
-            wavelet: "sym3".into(),
+            wavelet: Wavelet::new("sym3").unwrap(),
             level: 2,
-            mode: "periodization".into(),
+            mode: Mode::Periodization,
             layout: Layout::Wavedec,
             n_frequency: 40,
             scaling: 3.0,
@@ -71,7 +72,7 @@ fn native_locations_out_of_range_are_refused() {
     let base = base();
     let wave = WaveletFtConfig {
         layout: Layout::Wavedec,
-        mode: "symmetric".into(),
+        mode: Mode::Symmetric,
         n_frequency: 10,
         ..Default::default()
     };

@@ -83,14 +83,17 @@ fn unmerged_outputs_equal_peft_forward() {
         let base = TensorFile::open(dir.join("base.safetensors")).unwrap();
         let io = TensorFile::open(dir.join("io.safetensors")).unwrap();
         let model = AdapterModel::load(dir.join("adapter"), Some(&base)).unwrap();
-        let fifo = model.config().fan_in_fan_out;
+        let orient = model.config().orientation;
         let paths = io_modules(&io, ".y");
         assert_eq!(paths.len(), model.modules().len(), "{case}");
         for m in paths {
             let x = f32_2d(&io, &format!("{m}.x"));
             let want = f32_2d(&io, &format!("{m}.y"));
             let w = f32_2d(&base, &format!("{m}.weight"));
-            let w = if fifo { w.reversed_axes() } else { w };
+            let w = match orient {
+                wft_adapter::Orientation::Normal => w,
+                wft_adapter::Orientation::Transposed => w.reversed_axes(),
+            };
             let b: Array1<f32> = base
                 .f32(&format!("{m}.bias"), "")
                 .unwrap()

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::{
     AdapterConfig, AdapterModel, Dtype, Error, FourierFtConfig, INDEX_FILE, Init, Layout, LoraConfig, MethodConfig,
     ModuleSpec, Mt19937, RawTensor, Strategy, TensorFile, WEIGHTS_FILE, WaveletFtConfig, write_atomic,
@@ -76,7 +77,7 @@ fn configs() -> Vec<(&'static str, AdapterConfig)> {
             "waveft",
             AdapterConfig::new(
                 MethodConfig::WaveletFt(WaveletFtConfig {
-                    wavelet: "db2".into(),
+                    wavelet: Wavelet::new("db2").unwrap(),
                     n_frequency: 100,
                     ..Default::default()
                 }),
@@ -87,9 +88,9 @@ fn configs() -> Vec<(&'static str, AdapterConfig)> {
             "waveletft-energy",
             AdapterConfig::new(
                 MethodConfig::WaveletFt(WaveletFtConfig {
-                    wavelet: "sym3".into(),
+                    wavelet: Wavelet::new("sym3").unwrap(),
                     level: 2,
-                    mode: "periodization".into(),
+                    mode: Mode::Periodization,
                     layout: Layout::Wavedec,
                     n_frequency: 60,
                     scaling: 3.0,
@@ -103,14 +104,12 @@ fn configs() -> Vec<(&'static str, AdapterConfig)> {
         (
             "fourierft",
             AdapterConfig::new(
-                MethodConfig::FourierFt {
-                    config: FourierFtConfig {
-                        n_frequency: 80,
-                        scaling: 150.0,
-                        seed: 3,
-                    },
-                    init_zeros: true,
-                },
+                MethodConfig::FourierFt(FourierFtConfig {
+                    n_frequency: 80,
+                    scaling: 150.0,
+                    seed: 3,
+                    init: Init::Zeros,
+                }),
                 targets(),
             ),
         ),
@@ -121,6 +120,7 @@ fn configs() -> Vec<(&'static str, AdapterConfig)> {
                     r: 4,
                     lora_alpha: 8.0,
                     use_rslora: false,
+                    seed: 0,
                 }),
                 targets(),
             ),

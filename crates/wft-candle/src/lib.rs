@@ -25,7 +25,7 @@
 //! // A frozen 24×16 layer, adapted with 40 db1 coefficients (PEFT's layout).
 //! let w = Tensor::randn(0f32, 0.1, (24, 16), &Device::Cpu)?;
 //! let config = WaveletFtConfig { n_frequency: 40, scaling: 1.0, ..Default::default() };
-//! let adapter = WaveletFt::new(&config, (24, 16), 40, None)?;
+//! let adapter = WaveletFt::new(&config, (24, 16))?;
 //! let layer = Linear::adapted(w, None, ModuleAdapter::WaveletFt(Box::new(adapter)))?;
 //!
 //! // Fit a target output: only the 40 coefficients train.
@@ -54,6 +54,7 @@
 //! computes.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bert;
 mod classifier;

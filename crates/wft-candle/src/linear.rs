@@ -258,7 +258,7 @@ fn lock(m: &Mutex<Merged>) -> MutexGuard<'_, Merged> {
 /// `W + ΔW` as a tensor.
 fn merged_weight(base: &Array2<f32>, adapter: &dyn Adapter<f32>) -> Result<Tensor> {
     let mut w = base.clone();
-    adapter.merge_into(w.view_mut(), 1.0, false)?;
+    adapter.merge_into(w.view_mut(), 1.0, wft_adapter::Orientation::Normal)?;
     let (out, inp) = w.dim();
     Ok(Tensor::from_vec(
         w.into_raw_vec_and_offset().0,

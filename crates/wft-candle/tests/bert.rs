@@ -63,6 +63,7 @@ fn every_tuning_starts_as_the_frozen_model() -> R {
             r: 2,
             lora_alpha: 4.0,
             use_rslora: false,
+            seed: 0,
         }),
     ] {
         let model = AdapterModel::new_for_base(AdapterConfig::new(method, targets.clone()), &f.base, 1)?;

@@ -9,9 +9,11 @@
 use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::{Optimizer, SGD};
 use proptest::prelude::*;
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::ndarray::{Array2, Axis};
 use wft_adapter::{
-    FourierFt, FourierFtConfig, Layout, Lora, LoraConfig, ModuleAdapter, Mt19937, Strategy, WaveletFt, WaveletFtConfig,
+    FourierFt, FourierFtConfig, Init, Layout, Lora, LoraConfig, ModuleAdapter, Mt19937, Strategy, WaveletFt,
+    WaveletFtConfig,
 };
 use wft_candle::{Error, Linear};
 
@@ -25,45 +27,47 @@ fn values(g: &mut Mt19937, n: usize, scale: f64) -> Vec<f32> {
 /// FourierFT; 3: LoRA r=2. Parameters random (non-zero).
 fn adapter(kind: usize, out: usize, inp: usize, g: &mut Mt19937) -> R<ModuleAdapter> {
     let n = (out * inp / 3).max(1);
-    let mut a = match kind {
+    let mut a: ModuleAdapter = match kind {
         0 => {
             let c = WaveletFtConfig {
                 n_frequency: n,
                 scaling: 3.0,
                 ..Default::default()
             };
-            ModuleAdapter::WaveletFt(Box::new(WaveletFt::new(&c, (out, inp), n, None)?))
+            WaveletFt::new(&c, (out, inp))?.into()
         }
         1 => {
             let c = WaveletFtConfig {
-                wavelet: "db2".into(),
+                wavelet: Wavelet::new("db2").unwrap(),
                 // dwt-core refuses levels too deep for the size (db2 needs 6 samples
                 // per level-1 axis, 12 for level 2).
                 level: if out.min(inp) >= 12 { 2 } else { 1 },
-                mode: "symmetric".into(),
+                mode: Mode::Symmetric,
                 layout: Layout::Wavedec,
                 strategy: Strategy::LowFrequencyFirst,
                 n_frequency: n,
                 scaling: 2.0,
                 ..Default::default()
             };
-            ModuleAdapter::WaveletFt(Box::new(WaveletFt::new(&c, (out, inp), n, None)?))
+            WaveletFt::new(&c, (out, inp))?.into()
         }
         2 => {
             let c = FourierFtConfig {
                 n_frequency: n,
                 scaling: 1.5,
                 seed: 3,
+                init: Init::Zeros,
             };
-            ModuleAdapter::FourierFt(Box::new(FourierFt::new(&c, (out, inp), n, None)?))
+            FourierFt::new(&c, (out, inp))?.into()
         }
         _ => {
             let c = LoraConfig {
                 r: 2,
                 lora_alpha: 4.0,
                 use_rslora: false,
+                seed: 5,
             };
-            ModuleAdapter::Lora(Box::new(Lora::new(&c, (out, inp), 5)?))
+            Lora::new(&c, (out, inp))?.into()
         }
     };
     let k = a.as_adapter().num_params();

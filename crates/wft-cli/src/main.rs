@@ -35,11 +35,15 @@ enum Command {
         /// The adapter folder (adapter_config.json + adapter_model.safetensors).
         #[arg(long)]
         adapter: PathBuf,
-        /// Where to write the merged checkpoint: a file (replaced atomically
-        /// if it exists), or for a sharded base a new folder that receives
-        /// the shards under their own names and the index.
+        /// Where to write the merged checkpoint: a new file, or for a
+        /// sharded base a new folder that receives the shards under their
+        /// own names and the index. Never the base itself.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing output (atomically; a sharded output folder
+        /// must still be empty).
+        #[arg(long)]
+        force: bool,
         /// Where ΔW is built and added: `gpu` uses the adapter wgpu picks
         /// (WGPU_BACKEND / WGPU_ADAPTER_NAME choose; the result matches `cpu`
         /// within 1e-5).
@@ -74,6 +78,9 @@ enum Command {
         /// Where to write ΔW.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -97,15 +104,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// An existing output is refused unless `--force`: one typo should not
+/// cost a 100 GB checkpoint.
+fn refuse_existing(out: &std::path::Path, force: bool) -> wft_adapter::Result<()> {
+    // `symlink_metadata`: a dangling link is an existing path too.
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        return Err(wft_adapter::Error::OutputExists {
+            path: out.to_path_buf(),
+            reason: "exists; pass --force to replace it".into(),
+        });
+    }
+    Ok(())
+}
+
 fn run(command: Command) -> wft_adapter::Result<()> {
     match command {
         Command::Merge {
             base,
             adapter,
             out,
+            force,
             device,
             quiet,
         } => {
+            refuse_existing(&out, force)?;
             #[cfg(feature = "gpu")]
             let gpu = match device {
                 Device::Gpu => {
@@ -178,7 +200,9 @@ fn run(command: Command) -> wft_adapter::Result<()> {
             adapter,
             module,
             out,
+            force,
         } => {
+            refuse_existing(&out, force)?;
             let base = TensorFile::open(&base)?;
             let model = AdapterModel::load(&adapter, Some(&base))?;
             let d = model.delta(&module)?;

@@ -207,3 +207,73 @@ fn merge_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+/// A merge never replaces its own base, whatever path or link names it, and
+/// replaces an existing output only with `--force`; `wft inspect` refuses a
+/// config with a repeated key, naming the key.
+#[test]
+fn merge_refuses_its_base_and_existing_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = refs("waveft_conv1d");
+    let base = tmp.path().join("model.safetensors");
+    std::fs::copy(case.join("base.safetensors"), &base).unwrap();
+    let original = std::fs::read(&base).unwrap();
+    let link = tmp.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&base, &link).unwrap();
+    let dotted = tmp.path().join(".").join("model.safetensors");
+    let adapter = case.join("adapter");
+    let merge = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "merge",
+            "--base",
+            s(&base),
+            "--adapter",
+            s(&adapter),
+            "--out",
+            s(out),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        wft(&args)
+    };
+    for out in [&base, &link, &dotted] {
+        for force in [&[][..], &["--force"][..]] {
+            let o = merge(out, force);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{}: {err}", out.display());
+            assert!(err.contains("exists") || err.contains("base checkpoint"), "{err}");
+            assert_eq!(std::fs::read(&base).unwrap(), original, "the base is untouched");
+        }
+    }
+    // With --force the base is still refused for what it is, not for existing.
+    let o = merge(&link, &["--force"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is the base checkpoint"));
+    // An existing, unrelated output: refused, then replaced with --force.
+    let out = tmp.path().join("merged.safetensors");
+    std::fs::write(&out, b"keep me").unwrap();
+    let o = merge(&out, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    let o = merge(&out, &["--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // The duplicate-key folder of the bug report.
+    let dir = tmp.path().join("dup");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(
+        case.join("adapter/adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        br#"{"peft_type": "WAVEFT", "n_frequency": 10, "peft_type": "LORA"}"#,
+    )
+    .unwrap();
+    let o = wft(&["inspect", s(&dir)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("duplicate") && err.contains("peft_type"), "{err}");
+}

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use wft_adapter::dwt_core::{Mode, Wavelet};
 use wft_adapter::{
-    AdapterConfig, AdapterModel, FourierFtConfig, Layout, LoraConfig, MethodConfig, ModuleSpec, Strategy, TensorFile,
-    WaveletFtConfig,
+    AdapterConfig, AdapterModel, FourierFtConfig, Init, Layout, LoraConfig, MethodConfig, ModuleSpec, Strategy,
+    TensorFile, WaveletFtConfig,
 };
 
 use crate::{Error, Result};
@@ -88,15 +89,14 @@ impl Method {
                 r,
                 lora_alpha: 8.0,
                 use_rslora: false,
+                seed,
             }),
-            Method::FourierFt(n) => MethodConfig::FourierFt {
-                config: FourierFtConfig {
-                    n_frequency: n,
-                    scaling: 150.0,
-                    seed: 777 + seed,
-                },
-                init_zeros: true,
-            },
+            Method::FourierFt(n) => MethodConfig::FourierFt(FourierFtConfig {
+                n_frequency: n,
+                scaling: 150.0,
+                seed: 777 + seed,
+                init: Init::Zeros,
+            }),
             Method::WaveletFt(variant, n) => {
                 let base = WaveletFtConfig {
                     n_frequency: n,
@@ -106,9 +106,9 @@ impl Method {
                 MethodConfig::WaveletFt(match variant {
                     WaveletVariant::Peft => base,
                     WaveletVariant::LowFrequency | WaveletVariant::EnergyGuided => WaveletFtConfig {
-                        wavelet: "db2".into(),
+                        wavelet: Wavelet::new("db2").expect("db2 is one of dwt-core's wavelets"),
                         level: 2,
-                        mode: "periodization".into(),
+                        mode: Mode::Periodization,
                         layout: Layout::Wavedec,
                         strategy: if variant == WaveletVariant::LowFrequency {
                             Strategy::LowFrequencyFirst

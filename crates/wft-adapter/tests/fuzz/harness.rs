@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use wft_adapter::{AdapterModel, TensorFile};
+use wft_adapter::{AdapterModel, Summary, TensorFile};
 
 /// Split `data` into `N` parts: `N - 1` length-prefixed parts, then the
 /// rest. Lengths past the end are clamped.
@@ -60,6 +60,17 @@ pub fn adapter_folder(data: &[u8]) {
     if let Ok(model) = AdapterModel::from_bytes(config, weights.to_vec(), base.as_ref()) {
         exercise(&model);
     }
+}
+
+/// What `wft inspect` reads of a folder, with or without its base:
+/// `config | weights | base` (the adapter_folder seeds fit).
+pub fn inspect(data: &[u8]) {
+    let [config, weights, base] = split::<3>(data);
+    let base = TensorFile::from_bytes(PathBuf::from("base.safetensors"), base.to_vec()).ok();
+    if let Ok(s) = Summary::from_bytes(config, weights.to_vec(), base.as_ref()) {
+        let _ = (s.total_params(), s.equivalent_lora_rank());
+    }
+    let _ = Summary::from_bytes(config, weights.to_vec(), None);
 }
 
 /// A native WAVELETFT folder, loaded without a base (its config carries

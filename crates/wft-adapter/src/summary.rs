@@ -1,0 +1,113 @@
+//! What an adapter folder holds, read without building the adapters
+//! (`wft inspect`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::Dtype;
+
+use crate::config::{AdapterConfig, PeftType};
+use crate::folder::{CONFIG_FILE, TensorRole, WEIGHTS_FILE};
+use crate::model::module_shape;
+use crate::tensors::{TensorFile, read_text_capped, text_capped};
+use crate::{Method, Result};
+
+/// One module in a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSummary {
+    /// Module path.
+    pub path: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// `(out, in)` when known (always for LoRA and native folders; with a
+    /// base model for WaveFT and FourierFT).
+    pub shape: Option<(usize, usize)>,
+}
+
+/// What an adapter folder holds, read without building the adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// `peft_type`.
+    pub peft_type: PeftType,
+    /// The method.
+    pub method: Method,
+    /// Per-module parameters, sorted by path.
+    pub modules: Vec<ModuleSummary>,
+    /// Size of `adapter_model.safetensors` in bytes.
+    pub file_size: usize,
+}
+
+impl Summary {
+    /// Total trainable parameters.
+    pub fn total_params(&self) -> usize {
+        self.modules.iter().map(|m| m.params).sum()
+    }
+    /// The LoRA rank with the same parameter count, `total / Σ(out + in)`,
+    /// when every shape is known.
+    pub fn equivalent_lora_rank(&self) -> Option<f64> {
+        let sides: Option<usize> = self.modules.iter().map(|m| m.shape.map(|(o, i)| o + i)).sum();
+        sides.filter(|&s| s > 0).map(|s| self.total_params() as f64 / s as f64)
+    }
+
+    /// Summarise an adapter folder; `base` fills in WaveFT/FourierFT shapes.
+    /// The config goes through the same guarded reader as
+    /// [`crate::AdapterModel::load`] (size cap, UTF-8, duplicate keys).
+    ///
+    /// # Errors
+    /// As [`crate::AdapterModel::load`] for the config and the weights file.
+    pub fn read(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = read_text_capped(&cfg_path)?;
+        let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
+        Self::from_parts(&text, &cfg_path, &file, base)
+    }
+
+    /// [`Summary::read`] from memory, as [`crate::AdapterModel::from_bytes`]
+    /// loads: the config's bytes and the weights file's bytes.
+    ///
+    /// # Errors
+    /// As [`Summary::read`].
+    pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
+        let dir = Path::new("<memory>");
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = text_capped(config, &cfg_path)?;
+        let file = TensorFile::from_bytes(dir.join(WEIGHTS_FILE), weights)?;
+        Self::from_parts(text, &cfg_path, &file, base)
+    }
+
+    fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {
+        let (config, shapes) = AdapterConfig::from_json(text, cfg_path)?;
+        let mut modules: BTreeMap<String, ModuleSummary> = BTreeMap::new();
+        for name in file.names() {
+            let Some((m, role)) = TensorRole::parse(&name).filter(|(_, r)| r.trainable()) else {
+                continue;
+            };
+            let (_, shape) = file.info(&name).unwrap_or((Dtype::F32, &[]));
+            let count: usize = shape.iter().product();
+            let entry = modules.entry(m.to_string()).or_insert_with(|| ModuleSummary {
+                path: m.to_string(),
+                params: 0,
+                shape: shapes.get(m).copied(),
+            });
+            entry.params += count;
+            if let (TensorRole::LoraA, [_, i]) = (role, shape) {
+                entry.shape = Some((entry.shape.map_or(0, |s| s.0), *i));
+            }
+            if let (TensorRole::LoraB, [o, _]) = (role, shape) {
+                entry.shape = Some((*o, entry.shape.map_or(0, |s| s.1)));
+            }
+        }
+        if let Some(base) = base {
+            for m in modules.values_mut() {
+                m.shape = Some(module_shape(base, &m.path, config.orientation)?.1);
+            }
+        }
+        Ok(Summary {
+            peft_type: config.peft_type(),
+            method: config.method.method(),
+            modules: modules.into_values().collect(),
+            file_size: file.size(),
+        })
+    }
+}
