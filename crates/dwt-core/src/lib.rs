@@ -86,7 +86,7 @@ pub use error::{Error, Result};
 pub use mode::{Mode, dwt_coeff_len, dwt_max_level, idwt_len};
 pub use plan::{Level, Plan, Plan1, Plan2};
 pub use real::Real;
-pub use separable::{Crop, FactorSet, Location, Orientation, SeparableBasis, Subband};
+pub use separable::{BackwardBlock, Crop, FactorSet, Location, Orientation, SeparableBasis, Subband};
 pub use transform::{
     dwt, dwt_axis, dwt2, dwt2_axes, idwt, idwt_adjoint, idwt_axis, idwt2, idwt2_adjoint, idwt2_axes, last_axis,
     last_two_axes, wavedec, wavedec_axis, wavedec2, wavedec2_axes, waverec, waverec_adjoint, waverec2,

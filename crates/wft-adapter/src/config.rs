@@ -216,6 +216,14 @@ impl AdapterConfig {
             }
         }
         let init_weights: bool = field(&obj, "init_weights", true, path)?;
+        // PEFT's `init_weights=False`: normal values of this std.
+        let init = |std| {
+            if init_weights {
+                Init::Zeros
+            } else {
+                Init::Normal { std }
+            }
+        };
         let mut shapes = BTreeMap::new();
         let method = match peft_type {
             PeftType::WaveFt => {
@@ -231,22 +239,14 @@ impl AdapterConfig {
                     scaling: field(&obj, "scaling", 25.0, path)?,
                     seed: field(&obj, "random_loc_seed", 777, path)?,
                     strategy: Strategy::Uniform,
-                    init: if init_weights {
-                        Init::Zeros
-                    } else {
-                        Init::Normal { std: 0.01 }
-                    },
+                    init: init(0.01),
                 })
             }
             PeftType::FourierFt => MethodConfig::FourierFt(FourierFtConfig {
                 n_frequency: field(&obj, "n_frequency", 1000, path)?,
                 scaling: field(&obj, "scaling", 150.0, path)?,
                 seed: field(&obj, "random_loc_seed", 777, path)?,
-                init: if init_weights {
-                    Init::Zeros
-                } else {
-                    Init::Normal { std: 1.0 }
-                },
+                init: init(1.0),
             }),
             PeftType::Lora => MethodConfig::Lora(LoraConfig {
                 r: field(&obj, "r", 8, path)?,

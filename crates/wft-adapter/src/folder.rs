@@ -16,7 +16,7 @@
 //! Both files are written atomically (see [`crate::write_atomic`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dwt_core::Location;
 use ndarray::Array2;
@@ -141,6 +141,37 @@ pub(crate) fn matrix(file: &TensorFile, key: &str, shape: [Option<usize>; 2], wh
     a.into_dimensionality().map_err(|_| mismatch())
 }
 
+/// A folder's two files, read but not interpreted: the config's text (size
+/// capped, UTF-8; its keys are checked when it is parsed) and the weights.
+pub(crate) struct Folder {
+    pub(crate) config: String,
+    pub(crate) config_path: PathBuf,
+    pub(crate) weights: TensorFile,
+}
+
+impl Folder {
+    /// From a folder on disk.
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        Ok(Folder {
+            config: read_text_capped(&config_path)?,
+            weights: TensorFile::open(dir.join(WEIGHTS_FILE))?,
+            config_path,
+        })
+    }
+
+    /// From memory; errors name the files in a folder called `<memory>`.
+    pub(crate) fn from_bytes(config: &[u8], weights: Vec<u8>) -> Result<Self> {
+        let dir = Path::new("<memory>");
+        let config_path = dir.join(CONFIG_FILE);
+        Ok(Folder {
+            config: text_capped(config, &config_path)?.to_string(),
+            weights: TensorFile::from_bytes(dir.join(WEIGHTS_FILE), weights)?,
+            config_path,
+        })
+    }
+}
+
 /// Name the tensor an adapter-construction error came from.
 fn in_tensor(file: &TensorFile, tensor: &str, e: Error) -> Error {
     Error::invalid(format!("{} tensor {tensor:?}", file.path().display()), e.to_string())
@@ -158,11 +189,8 @@ impl AdapterModel {
     /// the base lacks an adapted module; [`Error::Invalid`] when a WaveFT
     /// or FourierFT folder is loaded without a base.
     pub fn load(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
-        let dir = dir.as_ref();
-        let cfg_path = dir.join(CONFIG_FILE);
-        let text = read_text_capped(&cfg_path)?;
-        let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
-        Self::from_parts(&text, &cfg_path, &file, base)
+        let folder = Folder::read(dir.as_ref())?;
+        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
     }
 
     /// [`AdapterModel::load`] from memory: the config's JSON text and the
@@ -173,11 +201,8 @@ impl AdapterModel {
     /// # Errors
     /// As [`AdapterModel::load`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        let dir = Path::new("<memory>");
-        let cfg_path = dir.join(CONFIG_FILE);
-        let text = text_capped(config, &cfg_path)?;
-        let file = TensorFile::from_bytes(dir.join(WEIGHTS_FILE), weights)?;
-        Self::from_parts(text, &cfg_path, &file, base)
+        let folder = Folder::from_bytes(config, weights)?;
+        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
     }
 
     fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {
@@ -212,6 +237,22 @@ impl AdapterModel {
             }),
             _ => Ok(()),
         };
+        // PEFT's spectra (WaveFT, FourierFT): one vector per module, its
+        // locations regenerated from the base's shapes.
+        type Build<'a> = dyn Fn(Vec<f32>, (usize, usize)) -> Result<ModuleAdapter> + 'a;
+        let spectra =
+            |role: TensorRole, what: &str, build: &Build<'_>| -> Result<Vec<(String, String, ModuleAdapter)>> {
+                role.modules(file)
+                    .into_iter()
+                    .map(|m| {
+                        let k = role.key(&m);
+                        let values = vector(file, &k, what)?;
+                        check_n(&m, &k, values.len())?;
+                        let a = build(values, shape_from_base(&m)?).map_err(|e| in_tensor(file, &k, e))?;
+                        Ok((m, k, a))
+                    })
+                    .collect()
+            };
         let mut modules = BTreeMap::new();
         let mut expected_keys = Vec::new();
         let native = TensorRole::Coefficients.modules(file);
@@ -263,29 +304,24 @@ impl AdapterModel {
                 }
             }
             MethodConfig::WaveletFt(c) => {
-                for m in TensorRole::WaveFtSpectrum.modules(file) {
-                    let k = TensorRole::WaveFtSpectrum.key(&m);
-                    let values = vector(file, &k, "WaveFT spectrum")?;
-                    check_n(&m, &k, values.len())?;
-                    let shape = shape_from_base(&m)?;
+                let build = |values: Vec<f32>, shape| -> Result<ModuleAdapter> {
                     let c = WaveletFtConfig {
                         n_frequency: values.len(),
                         ..c.clone()
                     };
-                    let mut a = WaveletFt::new(&c, shape).map_err(|e| in_tensor(file, &k, e))?;
+                    let mut a = WaveletFt::new(&c, shape)?;
                     a.params_mut().copy_from_slice(&values);
-                    modules.insert(m, a.into());
+                    Ok(a.into())
+                };
+                for (m, k, a) in spectra(TensorRole::WaveFtSpectrum, "WaveFT spectrum", &build)? {
+                    modules.insert(m, a);
                     expected_keys.push(k);
                 }
             }
             MethodConfig::FourierFt(c) => {
-                for m in TensorRole::FourierFtSpectrum.modules(file) {
-                    let k = TensorRole::FourierFtSpectrum.key(&m);
-                    let values = vector(file, &k, "FourierFT spectrum")?;
-                    check_n(&m, &k, values.len())?;
-                    let shape = shape_from_base(&m)?;
-                    let a = FourierFt::from_spectrum(c, shape, values).map_err(|e| in_tensor(file, &k, e))?;
-                    modules.insert(m, a.into());
+                let build = |values, shape| Ok(FourierFt::from_spectrum(c, shape, values)?.into());
+                for (m, k, a) in spectra(TensorRole::FourierFtSpectrum, "FourierFT spectrum", &build)? {
+                    modules.insert(m, a);
                     expected_keys.push(k);
                 }
             }

@@ -7,9 +7,9 @@ use std::path::Path;
 use safetensors::Dtype;
 
 use crate::config::{AdapterConfig, PeftType};
-use crate::folder::{CONFIG_FILE, TensorRole, WEIGHTS_FILE};
+use crate::folder::{Folder, TensorRole};
 use crate::model::module_shape;
-use crate::tensors::{TensorFile, read_text_capped, text_capped};
+use crate::tensors::TensorFile;
 use crate::{Method, Result};
 
 /// One module in a [`Summary`].
@@ -56,11 +56,8 @@ impl Summary {
     /// # Errors
     /// As [`crate::AdapterModel::load`] for the config and the weights file.
     pub fn read(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
-        let dir = dir.as_ref();
-        let cfg_path = dir.join(CONFIG_FILE);
-        let text = read_text_capped(&cfg_path)?;
-        let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
-        Self::from_parts(&text, &cfg_path, &file, base)
+        let folder = Folder::read(dir.as_ref())?;
+        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
     }
 
     /// [`Summary::read`] from memory, as [`crate::AdapterModel::from_bytes`]
@@ -69,11 +66,8 @@ impl Summary {
     /// # Errors
     /// As [`Summary::read`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        let dir = Path::new("<memory>");
-        let cfg_path = dir.join(CONFIG_FILE);
-        let text = text_capped(config, &cfg_path)?;
-        let file = TensorFile::from_bytes(dir.join(WEIGHTS_FILE), weights)?;
-        Self::from_parts(text, &cfg_path, &file, base)
+        let folder = Folder::from_bytes(config, weights)?;
+        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
     }
 
     fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {

@@ -1,8 +1,8 @@
 //! WaveletFT: `ΔW = α · IDWT2(S(c))` with `n` trainable wavelet coefficients.
 
 use dwt_core::{
-    Coeffs2, Location, Mode, Orientation, SeparableBasis, Wavelet, idwt2, idwt2_adjoint, wavedec2, waverec2,
-    waverec2_adjoint,
+    BackwardBlock, Coeffs2, Location, Mode, Orientation, SeparableBasis, Wavelet, idwt2, idwt2_adjoint, wavedec2,
+    waverec2, waverec2_adjoint,
 };
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
@@ -399,7 +399,16 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             transpose_rows(xs, inp, start, rb, xt);
             transpose_rows(gs, out, start, rb, gt);
             let dxt = if want_dx { Some(&mut dxt[..inp * rb]) } else { None };
-            t.backward_block(&self.coeffs, a, &xt[..inp * rb], &gt[..out * rb], rb, grad, dxt, gu, xv);
+            let block = BackwardBlock {
+                xt: &xt[..inp * rb],
+                gt: &gt[..out * rb],
+                rb,
+                grad,
+                dxt,
+                gu,
+                xv,
+            };
+            t.backward_block(&self.coeffs, a, block);
             if let Some(dx) = dx {
                 add_transposed(&st.5[..inp * rb], rb, dx);
             }
@@ -511,32 +520,24 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn batch_path_choice() {
+        let atoms = |wavelet: &str, level, mode, layout, n, shape| {
+            let c = WaveletFtConfig {
+                wavelet: Wavelet::new(wavelet).unwrap(),
+                level,
+                mode,
+                layout,
+                n_frequency: n,
+                ..Default::default()
+            };
+            WaveletFt::<f64>::new(&c, shape).unwrap().atoms_for_batches()
+        };
         for (layout, level, mode) in [
             (Layout::Peft, 1, Mode::Zero),
             (Layout::Wavedec, 2, Mode::Periodization),
             (Layout::Wavedec, 2, Mode::Symmetric),
         ] {
-            let c = WaveletFtConfig {
-                wavelet: Wavelet::new("db3").unwrap(),
-                level,
-                mode,
-                layout,
-                n_frequency: 200,
-                ..Default::default()
-            };
-            assert!(
-                WaveletFt::<f64>::new(&c, (300, 200)).unwrap().atoms_for_batches(),
-                "{layout:?} {mode}"
-            );
+            assert!(atoms("db3", level, mode, layout, 200, (300, 200)), "{layout:?} {mode}");
         }
-        let c = WaveletFtConfig {
-            wavelet: Wavelet::new("sym8").unwrap(),
-            level: 1,
-            mode: Mode::Zero,
-            layout: Layout::Wavedec,
-            n_frequency: 300,
-            ..Default::default()
-        };
-        assert!(!WaveletFt::<f64>::new(&c, (40, 40)).unwrap().atoms_for_batches());
+        assert!(!atoms("sym8", 1, Mode::Zero, Layout::Wavedec, 300, (40, 40)));
     }
 }

@@ -236,51 +236,18 @@ fn levels_too_deep_and_bad_sizes_are_errors() {
         layout: Layout::Wavedec,
         level: 9,
         mode: Mode::Symmetric,
+        n_frequency: 4,
         ..Default::default()
     };
-    let e = WaveletFt::<f32>::new(
-        &WaveletFtConfig {
-            n_frequency: 4,
-            ..c.clone()
-        },
-        (16, 16),
-    )
-    .unwrap_err();
+    let e = WaveletFt::<f32>::new(&c, (16, 16)).unwrap_err();
     assert!(e.to_string().contains("level"), "{e}");
-    let c = WaveletFtConfig {
-        n_frequency: 10,
+    let with_n = |n| WaveletFtConfig {
+        n_frequency: n,
         ..Default::default()
     };
-    assert!(
-        WaveletFt::<f32>::new(
-            &WaveletFtConfig {
-                n_frequency: 5,
-                ..c.clone()
-            },
-            (2, 2)
-        )
-        .is_err()
-    );
-    assert!(
-        WaveletFt::<f32>::new(
-            &WaveletFtConfig {
-                n_frequency: 1,
-                ..c.clone()
-            },
-            (0, 2)
-        )
-        .is_err()
-    );
-    assert!(
-        WaveletFt::<f32>::new(
-            &WaveletFtConfig {
-                n_frequency: 1,
-                ..c.clone()
-            },
-            (usize::MAX / 2, 3)
-        )
-        .is_err()
-    );
+    assert!(WaveletFt::<f32>::new(&with_n(5), (2, 2)).is_err());
+    assert!(WaveletFt::<f32>::new(&with_n(1), (0, 2)).is_err());
+    assert!(WaveletFt::<f32>::new(&with_n(1), (usize::MAX / 2, 3)).is_err());
     // An unknown wavelet cannot reach a config any more: the typed field
     // refuses it where it is read.
     let e = serde_json::from_str::<WaveletFtConfig>(r#"{"wavelet": "nope"}"#).unwrap_err();

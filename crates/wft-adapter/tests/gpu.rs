@@ -133,59 +133,41 @@ fn gpu_adapters_match_cpu_adapters() {
     let Some(ctx) = device("gpu_adapters_match_cpu_adapters") else {
         return;
     };
+    // (what, wavelet, level, mode, layout, n, shape)
     let configs = [
-        (
-            "PEFT db2",
-            WaveletFtConfig {
-                wavelet: Wavelet::new("db2").unwrap(),
-                n_frequency: 300,
-                ..Default::default()
-            },
-            (70, 50),
-        ),
-        (
-            "PEFT sym3 odd",
-            WaveletFtConfig {
-                wavelet: Wavelet::new("sym3").unwrap(),
-                n_frequency: 200,
-                ..Default::default()
-            },
-            (37, 61),
-        ),
+        ("PEFT db2", "db2", 1, Mode::Zero, Layout::Peft, 300, (70, 50)),
+        ("PEFT sym3 odd", "sym3", 1, Mode::Zero, Layout::Peft, 200, (37, 61)),
         (
             "wavedec sym4 L2 periodization",
-            WaveletFtConfig {
-                wavelet: Wavelet::new("sym4").unwrap(),
-                level: 2,
-                mode: Mode::Periodization,
-                layout: Layout::Wavedec,
-                n_frequency: 150,
-                ..Default::default()
-            },
+            "sym4",
+            2,
+            Mode::Periodization,
+            Layout::Wavedec,
+            150,
             (64, 96),
         ),
         (
             "wavedec db3 L3 symmetric",
-            WaveletFtConfig {
-                wavelet: Wavelet::new("db3").unwrap(),
-                level: 3,
-                mode: Mode::Symmetric,
-                layout: Layout::Wavedec,
-                n_frequency: 100,
-                ..Default::default()
-            },
+            "db3",
+            3,
+            Mode::Symmetric,
+            Layout::Wavedec,
+            100,
             (90, 81),
         ),
-        (
-            "identity",
-            WaveletFtConfig {
-                layout: Layout::Identity,
-                n_frequency: 80,
-                ..Default::default()
-            },
-            (20, 30),
-        ),
-    ];
+        ("identity", "db1", 1, Mode::Zero, Layout::Identity, 80, (20, 30)),
+    ]
+    .map(|(what, wavelet, level, mode, layout, n_frequency, shape)| {
+        let config = WaveletFtConfig {
+            wavelet: Wavelet::new(wavelet).unwrap(),
+            level,
+            mode,
+            layout,
+            n_frequency,
+            ..Default::default()
+        };
+        (what, config, shape)
+    });
     for (what, config, shape) in configs {
         let mut a = WaveletFt::<f32>::new(&config, shape).unwrap();
         let v = random(1, (1, a.num_params()));

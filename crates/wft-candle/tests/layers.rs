@@ -28,17 +28,14 @@ fn values(g: &mut Mt19937, n: usize, scale: f64) -> Vec<f32> {
 fn adapter(kind: usize, out: usize, inp: usize, g: &mut Mt19937) -> R<ModuleAdapter> {
     let n = (out * inp / 3).max(1);
     let mut a: ModuleAdapter = match kind {
-        0 => {
-            let c = WaveletFtConfig {
+        0 | 1 => {
+            let peft = WaveletFtConfig {
                 n_frequency: n,
                 scaling: 3.0,
                 ..Default::default()
             };
-            WaveletFt::new(&c, (out, inp))?.into()
-        }
-        1 => {
-            let c = WaveletFtConfig {
-                wavelet: Wavelet::new("db2").unwrap(),
+            let wavedec = WaveletFtConfig {
+                wavelet: Wavelet::new("db2")?,
                 // dwt-core refuses levels too deep for the size (db2 needs 6 samples
                 // per level-1 axis, 12 for level 2).
                 level: if out.min(inp) >= 12 { 2 } else { 1 },
@@ -49,7 +46,7 @@ fn adapter(kind: usize, out: usize, inp: usize, g: &mut Mt19937) -> R<ModuleAdap
                 scaling: 2.0,
                 ..Default::default()
             };
-            WaveletFt::new(&c, (out, inp))?.into()
+            WaveletFt::new(if kind == 0 { &peft } else { &wavedec }, (out, inp))?.into()
         }
         2 => {
             let c = FourierFtConfig {

@@ -18,6 +18,28 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `wft delta --base B --adapter A --module M --out O`.
+fn delta(base: &Path, adapter: &Path, module: &str, out: &Path) -> Output {
+    wft(&[
+        "delta",
+        "--base",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--module",
+        module,
+        "--out",
+        s(out),
+    ])
+}
+
+/// `wft merge --base B --adapter A --out O`, then `extra`.
+fn merge(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["merge", "--base", s(base), "--adapter", s(adapter), "--out", s(out)];
+    args.extend_from_slice(extra);
+    wft(&args)
+}
+
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
@@ -38,16 +60,12 @@ fn merge_matches_peft() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("merged.safetensors");
     let case = refs("waveft_conv1d");
-    let o = wft(&[
-        "merge",
-        "--base",
-        s(&case.join("base.safetensors")),
-        "--adapter",
-        s(&case.join("adapter")),
-        "--out",
-        s(&out),
-        "--quiet",
-    ]);
+    let o = merge(
+        &case.join("base.safetensors"),
+        &case.join("adapter"),
+        &out,
+        &["--quiet"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("merged 2 weights"));
     for name in ["layers.0.c_attn.weight", "layers.0.c_proj.weight"] {
@@ -86,17 +104,12 @@ fn delta_writes_one_module() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("delta.safetensors");
     let case = refs("lora");
-    let o = wft(&[
-        "delta",
-        "--base",
-        s(&case.join("base.safetensors")),
-        "--adapter",
-        s(&case.join("adapter")),
-        "--module",
+    let o = delta(
+        &case.join("base.safetensors"),
+        &case.join("adapter"),
         "layers.0.v",
-        "--out",
-        s(&out),
-    ]);
+        &out,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // ΔW = merged − base, from PEFT's own merge.
     let (m, b) = (
@@ -114,15 +127,7 @@ fn errors_name_the_file_and_exit_nonzero() {
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
     let case = refs("lora");
     let out = tmp.path().join("out.safetensors");
-    let o = wft(&[
-        "merge",
-        "--base",
-        s(&bad),
-        "--adapter",
-        s(&case.join("adapter")),
-        "--out",
-        s(&out),
-    ]);
+    let o = merge(&bad, &case.join("adapter"), &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -130,29 +135,16 @@ fn errors_name_the_file_and_exit_nonzero() {
         "{err}"
     );
     assert!(!out.exists());
-    let o = wft(&[
-        "merge",
-        "--base",
-        s(&refs("waveft_db1_square").join("base.safetensors")),
-        "--adapter",
-        s(&case.join("adapter")),
-        "--out",
-        s(&out),
-    ]);
+    let o = merge(
+        &refs("waveft_db1_square").join("base.safetensors"),
+        &case.join("adapter"),
+        &out,
+        &[],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("layers.0.q.weight") && err.contains("expected"), "{err}");
-    let o = wft(&[
-        "delta",
-        "--base",
-        s(&case.join("base.safetensors")),
-        "--adapter",
-        s(&case.join("adapter")),
-        "--module",
-        "nope",
-        "--out",
-        s(&out),
-    ]);
+    let o = delta(&case.join("base.safetensors"), &case.join("adapter"), "nope", &out);
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\" is not adapted"));
     assert_eq!(wft(&["merge"]).status.code(), Some(2), "usage errors exit 2");
 }
@@ -175,18 +167,12 @@ fn merge_on_the_gpu_matches_the_cpu() {
         let dir = refs(case);
         let run = |device: &str| {
             let out = tmp.path().join(format!("{case}-{device}.safetensors"));
-            let o = wft(&[
-                "merge",
-                "--base",
-                s(&dir.join("base.safetensors")),
-                "--adapter",
-                s(&dir.join("adapter")),
-                "--out",
-                s(&out),
-                "--device",
-                device,
-                "--quiet",
-            ]);
+            let o = merge(
+                &dir.join("base.safetensors"),
+                &dir.join("adapter"),
+                &out,
+                &["--device", device, "--quiet"],
+            );
             (o, out)
         };
         let (o, gpu) = run("gpu");
@@ -222,23 +208,10 @@ fn merge_refuses_its_base_and_existing_outputs() {
     std::os::unix::fs::symlink(&base, &link).unwrap();
     let dotted = tmp.path().join(".").join("model.safetensors");
     let adapter = case.join("adapter");
-    let merge = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "merge",
-            "--base",
-            s(&base),
-            "--adapter",
-            s(&adapter),
-            "--out",
-            s(out),
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        wft(&args)
-    };
+    let merge_to = |out: &Path, extra: &[&str]| merge(&base, &adapter, out, &[&["--quiet"][..], extra].concat());
     for out in [&base, &link, &dotted] {
         for force in [&[][..], &["--force"][..]] {
-            let o = merge(out, force);
+            let o = merge_to(out, force);
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(1), "{}: {err}", out.display());
             assert!(err.contains("exists") || err.contains("base checkpoint"), "{err}");
@@ -246,16 +219,16 @@ fn merge_refuses_its_base_and_existing_outputs() {
         }
     }
     // With --force the base is still refused for what it is, not for existing.
-    let o = merge(&link, &["--force"]);
+    let o = merge_to(&link, &["--force"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("is the base checkpoint"));
     // An existing, unrelated output: refused, then replaced with --force.
     let out = tmp.path().join("merged.safetensors");
     std::fs::write(&out, b"keep me").unwrap();
-    let o = merge(&out, &[]);
+    let o = merge_to(&out, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-    let o = merge(&out, &["--force"]);
+    let o = merge_to(&out, &["--force"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(std::fs::read(&out).unwrap(), b"keep me");
 

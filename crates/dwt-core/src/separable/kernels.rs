@@ -117,44 +117,26 @@ impl<T: Real> SeparableBasis<T> {
         }
     }
 
-    /// The backward pass on a block of `rb` batch rows, transposed (`xt`:
-    /// `cols × rb`, `gt`: `rows × rb`): `grad[k] += Σ_j (g_j·u_k)(x_j·v_k)`
-    /// and, with `dxt` (`cols × rb`), `dxt = s · Σ_k c_k (g·u_k) v_k`. `gu`
-    /// and `xv` are scratch of `self.rows().len() × rb` and
-    /// `self.cols().len() × rb`.
+    /// The backward pass on one [`BackwardBlock`]: `grad[k] += Σ_j
+    /// (g_j·u_k)(x_j·v_k)` and, with `dxt`, `dxt = s · Σ_k c_k (g·u_k) v_k`.
     ///
     /// # Panics
-    /// When a buffer is shorter than stated.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_block(
-        &self,
-        c: &[T],
-        s: T,
-        xt: &[T],
-        gt: &[T],
-        rb: usize,
-        grad: &mut [T],
-        dxt: Option<&mut [T]>,
-        gu: &mut [T],
-        xv: &mut [T],
-    ) {
-        dispatch!(self.backward_block_impl(c, s, xt, gt, rb, grad, dxt, gu, xv))
+    /// When a buffer is shorter than [`BackwardBlock`] states.
+    pub fn backward_block(&self, c: &[T], s: T, block: BackwardBlock<'_, T>) {
+        dispatch!(self.backward_block_impl(c, s, block))
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn backward_block_impl(
-        &self,
-        c: &[T],
-        s: T,
-        xt: &[T],
-        gt: &[T],
-        rb: usize,
-        grad: &mut [T],
-        dxt: Option<&mut [T]>,
-        gu: &mut [T],
-        xv: &mut [T],
-    ) {
+    fn backward_block_impl(&self, c: &[T], s: T, b: BackwardBlock<'_, T>) {
+        let BackwardBlock {
+            xt,
+            gt,
+            rb,
+            grad,
+            dxt,
+            gu,
+            xv,
+        } = b;
         self.rows.project(gt, rb, gu);
         self.cols.project(xt, rb, xv);
         let row = |k: usize| &gu[self.row_of[k] * rb..(self.row_of[k] + 1) * rb];
@@ -172,6 +154,26 @@ impl<T: Real> SeparableBasis<T> {
             }
         }
     }
+}
+
+/// One block of `rb` batch rows for [`SeparableBasis::backward_block`],
+/// stored transposed (`xt[t·rb + j]` is row `j`'s element `t`).
+#[derive(Debug)]
+pub struct BackwardBlock<'a, T> {
+    /// The inputs, `cols × rb`.
+    pub xt: &'a [T],
+    /// `∂L/∂y`, `rows × rb`.
+    pub gt: &'a [T],
+    /// Rows in the block.
+    pub rb: usize,
+    /// Receives `Σ_j (g_j·u_k)(x_j·v_k)` per coefficient (added).
+    pub grad: &'a mut [T],
+    /// When given (`cols × rb`), receives the block's `∂L/∂x` share.
+    pub dxt: Option<&'a mut [T]>,
+    /// Scratch of `rows().len() × rb`.
+    pub gu: &'a mut [T],
+    /// Scratch of `cols().len() × rb`.
+    pub xv: &'a mut [T],
 }
 
 /// `x · y` with eight independent partial sums, so it vectorises.

@@ -31,6 +31,8 @@
 
 mod kernels;
 
+pub use kernels::BackwardBlock;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 
