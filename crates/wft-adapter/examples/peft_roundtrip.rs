@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
-use wft_adapter::{
-    AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, Orientation, RawTensor, TensorFile, write_atomic,
-};
+use wft_adapter::{AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, RawTensor, TensorFile, write_atomic};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out: PathBuf = std::env::args().nth(1).ok_or("usage: peft_roundtrip OUT_DIR")?.into();
@@ -55,10 +53,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let w: Array2<f32> = base
                 .f32(&format!("{m}.weight"), "weight")?
                 .into_dimensionality::<Ix2>()?;
-            let w = match orient {
-                Orientation::Normal => w,
-                Orientation::Transposed => w.reversed_axes(),
-            };
+            let w = orient.orient(w);
             let b: Array1<f32> = base.f32(&format!("{m}.bias"), "bias")?.into_dimensionality::<Ix1>()?;
             let mut y = x.dot(&w.t()) + &b;
             a.as_adapter().forward_delta(x.view(), y.view_mut())?;

@@ -115,11 +115,7 @@ impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
 /// `w += sign · d`, with `d` (`out × in`) transposed for
 /// [`Orientation::Transposed`]; shapes already checked.
 pub(crate) fn add_dense<T: Element>(d: Array2<T>, mut w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) {
-    let d = match orientation {
-        Orientation::Normal => d,
-        Orientation::Transposed => d.reversed_axes(),
-    };
-    w.scaled_add(sign, &d);
+    w.scaled_add(sign, &orientation.orient(d));
 }
 
 /// The shape of the stored weight: `[out, in]`, or `[in, out]` transposed.

@@ -180,8 +180,8 @@ impl AdapterConfig {
     /// trained biases, `modules_to_save`), and an unknown wavelet as
     /// [`Error::Json`] naming the field.
     pub fn from_json(text: &str, path: &Path) -> Result<(Self, ModuleShapes)> {
-        // Every caller reads through the guarded reader; text from anywhere
-        // else gets the same duplicate-key check.
+        // The one duplicate-key check of every config reader (serde would
+        // keep the last value silently).
         check_json_keys(text, path)?;
         let json_err = |reason: String| Error::Json {
             path: path.to_path_buf(),

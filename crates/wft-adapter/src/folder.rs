@@ -25,7 +25,7 @@ use crate::adapter::stored_shape;
 use crate::config::{AdapterConfig, MethodConfig, ModulePlan, PeftType};
 use crate::model::{AdapterModel, ModuleAdapter, module_shape};
 use crate::tensors::{RawTensor, TensorFile, read_text_capped, text_capped, write_atomic, write_text_atomic};
-use crate::{Adapter, Error, FourierFt, Lora, Result, WaveletFt, WaveletFtConfig};
+use crate::{Adapter, Error, FourierFt, Init, Lora, Result, WaveletFt, WaveletFtConfig};
 
 /// The config file's name.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -189,8 +189,7 @@ impl AdapterModel {
     /// the base lacks an adapted module; [`Error::Invalid`] when a WaveFT
     /// or FourierFT folder is loaded without a base.
     pub fn load(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
-        let folder = Folder::read(dir.as_ref())?;
-        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
+        Self::from_folder(&Folder::read(dir.as_ref())?, base)
     }
 
     /// [`AdapterModel::load`] from memory: the config's JSON text and the
@@ -201,13 +200,12 @@ impl AdapterModel {
     /// # Errors
     /// As [`AdapterModel::load`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        let folder = Folder::from_bytes(config, weights)?;
-        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
+        Self::from_folder(&Folder::from_bytes(config, weights)?, base)
     }
 
-    fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {
-        let cfg_path = cfg_path.to_path_buf();
-        let (config, shapes) = AdapterConfig::from_json(text, &cfg_path)?;
+    fn from_folder(folder: &Folder, base: Option<&TensorFile>) -> Result<Self> {
+        let (cfg_path, file) = (&folder.config_path, &folder.weights);
+        let (config, shapes) = AdapterConfig::from_json(&folder.config, cfg_path)?;
         let orient = config.orientation;
         let shape_from_base = |m: &str| -> Result<(usize, usize)> {
             let base = base.ok_or_else(|| {
@@ -298,15 +296,19 @@ impl AdapterModel {
                             expected: format!("{:?}, the base model's shape", shape_from_base(&m)?),
                         });
                     }
-                    let a = WaveletFt::from_parts(c, shape, locations, values).map_err(|e| in_tensor(file, &kl, e))?;
+                    // `geometry.location` checked every location already.
+                    let a = WaveletFt::build(c.clone(), geometry, locations, values)
+                        .map_err(|e| in_tensor(file, &kl, e))?;
                     modules.insert(m, a.into());
                     expected_keys.extend([kc, kl]);
                 }
             }
             MethodConfig::WaveletFt(c) => {
                 let build = |values: Vec<f32>, shape| -> Result<ModuleAdapter> {
+                    // Zeros: the stored values replace them at once.
                     let c = WaveletFtConfig {
                         n_frequency: values.len(),
+                        init: Init::Zeros,
                         ..c.clone()
                     };
                     let mut a = WaveletFt::new(&c, shape)?;

@@ -130,11 +130,7 @@ impl AdapterModel {
         };
         let io = |e| Error::io(base.path(), e);
         if dtype == Dtype::F64 {
-            let d = device.delta(module)?;
-            let d = match orient {
-                Orientation::Normal => d,
-                Orientation::Transposed => d.reversed_axes(),
-            };
+            let d = orient.orient(device.delta(module)?);
             let mut buf = Vec::with_capacity(1 << 16);
             for (c, &v) in raw.data.chunks_exact(8).zip(d.iter()) {
                 let t = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v);

@@ -107,11 +107,7 @@ impl AdapterModel {
                     if c.strategy == Strategy::EnergyGuided {
                         let key = resolve_weight(base, &m)?;
                         let w = matrix(base, &key, [None, None], "the frozen weight")?;
-                        let w = match config.orientation {
-                            Orientation::Normal => w,
-                            Orientation::Transposed => w.reversed_axes(),
-                        };
-                        WaveletFt::from_frozen(&c, w.view())?.into()
+                        WaveletFt::from_frozen(&c, config.orientation.orient(w.view()))?.into()
                     } else {
                         WaveletFt::new(&c, shape)?.into()
                     }

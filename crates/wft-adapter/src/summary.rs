@@ -56,8 +56,7 @@ impl Summary {
     /// # Errors
     /// As [`crate::AdapterModel::load`] for the config and the weights file.
     pub fn read(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
-        let folder = Folder::read(dir.as_ref())?;
-        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
+        Self::from_folder(&Folder::read(dir.as_ref())?, base)
     }
 
     /// [`Summary::read`] from memory, as [`crate::AdapterModel::from_bytes`]
@@ -66,12 +65,12 @@ impl Summary {
     /// # Errors
     /// As [`Summary::read`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        let folder = Folder::from_bytes(config, weights)?;
-        Self::from_parts(&folder.config, &folder.config_path, &folder.weights, base)
+        Self::from_folder(&Folder::from_bytes(config, weights)?, base)
     }
 
-    fn from_parts(text: &str, cfg_path: &Path, file: &TensorFile, base: Option<&TensorFile>) -> Result<Self> {
-        let (config, shapes) = AdapterConfig::from_json(text, cfg_path)?;
+    fn from_folder(folder: &Folder, base: Option<&TensorFile>) -> Result<Self> {
+        let file = &folder.weights;
+        let (config, shapes) = AdapterConfig::from_json(&folder.config, &folder.config_path)?;
         let mut modules: BTreeMap<String, ModuleSummary> = BTreeMap::new();
         for name in file.names() {
             let Some((m, role)) = TensorRole::parse(&name).filter(|(_, r)| r.trainable()) else {

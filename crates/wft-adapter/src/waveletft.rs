@@ -182,7 +182,14 @@ impl<T: Element> WaveletFt<T> {
         Self::build(config.clone(), geometry, locations, coeffs)
     }
 
-    fn build(config: WaveletFtConfig, geometry: Geometry, locations: Vec<Location>, coeffs: Vec<T>) -> Result<Self> {
+    /// The adapter from checked parts: `locations` inside `geometry`, one
+    /// value each.
+    pub(crate) fn build(
+        config: WaveletFtConfig,
+        geometry: Geometry,
+        locations: Vec<Location>,
+        coeffs: Vec<T>,
+    ) -> Result<Self> {
         let atoms = geometry.basis(&config.wavelet, &locations)?;
         Ok(WaveletFt {
             config,

@@ -90,10 +90,7 @@ fn unmerged_outputs_equal_peft_forward() {
             let x = f32_2d(&io, &format!("{m}.x"));
             let want = f32_2d(&io, &format!("{m}.y"));
             let w = f32_2d(&base, &format!("{m}.weight"));
-            let w = match orient {
-                wft_adapter::Orientation::Normal => w,
-                wft_adapter::Orientation::Transposed => w.reversed_axes(),
-            };
+            let w = orient.orient(w);
             let b: Array1<f32> = base
                 .f32(&format!("{m}.bias"), "")
                 .unwrap()

@@ -101,6 +101,19 @@ impl Orientation {
             Orientation::Transposed => (cols, rows),
         }
     }
+
+    /// `a` unchanged, or its transpose (axes reversed, no copy) for
+    /// [`Orientation::Transposed`]: from the basis's layout to the stored
+    /// one, and back, since a transpose is its own inverse.
+    pub fn orient<S: ndarray::RawData>(
+        self,
+        a: ndarray::ArrayBase<S, ndarray::Ix2>,
+    ) -> ndarray::ArrayBase<S, ndarray::Ix2> {
+        match self {
+            Orientation::Normal => a,
+            Orientation::Transposed => a.reversed_axes(),
+        }
+    }
 }
 
 /// A window of a reconstruction: rows `origin.0 ..` and columns
