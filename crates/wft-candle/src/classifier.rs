@@ -6,8 +6,9 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use wft_adapter::{AdapterModel, Mt19937};
 
-use crate::bert::{Bert, Weights, mean_pool, save_f32};
 use crate::error::{Error, Result, check_shape};
+use crate::models::bert::{Bert, mean_pool};
+use crate::weights::{Weights, save_f32};
 
 /// The head's tensor names in [`Classifier::save_head`] files.
 pub const HEAD_WEIGHT: &str = "classifier.weight";

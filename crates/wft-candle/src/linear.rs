@@ -29,11 +29,22 @@ use wft_adapter::ndarray::{Array2, ArrayView2};
 use wft_adapter::{Adapter, ModuleAdapter};
 
 use crate::error::{Error, Result, check_shape};
+use crate::weights::{Tuning, VarPath};
+
+/// Whether [`AdaptedLinear::load`] reads a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bias {
+    /// `weight` and `bias` (BERT, ViT).
+    With,
+    /// `weight` only (Llama-family decoders).
+    Without,
+}
 
 /// A linear layer `y = x·Wᵀ + b` over the last axis of `x`, frozen, plain
-/// or adapted.
+/// or adapted. Models build it with [`AdaptedLinear::load`] from a
+/// [`VarPath`]; the constructors below take tensors directly.
 #[derive(Debug)]
-pub struct Linear {
+pub struct AdaptedLinear {
     kind: Kind,
     bias: Option<Tensor>,
     out: usize,
@@ -66,7 +77,7 @@ struct Merged {
     weight: Tensor,
 }
 
-impl Linear {
+impl AdaptedLinear {
     /// A frozen layer: `weight` is `out × in`, `bias` has `out` entries.
     /// Gradients flow to `x` only.
     ///
@@ -75,7 +86,7 @@ impl Linear {
     pub fn frozen(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out, inp) = weight.dims2()?;
         check_bias(bias.as_ref(), out)?;
-        Ok(Linear {
+        Ok(AdaptedLinear {
             kind: Kind::Frozen(weight.detach()),
             bias: bias.map(|b| b.detach()),
             out,
@@ -91,7 +102,7 @@ impl Linear {
     pub fn plain(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out, inp) = weight.dims2()?;
         check_bias(bias.as_ref(), out)?;
-        Ok(Linear {
+        Ok(AdaptedLinear {
             kind: Kind::Plain(weight),
             bias,
             out,
@@ -100,14 +111,15 @@ impl Linear {
     }
 
     /// A frozen layer plus `adapter`, whose parameters become a new candle
-    /// [`Var`] (see [`Linear::vars`]) initialised from the adapter's
+    /// [`Var`] (see [`AdaptedLinear::vars`]) initialised from the adapter's
     /// current values.
     ///
     /// # Errors
     /// [`Error::Shape`] when the adapter was built for another shape, and
     /// candle's errors (the weight must be `f32` on the CPU, where
     /// `wft-adapter` computes).
-    pub fn adapted(weight: Tensor, bias: Option<Tensor>, adapter: ModuleAdapter) -> Result<Self> {
+    pub fn adapted(weight: Tensor, bias: Option<Tensor>, adapter: impl Into<ModuleAdapter>) -> Result<Self> {
+        let adapter: ModuleAdapter = adapter.into();
         let (out, inp) = weight.dims2()?;
         check_bias(bias.as_ref(), out)?;
         let (ao, ai) = adapter.as_adapter().shape();
@@ -119,7 +131,7 @@ impl Linear {
             &Device::Cpu,
         )?;
         let weight = merged_weight(&base, adapter.as_adapter())?;
-        Ok(Linear {
+        Ok(AdaptedLinear {
             kind: Kind::Adapted(Box::new(Adapted {
                 params,
                 base,
@@ -132,6 +144,32 @@ impl Linear {
             out,
             inp,
         })
+    }
+
+    /// The `out × in` layer at `vb`: its `weight` (and `bias`), frozen,
+    /// plain or adapted as the path's [`Tuning`] says; adapted where the
+    /// store's [`wft_adapter::AdapterModel`] has an adapter for this
+    /// path, whose parameters are then recorded as the path's variables.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] / [`Error::Shape`] when the checkpoint
+    /// lacks the tensors or they have other shapes, and the adapter's shape
+    /// errors.
+    pub fn load(vb: &VarPath<'_>, (out, inp): (usize, usize), bias: Bias) -> Result<Self> {
+        let weight = vb.get("weight", &[out, inp])?;
+        let bias = match bias {
+            Bias::With => Some(vb.get("bias", &[out])?),
+            Bias::Without => None,
+        };
+        match (vb.tuning(), vb.adapter()) {
+            (Tuning::Full, _) => AdaptedLinear::plain(weight, bias),
+            (_, Some(adapter)) => {
+                let layer = AdaptedLinear::adapted(weight, bias, adapter.clone())?;
+                vb.add_vars(layer.vars());
+                Ok(layer)
+            }
+            (_, None) => AdaptedLinear::frozen(weight, bias),
+        }
     }
 
     /// `(out, in)`.
@@ -179,7 +217,7 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
+impl Module for AdaptedLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let Some((&inp, lead)) = dims.split_last() else {

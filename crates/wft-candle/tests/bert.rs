@@ -5,8 +5,9 @@
 
 use candle_core::{Device, Tensor, Var};
 use wft_adapter::{AdapterConfig, AdapterModel, LoraConfig, MethodConfig, ModuleSpec, TensorFile, WaveletFtConfig};
-use wft_candle::bert::{Bert, Config, Tuning, Weights, mean_pool};
+use wft_candle::models::bert::{Bert, Config, mean_pool};
 use wft_candle::{Classifier, Error};
+use wft_candle::{Tuning, Weights};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 

@@ -15,7 +15,7 @@ use wft_adapter::{
     FourierFt, FourierFtConfig, Init, Layout, Lora, LoraConfig, ModuleAdapter, Mt19937, Strategy, WaveletFt,
     WaveletFtConfig,
 };
-use wft_candle::{Error, Linear};
+use wft_candle::{AdaptedLinear, Error};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -106,7 +106,7 @@ fn check_layer(kind: usize, out: usize, inp: usize, batch: (usize, usize), seed:
     let rows = batch.0 * batch.1;
     let (xv, rv) = (values(&mut g, rows * inp, 1.0), values(&mut g, rows * out, 1.0));
     let dev = Device::Cpu;
-    let layer = Linear::adapted(
+    let layer = AdaptedLinear::adapted(
         Tensor::from_vec(wv.clone(), (out, inp), &dev)?,
         Some(Tensor::from_vec(bv.clone(), out, &dev)?),
         a.clone(),
@@ -180,7 +180,7 @@ fn optimizer_steps_reach_the_merged_weight() -> R {
     let (out, inp) = (10, 8);
     let a = adapter(0, out, inp, &mut g)?;
     let wv = values(&mut g, out * inp, 0.5);
-    let layer = Linear::adapted(Tensor::from_vec(wv.clone(), (out, inp), &Device::Cpu)?, None, a)?;
+    let layer = AdaptedLinear::adapted(Tensor::from_vec(wv.clone(), (out, inp), &Device::Cpu)?, None, a)?;
     let x = Tensor::from_vec(values(&mut g, 4 * inp, 1.0), (4, inp), &Device::Cpu)?;
     let mut sgd = SGD::new(layer.vars(), 0.1)?;
     for _ in 0..3 {
@@ -207,7 +207,7 @@ fn frozen_layers_give_input_gradients_only() -> R {
     let (out, inp) = (6, 5);
     let wv = values(&mut g, out * inp, 1.0);
     let w = Tensor::from_vec(wv.clone(), (out, inp), &Device::Cpu)?;
-    let layer = Linear::frozen(w.clone(), None)?;
+    let layer = AdaptedLinear::frozen(w.clone(), None)?;
     let x = Var::from_vec(values(&mut g, 3 * inp, 1.0), (3, inp), &Device::Cpu)?;
     let grads = layer.forward(x.as_tensor())?.sum_all()?.backward()?;
     let gx = grads.get(x.as_tensor()).ok_or("no input gradient")?.to_vec2::<f32>()?;
@@ -228,10 +228,16 @@ fn mismatched_shapes_are_typed_errors() -> R {
     let mut g = Mt19937::new(1);
     let a = adapter(0, 8, 8, &mut g)?;
     let w = Tensor::zeros((8, 6), candle_core::DType::F32, &Device::Cpu)?;
-    assert!(matches!(Linear::adapted(w.clone(), None, a), Err(Error::Shape { .. })));
+    assert!(matches!(
+        AdaptedLinear::adapted(w.clone(), None, a),
+        Err(Error::Shape { .. })
+    ));
     let b = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu)?;
-    assert!(matches!(Linear::frozen(w.clone(), Some(b)), Err(Error::Shape { .. })));
-    let layer = Linear::frozen(w, None)?;
+    assert!(matches!(
+        AdaptedLinear::frozen(w.clone(), Some(b)),
+        Err(Error::Shape { .. })
+    ));
+    let layer = AdaptedLinear::frozen(w, None)?;
     let x = Tensor::zeros((2, 7), candle_core::DType::F32, &Device::Cpu)?;
     assert!(layer.forward(&x).is_err());
     Ok(())

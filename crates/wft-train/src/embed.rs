@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use wft_candle::bert::{Bert, Config, Tuning, Weights, mean_pool};
+use wft_candle::models::bert::{Bert, Config, mean_pool};
+use wft_candle::{Tuning, Weights};
 
 use crate::text::{Ids, TextEncoder};
 use crate::{Error, Result};

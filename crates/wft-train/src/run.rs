@@ -7,7 +7,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use wft_adapter::TensorFile;
 use wft_candle::Classifier;
-use wft_candle::bert::{Bert, Config, Tuning, Weights};
+use wft_candle::models::bert::{Bert, Config};
+use wft_candle::{Tuning, Weights};
 
 use crate::text::TextEncoder;
 use crate::train::{self, History, Model, Roundtrip, Tokenised, TrainConfig};

@@ -9,7 +9,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use wft_adapter::{AdapterModel, Mt19937, TensorFile};
 use wft_candle::Classifier;
-use wft_candle::bert::{Bert, Config, Tuning, Weights};
+use wft_candle::models::bert::{Bert, Config};
+use wft_candle::{Tuning, Weights};
 
 use crate::text::{Ids, TextEncoder};
 use crate::{Method, Result};

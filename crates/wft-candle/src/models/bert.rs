@@ -1,4 +1,5 @@
-//! A BERT encoder on candle with pluggable linear layers: every weight
+//! A BERT encoder on candle with pluggable linear layers (one table of
+//! its linear paths, `LINEARS`): every weight
 //! frozen, every weight trainable, or adapters on the modules an
 //! [`AdapterModel`] names. It loads Hugging Face checkpoints by their own
 //! tensor names (`embeddings.word_embeddings.weight`,
@@ -8,15 +9,41 @@
 //! No dropout: the encoder computes the same function in training and
 //! evaluation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use wft_adapter::{AdapterModel, Mt19937, RawTensor};
+use wft_adapter::Mt19937;
 
-use crate::error::{Error, Result, check_shape};
-use crate::linear::Linear;
+use crate::error::{Error, Result};
+use crate::linear::{AdaptedLinear, Bias};
+use crate::weights::{Tuning, VarPath, VarStore, Weights};
+
+/// Which width one side of a linear layer has.
+#[derive(Debug, Clone, Copy)]
+enum Width {
+    Hidden,
+    Intermediate,
+}
+
+/// BERT's linear layers inside `encoder.layer.{l}`, `(path, out, in)`: the
+/// one list of them that paths, shapes, loading and [`Bert::linears`] use.
+const LINEARS: [(&str, Width, Width); 6] = [
+    ("attention.self.query", Width::Hidden, Width::Hidden),
+    ("attention.self.key", Width::Hidden, Width::Hidden),
+    ("attention.self.value", Width::Hidden, Width::Hidden),
+    ("attention.output.dense", Width::Hidden, Width::Hidden),
+    ("intermediate.dense", Width::Intermediate, Width::Hidden),
+    ("output.dense", Width::Hidden, Width::Intermediate),
+];
+/// Indices into [`LINEARS`] and [`Layer::linears`].
+const QUERY: usize = 0;
+const KEY: usize = 1;
+const VALUE: usize = 2;
+const ATTN_OUT: usize = 3;
+const INTERMEDIATE: usize = 4;
+const OUTPUT: usize = 5;
 
 /// The fields of a Hugging Face BERT `config.json` the encoder uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,49 +145,27 @@ impl Config {
 
     /// The module paths of every linear layer, in order.
     pub fn linear_paths(&self) -> Vec<String> {
+        self.linear_shapes().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Every linear layer's module path and `(out, in)`, in order.
+    pub fn linear_shapes(&self) -> Vec<(String, (usize, usize))> {
         (0..self.num_hidden_layers)
             .flat_map(|l| {
-                [
-                    "attention.self.query",
-                    "attention.self.key",
-                    "attention.self.value",
-                    "attention.output.dense",
-                    "intermediate.dense",
-                    "output.dense",
-                ]
-                .map(|m| format!("encoder.layer.{l}.{m}"))
+                LINEARS.map(|(m, out, inp)| (format!("encoder.layer.{l}.{m}"), (self.width(out), self.width(inp))))
             })
             .collect()
     }
-}
 
-/// A checkpoint's tensors by name, on the CPU.
-#[derive(Debug, Clone)]
-pub struct Weights {
-    tensors: HashMap<String, Tensor>,
+    fn width(&self, w: Width) -> usize {
+        match w {
+            Width::Hidden => self.hidden_size,
+            Width::Intermediate => self.intermediate_size,
+        }
+    }
 }
 
 impl Weights {
-    /// Load a safetensors checkpoint (any float dtype; converted to `f32`).
-    ///
-    /// # Errors
-    /// candle's errors for unreadable or malformed files.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let tensors = candle_core::safetensors::load(path.as_ref(), &Device::Cpu)?;
-        let tensors = tensors
-            .into_iter()
-            .map(|(k, t)| {
-                let t = if t.dtype().is_float() {
-                    t.to_dtype(DType::F32)?
-                } else {
-                    t
-                };
-                Ok((k, t))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
-    }
-
     /// Random weights for `config`, seeded: normal(0, 0.02) matrices and
     /// embeddings, unit layer-norm scales, zero biases (BERT's own
     /// initialisation).
@@ -195,12 +200,7 @@ impl Weights {
             normal(&[config.type_vocab_size, h])?,
         );
         norm(&mut t, "embeddings.LayerNorm")?;
-        for (i, path) in config.linear_paths().into_iter().enumerate() {
-            let (out, inp) = match i % 6 {
-                4 => (config.intermediate_size, h),
-                5 => (h, config.intermediate_size),
-                _ => (h, h),
-            };
+        for (path, (out, inp)) in config.linear_shapes() {
             t.insert(format!("{path}.weight"), normal(&[out, inp])?);
             t.insert(format!("{path}.bias"), Tensor::zeros(out, DType::F32, &Device::Cpu)?);
         }
@@ -208,111 +208,7 @@ impl Weights {
             norm(&mut t, &format!("encoder.layer.{l}.attention.output.LayerNorm"))?;
             norm(&mut t, &format!("encoder.layer.{l}.output.LayerNorm"))?;
         }
-        Ok(Weights { tensors: t })
-    }
-
-    /// The tensors by name.
-    pub fn tensors(&self) -> &HashMap<String, Tensor> {
-        &self.tensors
-    }
-
-    /// Replace or add a tensor.
-    pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) {
-        self.tensors.insert(name.into(), tensor);
-    }
-
-    /// One tensor.
-    ///
-    /// # Errors
-    /// [`Error::MissingTensor`] when it is absent.
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.into()))
-    }
-
-    /// Save the float tensors as an `f32` safetensors file, atomically.
-    ///
-    /// # Errors
-    /// candle's errors reading tensors, and [`Error::Adapter`] (I/O) when
-    /// writing fails.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        save_f32(self.tensors.iter().map(|(k, v)| (k.as_str(), v)), path.as_ref())
-    }
-}
-
-/// Save `f32` tensors to a safetensors file atomically (temporary file,
-/// then rename), through `wft-adapter`'s writer. Integer tensors are
-/// skipped.
-pub(crate) fn save_f32<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>, path: &Path) -> Result<()> {
-    let mut raw = BTreeMap::new();
-    for (k, t) in tensors {
-        if !t.dtype().is_float() {
-            continue;
-        }
-        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        raw.insert(k.to_string(), RawTensor::from_f32(t.dims(), &v));
-    }
-    wft_adapter::write_atomic(path, raw.iter().map(|(k, v)| (k.clone(), v)), None)?;
-    Ok(())
-}
-
-/// How the encoder's weights are tuned.
-#[derive(Debug, Clone, Copy)]
-pub enum Tuning<'a> {
-    /// Nothing trains (gradients can still flow to the inputs).
-    Frozen,
-    /// Every weight is a variable (full fine-tuning).
-    Full,
-    /// The modules `AdapterModel` adapts get its adapters (their
-    /// parameters become variables); everything else is frozen.
-    Adapters(&'a AdapterModel),
-}
-
-/// Where tensors come from while building: constants, or new variables.
-struct Builder<'a> {
-    weights: &'a Weights,
-    tuning: Tuning<'a>,
-    vars: Vec<(String, Var)>,
-}
-
-impl Builder<'_> {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.weights.get(name)?;
-        check_shape(name, t.dims(), shape)?;
-        if let Tuning::Full = self.tuning {
-            let v = Var::from_tensor(t)?;
-            let t = v.as_tensor().clone();
-            self.vars.push((name.to_string(), v));
-            Ok(t)
-        } else {
-            Ok(t.clone())
-        }
-    }
-
-    fn norm(&mut self, path: &str, h: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.tensor(&format!("{path}.weight"), &[h])?,
-            bias: self.tensor(&format!("{path}.bias"), &[h])?,
-            eps,
-        })
-    }
-
-    fn linear(&mut self, path: &str, out: usize, inp: usize) -> Result<Linear> {
-        let weight = self.tensor(&format!("{path}.weight"), &[out, inp])?;
-        let bias = self.tensor(&format!("{path}.bias"), &[out])?;
-        match self.tuning {
-            Tuning::Full => Linear::plain(weight, Some(bias)),
-            Tuning::Frozen => Linear::frozen(weight, Some(bias)),
-            Tuning::Adapters(model) => match model.modules().get(path) {
-                Some(adapter) => {
-                    let layer = Linear::adapted(weight, Some(bias), adapter.clone())?;
-                    for v in layer.vars() {
-                        self.vars.push((path.to_string(), v));
-                    }
-                    Ok(layer)
-                }
-                None => Linear::frozen(weight, Some(bias)),
-            },
-        }
+        Ok(Weights::from_tensors(t))
     }
 }
 
@@ -324,6 +220,14 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
+    fn load(vb: &VarPath<'_>, h: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get("weight", &[h])?,
+            bias: vb.get("bias", &[h])?,
+            eps,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle-nn's fused kernel has no backward; use it only when no
         // gradient will flow.
@@ -356,14 +260,32 @@ fn softmax(x: &Tensor) -> Result<Tensor> {
 
 #[derive(Debug)]
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
+    /// In [`LINEARS`] order.
+    linears: Vec<AdaptedLinear>,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
     out_norm: LayerNorm,
+}
+
+impl Layer {
+    /// `encoder.layer.{l}`, read in checkpoint order (so the variables of
+    /// full fine-tuning come in that order too).
+    fn load(vb: &VarPath<'_>, config: &Config) -> Result<Self> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let linear = |i: usize| {
+            let (path, out, inp) = LINEARS[i];
+            AdaptedLinear::load(&vb.pp(path), (config.width(out), config.width(inp)), Bias::With)
+        };
+        let mut linears = (QUERY..=ATTN_OUT).map(linear).collect::<Result<Vec<_>>>()?;
+        let attn_norm = LayerNorm::load(&vb.pp("attention.output.LayerNorm"), h, eps)?;
+        linears.push(linear(INTERMEDIATE)?);
+        linears.push(linear(OUTPUT)?);
+        let out_norm = LayerNorm::load(&vb.pp("output.LayerNorm"), h, eps)?;
+        Ok(Layer {
+            linears,
+            attn_norm,
+            out_norm,
+        })
+    }
 }
 
 /// A BERT encoder.
@@ -388,34 +310,20 @@ impl Bert {
     pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
         config.validate()?;
         let h = config.hidden_size;
-        let f = config.intermediate_size;
-        let eps = config.layer_norm_eps;
-        let mut b = Builder {
-            weights,
-            tuning,
-            vars: Vec::new(),
-        };
-        let word = b.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
-        let position = b.tensor(
-            "embeddings.position_embeddings.weight",
-            &[config.max_position_embeddings, h],
-        )?;
-        let token_type = b.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
-        let emb_norm = b.norm("embeddings.LayerNorm", h, eps)?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            layers.push(Layer {
-                query: b.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: b.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: b.linear(&format!("{p}.attention.self.value"), h, h)?,
-                attn_out: b.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: b.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                intermediate: b.linear(&format!("{p}.intermediate.dense"), f, h)?,
-                output: b.linear(&format!("{p}.output.dense"), h, f)?,
-                out_norm: b.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
-            });
-        }
+        let store = VarStore::new(weights, tuning);
+        let vb = store.root();
+        let emb = vb.pp("embeddings");
+        let word = emb.pp("word_embeddings").get("weight", &[config.vocab_size, h])?;
+        let position = emb
+            .pp("position_embeddings")
+            .get("weight", &[config.max_position_embeddings, h])?;
+        let token_type = emb
+            .pp("token_type_embeddings")
+            .get("weight", &[config.type_vocab_size, h])?;
+        let emb_norm = LayerNorm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| Layer::load(&vb.pp("encoder").pp(format!("layer.{l}")), config))
+            .collect::<Result<Vec<_>>>()?;
         if let Tuning::Adapters(model) = tuning {
             let known = config.linear_paths();
             if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
@@ -431,7 +339,7 @@ impl Bert {
             token_type,
             emb_norm,
             layers,
-            vars: b.vars,
+            vars: store.into_vars(),
         })
     }
 
@@ -451,13 +359,11 @@ impl Bert {
     }
 
     /// Every linear layer by module path.
-    pub fn linears(&self) -> Vec<(String, &Linear)> {
+    pub fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
         let paths = self.config.linear_paths();
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.query, &l.key, &l.value, &l.attn_out, &l.intermediate, &l.output])
-            .zip(paths)
-            .map(|(l, p)| (p, l))
+        paths
+            .into_iter()
+            .zip(self.layers.iter().flat_map(|l| &l.linears))
             .collect()
     }
 
@@ -500,15 +406,16 @@ impl Bert {
             |t: Tensor| -> Result<Tensor> { Ok(t.reshape((batch, len, heads, hd))?.transpose(1, 2)?.contiguous()?) };
         let mut x = embedded.clone();
         for layer in &self.layers {
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
+            let lin = &layer.linears;
+            let q = split(lin[QUERY].forward(&x)?)?;
+            let k = split(lin[KEY].forward(&x)?)?;
+            let v = split(lin[VALUE].forward(&x)?)?;
             let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
             let probs = softmax(&scores)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, h))?;
-            let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let f = layer.intermediate.forward(&a)?.gelu_erf()?;
-            x = layer.out_norm.forward(&(layer.output.forward(&f)? + &a)?)?;
+            let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
+            let f = lin[INTERMEDIATE].forward(&a)?.gelu_erf()?;
+            x = layer.out_norm.forward(&(lin[OUTPUT].forward(&f)? + &a)?)?;
         }
         Ok(x)
     }
