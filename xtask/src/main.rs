@@ -102,6 +102,18 @@ fn ci() -> Result {
     // sentence-transformers' embeddings.
     fetch_minilm()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
+    // The harnesses xtask runs, every one of them (they are feature-gated bins).
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "xtask-harness",
+        "--all-features",
+        "--all-targets",
+        "-j2",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Each library without its default features, one at a time so that no
     // other package turns them back on (wft-cli's `gpu` would hide the
     // CPU-only code; dwt-core's and wft-adapter's `parallel` the serial one).
@@ -220,8 +232,10 @@ fn peft_refs() -> Result {
             "--release",
             "-j2",
             "-p",
-            "wft-adapter",
-            "--example",
+            "xtask-harness",
+            "--features",
+            "adapter",
+            "--bin",
             "peft_roundtrip",
             "--",
         ])
@@ -330,8 +344,10 @@ fn gpu_bench(quick: bool) -> Result {
         "-j",
         &jobs,
         "-p",
-        "dwt-gpu",
-        "--example",
+        "xtask-harness",
+        "--features",
+        "gpu",
+        "--bin",
         "gpu_bench",
         "--",
         "--markdown",

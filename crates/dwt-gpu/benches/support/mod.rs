@@ -1,4 +1,5 @@
-//! Inputs shared by the criterion benches and the `gpu_bench` example.
+//! Inputs shared by the criterion benches and xtask's `gpu_bench` harness
+//! (`xtask/harness`).
 #![allow(dead_code)]
 
 use dwt_gpu::{Location, Subband};

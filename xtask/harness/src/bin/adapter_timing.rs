@@ -5,10 +5,8 @@
 //! Cases: `delta:METHOD:OUTxIN:N` (METHOD `db1`, `db2` or `fourierft`) and
 //! `fb:METHOD:OUTxIN:N:BATCH` (METHOD `db1`, `db2`, `lora8` or `frozen`).
 //!
-//! `cargo run --release --example adapter_timing -- delta:db1:4096x4096:5000 fb:db1:768x768:1000:4096`
+//! `cargo run --release -p xtask-harness --features adapter --bin adapter_timing -- delta:db1:4096x4096:5000 fb:db1:768x768:1000:4096`
 #![allow(clippy::print_stdout)]
-
-mod support;
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -142,5 +140,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    support::exit(run())
+    xtask_harness::exit(run())
 }

@@ -5,10 +5,8 @@
 //! `scripts/check_peft_loads_ours.py` then loads each folder with real PEFT
 //! and compares PEFT's outputs with ours.
 //!
-//! `cargo run --release --example peft_roundtrip -- OUT_DIR`
+//! `cargo run --release -p xtask-harness --features adapter --bin peft_roundtrip -- OUT_DIR`
 #![allow(clippy::print_stdout)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,5 +81,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    support::exit(run())
+    xtask_harness::exit(run())
 }

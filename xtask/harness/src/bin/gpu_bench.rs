@@ -4,7 +4,7 @@
 //! table (and writes it to `--markdown FILE`).
 //!
 //! ```text
-//! cargo run --release -p dwt-gpu --example gpu_bench -- [--quick] [--markdown FILE]
+//! cargo run --release -p xtask-harness --features gpu --bin gpu_bench -- [--quick] [--markdown FILE]
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -15,7 +15,7 @@ use dwt_core::{Level, Mode, Wavelet, wavedec2, waverec2};
 use dwt_gpu::{Context, Dwt2, Orientation, SeparableBasis, SparsePlan};
 use ndarray::Array2;
 
-#[path = "../benches/support/mod.rs"]
+#[path = "../../../../crates/dwt-gpu/benches/support/mod.rs"]
 mod support;
 use support::{data, locations, scatter};
 
