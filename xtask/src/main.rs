@@ -101,34 +101,14 @@ fn ci() -> Result {
     // wft-train's test compares the real all-MiniLM-L6-v2 with
     // sentence-transformers' embeddings.
     fetch_minilm()?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "-j2", "--", "-D", "warnings"]))?;
+    clippy(&["--workspace"])?;
     // The harnesses xtask runs, every one of them (they are feature-gated bins).
-    run(cargo().args([
-        "clippy",
-        "-p",
-        "xtask-harness",
-        "--all-features",
-        "--all-targets",
-        "-j2",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    clippy(&["-p", "xtask-harness", "--all-features"])?;
     // Each library without its default features, one at a time so that no
     // other package turns them back on (wft-cli's `gpu` would hide the
     // CPU-only code; dwt-core's and wft-adapter's `parallel` the serial one).
     for package in ["dwt-core", "wft-adapter", "wft-cli"] {
-        run(cargo().args([
-            "clippy",
-            "-p",
-            package,
-            "--no-default-features",
-            "--all-targets",
-            "-j2",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        clippy(&["-p", package, "--no-default-features"])?;
     }
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "-j2"])
@@ -147,6 +127,32 @@ fn ci() -> Result {
     // The fine-tuning pipeline end to end on a tiny random BERT: the loss
     // falls, and save → load → merge reproduces the logits.
     reproduce::reproduce(true)
+}
+
+/// `cargo clippy ARGS --all-targets -j2 -- -D warnings`.
+fn clippy(args: &[&str]) -> Result {
+    run(cargo()
+        .arg("clippy")
+        .args(args)
+        .args(["--all-targets", "-j2", "--", "-D", "warnings"]))
+}
+
+/// Build `bin` of `xtask/harness` in release with its `feature` (`jobs`
+/// jobs) and return the executable's path.
+pub(crate) fn harness(feature: &str, bin: &str, jobs: &str) -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-j",
+        jobs,
+        "-p",
+        "xtask-harness",
+        "--features",
+        feature,
+        "--bin",
+        bin,
+    ]))?;
+    Ok(root().join("target/release").join(bin))
 }
 
 /// The test targets that hold GPU tests; a target of the same name in
@@ -226,20 +232,7 @@ fn peft_refs() -> Result {
     run(Command::new(&py).arg(root().join("scripts/make_peft_references.py")))?;
     let out = root().join("target/peft-roundtrip");
     let _ = std::fs::remove_dir_all(&out);
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-j2",
-            "-p",
-            "xtask-harness",
-            "--features",
-            "adapter",
-            "--bin",
-            "peft_roundtrip",
-            "--",
-        ])
-        .arg(&out))?;
+    run(Command::new(harness("adapter", "peft_roundtrip", "2")?).arg(&out))?;
     let report = output(
         Command::new(&py)
             .arg(root().join("scripts/check_peft_loads_ours.py"))
@@ -337,22 +330,8 @@ fn gpu_bench(quick: bool) -> Result {
         ])
         .env("CI", "true"))?;
     let table = root().join("target/gpu_bench.md");
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-j",
-        &jobs,
-        "-p",
-        "xtask-harness",
-        "--features",
-        "gpu",
-        "--bin",
-        "gpu_bench",
-        "--",
-        "--markdown",
-    ])
-    .arg(&table);
+    let mut cmd = Command::new(harness("gpu", "gpu_bench", &jobs)?);
+    cmd.arg("--markdown").arg(&table);
     if quick {
         cmd.arg("--quick");
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
 
-use crate::{Result, cargo, output, python, root, run, venv, write_section};
+use crate::{Result, cargo, harness, output, python, root, run, venv, write_section};
 
 const SIZES: [&str; 3] = ["256x256", "1024x1024", "4096x1024"];
 const WAVELETS: [&str; 3] = ["haar", "db4", "sym8"];
@@ -72,18 +72,7 @@ fn cpu_model() -> String {
 
 pub(crate) fn pywt(quick: bool) -> Result {
     let py = python()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-j2",
-        "-p",
-        "xtask-harness",
-        "--features",
-        "dwt",
-        "--bin",
-        "peer_timing",
-    ]))?;
-    let bin = root().join("target/release/peer_timing");
+    let bin = harness("dwt", "peer_timing", "2")?;
     let cases = cases(quick);
     let single = output(Command::new(&bin).args(&cases).env("RAYON_NUM_THREADS", "1"))?;
     let multi = output(Command::new(&bin).args(&cases))?;
@@ -173,18 +162,7 @@ pub(crate) fn pywt(quick: bool) -> Result {
 /// The same-run comparison with PEFT's torch CPU implementation.
 pub(crate) fn peft(quick: bool) -> Result {
     let py = venv("peft")?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-j2",
-        "-p",
-        "xtask-harness",
-        "--features",
-        "adapter",
-        "--bin",
-        "adapter_timing",
-    ]))?;
-    let bin = root().join("target/release/adapter_timing");
+    let bin = harness("adapter", "adapter_timing", "2")?;
     let shapes: &[&str] = if quick {
         &["768x768", "4096x4096"]
     } else {

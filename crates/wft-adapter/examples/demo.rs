@@ -14,8 +14,6 @@
 //! `cargo run --release --example demo [STEPS]` (default 400).
 #![allow(clippy::print_stdout)]
 
-mod support;
-
 use std::process::ExitCode;
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
@@ -248,5 +246,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    support::exit(run())
+    wft_test_support::exit(run())
 }

@@ -17,8 +17,6 @@
 //! `wft merge --base MODEL --adapter OUT/adapter --out OUT/merged.safetensors`.
 #![allow(clippy::print_stdout)]
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -103,5 +101,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    support::exit(run())
+    wft_test_support::exit(run())
 }

@@ -46,7 +46,7 @@
 //! ```
 //!
 //! Models live in [`models`], each built from a [`VarPath`] (candle's
-//! `VarBuilder` idiom, see [`weights`](VarStore)) with one table of its
+//! `VarBuilder` idiom, over a [`VarStore`]) with one table of its
 //! linear paths. [`models::bert`] has the encoder (frozen, fully trainable, or adapted where an
 //! [`AdapterModel`](wft_adapter::AdapterModel) says) and [`Classifier`] a
 //! sequence classifier on it, whose adapters save to PEFT-compatible

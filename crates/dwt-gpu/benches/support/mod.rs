@@ -7,13 +7,8 @@ use ndarray::Array2;
 
 /// Deterministic values in [-1, 1).
 pub fn data(shape: (usize, usize), seed: u64) -> Array2<f32> {
-    let mut s = seed | 1;
-    Array2::from_shape_simple_fn(shape, || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    })
+    let mut g = wft_test_support::XorShift::new(seed | 1);
+    Array2::from_shape_simple_fn(shape, || g.next_signed())
 }
 
 /// `n` level-1 locations spread over the four bands of `coeff`-shaped bands.

@@ -1,5 +1,5 @@
-//! Shared by the integration tests: the PEFT reference cases and the
-//! comparison they all use.
+//! Shared by the integration tests: the PEFT reference cases, and the
+//! comparison they all use (wft-test-support's).
 #![allow(dead_code)]
 
 /// Cases with base and merged weights.
@@ -20,12 +20,4 @@ pub const CASES: &[&str] = &[
     "waveft_layers_to_transform",
 ];
 
-/// max |a − b| / max |b|.
-pub fn rel_err<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32> + Clone) -> f32 {
-    let scale = b
-        .clone()
-        .into_iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    a.into_iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
+pub use wft_test_support::rel_err;

@@ -1,7 +1,7 @@
 //! A BERT encoder on candle with pluggable linear layers (one table of
 //! its linear paths, `LINEARS`): every weight
 //! frozen, every weight trainable, or adapters on the modules an
-//! [`AdapterModel`] names. It loads Hugging Face checkpoints by their own
+//! [`AdapterModel`](wft_adapter::AdapterModel) names. It loads Hugging Face checkpoints by their own
 //! tensor names (`embeddings.word_embeddings.weight`,
 //! `encoder.layer.0.attention.self.query.weight`, …), such as
 //! sentence-transformers' all-MiniLM-L6-v2.

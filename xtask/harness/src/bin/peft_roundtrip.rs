@@ -81,5 +81,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    xtask_harness::exit(run())
+    wft_test_support::exit(run())
 }
