@@ -14,7 +14,10 @@ use ndarray::{ArrayView, ArrayViewMut, Axis, Dimension, IntoDimension};
 
 use crate::coeffs::{CoeffSet, Coeffs1, Coeffs2, standard_slice, standard_slice_mut};
 use crate::kernels::{Analysis, Synthesis};
+
+mod steps;
 use crate::{Error, Mode, Real, Result, Wavelet, dwt_coeff_len, dwt_max_level, idwt_len};
+use steps::{LevelSteps, Regions, Step, check_axes, embed, prod, with};
 
 /// How many decomposition levels a plan uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,56 +37,6 @@ pub enum Level {
 impl From<Option<usize>> for Level {
     fn from(level: Option<usize>) -> Self {
         level.map_or(Level::Max, Level::Exactly)
-    }
-}
-
-/// A kernel with the buffer geometry it runs on.
-#[derive(Debug, Clone)]
-struct Step<K> {
-    kernel: K,
-    outer: usize,
-    inner: usize,
-    /// Elements of one input buffer.
-    in_len: usize,
-    /// Elements of one output buffer.
-    out_len: usize,
-}
-
-impl<K> Step<K> {
-    /// `kernel` along `axis`, turning a buffer of shape `from` into one of
-    /// shape `to`.
-    fn new(kernel: K, from: &[usize], to: &[usize], axis: usize) -> Self {
-        Step {
-            outer: prod(&from[..axis]),
-            inner: prod(&from[axis + 1..]),
-            in_len: prod(from),
-            out_len: prod(to),
-            kernel,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct LevelSteps<T> {
-    /// Shape of every subband of this level.
-    coeff: Vec<usize>,
-    /// Shape the inverse produces from `coeff`.
-    recon: Vec<usize>,
-    analysis: Vec<Step<Analysis<T>>>,
-    synthesis: Vec<Step<Synthesis<T>>>,
-    adjoint: Vec<Step<Analysis<T>>>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Regions {
-    approx: usize,
-    stage: usize,
-    kernel: usize,
-}
-
-impl Regions {
-    fn total(&self) -> usize {
-        2 * self.approx + self.stage + self.kernel
     }
 }
 
@@ -123,52 +76,6 @@ pub struct Plan<T, D, C> {
 pub type Plan1<T, D = ndarray::Ix1> = Plan<T, D, Coeffs1<T, D>>;
 /// A plan for `wavedec2`/`waverec2` over two axes.
 pub type Plan2<T, D = ndarray::Ix2> = Plan<T, D, Coeffs2<T, D>>;
-
-fn prod(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-fn with(shape: &[usize], axis: usize, len: usize) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    s[axis] = len;
-    s
-}
-
-fn check_axes(ndim: usize, axes: &[usize], expected: usize) -> Result<()> {
-    if axes.len() != expected {
-        return Err(Error::WrongAxisCount {
-            expected,
-            found: axes.len(),
-        });
-    }
-    if let Some(&axis) = axes.iter().find(|&&a| a >= ndim) {
-        return Err(Error::AxisOutOfRange { axis, ndim });
-    }
-    if axes.len() == 2 && axes[0] == axes[1] {
-        return Err(Error::RepeatedAxis { axes: axes.to_vec() });
-    }
-    Ok(())
-}
-
-/// Copy the top-left block shared by two shapes from `src` into `dst` and
-/// zero the rest of `dst`: a zero-padding embed or a crop, both C-contiguous.
-fn embed<T: Real>(src: &[T], ss: &[usize], dst: &mut [T], ds: &[usize]) {
-    let (rows, srows) = (ds[0], ss[0]);
-    if ds.len() == 1 {
-        let n = rows.min(srows);
-        dst[..n].copy_from_slice(&src[..n]);
-        dst[n..rows].fill(T::zero());
-        return;
-    }
-    let (sin, din) = (prod(&ss[1..]), prod(&ds[1..]));
-    for (i, d) in dst.chunks_exact_mut(din).take(rows).enumerate() {
-        if i < srows {
-            embed(&src[i * sin..(i + 1) * sin], &ss[1..], d, &ds[1..]);
-        } else {
-            d.fill(T::zero());
-        }
-    }
-}
 
 impl<T: Real, D: Dimension, C: CoeffSet<T, D>> Plan<T, D, C> {
     /// A plan for signals of `shape`, transformed over the last axis
