@@ -30,12 +30,9 @@ fn time(mut f: impl FnMut(), budget: Duration) -> f64 {
 }
 
 fn case<T: Real>(shape: (usize, usize), w: &Wavelet, mode: Mode, level: usize, label: &str) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut g = wft_test_support::XorShift::new(0x2545_f491_4f6c_dd1d);
     let x = Array2::from_shape_simple_fn(shape, || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        T::from_f64((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
+        T::from_f64((g.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
     });
     let budget = Duration::from_millis(400);
     let t = time(
