@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::model::module_shape;
 use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
-use crate::tensors::{TensorFile, check_json_keys};
+use crate::shapes::BaseShapes;
+use crate::tensors::check_json_keys;
 use crate::{Error, FourierFtConfig, Init, Layout, LoraConfig, Method, Result, Strategy, WaveletFtConfig};
 
 /// The PEFT version whose format this crate writes.
@@ -294,13 +295,13 @@ impl AdapterConfig {
     /// # Errors
     /// [`Error::Invalid`] when nothing matches or a pattern is not a valid
     /// regular expression.
-    pub fn plan(&self, base: &TensorFile) -> Result<BTreeMap<String, ModulePlan>> {
+    pub fn plan(&self, base: &dyn BaseShapes) -> Result<BTreeMap<String, ModulePlan>> {
         let mut targets = Vec::new();
-        for name in base.names() {
+        for name in base.tensor_names() {
             let Some(m) = name.strip_suffix(".weight") else {
                 continue;
             };
-            if base.info(&name).is_some_and(|(_, s)| s.len() == 2) && self.targets.matches(m)? {
+            if base.tensor_shape(&name).is_some_and(|s| s.len() == 2) && self.targets.matches(m)? {
                 targets.push((m.to_string(), module_shape(base, m, self.orientation)?.1));
             }
         }
@@ -310,7 +311,7 @@ impl AdapterConfig {
                 format!(
                     "{:?} matches no 2-D weight of {}",
                     self.targets.target_modules,
-                    base.path().display()
+                    base.base_path().display()
                 ),
             ));
         }

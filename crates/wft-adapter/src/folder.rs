@@ -24,6 +24,7 @@ use ndarray::Array2;
 use crate::adapter::stored_shape;
 use crate::config::{AdapterConfig, MethodConfig, ModulePlan, PeftType};
 use crate::model::{AdapterModel, ModuleAdapter, module_shape};
+use crate::shapes::BaseShapes;
 use crate::tensors::{RawTensor, TensorFile, read_text_capped, text_capped, write_atomic, write_text_atomic};
 use crate::{Adapter, Error, FourierFt, Init, Lora, Result, WaveletFt, WaveletFtConfig};
 
@@ -189,7 +190,17 @@ impl AdapterModel {
     /// the base lacks an adapted module; [`Error::Invalid`] when a WaveFT
     /// or FourierFT folder is loaded without a base.
     pub fn load(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
-        Self::from_folder(&Folder::read(dir.as_ref())?, base)
+        Self::from_folder(&Folder::read(dir.as_ref())?, base.map(|b| b as &dyn BaseShapes))
+    }
+
+    /// [`AdapterModel::load`] onto a base known by its tensors' names and
+    /// shapes only (a GGUF file, a model built in memory: see
+    /// [`ShapeMap`](crate::ShapeMap)).
+    ///
+    /// # Errors
+    /// As [`AdapterModel::load`].
+    pub fn load_for(dir: impl AsRef<Path>, base: &dyn BaseShapes) -> Result<Self> {
+        Self::from_folder(&Folder::read(dir.as_ref())?, Some(base))
     }
 
     /// [`AdapterModel::load`] from memory: the config's JSON text and the
@@ -200,10 +211,10 @@ impl AdapterModel {
     /// # Errors
     /// As [`AdapterModel::load`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        Self::from_folder(&Folder::from_bytes(config, weights)?, base)
+        Self::from_folder(&Folder::from_bytes(config, weights)?, base.map(|b| b as &dyn BaseShapes))
     }
 
-    fn from_folder(folder: &Folder, base: Option<&TensorFile>) -> Result<Self> {
+    fn from_folder(folder: &Folder, base: Option<&dyn BaseShapes>) -> Result<Self> {
         let (cfg_path, file) = (&folder.config_path, &folder.weights);
         let (config, shapes) = AdapterConfig::from_json(&folder.config, cfg_path)?;
         let orient = config.orientation;
@@ -338,7 +349,7 @@ impl AdapterModel {
                         let want = (b.nrows(), a.ncols());
                         if shape != want {
                             return Err(Error::ShapeMismatch {
-                                path: base.path().to_path_buf(),
+                                path: base.base_path().to_path_buf(),
                                 tensor: key,
                                 found: stored_shape(shape, orient).to_vec(),
                                 expected: format!(

@@ -9,6 +9,7 @@ use ndarray::Array2;
 
 use crate::config::{AdapterConfig, MethodConfig, ModulePlan};
 use crate::folder::matrix;
+use crate::shapes::BaseShapes;
 use crate::tensors::TensorFile;
 use crate::{
     Adapter, Error, FourierFt, FourierFtConfig, Lora, LoraConfig, Result, Strategy, WaveletFt, WaveletFtConfig,
@@ -151,15 +152,15 @@ impl AdapterModel {
 }
 
 /// Finds a module's weight in a base checkpoint.
-pub(crate) fn resolve_weight(base: &TensorFile, module: &str) -> Result<String> {
+pub(crate) fn resolve_weight(base: &dyn BaseShapes, module: &str) -> Result<String> {
     let want = format!("{module}.weight");
-    if base.info(&want).is_some() {
+    if base.tensor_shape(&want).is_some() {
         return Ok(want);
     }
     // PEFT paths and checkpoint keys can differ by a wrapper prefix
     // (`bert.encoder…` vs `encoder…`): accept a unique match on whole
     // components in either direction.
-    let names = base.names();
+    let names = base.tensor_names();
     let candidates: Vec<String> = names
         .iter()
         .filter(|k| k.ends_with(&format!(".{want}")) || want.ends_with(&format!(".{k}")))
@@ -168,13 +169,13 @@ pub(crate) fn resolve_weight(base: &TensorFile, module: &str) -> Result<String> 
     match candidates.len() {
         1 => Ok(candidates.into_iter().next().unwrap_or_default()),
         0 => Err(Error::ModuleNotInBase {
-            path: base.path().to_path_buf(),
+            path: base.base_path().to_path_buf(),
             module: module.to_string(),
             tensor: want,
             example: names.into_iter().filter(|n| n.ends_with(".weight")).take(3).collect(),
         }),
         _ => Err(Error::AmbiguousModule {
-            path: base.path().to_path_buf(),
+            path: base.base_path().to_path_buf(),
             module: module.to_string(),
             candidates,
         }),
@@ -183,19 +184,19 @@ pub(crate) fn resolve_weight(base: &TensorFile, module: &str) -> Result<String> 
 
 /// The weight's key and `(out, in)` of a module from the base checkpoint.
 pub(crate) fn module_shape(
-    base: &TensorFile,
+    base: &dyn BaseShapes,
     module: &str,
     orientation: Orientation,
 ) -> Result<(String, (usize, usize))> {
     let key = resolve_weight(base, module)?;
-    let (_, shape) = base.info(&key).ok_or_else(|| Error::MissingTensor {
-        path: base.path().to_path_buf(),
+    let shape = base.tensor_shape(&key).ok_or_else(|| Error::MissingTensor {
+        path: base.base_path().to_path_buf(),
         tensor: key.clone(),
         expected: "the module's weight".into(),
     })?;
-    let &[a, b] = shape else {
+    let &[a, b] = shape.as_slice() else {
         return Err(Error::ShapeMismatch {
-            path: base.path().to_path_buf(),
+            path: base.base_path().to_path_buf(),
             tensor: key,
             found: shape.to_vec(),
             expected: "a 2-D weight".into(),

@@ -23,6 +23,12 @@ pub enum Error {
         /// The shape found.
         found: Vec<usize>,
     },
+    /// A GGUF file was refused.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// A model file of an architecture this crate does not implement.
+    #[error("architecture `{0}` is not supported (this decoder reads `llama` GGUF files)")]
+    Architecture(String),
     /// A model config (`config.json`) is unusable.
     #[error("model config: {0}")]
     Config(String),

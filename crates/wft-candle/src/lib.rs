@@ -60,6 +60,7 @@
 
 mod classifier;
 mod error;
+pub mod gguf;
 mod linear;
 pub mod models;
 mod weights;

@@ -24,6 +24,7 @@
 
 mod data;
 mod embed;
+pub mod llm;
 mod method;
 mod run;
 mod text;
@@ -49,9 +50,15 @@ pub enum Error {
     /// Adapter files, configs and merging.
     #[error(transparent)]
     Adapter(#[from] wft_adapter::Error),
+    /// A GGUF model file was refused.
+    #[error(transparent)]
+    Gguf(#[from] wft_candle::gguf::GgufError),
     /// The tokenizer.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// The dataset.
     #[error("data: {0}")]
     Data(String),

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use wft_train::llm::{Decoder, Sampling};
 use wft_train::train::{Tokenised, frozen_step, median};
 use wft_train::{
     Dataset, Error, Method, Model, Prepared, Result, RunOptions, Source, TrainConfig, Trainer, run_prepared,
@@ -132,6 +133,41 @@ enum Command {
         /// A JSON file holding a list of strings.
         #[arg(long)]
         sentences: PathBuf,
+    },
+    /// Generate text with a decoder from its GGUF file (greedy unless
+    /// --temperature is given), stopping at EOS.
+    Generate {
+        /// The GGUF file (`general.architecture = llama`).
+        #[arg(long)]
+        model: PathBuf,
+        /// An adapter folder (PEFT WaveFT, FourierFT or LoRA, or native),
+        /// applied unmerged.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Wrap the prompt in the model's chat template as one user turn.
+        #[arg(long)]
+        chat: bool,
+        /// The prompt.
+        #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+        prompt: Option<String>,
+        /// Read the prompt from this file (UTF-8).
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Sample at this temperature instead of greedy decoding (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling mass (with --temperature).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// The sampler's seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object: prompt_ids, ids (EOS excluded), text.
+        #[arg(long)]
+        json: bool,
     },
     /// The demo: head-only baseline, then WaveletFT on query/value with a
     /// progress bar; save the adapter as a PEFT folder, reload, merge.
@@ -422,6 +458,63 @@ fn tune_allocator() {
     }
 }
 
+fn sampling(temperature: f64, top_p: f64, seed: u64) -> Result<Sampling> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(Error::Usage(format!("--temperature {temperature}: must be 0 (greedy) or positive")));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::Usage(format!("--top-p {top_p}: must be in (0, 1]")));
+    }
+    Ok(if temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample {
+            temperature,
+            top_p,
+            seed,
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_cmd(
+    model: &Path,
+    adapter: Option<&Path>,
+    chat: bool,
+    prompt: Option<String>,
+    prompt_file: Option<&Path>,
+    max_new: usize,
+    sampling: Result<Sampling>,
+    json: bool,
+) -> Result<()> {
+    let sampling = sampling?;
+    let prompt = match (prompt, prompt_file) {
+        (Some(p), _) => p,
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f).map_err(|e| Error::Io(format!("{}: {e}", f.display())))?;
+            String::from_utf8(bytes).map_err(|e| {
+                Error::Usage(format!(
+                    "{}: not UTF-8 (invalid byte at offset {})",
+                    f.display(),
+                    e.utf8_error().valid_up_to()
+                ))
+            })?
+        }
+        (None, None) => return Err(Error::Usage("give --prompt or --prompt-file".into())),
+    };
+    let decoder = Decoder::load(model, adapter)?;
+    let prompt_ids = decoder.prompt_ids(&prompt, chat)?;
+    let ids = decoder.generate(&prompt_ids, max_new, sampling)?;
+    let text = decoder.tokenizer.decode(&ids)?;
+    if json {
+        let v = serde_json::json!({ "prompt_ids": prompt_ids, "ids": ids, "text": text });
+        println!("{v}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -444,6 +537,27 @@ fn main() -> ExitCode {
         } => bench_cmd(&model, &methods, rounds, batch, out.as_deref()),
         Command::Embed { model, sentences } => embed_cmd(&model, &sentences),
         Command::Demo { model, epochs, out } => demo(&model, epochs, &out),
+        Command::Generate {
+            model,
+            adapter,
+            chat,
+            prompt,
+            prompt_file,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            json,
+        } => generate_cmd(
+            &model,
+            adapter.as_deref(),
+            chat,
+            prompt,
+            prompt_file.as_deref(),
+            max_new_tokens,
+            sampling(temperature, top_p, seed),
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use crate::error::{Error, Result};
+use super::ops::softmax;
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
@@ -245,16 +246,6 @@ impl LayerNorm {
         let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
         let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
-    }
-}
-
-/// Softmax over the last axis, with candle-nn's fused kernel when no
-/// gradient will flow.
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
-    } else {
-        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Models, each built from a [`VarPath`](crate::VarPath) with one table of
-//! its adaptable linear paths. Decoders and vision transformers land here
-//! next to BERT.
+//! its adaptable linear paths: [`bert`] (an encoder) and [`llama`] (a
+//! Llama-family decoder, loaded from GGUF).
 
 pub mod bert;
+pub mod llama;
+mod ops;

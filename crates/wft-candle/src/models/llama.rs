@@ -1,0 +1,674 @@
+//! A Llama-family decoder (Llama 2/3, Mistral, SmolLM, Qwen2-style models
+//! without biases) on candle, with pluggable linear layers on the seven
+//! projections of every block (one table, `LINEARS`), loaded from a GGUF
+//! file whose `general.architecture` is `llama`.
+//!
+//! RMSNorm, rotary position embeddings, grouped-query attention, a SwiGLU
+//! MLP, tied or separate output embeddings, and a [`Cache`] of keys and
+//! values for generation.
+//!
+//! # Layout: transformers' rows, GGUF's permutation
+//! The model computes in the layout of transformers' `LlamaForCausalLM`:
+//! module names are `model.layers.N.self_attn.q_proj` and the rest, and the
+//! rows of `q_proj`/`k_proj` are in transformers' order, with RoPE applied
+//! to the two halves of each head. llama.cpp's converter permutes those rows
+//! for its interleaved RoPE; [`load_gguf`] undoes that ([`RowOrder`]) while
+//! it de-quantizes, so PEFT's adapters, whose locations and `ΔW` live in
+//! transformers' layout, apply unchanged. Whoever writes a `ΔW` into a GGUF
+//! `attn_q`/`attn_k` tensor permutes it with [`RowOrder::to_gguf`] first.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Module, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use wft_adapter::Mt19937;
+
+use super::ops::{rms_norm, rope, softmax};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::linear::{AdaptedLinear, Bias};
+use crate::weights::{Tuning, VarPath, VarStore, Weights};
+
+/// Which width one side of a projection has.
+#[derive(Debug, Clone, Copy)]
+enum Width {
+    Hidden,
+    /// `num_attention_heads × head_dim`.
+    Query,
+    /// `num_key_value_heads × head_dim`.
+    KeyValue,
+    Intermediate,
+}
+
+/// The projections inside `model.layers.{l}`: `(path, GGUF name, out, in)`.
+/// The one list that paths, shapes, loading, merging and [`Llama::linears`]
+/// use.
+const LINEARS: [(&str, &str, Width, Width); 7] = [
+    ("self_attn.q_proj", "attn_q", Width::Query, Width::Hidden),
+    ("self_attn.k_proj", "attn_k", Width::KeyValue, Width::Hidden),
+    ("self_attn.v_proj", "attn_v", Width::KeyValue, Width::Hidden),
+    ("self_attn.o_proj", "attn_output", Width::Hidden, Width::Query),
+    ("mlp.gate_proj", "ffn_gate", Width::Intermediate, Width::Hidden),
+    ("mlp.up_proj", "ffn_up", Width::Intermediate, Width::Hidden),
+    ("mlp.down_proj", "ffn_down", Width::Hidden, Width::Intermediate),
+];
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// The norms inside `model.layers.{l}`: `(path, GGUF name)`.
+const NORMS: [(&str, &str); 2] = [("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm")];
+/// Tensors outside the blocks: `(transformers name, GGUF name)`.
+const GLOBALS: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// A Llama decoder's sizes (the fields of transformers' `LlamaConfig` that
+/// it uses).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Number of blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than the query
+    /// heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Longest sequence (prompt plus generation).
+    pub max_position_embeddings: usize,
+    /// Whether the output projection is the token embedding.
+    pub tie_word_embeddings: bool,
+}
+
+impl Config {
+    /// A tiny decoder of the same architecture (for tests and quick runs):
+    /// GQA with 4 query and 2 key/value heads.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Config {
+            vocab_size,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+        }
+    }
+
+    /// The sizes a GGUF file's metadata gives (`llama.*` keys, the vocabulary
+    /// from `token_embd`'s shape, tied embeddings when there is no
+    /// `output.weight`).
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] when `general.architecture` is not `llama`,
+    /// [`Error::Config`] for missing or inconsistent sizes.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let arch = gguf.string("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::Architecture(arch.to_string()));
+        }
+        let size = |key: &str| -> Result<usize> {
+            let v = gguf
+                .uint(&format!("llama.{key}"))?
+                .ok_or_else(|| Error::Config(format!("the GGUF metadata has no `llama.{key}`")))?;
+            usize::try_from(v).map_err(|_| Error::Config(format!("`llama.{key}` = {v} is too large")))
+        };
+        let hidden_size = size("embedding_length")?;
+        let heads = size("attention.head_count")?;
+        let kv_heads = match gguf.uint("llama.attention.head_count_kv")? {
+            Some(n) => n as usize,
+            None => heads,
+        };
+        let head_dim = match gguf.uint("llama.attention.key_length")? {
+            Some(n) => n as usize,
+            None => hidden_size.checked_div(heads).unwrap_or(0),
+        };
+        if let Some(rot) = gguf.uint("llama.rope.dimension_count")?
+            && rot as usize != head_dim
+        {
+            return Err(Error::Config(format!(
+                "rotary embeddings on {rot} of {head_dim} head dimensions are not supported"
+            )));
+        }
+        let embd = gguf
+            .entry("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
+        let config = Config {
+            vocab_size: embd.shape()[0],
+            hidden_size,
+            intermediate_size: size("feed_forward_length")?,
+            num_hidden_layers: size("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: gguf.float("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_theta: gguf.float("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            max_position_embeddings: size("context_length")?,
+            tie_word_embeddings: gguf.entry("output.weight").is_none(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the sizes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero sizes, key/value heads that do not divide
+    /// the query heads, or an odd head width.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.max_position_embeddings,
+        ];
+        if sizes.contains(&0) {
+            return Err(Error::Config("every size must be positive".into()));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(Error::Config(format!(
+                "{} query heads are not a multiple of {} key/value heads",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::Config(format!("head_dim {} is odd", self.head_dim)));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return Err(Error::Config("rms_norm_eps and rope_theta must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Every projection's module path and `(out, in)`, in order.
+    pub fn linear_shapes(&self) -> Vec<(String, (usize, usize))> {
+        (0..self.num_hidden_layers)
+            .flat_map(|l| {
+                LINEARS.map(|(m, _, out, inp)| (format!("model.layers.{l}.{m}"), (self.width(out), self.width(inp))))
+            })
+            .collect()
+    }
+
+    /// The module paths of every projection, in order.
+    pub fn linear_paths(&self) -> Vec<String> {
+        self.linear_shapes().into_iter().map(|(p, _)| p).collect()
+    }
+
+    fn width(&self, w: Width) -> usize {
+        match w {
+            Width::Hidden => self.hidden_size,
+            Width::Query => self.num_attention_heads * self.head_dim,
+            Width::KeyValue => self.num_key_value_heads * self.head_dim,
+            Width::Intermediate => self.intermediate_size,
+        }
+    }
+
+    /// Every tensor the decoder reads, as `(transformers name, GGUF name,
+    /// row order)`: embeddings, norms and projections.
+    pub fn tensor_names(&self) -> Vec<(String, String, RowOrder)> {
+        let mut names: Vec<(String, String, RowOrder)> = GLOBALS
+            .iter()
+            .filter(|(hf, _)| !(self.tie_word_embeddings && *hf == "lm_head.weight"))
+            .map(|(hf, g)| (hf.to_string(), g.to_string(), RowOrder::Same))
+            .collect();
+        for l in 0..self.num_hidden_layers {
+            for (i, (m, g, _, _)) in LINEARS.iter().enumerate() {
+                let order = match i {
+                    Q => RowOrder::Rope(self.num_attention_heads),
+                    K => RowOrder::Rope(self.num_key_value_heads),
+                    _ => RowOrder::Same,
+                };
+                names.push((format!("model.layers.{l}.{m}.weight"), format!("blk.{l}.{g}.weight"), order));
+            }
+            for (m, g) in NORMS {
+                names.push((format!("model.layers.{l}.{m}.weight"), format!("blk.{l}.{g}.weight"), RowOrder::Same));
+            }
+        }
+        names
+    }
+
+    /// The GGUF tensor and row order of a transformers module path
+    /// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q.weight`,
+    /// permuted over 9 heads).
+    pub fn gguf_tensor(&self, module: &str) -> Option<(String, RowOrder)> {
+        let weight = format!("{module}.weight");
+        self.tensor_names()
+            .into_iter()
+            .find(|(hf, _, _)| *hf == weight)
+            .map(|(_, g, order)| (g, order))
+    }
+
+    /// Random weights for this config, seeded: normal(0, 0.02) matrices and
+    /// embeddings, unit norm scales (transformers' initialisation).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid config.
+    pub fn random_weights(&self, seed: u64) -> Result<Weights> {
+        self.validate()?;
+        let mut g = Mt19937::new(seed);
+        let mut t = HashMap::new();
+        let h = self.hidden_size;
+        let shape = |name: &str| -> Vec<usize> {
+            if name.ends_with("norm.weight") {
+                vec![h]
+            } else if name.contains("embed_tokens") || name.starts_with("lm_head") {
+                vec![self.vocab_size, h]
+            } else {
+                let module = name.trim_end_matches(".weight");
+                let (_, (o, i)) = self
+                    .linear_shapes()
+                    .into_iter()
+                    .find(|(p, _)| p == module)
+                    .unwrap_or_default();
+                vec![o, i]
+            }
+        };
+        for (name, _, _) in self.tensor_names() {
+            let s = shape(&name);
+            let tensor = if s.len() == 1 {
+                Tensor::ones(h, DType::F32, &Device::Cpu)?
+            } else {
+                let v: Vec<f32> = (0..s[0] * s[1]).map(|_| (0.02 * g.next_normal()) as f32).collect();
+                Tensor::from_vec(v, s, &Device::Cpu)?
+            };
+            t.insert(name, tensor);
+        }
+        Ok(Weights::from_tensors(t))
+    }
+}
+
+/// How a GGUF tensor's rows relate to transformers' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrder {
+    /// The same order.
+    Same,
+    /// llama.cpp's permutation of `q_proj`/`k_proj` over this many heads:
+    /// within each head, GGUF row `2i + j` is transformers' row
+    /// `j·head_dim/2 + i`.
+    Rope(usize),
+}
+
+impl RowOrder {
+    /// A GGUF tensor (`rows × cols`) in transformers' row order.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the rows do not split into heads of even width.
+    pub fn to_hf(self, t: &Tensor) -> Result<Tensor> {
+        self.permute(t, false)
+    }
+
+    /// A tensor in transformers' row order (a weight or a `ΔW`), in GGUF's.
+    ///
+    /// # Errors
+    /// As [`RowOrder::to_hf`].
+    pub fn to_gguf(self, t: &Tensor) -> Result<Tensor> {
+        self.permute(t, true)
+    }
+
+    fn permute(self, t: &Tensor, to_gguf: bool) -> Result<Tensor> {
+        let RowOrder::Rope(heads) = self else {
+            return Ok(t.clone());
+        };
+        let (rows, cols) = t.dims2()?;
+        if heads == 0 || !rows.is_multiple_of(2 * heads) {
+            return Err(Error::Shape {
+                what: format!("{rows} rows split into {heads} heads of even width"),
+                expected: vec![2 * heads.max(1) * (rows / (2 * heads.max(1))).max(1), cols],
+                found: vec![rows, cols],
+            });
+        }
+        let half = rows / heads / 2;
+        // GGUF: (head, i, j) with j fastest; transformers: (head, j, i).
+        let split = if to_gguf { (heads, 2, half, cols) } else { (heads, half, 2, cols) };
+        Ok(t.reshape(split)?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    }
+}
+
+/// The decoder's weights from a GGUF file, de-quantized to `f32`, under
+/// transformers' names and in its row order.
+///
+/// # Errors
+/// As [`Config::from_gguf`], [`Error::MissingTensor`] for an absent tensor,
+/// [`Error::Shape`] when one does not fit the config, and the file's own
+/// errors.
+pub fn load_gguf(gguf: &Gguf) -> Result<(Config, Weights)> {
+    let config = Config::from_gguf(gguf)?;
+    let mut tensors = HashMap::new();
+    for (hf, g, order) in config.tensor_names() {
+        if gguf.entry(&g).is_none() {
+            return Err(Error::MissingTensor(g));
+        }
+        let t = gguf.dequantize(&g)?;
+        let t = if t.rank() == 2 { order.to_hf(&t)? } else { t };
+        tensors.insert(hf, t);
+    }
+    Ok((config, Weights::from_tensors(tensors)))
+}
+
+/// Keys and values of the positions seen so far, per block.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Cache::default()
+    }
+
+    /// How many positions it holds.
+    pub fn len(&self) -> usize {
+        match self.kv.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    /// In [`LINEARS`] order.
+    linears: Vec<AdaptedLinear>,
+    /// In [`NORMS`] order.
+    norms: [Tensor; 2],
+}
+
+/// A Llama-family decoder.
+#[derive(Debug)]
+pub struct Llama {
+    config: Config,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: AdaptedLinear,
+    vars: Vec<(String, Var)>,
+}
+
+impl Llama {
+    /// Build the decoder from `weights` (transformers' names), tuned as
+    /// `tuning` says.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] or [`Error::Shape`] when the weights do not
+    /// fit the config, [`Error::Config`] for an invalid config or an adapter
+    /// on a module the decoder does not have, and the adapters' own shape
+    /// errors.
+    pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
+        config.validate()?;
+        if let Tuning::Adapters(model) = tuning {
+            let known = config.linear_paths();
+            if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
+                return Err(Error::Config(format!(
+                    "the adapter adapts `{m}`, which this decoder does not have"
+                )));
+            }
+        }
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let store = VarStore::new(weights, tuning);
+        let root = store.root();
+        let model = root.pp("model");
+        let embed = model.pp("embed_tokens").get("weight", &[v, h])?;
+        let blocks = (0..config.num_hidden_layers)
+            .map(|l| Block::load(&model.pp(format!("layers.{l}")), config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = model.pp("norm").get("weight", &[h])?;
+        let lm_head = if config.tie_word_embeddings {
+            match tuning {
+                Tuning::Full => AdaptedLinear::plain(embed.clone(), None)?,
+                _ => AdaptedLinear::frozen(embed.clone(), None)?,
+            }
+        } else {
+            // The output projection is never adapted (PEFT's target modules
+            // are the blocks' projections).
+            let w = root.pp("lm_head").get("weight", &[v, h])?;
+            match tuning {
+                Tuning::Full => AdaptedLinear::plain(w, None)?,
+                _ => AdaptedLinear::frozen(w, None)?,
+            }
+        };
+        Ok(Llama {
+            config: config.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            vars: store.into_vars(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The trainable variables with the module or tensor each belongs to.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// The trainable variables.
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Every projection by module path.
+    pub fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        self.config
+            .linear_paths()
+            .into_iter()
+            .zip(self.blocks.iter().flat_map(|b| &b.linears))
+            .collect()
+    }
+
+    /// The token embeddings of `ids` (`batch × len`, `u32`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an id outside the vocabulary; candle's errors
+    /// for a wrong rank.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        let max = flat.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max as usize >= self.config.vocab_size {
+            return Err(Error::Config(format!(
+                "token id {max} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((batch, len, self.config.hidden_size))?)
+    }
+
+    /// The final hidden states (after the last norm), `batch × len × H`,
+    /// for `ids` (`batch × len`) following the positions in `cache`, which
+    /// then holds these too.
+    ///
+    /// `mask` (`batch × (cached + len)`, 1 for tokens, 0 for padding) hides
+    /// padded keys; without it every key is a token. Attention is causal.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the sequence would pass
+    /// `max_position_embeddings` or an id is outside the vocabulary;
+    /// candle's errors for mismatched shapes.
+    pub fn hidden(&self, ids: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, len) = ids.dims2()?;
+        let past = cache.len();
+        if past + len > c.max_position_embeddings {
+            return Err(Error::Config(format!(
+                "{} positions; the model takes at most {}",
+                past + len,
+                c.max_position_embeddings
+            )));
+        }
+        let total = past + len;
+        let (cos, sin) = self.rope_tables(past, len)?;
+        let mask = attention_mask(batch, past, len, mask)?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rep = nh / nkv;
+        if cache.kv.len() != self.blocks.len() {
+            cache.kv = vec![None; self.blocks.len()];
+        }
+        let mut x = self.embed(ids)?;
+        for (block, kv) in self.blocks.iter().zip(cache.kv.iter_mut()) {
+            let lin = &block.linears;
+            let a = rms_norm(&x, &block.norms[0], c.rms_norm_eps)?;
+            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+                Ok(t.reshape((batch, len, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = rope(&heads(lin[Q].forward(&a)?, nh)?, &cos, &sin)?;
+            let k = rope(&heads(lin[K].forward(&a)?, nkv)?, &cos, &sin)?;
+            let v = heads(lin[V].forward(&a)?, nkv)?;
+            let (k, v) = match kv.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            *kv = Some((k.clone(), v.clone()));
+            // Grouped-query attention without copying keys: the `rep` query
+            // heads that share a key/value head are stacked along the rows.
+            let q = q.reshape((batch, nkv, rep * len, hd))?;
+            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+            let scores = scores
+                .reshape((batch, nkv, rep, len, total))?
+                .broadcast_add(&mask)?
+                .reshape((batch, nkv, rep * len, total))?;
+            let ctx = softmax(&scores)?.matmul(&v)?; // batch × nkv × rep·len × hd
+            let ctx = ctx
+                .reshape((batch, nh, len, hd))?
+                .transpose(1, 2)?
+                .reshape((batch, len, nh * hd))?;
+            x = (x + lin[O].forward(&ctx)?)?;
+            let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
+            let f = (lin[GATE].forward(&m)?.silu()? * lin[UP].forward(&m)?)?;
+            x = (x + lin[DOWN].forward(&f)?)?;
+        }
+        rms_norm(&x, &self.norm, c.rms_norm_eps)
+    }
+
+    /// The output logits (`… × vocab`) of final hidden states.
+    ///
+    /// # Errors
+    /// candle's errors for a wrong width.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?)
+    }
+
+    /// [`Llama::hidden`] then [`Llama::logits`] at every position.
+    ///
+    /// # Errors
+    /// As those.
+    pub fn forward(&self, ids: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.logits(&self.hidden(ids, cache, mask)?)
+    }
+
+    /// `cos`/`sin` for positions `past..past + len`, `len × head_dim/2`,
+    /// computed in `f32` as transformers does.
+    fn rope_tables(&self, past: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let hd = self.config.head_dim;
+        let base = self.config.rope_theta as f32;
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32)).collect();
+        let mut freqs = Vec::with_capacity(len * hd / 2);
+        for p in past..past + len {
+            freqs.extend(inv.iter().map(|f| p as f32 * f));
+        }
+        let freqs = Tensor::from_vec(freqs, (len, hd / 2), &Device::Cpu)?;
+        Ok((freqs.cos()?, freqs.sin()?))
+    }
+}
+
+/// The additive attention mask, `batch × 1 × 1 × len × total`: causal over
+/// the new positions, padded keys hidden.
+fn attention_mask(batch: usize, past: usize, len: usize, keys: Option<&Tensor>) -> Result<Tensor> {
+    const HIDDEN: f32 = -1e9;
+    let total = past + len;
+    let causal: Vec<f32> = (0..len)
+        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { HIDDEN }))
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, 1, 1, len, total), &Device::Cpu)?;
+    match keys {
+        None => Ok(causal),
+        Some(keys) => {
+            let (b, t) = keys.dims2()?;
+            if (b, t) != (batch, total) {
+                return Err(Error::Shape {
+                    what: "attention mask".into(),
+                    expected: vec![batch, total],
+                    found: vec![b, t],
+                });
+            }
+            let pad = ((keys.to_dtype(DType::F32)? - 1.0)? * (-f64::from(HIDDEN)))?.reshape((batch, 1, 1, 1, total))?;
+            Ok(causal.broadcast_add(&pad)?)
+        }
+    }
+}
+
+impl Block {
+    fn load(vb: &VarPath<'_>, config: &Config) -> Result<Self> {
+        let h = config.hidden_size;
+        let linears = LINEARS
+            .iter()
+            .map(|(path, _, out, inp)| {
+                AdaptedLinear::load(&vb.pp(path), (config.width(*out), config.width(*inp)), Bias::Without)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = |i: usize| vb.pp(NORMS[i].0).get("weight", &[h]);
+        Ok(Block {
+            linears,
+            norms: [norm(0)?, norm(1)?],
+        })
+    }
+}
+
+/// The mean cross-entropy of next-token predictions where `weights`
+/// (`batch × len`, 1 to count a target, 0 to skip it) says, from `logits`
+/// (`batch × len × vocab`) and `targets` (`batch × len`, `u32`: the token
+/// each position should predict).
+///
+/// # Errors
+/// [`Error::Config`] when nothing is counted; candle's errors for mismatched
+/// shapes.
+pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
+    let picked = logp.gather(&targets.reshape((b * t, 1))?, 1)?.reshape(b * t)?;
+    let w = weights.to_dtype(DType::F32)?.reshape(b * t)?;
+    let count = w.sum_all()?.to_scalar::<f32>()?;
+    if count <= 0.0 {
+        return Err(Error::Config("no completion token to train on".into()));
+    }
+    Ok(((picked * w)?.sum_all()? * (-1.0 / f64::from(count)))?)
+}

@@ -1,0 +1,229 @@
+//! Decoder language models from GGUF files: the model
+//! ([`wft_candle::models::llama`]), its tokenizer and chat template from the
+//! file's metadata, adapters applied unmerged, and generation.
+
+mod chat;
+mod tokenizer;
+
+use std::path::Path;
+
+use candle_core::{D, Device, Tensor};
+use wft_adapter::{AdapterModel, Mt19937, ShapeMap};
+use wft_candle::gguf::Gguf;
+use wft_candle::models::llama::{self, Cache, Llama};
+use wft_candle::{Tuning, Weights};
+
+pub use chat::{ChatTemplate, Message};
+pub use tokenizer::LlmTokenizer;
+
+use crate::{Error, Result};
+
+/// How the next token is picked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (ties to the lowest id, as `argmax` does).
+    Greedy,
+    /// Drawn from the distribution at `temperature`, cut to the smallest set
+    /// of tokens whose probability reaches `top_p`, from a seeded generator.
+    Sample {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Nucleus mass in (0, 1].
+        top_p: f64,
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// A decoder, its tokenizer and (when the file has one) chat template.
+#[derive(Debug)]
+pub struct Decoder {
+    /// The model.
+    pub model: Llama,
+    /// The tokenizer.
+    pub tokenizer: LlmTokenizer,
+    /// The chat template, if the file carries one.
+    pub chat: Option<ChatTemplate>,
+}
+
+/// The names and shapes of a decoder's projections, for adapters that
+/// store no locations (PEFT's WaveFT and FourierFT).
+pub fn base_shapes(path: &Path, config: &llama::Config) -> ShapeMap {
+    ShapeMap::new(
+        path,
+        config
+            .linear_shapes()
+            .into_iter()
+            .map(|(m, (o, i))| (format!("{m}.weight"), vec![o, i])),
+    )
+}
+
+impl Decoder {
+    /// Load a GGUF decoder, with the adapter folder `adapter` (PEFT's
+    /// WaveFT, FourierFT or LoRA, or a native one) applied unmerged.
+    ///
+    /// # Errors
+    /// The file's errors ([`wft_candle::gguf::GgufError`]), an architecture
+    /// other than `llama`, a tokenizer or template this crate cannot build,
+    /// and an adapter that does not fit the model.
+    pub fn load(path: &Path, adapter: Option<&Path>) -> Result<Self> {
+        let gguf = Gguf::open(path)?;
+        let (config, weights) = llama::load_gguf(&gguf)?;
+        let tokenizer = LlmTokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "{} tokens in the vocabulary, {} rows in token_embd",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let chat = match gguf.string("tokenizer.chat_template") {
+            Ok(source) => {
+                let spell = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or("").to_string();
+                Some(ChatTemplate::new(source, &spell(tokenizer.bos), &spell(tokenizer.eos))?)
+            }
+            Err(_) => None,
+        };
+        let model = Self::build(&config, &weights, path, adapter)?;
+        Ok(Decoder { model, tokenizer, chat })
+    }
+
+    /// The decoder for `weights`, with an adapter folder applied.
+    ///
+    /// # Errors
+    /// As [`Decoder::load`].
+    pub fn build(config: &llama::Config, weights: &Weights, path: &Path, adapter: Option<&Path>) -> Result<Llama> {
+        match adapter {
+            None => Ok(Llama::new(config, weights, Tuning::Frozen)?),
+            Some(dir) => {
+                let adapters = AdapterModel::load_for(dir, &base_shapes(path, config))?;
+                Ok(Llama::new(config, weights, Tuning::Adapters(&adapters))?)
+            }
+        }
+    }
+
+    /// The token ids of a prompt: through the chat template as one user
+    /// turn with the assistant's turn opened when `chat`, as it is
+    /// otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] when `chat` is asked of a file without a template,
+    /// and the template's and tokenizer's errors.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        if !chat {
+            return self.tokenizer.encode(prompt);
+        }
+        let template = self
+            .chat
+            .as_ref()
+            .ok_or_else(|| Error::Usage("the model file has no chat template (tokenizer.chat_template)".into()))?;
+        let text = template.render(
+            &[Message {
+                role: "user".into(),
+                content: prompt.into(),
+            }],
+            true,
+        )?;
+        self.tokenizer.encode(&text)
+    }
+
+    /// Up to `max_new` tokens after `prompt`, stopping at EOS (which is not
+    /// returned), through the key/value cache.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for an empty prompt or one that leaves no room in
+    /// the context; the model's errors.
+    pub fn generate(&self, prompt: &[u32], max_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        let context = self.model.config().max_position_embeddings;
+        if prompt.is_empty() {
+            return Err(Error::Usage("the prompt has no tokens".into()));
+        }
+        if prompt.len() >= context {
+            return Err(Error::Usage(format!(
+                "the prompt has {} tokens; the model's context is {context}",
+                prompt.len()
+            )));
+        }
+        let max_new = max_new.min(context - prompt.len());
+        let mut rng = match sampling {
+            Sampling::Sample { seed, .. } => Some(Mt19937::new(seed)),
+            Sampling::Greedy => None,
+        };
+        let mut cache = Cache::new();
+        let mut out = Vec::new();
+        let mut input = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+        for _ in 0..max_new {
+            let hidden = self.model.hidden(&input, &mut cache, None)?;
+            let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
+            let logits = self.model.logits(&last)?.flatten_all()?;
+            let next = pick(&logits, sampling, rng.as_mut())?;
+            if Some(next) == self.tokenizer.eos {
+                break;
+            }
+            out.push(next);
+            input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Decoder::generate`] without the cache: every step runs the whole
+    /// sequence again (the reference the cache is checked against).
+    ///
+    /// # Errors
+    /// As [`Decoder::generate`].
+    pub fn generate_uncached(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
+        let mut seq = prompt.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..max_new {
+            let ids = Tensor::new(seq.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let logits = self.model.forward(&ids, &mut Cache::new(), None)?;
+            let next = pick(&logits.get(0)?.get(seq.len() - 1)?, Sampling::Greedy, None)?;
+            if Some(next) == self.tokenizer.eos {
+                break;
+            }
+            out.push(next);
+            seq.push(next);
+        }
+        Ok(out)
+    }
+}
+
+/// The next token from one position's logits.
+fn pick(logits: &Tensor, sampling: Sampling, rng: Option<&mut Mt19937>) -> Result<u32> {
+    let v: Vec<f32> = logits.to_vec1()?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::Usage("the model produced non-finite logits".into()));
+    }
+    let argmax = || {
+        v.iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+            .0 as u32
+    };
+    let (Sampling::Sample { temperature, top_p, .. }, Some(rng)) = (sampling, rng) else {
+        return Ok(argmax());
+    };
+    if temperature <= 0.0 {
+        return Ok(argmax());
+    }
+    let probs = candle_nn::ops::softmax((logits / temperature)?.as_ref(), D::Minus1)?.to_vec1::<f32>()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let mut kept = Vec::new();
+    let mut mass = 0.0f64;
+    for i in order {
+        kept.push(i);
+        mass += f64::from(probs[i]);
+        if mass >= top_p {
+            break;
+        }
+    }
+    let mut r = rng.next_f64() * mass;
+    for &i in &kept {
+        r -= f64::from(probs[i]);
+        if r <= 0.0 {
+            return Ok(i as u32);
+        }
+    }
+    Ok(kept.last().copied().unwrap_or(0) as u32)
+}
