@@ -583,3 +583,142 @@ impl<R: Read + Seek> Walker<'_, R> {
         }
     }
 }
+
+/// What [`Gguf::rewrite`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RewriteReport {
+    /// Tensors replaced.
+    pub replaced: Vec<String>,
+    /// Tensors copied byte for byte.
+    pub copied: usize,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl Gguf {
+    /// Write a copy of this file to `out` in which the tensors `plan` names
+    /// are replaced by what `replace` returns for them (of the type the plan
+    /// gives, and the tensor's shape), streaming one tensor at a time. The
+    /// version, the metadata (byte for byte), the tensor order and every
+    /// other tensor's bytes are kept; offsets are repacked at the file's
+    /// alignment. The output appears atomically (a temporary file beside it,
+    /// synced, then renamed over it); on error it is untouched.
+    ///
+    /// # Errors
+    /// [`GgufError::Tensor`] for a planned tensor that is not in the file or
+    /// a replacement of another type or shape, `replace`'s own errors, and
+    /// I/O errors.
+    pub fn rewrite<E: From<GgufError>>(
+        &self,
+        out: &Path,
+        plan: &std::collections::HashMap<String, GgmlDType>,
+        mut replace: impl FnMut(&TensorEntry, GgmlDType) -> Result<QTensor, E>,
+    ) -> Result<RewriteReport, E> {
+        use std::io::Write;
+        let io = |path: &Path, source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(name) = plan.keys().find(|n| self.entry(n).is_none()) {
+            return Err(GgufError::Tensor {
+                name: name.clone(),
+                reason: "is not in the file".into(),
+            }
+            .into());
+        }
+        // The new tensor infos: types from the plan, offsets repacked.
+        let mut layout = Vec::with_capacity(self.tensors.len());
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            let dtype = plan.get(&t.name).copied().unwrap_or(t.dtype);
+            let elements = t.ne.iter().product();
+            let nbytes = tensor_bytes(dtype, elements).ok_or_else(|| GgufError::Tensor {
+                name: t.name.clone(),
+                reason: format!("{elements} elements do not fill whole {dtype:?} blocks"),
+            })?;
+            layout.push((dtype, offset, nbytes));
+            offset = (offset + nbytes).div_ceil(self.alignment) * self.alignment;
+        }
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".wft-gguf-")
+            .tempfile_in(dir)
+            .map_err(|e| io(dir, e))?;
+        let mut src = File::open(&self.path).map_err(|e| io(&self.path, e))?;
+        let mut report = RewriteReport::default();
+        {
+            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            let put = |w: &mut std::io::BufWriter<&mut File>, bytes: &[u8]| -> Result<(), GgufError> {
+                w.write_all(bytes).map_err(|e| io(out, e))
+            };
+            // The header up to the metadata, and the metadata, verbatim.
+            let mut head = vec![0u8; self.metadata.1 as usize];
+            src.read_exact(&mut head).map_err(|e| io(&self.path, e))?;
+            put(&mut w, &head)?;
+            let mut at = head.len() as u64;
+            for (t, (dtype, offset, _)) in self.tensors.iter().zip(&layout) {
+                let mut info = Vec::new();
+                info.extend((t.name.len() as u64).to_le_bytes());
+                info.extend(t.name.as_bytes());
+                info.extend((t.ne.len() as u32).to_le_bytes());
+                for d in &t.ne {
+                    info.extend(d.to_le_bytes());
+                }
+                info.extend(type_id(*dtype).to_le_bytes());
+                info.extend(offset.to_le_bytes());
+                put(&mut w, &info)?;
+                at += info.len() as u64;
+            }
+            let pad = |w: &mut std::io::BufWriter<&mut File>, at: &mut u64, align: u64| -> Result<(), GgufError> {
+                let n = at.div_ceil(align) * align - *at;
+                w.write_all(&vec![0u8; n as usize]).map_err(|e| io(out, e))?;
+                *at += n;
+                Ok(())
+            };
+            pad(&mut w, &mut at, self.alignment)?;
+            let data_start = at;
+            for (t, (dtype, offset, nbytes)) in self.tensors.iter().zip(&layout) {
+                pad(&mut w, &mut at, self.alignment)?;
+                debug_assert_eq!(at, data_start + offset);
+                if plan.contains_key(&t.name) {
+                    let q = replace(t, *dtype)?;
+                    if q.dtype() != *dtype || q.shape().dims() != t.shape().as_slice() {
+                        return Err(GgufError::Tensor {
+                            name: t.name.clone(),
+                            reason: format!(
+                                "the replacement is {:?} {:?}, not {dtype:?} {:?}",
+                                q.dtype(),
+                                q.shape().dims(),
+                                t.shape()
+                            ),
+                        }
+                        .into());
+                    }
+                    let data = q.data().map_err(GgufError::from)?;
+                    put(&mut w, &data)?;
+                    report.replaced.push(t.name.clone());
+                } else {
+                    src.seek(SeekFrom::Start(self.data_start + t.offset))
+                        .map_err(|e| io(&self.path, e))?;
+                    let copied = std::io::copy(&mut (&mut src).take(t.nbytes), &mut w).map_err(|e| io(&self.path, e))?;
+                    if copied != t.nbytes {
+                        return Err(GgufError::Truncated {
+                            what: format!("tensor `{}`", t.name),
+                            need: t.nbytes,
+                            at: self.data_start + t.offset,
+                            len: self.len,
+                        }
+                        .into());
+                    }
+                    report.copied += 1;
+                }
+                at += nbytes;
+            }
+            w.flush().map_err(|e| io(out, e))?;
+            report.bytes = at;
+        }
+        tmp.as_file().sync_all().map_err(|e| io(out, e))?;
+        tmp.persist(out).map_err(|e| io(out, e.error))?;
+        Ok(report)
+    }
+}

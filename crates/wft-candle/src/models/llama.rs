@@ -105,7 +105,7 @@ impl Config {
         Config {
             vocab_size,
             hidden_size: 32,
-            intermediate_size: 48,
+            intermediate_size: 64,
             num_hidden_layers: 2,
             num_attention_heads: 4,
             num_key_value_heads: 2,
@@ -525,8 +525,17 @@ impl Llama {
     /// `max_position_embeddings` or an id is outside the vocabulary;
     /// candle's errors for mismatched shapes.
     pub fn hidden(&self, ids: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.decode(&self.embed(ids)?, cache, mask)
+    }
+
+    /// [`Llama::hidden`] from token embeddings (`batch × len × H`) instead
+    /// of ids: what gradients to the input are taken against.
+    ///
+    /// # Errors
+    /// As [`Llama::hidden`].
+    pub fn decode(&self, embedded: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
         let c = &self.config;
-        let (batch, len) = ids.dims2()?;
+        let (batch, len, _) = embedded.dims3()?;
         let past = cache.len();
         if past + len > c.max_position_embeddings {
             return Err(Error::Config(format!(
@@ -543,7 +552,7 @@ impl Llama {
         if cache.kv.len() != self.blocks.len() {
             cache.kv = vec![None; self.blocks.len()];
         }
-        let mut x = self.embed(ids)?;
+        let mut x = embedded.clone();
         for (block, kv) in self.blocks.iter().zip(cache.kv.iter_mut()) {
             let lin = &block.linears;
             let a = rms_norm(&x, &block.norms[0], c.rms_norm_eps)?;
@@ -671,4 +680,129 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor)
         return Err(Error::Config("no completion token to train on".into()));
     }
     Ok(((picked * w)?.sum_all()? * (-1.0 / f64::from(count)))?)
+}
+
+/// A byte-level BPE vocabulary for [`write_gguf`]: GPT-2's 256 byte
+/// tokens, `<|endoftext|>` (BOS, EOS and padding), `<|im_start|>` and
+/// `<|im_end|>` (control tokens), then merges of lowercase letter pairs up
+/// to `vocab_size` tokens, and a ChatML chat template.
+///
+/// # Errors
+/// [`Error::Config`] when `vocab_size` is under 259 or over 935.
+pub fn tiny_vocab(vocab_size: usize) -> Result<Vec<(String, candle_core::quantized::gguf_file::Value)>> {
+    use candle_core::quantized::gguf_file::Value;
+    if !(259..=259 + 26 * 26).contains(&vocab_size) {
+        return Err(Error::Config(format!("a tiny vocabulary has 259 to 935 tokens, not {vocab_size}")));
+    }
+    // GPT-2's byte alphabet: printable bytes stand for themselves, the rest
+    // for U+0100 onwards, in order.
+    let mut next = 256u32;
+    let mut tokens: Vec<String> = (0..=255u8)
+        .map(|b| {
+            if matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF) {
+                char::from(b).to_string()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).map(String::from).unwrap_or_default()
+            }
+        })
+        .collect();
+    let mut types = vec![1i32; 256];
+    for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
+        tokens.push(special.into());
+        types.push(3);
+    }
+    let mut merges = Vec::new();
+    'fill: for a in 'a'..='z' {
+        for b in 'a'..='z' {
+            if tokens.len() == vocab_size {
+                break 'fill;
+            }
+            merges.push(Value::String(format!("{a} {b}")));
+            tokens.push(format!("{a}{b}"));
+            types.push(1);
+        }
+    }
+    let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
+{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}\
+{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    Ok(vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(256)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(256)),
+        ("tokenizer.ggml.padding_token_id".into(), Value::U32(256)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(template.into())),
+    ])
+}
+
+/// Write `weights` (transformers' names and rows) as a `llama` GGUF file
+/// the way llama.cpp's converter lays it out: GGUF names, `attn_q`/`attn_k`
+/// rows permuted ([`RowOrder::to_gguf`]), matrices in `dtype` and norms in
+/// `f32`, the config as `llama.*` metadata, and `extra` metadata (a
+/// tokenizer: [`tiny_vocab`]) after it. For tests and examples: it holds
+/// every tensor in memory.
+///
+/// # Errors
+/// [`Error::MissingTensor`] for an absent weight, candle's quantization
+/// errors (a row width `dtype`'s blocks do not divide), and I/O errors.
+pub fn write_gguf(
+    path: &std::path::Path,
+    config: &Config,
+    weights: &Weights,
+    dtype: candle_core::quantized::GgmlDType,
+    extra: Vec<(String, candle_core::quantized::gguf_file::Value)>,
+) -> Result<()> {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let c = config;
+    let u = |v: usize| Value::U32(v as u32);
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.name".into(), Value::String("tiny random llama".into())),
+        ("llama.block_count".into(), u(c.num_hidden_layers)),
+        ("llama.context_length".into(), u(c.max_position_embeddings)),
+        ("llama.embedding_length".into(), u(c.hidden_size)),
+        ("llama.feed_forward_length".into(), u(c.intermediate_size)),
+        ("llama.attention.head_count".into(), u(c.num_attention_heads)),
+        ("llama.attention.head_count_kv".into(), u(c.num_key_value_heads)),
+        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        ("llama.rope.dimension_count".into(), u(c.head_dim)),
+    ];
+    meta.extend(extra);
+    let mut tensors = Vec::new();
+    for (hf, g, order) in config.tensor_names() {
+        let t = weights.get(&hf)?;
+        let q = if t.rank() == 1 {
+            QTensor::quantize(t, GgmlDType::F32)?
+        } else {
+            QTensor::quantize(&order.to_gguf(t)?, dtype)?
+        };
+        tensors.push((g, q));
+    }
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    std::io::Write::flush(&mut file).map_err(io)?;
+    Ok(())
 }

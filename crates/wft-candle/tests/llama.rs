@@ -1,0 +1,302 @@
+//! The Llama decoder on a tiny random model written as a GGUF file the way
+//! llama.cpp lays one out: the loader restores transformers' names and q/k
+//! row order, the KV cache and padding masks change nothing, gradients
+//! match central differences, and hostile GGUF files are typed errors.
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor, Var};
+use wft_adapter::{AdapterConfig, AdapterModel, MethodConfig, ModuleSpec, TensorFile, WaveletFtConfig};
+use wft_candle::gguf::{Gguf, GgufError};
+use wft_candle::models::llama::{self, Cache, Config, Llama, RowOrder, masked_cross_entropy};
+use wft_candle::{Error, Tuning, Weights};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn tiny() -> R<(Config, Weights)> {
+    let config = Config::tiny(300);
+    let weights = config.random_weights(5)?;
+    Ok((config, weights))
+}
+
+fn write(dir: &Path, dtype: GgmlDType) -> R<(Config, Weights, std::path::PathBuf)> {
+    let (config, weights) = tiny()?;
+    let path = dir.join("tiny.gguf");
+    llama::write_gguf(&path, &config, &weights, dtype, llama::tiny_vocab(config.vocab_size)?)?;
+    Ok((config, weights, path))
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> R<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+#[test]
+fn gguf_loading_restores_transformers_names_and_rows() -> R {
+    let dir = tempfile::tempdir()?;
+    let (config, weights, path) = write(dir.path(), GgmlDType::F32)?;
+    let gguf = Gguf::open(&path)?;
+    let (read_config, read) = llama::load_gguf(&gguf)?;
+    // GGUF stores the epsilon as f32, and transformers reads it so too.
+    let stored = Config {
+        rms_norm_eps: f64::from(config.rms_norm_eps as f32),
+        ..config.clone()
+    };
+    assert_eq!(read_config, stored);
+    assert_eq!(read.tensors().len(), weights.tensors().len());
+    for (name, t) in weights.tensors() {
+        assert_eq!(max_diff(t, read.get(name)?)?, 0.0, "{name}");
+    }
+    // In the file, q's rows follow REFERENCE.md's permutation:
+    // hf = gguf.reshape(n, d/n/2, 2, in).swapaxes(1, 2).reshape(d, in),
+    // that is GGUF row h·hd + 2i + j holds transformers' row h·hd + j·hd/2 + i.
+    let hd = config.head_dim;
+    for (g, hf, heads) in [
+        ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight", config.num_attention_heads),
+        ("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight", config.num_key_value_heads),
+    ] {
+        let file = gguf.dequantize(g)?.to_vec2::<f32>()?;
+        let ours = weights.get(hf)?.to_vec2::<f32>()?;
+        assert_eq!(file.len(), heads * hd);
+        for h in 0..heads {
+            for i in 0..hd / 2 {
+                for j in 0..2 {
+                    assert_eq!(file[h * hd + 2 * i + j], ours[h * hd + j * hd / 2 + i], "{g} head {h}");
+                }
+            }
+        }
+        assert_ne!(file, ours, "{g}: the permutation is not the identity");
+    }
+    // Every other tensor keeps its rows.
+    let v = gguf.dequantize("blk.0.attn_v.weight")?;
+    assert_eq!(max_diff(&v, weights.get("model.layers.0.self_attn.v_proj.weight")?)?, 0.0);
+    // to_gguf undoes to_hf.
+    let t = weights.get("model.layers.0.self_attn.q_proj.weight")?;
+    let order = RowOrder::Rope(config.num_attention_heads);
+    assert_eq!(max_diff(&order.to_hf(&order.to_gguf(t)?)?, t)?, 0.0);
+    Ok(())
+}
+
+#[test]
+fn quantized_files_load_within_quantization_error() -> R {
+    let dir = tempfile::tempdir()?;
+    let (_, weights, path) = write(dir.path(), GgmlDType::Q8_0)?;
+    let gguf = Gguf::open(&path)?;
+    assert_eq!(gguf.entry("blk.0.ffn_down.weight").map(|e| e.dtype), Some(GgmlDType::Q8_0));
+    let (_, read) = llama::load_gguf(&gguf)?;
+    for (name, t) in weights.tensors() {
+        let scale = t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        // Q8_0: 8-bit steps of a block's absolute maximum / 127.
+        assert!(max_diff(t, read.get(name)?)? <= scale / 127.0, "{name}");
+    }
+    Ok(())
+}
+
+fn ids(rows: &[&[u32]]) -> R<Tensor> {
+    let len = rows[0].len();
+    Ok(Tensor::from_vec(rows.concat(), (rows.len(), len), &Device::Cpu)?)
+}
+
+#[test]
+fn kv_cache_and_padding_change_nothing() -> R {
+    let (config, weights) = tiny()?;
+    let model = Llama::new(&config, &weights, Tuning::Frozen)?;
+    let seq = [3u32, 70, 71, 280, 5, 9, 260, 100];
+    let full = model.forward(&ids(&[&seq])?, &mut Cache::new(), None)?;
+    // The same positions fed 3 + 1 + 4 at a time through the cache.
+    let mut cache = Cache::new();
+    let mut parts = Vec::new();
+    for (a, b) in [(0, 3), (3, 4), (4, 8)] {
+        parts.push(model.forward(&ids(&[&seq[a..b]])?, &mut cache, None)?);
+    }
+    assert_eq!(cache.len(), 8);
+    let stepped = Tensor::cat(&parts, 1)?;
+    assert!(max_diff(&full, &stepped)? < 1e-5);
+    // A right-padded batch: the real positions of each row equal its run alone.
+    let short = [12u32, 13, 14, 15, 16];
+    let padded = [12u32, 13, 14, 15, 16, 256, 256, 256];
+    let mask = Tensor::from_vec(
+        [[1f32; 8], [1., 1., 1., 1., 1., 0., 0., 0.]].concat(),
+        (2, 8),
+        &Device::Cpu,
+    )?;
+    let batch = model.forward(&ids(&[&seq, &padded])?, &mut Cache::new(), Some(&mask))?;
+    let alone = model.forward(&ids(&[&short])?, &mut Cache::new(), None)?;
+    assert!(max_diff(&batch.get(0)?, &full.get(0)?)? < 1e-5);
+    assert!(max_diff(&batch.get(1)?.narrow(0, 0, 5)?, &alone.get(0)?)? < 1e-5);
+    // Past the context: a typed error.
+    let long = vec![1u32; config.max_position_embeddings + 1];
+    assert!(matches!(
+        model.forward(&ids(&[&long])?, &mut Cache::new(), None),
+        Err(Error::Config(_))
+    ));
+    // An id outside the vocabulary: a typed error.
+    assert!(matches!(model.forward(&ids(&[&[300]])?, &mut Cache::new(), None), Err(Error::Config(_))));
+    Ok(())
+}
+
+fn adapters(weights: &Weights, dir: &Path) -> R<AdapterModel> {
+    let path = dir.join("base.safetensors");
+    weights.save(&path)?;
+    let base = TensorFile::open(&path)?;
+    let method = MethodConfig::WaveletFt(WaveletFtConfig {
+        n_frequency: 40,
+        scaling: 5.0,
+        ..Default::default()
+    });
+    let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
+    let mut model = AdapterModel::new_for_base(AdapterConfig::new(method, targets), &base, 1)?;
+    let mut g = wft_adapter::Mt19937::new(3);
+    for m in model.modules_mut().values_mut() {
+        m.as_adapter_mut()
+            .params_mut()
+            .iter_mut()
+            .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
+    }
+    Ok(model)
+}
+
+/// ∂(masked next-token loss)/∂c and ∂/∂(input embeddings) through the whole
+/// adapted decoder against central differences.
+#[test]
+fn adapted_decoder_gradients_match_central_differences() -> R {
+    let dir = tempfile::tempdir()?;
+    let (config, weights) = tiny()?;
+    let model = adapters(&weights, dir.path())?;
+    assert_eq!(model.modules().len(), 3 * config.num_hidden_layers);
+    let llama = Llama::new(&config, &weights, Tuning::Adapters(&model))?;
+    let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 256, 256]])?;
+    let targets = ids(&[&[70, 71, 280, 5, 9, 11], &[13, 14, 15, 256, 0, 0]])?;
+    let weight = Tensor::from_vec(
+        vec![0f32, 1., 1., 1., 1., 1., 0., 1., 1., 1., 0., 0.],
+        (2, 6),
+        &Device::Cpu,
+    )?;
+    let embedded = Var::from_tensor(&llama.embed(&x)?)?;
+    let loss_of = |e: &Tensor| -> R<Tensor> {
+        let logits = llama.logits(&llama.decode(e, &mut Cache::new(), None)?)?;
+        Ok(masked_cross_entropy(&logits, &targets, &weight)?)
+    };
+    let grads = loss_of(embedded.as_tensor())?.backward()?;
+    let h = 1e-2f32;
+    // A coefficient vector of one adapted module.
+    let (path, var) = llama.named_vars()[4].clone();
+    let grad = grads.get(var.as_tensor()).ok_or("no gradient")?.to_vec1::<f32>()?;
+    let base = var.as_tensor().to_vec1::<f32>()?;
+    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{path}: zero gradient");
+    let mut worst = 0f32;
+    for k in [0, 9, 21, 39] {
+        let mut p = base.clone();
+        p[k] += h;
+        var.set(&Tensor::from_vec(p.clone(), base.len(), &Device::Cpu)?)?;
+        let up = loss_of(embedded.as_tensor())?.to_scalar::<f32>()?;
+        p[k] -= 2.0 * h;
+        var.set(&Tensor::from_vec(p, base.len(), &Device::Cpu)?)?;
+        let down = loss_of(embedded.as_tensor())?.to_scalar::<f32>()?;
+        worst = worst.max(((up - down) / (2.0 * h) - grad[k]).abs() / scale);
+    }
+    var.set(&Tensor::from_vec(base.clone(), base.len(), &Device::Cpu)?)?;
+    assert!(worst < 2e-2, "{path}: relative error {worst}");
+    // The input embeddings.
+    let ge = grads.get(embedded.as_tensor()).ok_or("no input gradient")?;
+    let ge = ge.flatten_all()?.to_vec1::<f32>()?;
+    let e0 = embedded.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let scale = ge.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut worst = 0f32;
+    for k in [1, 40, 77, 150, 300] {
+        let shifted = |d: f32| -> R<f32> {
+            let mut e = e0.clone();
+            e[k] += d;
+            let e = Tensor::from_vec(e, embedded.as_tensor().shape(), &Device::Cpu)?;
+            Ok(loss_of(&e)?.to_scalar::<f32>()?)
+        };
+        worst = worst.max(((shifted(h)? - shifted(-h)?) / (2.0 * h) - ge[k]).abs() / scale);
+    }
+    assert!(worst < 2e-2, "input gradient: relative error {worst}");
+    Ok(())
+}
+
+#[test]
+fn adapters_of_another_architecture_are_refused() -> R {
+    let (config, weights) = tiny()?;
+    let dir = tempfile::tempdir()?;
+    let mut model = adapters(&weights, dir.path())?;
+    let (_, a) = model.modules_mut().pop_first().ok_or("no module")?;
+    model
+        .modules_mut()
+        .insert("encoder.layer.0.attention.self.query".into(), a);
+    let e = Llama::new(&config, &weights, Tuning::Adapters(&model)).unwrap_err();
+    assert!(matches!(e, Error::Config(ref m) if m.contains("encoder.layer.0")), "{e}");
+    Ok(())
+}
+
+/// Byte-level surgery on a valid tiny file: each defect is a typed error.
+#[test]
+fn hostile_gguf_files_are_typed_errors() -> R {
+    let dir = tempfile::tempdir()?;
+    let (_, _, path) = write(dir.path(), GgmlDType::F32)?;
+    let good = std::fs::read(&path)?;
+    let gguf = Gguf::open(&path)?;
+    let ((_, meta_end), _) = gguf.metadata_range();
+    let open = |bytes: &[u8]| -> Result<Gguf, GgufError> {
+        let p = dir.path().join("bad.gguf");
+        std::fs::write(&p, bytes).map_err(|e| GgufError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        Gguf::open(&p)
+    };
+    // Wrong magic, unsupported versions.
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(matches!(open(&b), Err(GgufError::Magic(_))));
+    for v in [1u32, 4, u32::MAX] {
+        let mut b = good.clone();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        assert!(matches!(open(&b), Err(GgufError::Version(x)) if x == v));
+    }
+    // Absurd counts.
+    let mut b = good.clone();
+    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Truncated { .. })));
+    let mut b = good.clone();
+    b[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(open(&b).is_err());
+    // Truncated anywhere: inside the header, or inside the data.
+    for cut in (0..good.len()).step_by(251).chain([meta_end as usize + 3, good.len() - 1]) {
+        assert!(open(&good[..cut]).is_err(), "cut at {cut}");
+    }
+    // The first tensor info: name, n_dims, dims, type, offset.
+    let first = &gguf.tensors()[0];
+    let at = meta_end as usize + 8 + first.name.len();
+    let tensor_field = |b: &mut Vec<u8>, offset: usize, bytes: &[u8]| b[at + offset..at + offset + bytes.len()].copy_from_slice(bytes);
+    let n_dims = first.ne.len();
+    let after_dims = 4 + 8 * n_dims;
+    let mut b = good.clone();
+    tensor_field(&mut b, 0, &5u32.to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { .. })), "5 dimensions");
+    let mut b = good.clone();
+    tensor_field(&mut b, 4, &0u64.to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { .. })), "a zero dimension");
+    let mut b = good.clone();
+    tensor_field(&mut b, 4, &(1u64 << 50).to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { .. })), "an absurd dimension");
+    let mut b = good.clone();
+    tensor_field(&mut b, after_dims, &99u32.to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { reason, .. }) if reason.contains("unknown tensor type")));
+    let mut b = good.clone();
+    tensor_field(&mut b, after_dims + 4, &(1u64 << 40).to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { reason, .. }) if reason.contains("past the end")));
+    let mut b = good.clone();
+    tensor_field(&mut b, after_dims + 4, &3u64.to_le_bytes());
+    assert!(matches!(open(&b), Err(GgufError::Tensor { reason, .. }) if reason.contains("alignment")));
+    // Another architecture.
+    let arch = b"llama";
+    let pos = good.windows(arch.len()).position(|w| w == arch).ok_or("no architecture")?;
+    let mut b = good.clone();
+    b[pos..pos + 5].copy_from_slice(b"gpt2x");
+    let g = open(&b)?;
+    assert!(matches!(llama::load_gguf(&g), Err(Error::Architecture(a)) if a == "gpt2x"));
+    Ok(())
+}
