@@ -9,6 +9,7 @@ use safetensors::Dtype;
 use crate::config::{AdapterConfig, PeftType};
 use crate::folder::{Folder, TensorRole};
 use crate::model::module_shape;
+use crate::shapes::BaseShapes;
 use crate::tensors::TensorFile;
 use crate::{Method, Result};
 
@@ -55,7 +56,7 @@ impl Summary {
     ///
     /// # Errors
     /// As [`crate::AdapterModel::load`] for the config and the weights file.
-    pub fn read(dir: impl AsRef<Path>, base: Option<&TensorFile>) -> Result<Self> {
+    pub fn read(dir: impl AsRef<Path>, base: Option<&dyn BaseShapes>) -> Result<Self> {
         Self::from_folder(&Folder::read(dir.as_ref())?, base)
     }
 
@@ -65,10 +66,10 @@ impl Summary {
     /// # Errors
     /// As [`Summary::read`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        Self::from_folder(&Folder::from_bytes(config, weights)?, base)
+        Self::from_folder(&Folder::from_bytes(config, weights)?, base.map(|b| b as &dyn BaseShapes))
     }
 
-    fn from_folder(folder: &Folder, base: Option<&TensorFile>) -> Result<Self> {
+    fn from_folder(folder: &Folder, base: Option<&dyn BaseShapes>) -> Result<Self> {
         let file = &folder.weights;
         let (config, shapes) = AdapterConfig::from_json(&folder.config, &folder.config_path)?;
         let mut modules: BTreeMap<String, ModuleSummary> = BTreeMap::new();

@@ -2,12 +2,14 @@
 //! `wft`: merge, inspect and take apart WaveletFT / FourierFT / LoRA adapters
 //! in Hugging Face PEFT folders (and wft-adapter's native folders).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wft_adapter::{AdapterModel, Dtype, RawTensor, Summary, TensorFile, write_atomic};
+use wft_adapter::{AdapterModel, BaseShapes, Dtype, RawTensor, Summary, TensorFile, write_atomic};
+use wft_candle::gguf::Gguf;
+use wft_candle::models::llama;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,7 +31,8 @@ enum Command {
     /// is written atomically.
     Merge {
         /// The base checkpoint: a .safetensors file, a sharded checkpoint's
-        /// model.safetensors.index.json, or a folder holding either.
+        /// model.safetensors.index.json, a folder holding either, or a
+        /// Llama-family .gguf file (then a .gguf comes out).
         #[arg(long)]
         base: PathBuf,
         /// The adapter folder (adapter_config.json + adapter_model.safetensors).
@@ -44,6 +47,10 @@ enum Command {
         /// must still be empty).
         #[arg(long)]
         force: bool,
+        /// For a GGUF base: the type adapted tensors are written in
+        /// (`source` re-quantizes to each tensor's own type).
+        #[arg(long, value_enum, default_value_t = GgufDtype::F32)]
+        dtype: GgufDtype,
         /// Where ΔW is built and added: `gpu` uses the adapter wgpu picks
         /// (WGPU_BACKEND / WGPU_ADAPTER_NAME choose; the result matches `cpu`
         /// within 1e-5).
@@ -84,6 +91,46 @@ enum Command {
     },
 }
 
+/// The type adapted GGUF tensors are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GgufDtype {
+    /// f32 (exact).
+    F32,
+    /// f16.
+    F16,
+    /// q8_0.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// Each tensor's own type (re-quantized: costs that type's rounding).
+    Source,
+}
+
+/// What `wft` reports.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Adapter(#[from] wft_adapter::Error),
+    #[error(transparent)]
+    Model(#[from] wft_candle::Error),
+    #[error(transparent)]
+    Gguf(#[from] wft_candle::gguf::GgufError),
+}
+
+/// Whether `path` is a GGUF file (by its magic).
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+/// Whether `a` and `b` are the same file (so that a merge never writes over its base).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Where a merge computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
@@ -91,6 +138,42 @@ enum Device {
     Cpu,
     /// A GPU through wgpu.
     Gpu,
+}
+
+/// `wft merge` onto a GGUF decoder.
+fn merge_gguf(base: &Path, adapter: &Path, out: &Path, dtype: GgufDtype, device: Device) -> Result<(), CliError> {
+    if device == Device::Gpu {
+        return Err(wft_adapter::Error::Invalid {
+            what: "--device gpu".into(),
+            reason: "GGUF merges run on the CPU".into(),
+        }
+        .into());
+    }
+    if same_file(base, out) {
+        return Err(wft_adapter::Error::OutputExists {
+            path: out.to_path_buf(),
+            reason: "is the base model itself".into(),
+        }
+        .into());
+    }
+    let gguf = Gguf::open(base)?;
+    let config = llama::Config::from_gguf(&gguf)?;
+    let model = AdapterModel::load_for(adapter, &llama::base_shapes(base, &config))?;
+    let dtype = match dtype {
+        GgufDtype::F32 => llama::MergeDtype::F32,
+        GgufDtype::F16 => llama::MergeDtype::F16,
+        GgufDtype::Q8_0 => llama::MergeDtype::Q8_0,
+        GgufDtype::Source => llama::MergeDtype::Source,
+    };
+    let report = llama::merge_gguf(&gguf, &model, out, dtype)?;
+    println!(
+        "merged {} tensors ({}), copied {} tensors byte for byte -> {}",
+        report.replaced.len(),
+        model.config().peft_type(),
+        report.copied,
+        out.display()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -106,7 +189,7 @@ fn main() -> ExitCode {
 
 /// An existing output is refused unless `--force`: one typo should not
 /// cost a 100 GB checkpoint.
-fn refuse_existing(out: &std::path::Path, force: bool) -> wft_adapter::Result<()> {
+fn refuse_existing(out: &Path, force: bool) -> wft_adapter::Result<()> {
     // `symlink_metadata`: a dangling link is an existing path too.
     if !force && std::fs::symlink_metadata(out).is_ok() {
         return Err(wft_adapter::Error::OutputExists {
@@ -117,21 +200,25 @@ fn refuse_existing(out: &std::path::Path, force: bool) -> wft_adapter::Result<()
     Ok(())
 }
 
-fn run(command: Command) -> wft_adapter::Result<()> {
+fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Merge {
             base,
             adapter,
             out,
             force,
+            dtype,
             device,
             quiet,
         } => {
             refuse_existing(&out, force)?;
+            if is_gguf(&base) {
+                return merge_gguf(&base, &adapter, &out, dtype, device);
+            }
             #[cfg(feature = "gpu")]
             let gpu = match device {
                 Device::Gpu => {
-                    let ctx = wft_adapter::dwt_gpu::Context::new()?;
+                    let ctx = wft_adapter::dwt_gpu::Context::new().map_err(wft_adapter::Error::from)?;
                     if !quiet {
                         eprintln!("merging on {}", ctx.describe());
                     }
@@ -176,8 +263,15 @@ fn run(command: Command) -> wft_adapter::Result<()> {
             Ok(())
         }
         Command::Inspect { adapter, base } => {
-            let base = base.map(TensorFile::open).transpose()?;
-            let s = Summary::read(&adapter, base.as_ref())?;
+            let shapes: Option<Box<dyn BaseShapes>> = match base {
+                Some(b) if is_gguf(&b) => {
+                    let gguf = Gguf::open(&b)?;
+                    Some(Box::new(llama::base_shapes(&b, &llama::Config::from_gguf(&gguf)?)))
+                }
+                Some(b) => Some(Box::new(TensorFile::open(&b)?)),
+                None => None,
+            };
+            let s = Summary::read(&adapter, shapes.as_deref())?;
             println!("adapter     {}", adapter.display());
             println!("method      {} (peft_type {})", s.method, s.peft_type);
             println!("layers      {}", s.modules.len());

@@ -806,3 +806,81 @@ pub fn write_gguf(
     std::io::Write::flush(&mut file).map_err(io)?;
     Ok(())
 }
+
+/// The type adapted tensors are written in by [`merge_gguf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeDtype {
+    /// `f32`: exact.
+    F32,
+    /// `f16`.
+    F16,
+    /// `q8_0`.
+    Q8_0,
+    /// The tensor's own type in the base (re-quantized).
+    Source,
+}
+
+impl MergeDtype {
+    fn for_tensor(self, source: candle_core::quantized::GgmlDType) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            MergeDtype::F32 => GgmlDType::F32,
+            MergeDtype::F16 => GgmlDType::F16,
+            MergeDtype::Q8_0 => GgmlDType::Q8_0,
+            MergeDtype::Source => source,
+        }
+    }
+}
+
+/// The names and shapes of a GGUF decoder's projections under
+/// transformers' names, for loading adapters onto it
+/// ([`wft_adapter::AdapterModel::load_for`]).
+pub fn base_shapes(path: &std::path::Path, config: &Config) -> wft_adapter::ShapeMap {
+    wft_adapter::ShapeMap::new(
+        path,
+        config
+            .linear_shapes()
+            .into_iter()
+            .map(|(m, (o, i))| (format!("{m}.weight"), vec![o, i])),
+    )
+}
+
+/// Merge `adapters` (transformers' module names and rows) into the GGUF
+/// decoder `gguf`, writing `out`: each adapted tensor is de-quantized, gets
+/// `ΔW` permuted into GGUF's row order ([`RowOrder::to_gguf`]), and is
+/// written in `dtype`; the metadata and every other tensor are copied byte
+/// for byte. Streams one tensor at a time and writes atomically
+/// ([`Gguf::rewrite`]).
+///
+/// # Errors
+/// As [`Config::from_gguf`]; [`Error::Config`] for an adapted module this
+/// decoder does not have; the adapters', candle's and the file's errors.
+pub fn merge_gguf(
+    gguf: &Gguf,
+    adapters: &wft_adapter::AdapterModel,
+    out: &std::path::Path,
+    dtype: MergeDtype,
+) -> Result<crate::gguf::RewriteReport> {
+    use candle_core::quantized::QTensor;
+    let config = Config::from_gguf(gguf)?;
+    let mut targets = HashMap::new();
+    let mut plan = HashMap::new();
+    for module in adapters.modules().keys() {
+        let (name, order) = config
+            .gguf_tensor(module)
+            .filter(|(name, _)| name.starts_with("blk."))
+            .ok_or_else(|| Error::Config(format!("the adapter adapts `{module}`, which this decoder does not have")))?;
+        let entry = gguf.entry(&name).ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        plan.insert(name.clone(), dtype.for_tensor(entry.dtype));
+        targets.insert(name, (module.clone(), order));
+    }
+    gguf.rewrite(out, &plan, |entry, to| -> Result<QTensor> {
+        let (module, order) = &targets[&entry.name];
+        let delta = adapters.delta(module)?;
+        let (o, i) = delta.dim();
+        let delta = Tensor::from_vec(delta.into_raw_vec_and_offset().0, (o, i), &Device::Cpu)?;
+        let w = gguf.dequantize(&entry.name)?;
+        let merged = (w + order.to_gguf(&delta)?)?;
+        Ok(QTensor::quantize(&merged, to)?)
+    })
+}

@@ -8,7 +8,7 @@ mod tokenizer;
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, Device, Tensor};
-use wft_adapter::{AdapterModel, Mt19937, ShapeMap};
+use wft_adapter::{AdapterModel, Mt19937};
 use wft_candle::gguf::Gguf;
 use wft_candle::models::llama::{self, Cache, Llama};
 use wft_candle::{Tuning, Weights};
@@ -50,17 +50,7 @@ pub struct Decoder {
     pub chat: Option<ChatTemplate>,
 }
 
-/// The names and shapes of a decoder's projections, for adapters that
-/// store no locations (PEFT's WaveFT and FourierFT).
-pub fn base_shapes(path: &Path, config: &llama::Config) -> ShapeMap {
-    ShapeMap::new(
-        path,
-        config
-            .linear_shapes()
-            .into_iter()
-            .map(|(m, (o, i))| (format!("{m}.weight"), vec![o, i])),
-    )
-}
+pub use llama::base_shapes;
 
 impl Decoder {
     /// Load a GGUF decoder, with the adapter folder `adapter` (PEFT's
