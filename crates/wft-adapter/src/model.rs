@@ -97,6 +97,21 @@ impl AdapterModel {
     /// # Errors
     /// [`Error::Invalid`] when nothing matches, and the adapters' own errors.
     pub fn new_for_base(config: AdapterConfig, base: &TensorFile, seed: u64) -> Result<Self> {
+        Self::build_for(config, base, Some(base), seed)
+    }
+
+    /// [`AdapterModel::new_for_base`] on a base known by its tensors' names
+    /// and shapes only ([`ShapeMap`](crate::ShapeMap): a GGUF file, a model
+    /// in memory).
+    ///
+    /// # Errors
+    /// As [`AdapterModel::new_for_base`], and [`Error::Invalid`] for
+    /// WaveletFT's energy-guided strategy, which reads the frozen weights.
+    pub fn new_for_shapes(config: AdapterConfig, base: &dyn BaseShapes, seed: u64) -> Result<Self> {
+        Self::build_for(config, base, None, seed)
+    }
+
+    fn build_for(config: AdapterConfig, base: &dyn BaseShapes, weights: Option<&TensorFile>, seed: u64) -> Result<Self> {
         let mut modules = BTreeMap::new();
         for (m, ModulePlan { shape, n }) in config.plan(base)? {
             let adapter: ModuleAdapter = match &config.method {
@@ -106,8 +121,14 @@ impl AdapterModel {
                         ..c.clone()
                     };
                     if c.strategy == Strategy::EnergyGuided {
+                        let weights = weights.ok_or_else(|| {
+                            Error::invalid(
+                                "strategy",
+                                "energy-guided locations are chosen from the frozen weights: build from the checkpoint (new_for_base)",
+                            )
+                        })?;
                         let key = resolve_weight(base, &m)?;
-                        let w = matrix(base, &key, [None, None], "the frozen weight")?;
+                        let w = matrix(weights, &key, [None, None], "the frozen weight")?;
                         WaveletFt::from_frozen(&c, config.orientation.orient(w.view()))?.into()
                     } else {
                         WaveletFt::new(&c, shape)?.into()

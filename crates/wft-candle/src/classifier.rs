@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use wft_adapter::{AdapterModel, Mt19937};
 
-use crate::error::{Error, Result, check_shape};
+use crate::error::{Result, check_shape};
 use crate::models::bert::{Bert, mean_pool};
 use crate::weights::{Weights, save_f32};
 
@@ -130,18 +130,6 @@ impl Classifier {
     /// [`Error::Config`] when `template` names a module the encoder did not
     /// adapt.
     pub fn adapters(&self, template: &AdapterModel) -> Result<AdapterModel> {
-        let mut model = template.clone();
-        let linears = self.bert.linears();
-        for (path, module) in model.modules_mut() {
-            let adapter = linears
-                .iter()
-                .find(|(p, _)| p == path)
-                .map(|(_, l)| l.adapter())
-                .transpose()?
-                .flatten()
-                .ok_or_else(|| Error::Config(format!("module `{path}` is not adapted in this model")))?;
-            *module = adapter;
-        }
-        Ok(model)
+        crate::linear::current_adapters(template, &self.bert.linears())
     }
 }

@@ -24,12 +24,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Shape, Tensor, Var};
 use wft_adapter::ndarray::{Array2, ArrayView2};
 use wft_adapter::{Adapter, ModuleAdapter};
 
 use crate::error::{Error, Result, check_shape};
-use crate::weights::{Tuning, VarPath};
+use crate::weights::{Stored, Tuning, VarPath};
 
 /// Whether [`AdaptedLinear::load`] reads a bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub struct AdaptedLinear {
 enum Kind {
     /// A constant weight; only `∂L/∂x` flows.
     Frozen(Tensor),
+    /// A constant weight kept quantized: de-quantized for each product (in
+    /// the forward pass and again for `∂L/∂x`), never held in `f32`.
+    Quantized(Arc<QTensor>),
     /// candle's own matmul: gradients flow to every variable in it.
     Plain(Tensor),
     /// A frozen weight plus an adapter whose parameters are a variable.
@@ -88,6 +92,24 @@ impl AdaptedLinear {
         check_bias(bias.as_ref(), out)?;
         Ok(AdaptedLinear {
             kind: Kind::Frozen(weight.detach()),
+            bias: bias.map(|b| b.detach()),
+            out,
+            inp,
+        })
+    }
+
+    /// A frozen layer whose weight stays quantized (`out × in` GGUF blocks):
+    /// each product de-quantizes it, computes in `f32` exactly as
+    /// [`AdaptedLinear::frozen`] on the de-quantized weight would, and drops
+    /// it. Gradients flow to `x` only.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the weight is not 2-D or the bias does not fit.
+    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let (out, inp) = weight.shape().dims2()?;
+        check_bias(bias.as_ref(), out)?;
+        Ok(AdaptedLinear {
+            kind: Kind::Quantized(weight),
             bias: bias.map(|b| b.detach()),
             out,
             inp,
@@ -156,10 +178,16 @@ impl AdaptedLinear {
     /// lacks the tensors or they have other shapes, and the adapter's shape
     /// errors.
     pub fn load(vb: &VarPath<'_>, (out, inp): (usize, usize), bias: Bias) -> Result<Self> {
-        let weight = vb.get("weight", &[out, inp])?;
+        let stored = vb.get_stored("weight", &[out, inp])?;
         let bias = match bias {
             Bias::With => Some(vb.get("bias", &[out])?),
             Bias::Without => None,
+        };
+        let weight = match (stored, vb.adapter()) {
+            (Stored::Quantized(q), None) => return AdaptedLinear::quantized(q, bias),
+            // An adapted layer keeps `W` in f32 beside `W + ΔW`.
+            (Stored::Quantized(q), Some(_)) => q.dequantize(&Device::Cpu)?,
+            (Stored::Dense(t), _) => t,
         };
         match (vb.tuning(), vb.adapter()) {
             (Tuning::Full, _) => AdaptedLinear::plain(weight, bias),
@@ -207,6 +235,7 @@ impl AdaptedLinear {
     pub fn weight(&self) -> Result<Tensor> {
         match &self.kind {
             Kind::Frozen(w) | Kind::Plain(w) => Ok(w.clone()),
+            Kind::Quantized(q) => Ok(q.dequantize(&Device::Cpu)?),
             Kind::Adapted(a) => Ok(a.sync()?.weight.clone()),
         }
     }
@@ -230,19 +259,10 @@ impl Module for AdaptedLinear {
         let x2 = x.reshape((rows, inp))?;
         let y = match &self.kind {
             Kind::Plain(w) => x2.matmul(&w.t()?)?,
-            Kind::Frozen(w) => {
-                let h = x2.detach().matmul(&w.t()?)?;
-                if x2.track_op() {
-                    h.apply_op2(
-                        &x2,
-                        Tap {
-                            weight: w.clone(),
-                            adapter: None,
-                        },
-                    )?
-                } else {
-                    h
-                }
+            Kind::Frozen(w) => frozen_product(&x2, w, || FrozenWeight::Dense(w.clone()))?,
+            Kind::Quantized(q) => {
+                let w = q.dequantize(&Device::Cpu)?;
+                frozen_product(&x2, &w, || FrozenWeight::Quantized(q.clone()))?
             }
             Kind::Adapted(a) => {
                 let merged = a.sync().map_err(candle_core::Error::wrap)?;
@@ -251,7 +271,7 @@ impl Module for AdaptedLinear {
                     &x2,
                     a.params.as_tensor(),
                     Tap {
-                        weight: merged.weight,
+                        weight: FrozenWeight::Dense(merged.weight),
                         adapter: Some(merged.adapter),
                     },
                 )?
@@ -319,11 +339,36 @@ pub(crate) fn to_array(t: &Tensor) -> Result<Array2<f32>> {
     Array2::from_shape_vec((r, c), v).map_err(|e| Error::Config(e.to_string()))
 }
 
+/// `x·Wᵀ` of a frozen layer, outside the graph, tapped for `∂L/∂x` when a
+/// gradient will flow to `x` (the tap keeps what `weight` gives).
+fn frozen_product(x: &Tensor, w: &Tensor, weight: impl FnOnce() -> FrozenWeight) -> candle_core::Result<Tensor> {
+    let h = x.detach().matmul(&w.t()?)?;
+    if x.track_op() {
+        h.apply_op2(
+            x,
+            Tap {
+                weight: weight(),
+                adapter: None,
+            },
+        )
+    } else {
+        Ok(h)
+    }
+}
+
+/// The weight a tap multiplies gradients by.
+enum FrozenWeight {
+    Dense(Tensor),
+    /// De-quantized again in the backward pass, so that no layer's `f32`
+    /// weight lives from the forward pass to the backward pass.
+    Quantized(Arc<QTensor>),
+}
+
 /// The gradient tap: forward, the value of `h` (already computed by a
 /// matmul outside the graph); backward, `∂L/∂x = g·W'` and, with an
 /// adapter, `∂L/∂c` from `wft-adapter`.
 struct Tap {
-    weight: Tensor,
+    weight: FrozenWeight,
     adapter: Option<Arc<ModuleAdapter>>,
 }
 
@@ -340,7 +385,10 @@ impl Tap {
 
     fn grad_x(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if x.track_op() {
-            Ok(Some(g.matmul(&self.weight)?))
+            match &self.weight {
+                FrozenWeight::Dense(w) => Ok(Some(g.matmul(w)?)),
+                FrozenWeight::Quantized(q) => Ok(Some(g.matmul(&q.dequantize(&Device::Cpu)?)?)),
+            }
         } else {
             Ok(None)
         }
@@ -412,4 +460,24 @@ impl CustomOp3 for Tap {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((None, self.grad_x(x, g)?, self.grad_params(x, g)?))
     }
+}
+
+/// `template` with each module's adapter replaced by its current value in
+/// `linears` (module path → layer): what a trained model saves.
+pub(crate) fn current_adapters(
+    template: &wft_adapter::AdapterModel,
+    linears: &[(String, &AdaptedLinear)],
+) -> Result<wft_adapter::AdapterModel> {
+    let mut model = template.clone();
+    for (path, module) in model.modules_mut() {
+        let adapter = linears
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, l)| l.adapter())
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| crate::Error::Config(format!("module `{path}` is not adapted in this model")))?;
+        *module = adapter;
+    }
+    Ok(model)
 }

@@ -12,22 +12,55 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var};
 use wft_adapter::{AdapterModel, ModuleAdapter, RawTensor};
 
 use crate::error::{Error, Result, check_shape};
 
-/// A checkpoint's tensors by name, on the CPU.
+/// A checkpoint's tensors by name, on the CPU: dense, or still quantized
+/// (GGUF blocks, de-quantized only inside the layers that use them).
 #[derive(Debug, Clone)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
+    quantized: HashMap<String, Arc<QTensor>>,
+}
+
+/// A stored weight: dense, or quantized.
+#[derive(Debug, Clone)]
+pub(crate) enum Stored {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
 }
 
 impl Weights {
     /// Tensors by name, as they are.
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        Weights { tensors }
+        Weights {
+            tensors,
+            quantized: HashMap::new(),
+        }
+    }
+
+    /// Add or replace a quantized tensor (it shadows a dense one of the
+    /// same name, which is removed).
+    pub fn insert_quantized(&mut self, name: impl Into<String>, tensor: QTensor) {
+        let name = name.into();
+        self.tensors.remove(&name);
+        self.quantized.insert(name, Arc::new(tensor));
+    }
+
+    /// The quantized tensors by name.
+    pub fn quantized(&self) -> &HashMap<String, Arc<QTensor>> {
+        &self.quantized
+    }
+
+    /// Bytes the tensors take in memory.
+    pub fn bytes(&self) -> usize {
+        let dense: usize = self.tensors.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+        dense + self.quantized.values().map(|q| q.storage_size_in_bytes()).sum::<usize>()
     }
 
     /// Load a safetensors checkpoint (any float dtype; converted to `f32`).
@@ -47,7 +80,7 @@ impl Weights {
                 Ok((k, t))
             })
             .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
+        Ok(Weights::from_tensors(tensors))
     }
 
     /// The tensors by name.
@@ -196,6 +229,27 @@ impl<'a> VarPath<'a> {
             Ok(t)
         } else {
             Ok(t.clone())
+        }
+    }
+
+    /// [`VarPath::get`] for a weight that may be stored quantized: a
+    /// quantized one comes back as it is, unless it must become a variable
+    /// (full fine-tuning), when it is de-quantized.
+    pub(crate) fn get_stored(&self, name: &str, shape: &[usize]) -> Result<Stored> {
+        let full = self.join(name);
+        match self.store.weights.quantized.get(&full) {
+            None => Ok(Stored::Dense(self.get(name, shape)?)),
+            Some(q) => {
+                check_shape(&full, q.shape().dims(), shape)?;
+                if let Tuning::Full = self.store.tuning {
+                    let v = Var::from_tensor(&q.dequantize(&Device::Cpu)?)?;
+                    let t = v.as_tensor().clone();
+                    self.store.vars.borrow_mut().push((full, v));
+                    Ok(Stored::Dense(t))
+                } else {
+                    Ok(Stored::Quantized(q.clone()))
+                }
+            }
         }
     }
 

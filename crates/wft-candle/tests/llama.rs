@@ -300,3 +300,40 @@ fn hostile_gguf_files_are_typed_errors() -> R {
     assert!(matches!(llama::load_gguf(&g), Err(Error::Architecture(a)) if a == "gpt2x"));
     Ok(())
 }
+
+/// Frozen weights kept quantized compute what the de-quantized model
+/// computes: the same logits, and the same adapter and input gradients.
+#[test]
+fn quantized_base_computes_the_dequantized_model() -> R {
+    let dir = tempfile::tempdir()?;
+    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
+    let gguf = Gguf::open(&path)?;
+    let (_, dense) = llama::load_gguf(&gguf)?;
+    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    assert!(!quantized.quantized().is_empty());
+    assert!(quantized.bytes() * 3 < dense.bytes(), "{} against {}", quantized.bytes(), dense.bytes());
+    // The rows un-permuted on the quantized bytes land where load_gguf puts them.
+    for (name, q) in quantized.quantized() {
+        let d = q.dequantize(&Device::Cpu)?;
+        assert_eq!(max_diff(&d, dense.get(name)?)?, 0.0, "{name}");
+    }
+    let adapters = adapters(&dense, dir.path())?;
+    let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 16, 17]])?;
+    let targets = ids(&[&[70, 71, 280, 5, 9, 11], &[13, 14, 15, 16, 17, 18]])?;
+    let weight = Tensor::ones((2, 6), candle_core::DType::F32, &Device::Cpu)?;
+    let mut results = Vec::new();
+    for w in [&dense, &quantized] {
+        let model = Llama::new(&config, w, Tuning::Adapters(&adapters))?;
+        let e = Var::from_tensor(&model.embed(&x)?)?;
+        let logits = model.logits(&model.decode(e.as_tensor(), &mut Cache::new(), None)?)?;
+        let grads = masked_cross_entropy(&logits, &targets, &weight)?.backward()?;
+        let gc = grads.get(model.named_vars()[0].1.as_tensor()).ok_or("no gradient")?.clone();
+        let ge = grads.get(e.as_tensor()).ok_or("no input gradient")?.clone();
+        results.push((logits, gc, ge));
+    }
+    let ((l0, c0, e0), (l1, c1, e1)) = (&results[0], &results[1]);
+    assert!(max_diff(l0, l1)? < 1e-5);
+    assert!(max_diff(c0, c1)? < 1e-5);
+    assert!(max_diff(e0, e1)? < 1e-6);
+    Ok(())
+}

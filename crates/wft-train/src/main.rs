@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use wft_train::llm::{Decoder, Sampling};
+use wft_train::llm::finetune::{LmConfig, finetune, new_adapters, read_jsonl};
+use wft_train::llm::{BaseWeights, Decoder, Sampling};
 use wft_train::train::{Tokenised, frozen_step, median};
 use wft_train::{
     Dataset, Error, Method, Model, Prepared, Result, RunOptions, Source, TrainConfig, Trainer, run_prepared,
@@ -168,6 +169,57 @@ enum Command {
         /// Print one JSON object: prompt_ids, ids (EOS excluded), text.
         #[arg(long)]
         json: bool,
+    },
+    /// Fine-tune a GGUF decoder as a causal LM on JSONL data (the loss on
+    /// completion tokens only) and save the adapter as a PEFT folder.
+    Lm {
+        /// The GGUF file (`general.architecture = llama`).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL: {"prompt", "completion"} or {"messages": [...]} per line.
+        #[arg(long)]
+        data: PathBuf,
+        /// lora-r8, fourierft-1000, waveletft-1000, waveletft-low-1000.
+        #[arg(long)]
+        method: Method,
+        /// Comma-separated module names to adapt.
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+        targets: Vec<String>,
+        /// Wrap prompt/completion pairs in the chat template (a user turn and
+        /// the assistant's answer).
+        #[arg(long)]
+        chat: bool,
+        /// Longest example in tokens (longer ones are cut).
+        #[arg(long, default_value_t = 128)]
+        max_len: usize,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Examples per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Peak learning rate (linear warm-up over 10% of the steps, then linear decay).
+        #[arg(long)]
+        lr: f64,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f64,
+        /// Seed of the adapter's locations/initialisation and the shuffling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The adapter folder to write (PEFT format where the method has one).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing adapter folder.
+        #[arg(long)]
+        force: bool,
+        /// Keep the frozen weights in the file's quantization
+        /// (de-quantized inside each product; QLoRA-style).
+        #[arg(long)]
+        quantized: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// The demo: head-only baseline, then WaveletFT on query/value with a
     /// progress bar; save the adapter as a PEFT folder, reload, merge.
@@ -515,6 +567,61 @@ fn generate_cmd(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn lm_cmd(
+    model: &Path,
+    data: &Path,
+    method: Method,
+    targets: Vec<String>,
+    chat: bool,
+    max_len: usize,
+    cfg: &LmConfig,
+    (out, force): (&Path, bool),
+    base: BaseWeights,
+    quiet: bool,
+) -> Result<()> {
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Usage(format!("{}: exists; pass --force to replace it", out.display())));
+    }
+    let config = method
+        .adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets))
+        .ok_or_else(|| Error::Usage(format!("`{method}` is not an adapter method (try waveletft-1000, lora-r8)")))?;
+    let t = Instant::now();
+    let mut decoder = Decoder::open(model, None, base)?;
+    let examples = read_jsonl(data)?;
+    let tokenized = examples
+        .iter()
+        .map(|e| decoder.tokenize_example(e, chat, max_len))
+        .collect::<Result<Vec<_>>>()?;
+    let adapters = new_adapters(&decoder, config, cfg.seed)?;
+    let pb = if quiet { ProgressBar::hidden() } else { bar(0, &method.to_string()) };
+    let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut |step, total, loss| {
+        pb.set_length(total as u64);
+        pb.set_position(step as u64);
+        pb.set_message(format!("loss {loss:.4}"));
+    })?;
+    pb.finish_and_clear();
+    trained.save(out)?;
+    let mut secs = history.step_secs.clone();
+    let v = serde_json::json!({
+        "method": method.to_string(),
+        "examples": tokenized.len(),
+        "steps": history.losses.len(),
+        "params": trained.num_params(),
+        "first_loss": history.losses.first(),
+        "last_loss": history.losses.last(),
+        "losses": history.losses,
+        "median_step_secs": median(&mut secs),
+        "wall_secs": t.elapsed().as_secs_f64(),
+        "base_weights": format!("{base:?}"),
+        "frozen_weight_bytes": decoder.weights().bytes(),
+        "peak_rss_bytes": wft_train::train::peak_rss_bytes(),
+        "adapter": out.display().to_string(),
+    });
+    println!("{}", to_json(&v)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -537,6 +644,40 @@ fn main() -> ExitCode {
         } => bench_cmd(&model, &methods, rounds, batch, out.as_deref()),
         Command::Embed { model, sentences } => embed_cmd(&model, &sentences),
         Command::Demo { model, epochs, out } => demo(&model, epochs, &out),
+        Command::Lm {
+            model,
+            data,
+            method,
+            targets,
+            chat,
+            max_len,
+            epochs,
+            batch,
+            lr,
+            weight_decay,
+            seed,
+            out,
+            force,
+            quantized,
+            quiet,
+        } => lm_cmd(
+            &model,
+            &data,
+            method,
+            targets,
+            chat,
+            max_len,
+            &LmConfig {
+                epochs,
+                batch,
+                lr,
+                weight_decay,
+                seed,
+            },
+            (&out, force),
+            if quantized { BaseWeights::Quantized } else { BaseWeights::F32 },
+            quiet,
+        ),
         Command::Generate {
             model,
             adapter,

@@ -83,6 +83,12 @@ impl Method {
     /// The adapter config on `query` and `value`; `None` for head-only and
     /// full fine-tuning.
     pub fn adapter_config(&self, seed: u64) -> Option<AdapterConfig> {
+        self.adapter_config_for(seed, ModuleSpec::Names(vec!["query".into(), "value".into()]))
+    }
+
+    /// [`Method::adapter_config`] on other target modules (a decoder's
+    /// `q_proj`, `v_proj`, …).
+    pub fn adapter_config_for(&self, seed: u64, targets: ModuleSpec) -> Option<AdapterConfig> {
         let method = match *self {
             Method::HeadOnly | Method::Full => return None,
             Method::Lora(r) => MethodConfig::Lora(LoraConfig {
@@ -120,10 +126,7 @@ impl Method {
                 })
             }
         };
-        Some(AdapterConfig::new(
-            method,
-            ModuleSpec::Names(vec!["query".into(), "value".into()]),
-        ))
+        Some(AdapterConfig::new(method, targets))
     }
 
     /// New adapters for the modules of `base` this method adapts (LoRA's

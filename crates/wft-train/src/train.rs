@@ -98,10 +98,20 @@ pub struct History {
 }
 
 /// Fisher–Yates with MT19937.
-fn shuffle<T>(v: &mut [T], g: &mut Mt19937) {
+pub(crate) fn shuffle<T>(v: &mut [T], g: &mut Mt19937) {
     for i in (1..v.len()).rev() {
         let j = (g.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
+    }
+}
+
+/// The learning-rate factor at `step` of `total`: a linear warm-up over
+/// `warmup` steps, then a linear decay to zero.
+pub(crate) fn schedule(step: usize, total: usize, warmup: usize) -> f64 {
+    if step < warmup {
+        (step + 1) as f64 / warmup as f64
+    } else {
+        total.saturating_sub(step) as f64 / total.saturating_sub(warmup).max(1) as f64
     }
 }
 
@@ -200,11 +210,7 @@ pub fn train(
         shuffle(&mut order, &mut g);
         for chunk in order.chunks(cfg.batch.max(1)) {
             let t = Instant::now();
-            let factor = if step < warmup {
-                (step + 1) as f64 / warmup as f64
-            } else {
-                (total - step) as f64 / (total - warmup).max(1) as f64
-            };
+            let factor = schedule(step, total, warmup);
             let batch: Vec<&Tokenised> = chunk.iter().map(|&i| &train[i]).collect();
             let l = trainer.step(enc, &batch, factor)?;
             history.step_secs.push(t.elapsed().as_secs_f64());

@@ -27,7 +27,7 @@ use super::ops::{rms_norm, rope, softmax};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::linear::{AdaptedLinear, Bias};
-use crate::weights::{Tuning, VarPath, VarStore, Weights};
+use crate::weights::{Stored, Tuning, VarPath, VarStore, Weights};
 
 /// Which width one side of a projection has.
 #[derive(Debug, Clone, Copy)]
@@ -331,6 +331,19 @@ impl RowOrder {
         self.permute(t, true)
     }
 
+    /// The transformers row that GGUF row `row` (of `rows`) holds, or `None`
+    /// when the rows do not split into heads of even width.
+    pub fn hf_row(self, row: usize, rows: usize) -> Option<usize> {
+        let RowOrder::Rope(heads) = self else { return Some(row) };
+        if heads == 0 || !rows.is_multiple_of(2 * heads) || row >= rows {
+            return None;
+        }
+        let hd = rows / heads;
+        let (h, within) = (row / hd, row % hd);
+        let (i, j) = (within / 2, within % 2);
+        Some(h * hd + j * hd / 2 + i)
+    }
+
     fn permute(self, t: &Tensor, to_gguf: bool) -> Result<Tensor> {
         let RowOrder::Rope(heads) = self else {
             return Ok(t.clone());
@@ -371,6 +384,52 @@ pub fn load_gguf(gguf: &Gguf) -> Result<(Config, Weights)> {
     Ok((config, Weights::from_tensors(tensors)))
 }
 
+/// [`load_gguf`], but the matrices (projections and embeddings) stay in
+/// their GGUF quantization: the layers de-quantize them inside each product
+/// ([`AdaptedLinear::quantized`]), so the frozen weights take the file's
+/// size in memory instead of four bytes a parameter. The computed values are
+/// those of the de-quantized model. q/k rows are un-permuted on the
+/// quantized bytes (GGUF quantizes each row on its own).
+///
+/// # Errors
+/// As [`load_gguf`].
+pub fn load_gguf_quantized(gguf: &Gguf) -> Result<(Config, Weights)> {
+    use candle_core::quantized::{QStorage, QTensor};
+    let config = Config::from_gguf(gguf)?;
+    let mut weights = Weights::from_tensors(HashMap::new());
+    for (hf, g, order) in config.tensor_names() {
+        let entry = gguf.entry(&g).ok_or_else(|| Error::MissingTensor(g.clone()))?;
+        if entry.ne.len() == 1 {
+            weights.insert(hf, gguf.dequantize(&g)?);
+            continue;
+        }
+        let q = gguf.qtensor(&g)?;
+        let q = match order {
+            RowOrder::Same => q,
+            RowOrder::Rope(heads) => {
+                let shape = entry.shape();
+                let bytes = q.data()?;
+                let rows = shape[0];
+                let row_bytes = bytes.len() / rows;
+                let mut out = vec![0u8; bytes.len()];
+                for r in 0..rows {
+                    let hf_row = order.hf_row(r, rows).ok_or_else(|| Error::Shape {
+                        what: format!("{g}: {rows} rows in {heads} heads"),
+                        expected: vec![],
+                        found: shape.clone(),
+                    })?;
+                    out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                        .copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+                }
+                let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &Device::Cpu, entry.dtype)?;
+                QTensor::new(storage, shape)?
+            }
+        };
+        weights.insert_quantized(hf, q);
+    }
+    Ok((config, weights))
+}
+
 /// Keys and values of the positions seen so far, per block.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
@@ -409,7 +468,7 @@ struct Block {
 #[derive(Debug)]
 pub struct Llama {
     config: Config,
-    embed: Tensor,
+    embed: Stored,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: AdaptedLinear,
@@ -439,24 +498,22 @@ impl Llama {
         let store = VarStore::new(weights, tuning);
         let root = store.root();
         let model = root.pp("model");
-        let embed = model.pp("embed_tokens").get("weight", &[v, h])?;
+        let embed = model.pp("embed_tokens").get_stored("weight", &[v, h])?;
         let blocks = (0..config.num_hidden_layers)
             .map(|l| Block::load(&model.pp(format!("layers.{l}")), config))
             .collect::<Result<Vec<_>>>()?;
         let norm = model.pp("norm").get("weight", &[h])?;
+        // The output projection is never adapted (PEFT's target modules are
+        // the blocks' projections).
+        let head = |w: &Stored| match (w, tuning) {
+            (Stored::Dense(t), Tuning::Full) => AdaptedLinear::plain(t.clone(), None),
+            (Stored::Dense(t), _) => AdaptedLinear::frozen(t.clone(), None),
+            (Stored::Quantized(q), _) => AdaptedLinear::quantized(q.clone(), None),
+        };
         let lm_head = if config.tie_word_embeddings {
-            match tuning {
-                Tuning::Full => AdaptedLinear::plain(embed.clone(), None)?,
-                _ => AdaptedLinear::frozen(embed.clone(), None)?,
-            }
+            head(&embed)?
         } else {
-            // The output projection is never adapted (PEFT's target modules
-            // are the blocks' projections).
-            let w = root.pp("lm_head").get("weight", &[v, h])?;
-            match tuning {
-                Tuning::Full => AdaptedLinear::plain(w, None)?,
-                _ => AdaptedLinear::frozen(w, None)?,
-            }
+            head(&root.pp("lm_head").get_stored("weight", &[v, h])?)?
         };
         Ok(Llama {
             config: config.clone(),
@@ -492,6 +549,19 @@ impl Llama {
             .collect()
     }
 
+    /// The adapters at their current values, as an
+    /// [`AdapterModel`](wft_adapter::AdapterModel) with `template`'s config
+    /// (the model the decoder was built with); save it with
+    /// [`AdapterModel::save`](wft_adapter::AdapterModel::save) for a
+    /// PEFT-compatible folder.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `template` names a module the decoder did not
+    /// adapt.
+    pub fn adapters(&self, template: &wft_adapter::AdapterModel) -> Result<wft_adapter::AdapterModel> {
+        crate::linear::current_adapters(template, &self.linears())
+    }
+
     /// The token embeddings of `ids` (`batch × len`, `u32`).
     ///
     /// # Errors
@@ -507,10 +577,11 @@ impl Llama {
                 self.config.vocab_size
             )));
         }
-        Ok(self
-            .embed
-            .index_select(&flat, 0)?
-            .reshape((batch, len, self.config.hidden_size))?)
+        let rows = match &self.embed {
+            Stored::Dense(t) => t.index_select(&flat, 0)?,
+            Stored::Quantized(q) => q.embedding(&flat)?,
+        };
+        Ok(rows.reshape((batch, len, self.config.hidden_size))?)
     }
 
     /// The final hidden states (after the last norm), `batch × len × H`,

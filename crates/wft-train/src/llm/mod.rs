@@ -3,6 +3,7 @@
 //! file's metadata, adapters applied unmerged, and generation.
 
 mod chat;
+pub mod finetune;
 mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,17 @@ pub enum Sampling {
     },
 }
 
+/// How a decoder holds its frozen weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseWeights {
+    /// De-quantized to `f32` once, at load.
+    #[default]
+    F32,
+    /// Kept in the file's quantization, de-quantized inside each product
+    /// (QLoRA-style: the same values, a quarter of the memory or less).
+    Quantized,
+}
+
 /// A decoder, its tokenizer and (when the file has one) chat template.
 #[derive(Debug)]
 pub struct Decoder {
@@ -61,8 +73,19 @@ impl Decoder {
     /// other than `llama`, a tokenizer or template this crate cannot build,
     /// and an adapter that does not fit the model.
     pub fn load(path: &Path, adapter: Option<&Path>) -> Result<Self> {
+        Self::open(path, adapter, BaseWeights::F32)
+    }
+
+    /// [`Decoder::load`], holding the frozen weights as `base` says.
+    ///
+    /// # Errors
+    /// As [`Decoder::load`].
+    pub fn open(path: &Path, adapter: Option<&Path>, base: BaseWeights) -> Result<Self> {
         let gguf = Gguf::open(path)?;
-        let (config, weights) = llama::load_gguf(&gguf)?;
+        let (config, weights) = match base {
+            BaseWeights::F32 => llama::load_gguf(&gguf)?,
+            BaseWeights::Quantized => llama::load_gguf_quantized(&gguf)?,
+        };
         let tokenizer = LlmTokenizer::from_gguf(&gguf)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::Tokenizer(format!(

@@ -1,0 +1,197 @@
+//! The whole decoder pipeline on a tiny random Llama, written as a GGUF
+//! file by this test (the same code path as SmolLM2): `wft-train generate`,
+//! `wft-train lm` (the loss falls), the saved adapter reloaded with the same
+//! logits, merged into the GGUF with the same logits, and bad input as
+//! clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use wft_candle::gguf::Gguf;
+use wft_candle::models::llama::{self, Cache, Config, MergeDtype};
+use wft_train::llm::Decoder;
+use wft_train::llm::finetune::{Example, batch, read_jsonl};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn tiny_gguf(dir: &Path, dtype: GgmlDType) -> R<PathBuf> {
+    let config = Config::tiny(300);
+    let mut weights = config.random_weights(11)?;
+    // transformers' std of 0.02 leaves a 32-wide tied embedding unable to
+    // move the logits by more than about 0.6: widen it so there is
+    // something to learn.
+    let embed = "model.embed_tokens.weight";
+    let wide = (weights.get(embed)? * 25.0)?;
+    weights.insert(embed, wide);
+    let path = dir.join("tiny.gguf");
+    llama::write_gguf(&path, &config, &weights, dtype, llama::tiny_vocab(config.vocab_size)?)?;
+    Ok(path)
+}
+
+fn wft_train(args: &[&str]) -> R<(bool, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wft-train")).args(args).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+fn logits(d: &Decoder, ids: &[u32]) -> R<Tensor> {
+    let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+    Ok(d.model.forward(&x, &mut Cache::new(), None)?)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> R<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+#[test]
+fn generate_finetune_save_reload_merge() -> R {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_gguf(dir.path(), GgmlDType::F32)?;
+    let m = model.to_str().ok_or("path")?;
+
+    // Generation, plain and through the chat template.
+    let (ok, out, err) = wft_train(&["generate", "--model", m, "--prompt", "ab cd", "--max-new-tokens", "6", "--json"])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let d = Decoder::load(&model, None)?;
+    let prompt_ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone())?;
+    assert_eq!(prompt_ids, d.tokenizer.encode("ab cd")?);
+    let ids: Vec<u32> = serde_json::from_value(v["ids"].clone())?;
+    assert!(ids.len() <= 6 && !ids.contains(&256), "EOS is excluded: {ids:?}");
+    assert_eq!(v["text"].as_str(), Some(d.tokenizer.decode(&ids)?.as_str()));
+    let (ok, out, err) = wft_train(&["generate", "--model", m, "--chat", "--prompt", "hi", "--max-new-tokens", "3", "--json"])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let chat_ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone())?;
+    // <|im_start|> (257) opens the template's first turn, whole.
+    assert_eq!(chat_ids[0], 257);
+    assert!(chat_ids.len() > 10);
+
+    // Fine-tuning: a completion to learn for each prompt.
+    let data = dir.path().join("data.jsonl");
+    let lines: Vec<String> = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i % 2 == 0 {
+                serde_json::json!({"prompt": format!("{p} is"), "completion": " zz yy"}).to_string()
+            } else {
+                serde_json::json!({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "qq"}]})
+                    .to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n")?;
+    let adapter = dir.path().join("adapter");
+    let a = adapter.to_str().ok_or("path")?;
+    let (ok, out, err) = wft_train(&[
+        "lm", "--model", m, "--data", data.to_str().ok_or("path")?, "--method", "waveletft-60", "--targets",
+        "q_proj,v_proj,down_proj", "--epochs", "12", "--batch", "4", "--lr", "0.05", "--out", a, "--quiet",
+    ])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let (first, last) = (v["first_loss"].as_f64().ok_or("first")?, v["last_loss"].as_f64().ok_or("last")?);
+    assert_eq!(v["steps"].as_u64(), Some(24));
+    assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");
+    // It refuses to overwrite.
+    let (ok, _, err) = wft_train(&["lm", "--model", m, "--data", data.to_str().ok_or("path")?, "--method", "waveletft-60", "--lr", "0.01", "--out", a])?;
+    assert!(!ok && err.contains("exists"), "{err}");
+
+    // Reloaded from the folder: the logits of the trained model.
+    let trained = Decoder::load(&model, Some(&adapter))?;
+    let probe = trained.tokenizer.encode("ab is zz")?;
+    let reloaded = logits(&trained, &probe)?;
+    assert!(max_diff(&reloaded, &logits(&d, &probe)?)? > 1e-2, "the adapter changes the logits");
+    // The adapter generates through the command too.
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--adapter", a, "--prompt", "ab is", "--max-new-tokens", "3"])?;
+    assert!(ok, "{err}");
+
+    // Merged into the GGUF, the same logits without the adapter.
+    let adapters = wft_adapter::AdapterModel::load_for(&adapter, &llama::base_shapes(&model, d.model.config()))?;
+    let merged = dir.path().join("merged.gguf");
+    let report = llama::merge_gguf(&Gguf::open(&model)?, &adapters, &merged, MergeDtype::F32)?;
+    assert_eq!(report.replaced.len(), 3 * 2);
+    let m2 = Decoder::load(&merged, None)?;
+    assert!(max_diff(&logits(&m2, &probe)?, &reloaded)? < 1e-4);
+    Ok(())
+}
+
+#[test]
+fn batches_learn_completion_tokens_only() -> R {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_gguf(dir.path(), GgmlDType::F32)?;
+    let d = Decoder::load(&model, None)?;
+    let a = d.tokenize_example(
+        &Example::Completion {
+            prompt: "ab".into(),
+            completion: " cd".into(),
+        },
+        false,
+        64,
+    )?;
+    let b = d.tokenize_example(
+        &Example::Completion {
+            prompt: "ab ef gh".into(),
+            completion: " ij".into(),
+        },
+        false,
+        64,
+    )?;
+    assert_eq!(*a.ids.last().ok_or("ids")?, 256, "EOS ends the completion");
+    let t = batch(&[&a, &b], 256)?;
+    let w = t.weights.to_vec2::<f32>()?;
+    let mask = t.mask.to_vec2::<f32>()?;
+    let len = b.ids.len() - 1;
+    assert_eq!(w[1].len(), len);
+    for (p, &wt) in w[0].iter().enumerate() {
+        // Targets are a.ids[p + 1]: counted from the completion on, not on padding.
+        let want = p + 1 >= a.prompt_len && p + 1 < a.ids.len();
+        assert_eq!(wt == 1.0, want, "position {p}");
+        assert_eq!(mask[0][p] == 1.0, p + 1 < a.ids.len());
+    }
+    // Too long to keep a completion token: an error, not an empty target.
+    assert!(d.tokenize_example(&Example::Completion { prompt: "ab ef gh".into(), completion: " ij".into() }, false, 2).is_err());
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_a_clear_error() -> R {
+    let dir = tempfile::tempdir()?;
+    let model = tiny_gguf(dir.path(), GgmlDType::F32)?;
+    let m = model.to_str().ok_or("path")?;
+    // A prompt longer than the context (128 positions).
+    let long = "ab ".repeat(200);
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--prompt", &long, "--max-new-tokens", "2"])?;
+    assert!(!ok && err.contains("context"), "{err}");
+    // A prompt file that is not UTF-8.
+    let bad = dir.path().join("prompt.txt");
+    std::fs::write(&bad, [b'a', b'b', 0xff, 0xfe])?;
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--prompt-file", bad.to_str().ok_or("path")?])?;
+    assert!(!ok && err.contains("not UTF-8"), "{err}");
+    // A file that is not GGUF, and one cut short.
+    let (ok, _, err) = wft_train(&["generate", "--model", bad.to_str().ok_or("path")?, "--prompt", "ab"])?;
+    assert!(!ok && err.contains("not a GGUF file"), "{err}");
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &std::fs::read(&model)?[..5000])?;
+    let (ok, _, err) = wft_train(&["generate", "--model", cut.to_str().ok_or("path")?, "--prompt", "ab"])?;
+    assert!(!ok && err.starts_with("error:"), "{err}");
+    // An adapter for another architecture (BERT's module names).
+    let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wft-adapter/tests/peft_refs/lora/adapter");
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--adapter", refs.to_str().ok_or("path")?, "--prompt", "ab"])?;
+    assert!(!ok && err.contains("another model"), "{err}");
+    // Bad sampling parameters and bad training data.
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--prompt", "ab", "--temperature=-1"])?;
+    assert!(!ok && err.contains("--temperature"), "{err}");
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"ab\", \"completion\": \"cd\"}\n{\"prompt\": 3}\n")?;
+    let e = read_jsonl(&data).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl:2"), "{e}");
+    std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"ab\"}]}\n")?;
+    assert!(read_jsonl(&data).unwrap_err().to_string().contains("assistant"));
+    Ok(())
+}
