@@ -337,3 +337,20 @@ fn quantized_base_computes_the_dequantized_model() -> R {
     assert!(max_diff(e0, e1)? < 1e-6);
     Ok(())
 }
+
+/// The loss over selected positions equals the masked loss over all of them.
+#[test]
+fn selected_loss_equals_the_masked_loss() -> R {
+    let (config, weights) = tiny()?;
+    let model = Llama::new(&config, &weights, Tuning::Frozen)?;
+    let x = ids(&[&[3, 70, 71, 280], &[12, 13, 14, 15]])?;
+    let targets = ids(&[&[70, 71, 280, 5], &[13, 14, 15, 16]])?;
+    let w = Tensor::from_vec(vec![0f32, 1., 0., 1., 1., 1., 0., 0.], (2, 4), &Device::Cpu)?;
+    let hidden = model.hidden(&x, &mut Cache::new(), None)?;
+    let all = masked_cross_entropy(&model.logits(&hidden)?, &targets, &w)?.to_scalar::<f32>()?;
+    let picked = model.selected_loss(&hidden, &targets, &w)?.to_scalar::<f32>()?;
+    assert!((all - picked).abs() < 1e-6, "{all} against {picked}");
+    let none = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu)?;
+    assert!(matches!(model.selected_loss(&hidden, &targets, &none), Err(Error::Config(_))));
+    Ok(())
+}

@@ -169,6 +169,9 @@ enum Command {
         /// Print one JSON object: prompt_ids, ids (EOS excluded), text.
         #[arg(long)]
         json: bool,
+        /// Keep the frozen weights in the file's quantization.
+        #[arg(long)]
+        quantized: bool,
     },
     /// Fine-tune a GGUF decoder as a causal LM on JSONL data (the loss on
     /// completion tokens only) and save the adapter as a PEFT folder.
@@ -538,6 +541,7 @@ fn generate_cmd(
     max_new: usize,
     sampling: Result<Sampling>,
     json: bool,
+    base: BaseWeights,
 ) -> Result<()> {
     let sampling = sampling?;
     let prompt = match (prompt, prompt_file) {
@@ -554,7 +558,7 @@ fn generate_cmd(
         }
         (None, None) => return Err(Error::Usage("give --prompt or --prompt-file".into())),
     };
-    let decoder = Decoder::load(model, adapter)?;
+    let decoder = Decoder::open(model, adapter, base)?;
     let prompt_ids = decoder.prompt_ids(&prompt, chat)?;
     let ids = decoder.generate(&prompt_ids, max_new, sampling)?;
     let text = decoder.tokenizer.decode(&ids)?;
@@ -689,6 +693,7 @@ fn main() -> ExitCode {
             top_p,
             seed,
             json,
+            quantized,
         } => generate_cmd(
             &model,
             adapter.as_deref(),
@@ -698,6 +703,7 @@ fn main() -> ExitCode {
             max_new_tokens,
             sampling(temperature, top_p, seed),
             json,
+            if quantized { BaseWeights::Quantized } else { BaseWeights::F32 },
         ),
     };
     match result {

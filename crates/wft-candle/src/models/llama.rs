@@ -733,6 +733,39 @@ impl Block {
     }
 }
 
+impl Llama {
+    /// The mean next-token cross-entropy over the positions `weights`
+    /// (`batch × len`, 0 or 1) marks, from final hidden states (`batch × len
+    /// × H`) and `targets` (`batch × len`, `u32`): the output projection runs
+    /// on those positions only, so a batch whose loss covers few tokens
+    /// (completions after long prompts) pays for few vocabulary-wide rows.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no position is marked; candle's errors for
+    /// mismatched shapes.
+    pub fn selected_loss(&self, hidden: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = hidden.dims3()?;
+        let w = weights.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows: Vec<u32> = w
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x != 0.0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if rows.is_empty() {
+            return Err(Error::Config("no completion token to train on".into()));
+        }
+        let n = rows.len();
+        let idx = Tensor::from_vec(rows, n, &Device::Cpu)?;
+        let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
+        let logits = self.logits(&picked)?;
+        let targets = targets.flatten_all()?.index_select(&idx, 0)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let nll = logp.gather(&targets.reshape((n, 1))?, 1)?;
+        Ok((nll.sum_all()? * (-1.0 / n as f64))?)
+    }
+}
+
 /// The mean cross-entropy of next-token predictions where `weights`
 /// (`batch × len`, 1 to count a target, 0 to skip it) says, from `logits`
 /// (`batch × len × vocab`) and `targets` (`batch × len`, `u32`: the token

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Deserialize;
 use wft_adapter::{AdapterConfig, AdapterModel, Mt19937};
-use wft_candle::models::llama::{Cache, masked_cross_entropy};
+use wft_candle::models::llama::Cache;
 
 use super::{Decoder, Message};
 use crate::train::{schedule, shuffle};
@@ -230,8 +230,8 @@ pub struct LmHistory {
 /// # Errors
 /// The model's errors.
 pub fn batch_loss(decoder: &Decoder, b: &Batch) -> Result<Tensor> {
-    let logits = decoder.model.forward(&b.inputs, &mut Cache::new(), Some(&b.mask))?;
-    Ok(masked_cross_entropy(&logits, &b.targets, &b.weights)?)
+    let hidden = decoder.model.hidden(&b.inputs, &mut Cache::new(), Some(&b.mask))?;
+    Ok(decoder.model.selected_loss(&hidden, &b.targets, &b.weights)?)
 }
 
 /// Fine-tune `decoder`'s adapters (`adapters`, applied to it first) on
