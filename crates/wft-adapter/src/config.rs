@@ -9,8 +9,8 @@ use dwt_core::{Mode, Orientation, Wavelet};
 use serde_json::{Map, Value, json};
 
 use crate::model::module_shape;
-use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
 use crate::shapes::BaseShapes;
+use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
 use crate::tensors::check_json_keys;
 use crate::{Error, FourierFtConfig, Init, Layout, LoraConfig, Method, Result, Strategy, WaveletFtConfig};
 

@@ -211,7 +211,10 @@ impl AdapterModel {
     /// # Errors
     /// As [`AdapterModel::load`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        Self::from_folder(&Folder::from_bytes(config, weights)?, base.map(|b| b as &dyn BaseShapes))
+        Self::from_folder(
+            &Folder::from_bytes(config, weights)?,
+            base.map(|b| b as &dyn BaseShapes),
+        )
     }
 
     fn from_folder(folder: &Folder, base: Option<&dyn BaseShapes>) -> Result<Self> {

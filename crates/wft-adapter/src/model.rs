@@ -111,7 +111,12 @@ impl AdapterModel {
         Self::build_for(config, base, None, seed)
     }
 
-    fn build_for(config: AdapterConfig, base: &dyn BaseShapes, weights: Option<&TensorFile>, seed: u64) -> Result<Self> {
+    fn build_for(
+        config: AdapterConfig,
+        base: &dyn BaseShapes,
+        weights: Option<&TensorFile>,
+        seed: u64,
+    ) -> Result<Self> {
         let mut modules = BTreeMap::new();
         for (m, ModulePlan { shape, n }) in config.plan(base)? {
             let adapter: ModuleAdapter = match &config.method {

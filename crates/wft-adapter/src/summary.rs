@@ -66,7 +66,10 @@ impl Summary {
     /// # Errors
     /// As [`Summary::read`].
     pub fn from_bytes(config: &[u8], weights: Vec<u8>, base: Option<&TensorFile>) -> Result<Self> {
-        Self::from_folder(&Folder::from_bytes(config, weights)?, base.map(|b| b as &dyn BaseShapes))
+        Self::from_folder(
+            &Folder::from_bytes(config, weights)?,
+            base.map(|b| b as &dyn BaseShapes),
+        )
     }
 
     fn from_folder(folder: &Folder, base: Option<&dyn BaseShapes>) -> Result<Self> {

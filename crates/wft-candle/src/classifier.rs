@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use wft_adapter::{AdapterModel, Mt19937};
 
 use crate::error::{Result, check_shape};
+use crate::models::Adaptable;
 use crate::models::bert::{Bert, mean_pool};
 use crate::weights::{Weights, save_f32};
 
@@ -42,8 +43,8 @@ impl Classifier {
     /// A head from a file written by [`Classifier::save_head`].
     ///
     /// # Errors
-    /// candle's errors for unreadable files, [`Error::MissingTensor`] and
-    /// [`Error::Shape`] when the head does not fit the encoder.
+    /// candle's errors for unreadable files, [`Error::MissingTensor`](crate::Error::MissingTensor) and
+    /// [`Error::Shape`](crate::Error::Shape) when the head does not fit the encoder.
     pub fn with_saved_head(bert: Bert, path: impl AsRef<Path>) -> Result<Self> {
         let head = Weights::load(path)?;
         let w = head.get(HEAD_WEIGHT)?;
@@ -127,9 +128,9 @@ impl Classifier {
     /// with [`AdapterModel::save`] for a PEFT-compatible folder.
     ///
     /// # Errors
-    /// [`Error::Config`] when `template` names a module the encoder did not
+    /// [`Error::Config`](crate::Error::Config) when `template` names a module the encoder did not
     /// adapt.
     pub fn adapters(&self, template: &AdapterModel) -> Result<AdapterModel> {
-        crate::linear::current_adapters(template, &self.bert.linears())
+        self.bert.adapters(template)
     }
 }

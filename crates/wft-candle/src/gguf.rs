@@ -1,6 +1,6 @@
 //! GGUF files, checked before candle reads them.
 //!
-//! candle's reader ([`gguf_file::Content`]) parses metadata and tensor
+//! candle's reader ([`Content`]) parses metadata and tensor
 //! infos, but it keeps them in hash maps (the file's order is lost), and a
 //! hostile header can still make it allocate for a tensor that is not there.
 //! [`Gguf::open`] first walks the header itself, reading nothing it has not
@@ -138,7 +138,9 @@ impl TensorEntry {
 /// elements do not fill whole blocks.
 pub fn tensor_bytes(dtype: GgmlDType, elements: u64) -> Option<u64> {
     let block = dtype.block_size() as u64;
-    elements.is_multiple_of(block).then(|| elements / block * dtype.type_size() as u64)
+    elements
+        .is_multiple_of(block)
+        .then(|| elements / block * dtype.type_size() as u64)
 }
 
 /// A checked GGUF header: its layout, and candle's parse of it.
@@ -231,9 +233,14 @@ impl Gguf {
             let mut elements = 1u64;
             for _ in 0..n_dims {
                 let d = r.u64(&name)?;
-                elements = elements.checked_mul(d).filter(|&e| e <= MAX_ELEMENTS && d > 0).ok_or_else(|| {
-                    tensor_err(format!("dimension {d} makes it empty or larger than {MAX_ELEMENTS} elements"))
-                })?;
+                elements = elements
+                    .checked_mul(d)
+                    .filter(|&e| e <= MAX_ELEMENTS && d > 0)
+                    .ok_or_else(|| {
+                        tensor_err(format!(
+                            "dimension {d} makes it empty or larger than {MAX_ELEMENTS} elements"
+                        ))
+                    })?;
                 ne.push(d);
             }
             let id = r.u32(&name)?;
@@ -374,7 +381,8 @@ impl Gguf {
             Value::I64(x) => u64::try_from(*x).ok(),
             _ => None,
         };
-        n.map(Some).ok_or_else(|| meta_err(key, "is not a non-negative integer"))
+        n.map(Some)
+            .ok_or_else(|| meta_err(key, "is not a non-negative integer"))
     }
 
     /// The metadata float `key` (f32 or f64), or `None` when absent.
@@ -639,7 +647,10 @@ impl Gguf {
             layout.push((dtype, offset, nbytes));
             offset = (offset + nbytes).div_ceil(self.alignment) * self.alignment;
         }
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new()
             .prefix(".wft-gguf-")
             .tempfile_in(dir)
@@ -700,7 +711,8 @@ impl Gguf {
                 } else {
                     src.seek(SeekFrom::Start(self.data_start + t.offset))
                         .map_err(|e| io(&self.path, e))?;
-                    let copied = std::io::copy(&mut (&mut src).take(t.nbytes), &mut w).map_err(|e| io(&self.path, e))?;
+                    let copied =
+                        std::io::copy(&mut (&mut src).take(t.nbytes), &mut w).map_err(|e| io(&self.path, e))?;
                     if copied != t.nbytes {
                         return Err(GgufError::Truncated {
                             what: format!("tensor `{}`", t.name),

@@ -68,6 +68,7 @@ mod weights;
 pub use classifier::{Classifier, HEAD_BIAS, HEAD_WEIGHT};
 pub use error::{Error, Result};
 pub use linear::{AdaptedLinear, Bias};
+pub use models::Adaptable;
 pub use weights::{Tuning, VarPath, VarStore, Weights};
 
 pub use candle_core;

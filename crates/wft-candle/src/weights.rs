@@ -59,8 +59,17 @@ impl Weights {
 
     /// Bytes the tensors take in memory.
     pub fn bytes(&self) -> usize {
-        let dense: usize = self.tensors.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
-        dense + self.quantized.values().map(|q| q.storage_size_in_bytes()).sum::<usize>()
+        let dense: usize = self
+            .tensors
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        dense
+            + self
+                .quantized
+                .values()
+                .map(|q| q.storage_size_in_bytes())
+                .sum::<usize>()
     }
 
     /// Load a safetensors checkpoint (any float dtype; converted to `f32`).

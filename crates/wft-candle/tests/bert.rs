@@ -5,6 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use wft_adapter::{AdapterConfig, AdapterModel, LoraConfig, MethodConfig, ModuleSpec, TensorFile, WaveletFtConfig};
+use wft_candle::Adaptable;
 use wft_candle::models::bert::{Bert, Config, mean_pool};
 use wft_candle::{Classifier, Error};
 use wft_candle::{Tuning, Weights};

@@ -120,7 +120,10 @@ enum CliError {
 fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Whether `a` and `b` are the same file (so that a merge never writes over its base).
@@ -231,7 +234,8 @@ fn run(command: Command) -> Result<(), CliError> {
                 return Err(wft_adapter::Error::Invalid {
                     what: "--device gpu".into(),
                     reason: "this wft was built without the `gpu` feature".into(),
-                });
+                }
+                .into());
             }
             let base = TensorFile::open(&base)?;
             let model = AdapterModel::load(&adapter, Some(&base))?;

@@ -224,6 +224,34 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Time a GGUF decoder's training step for several methods against its
+    /// frozen step, and its greedy generation at batch 1 and 8; print JSON.
+    LmBench {
+        /// The GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// A JSON file: a list of batches, each a list of equal-length id lists.
+        #[arg(long)]
+        batches: PathBuf,
+        /// Comma-separated methods.
+        #[arg(long, value_delimiter = ',', default_value = "lora-r8,fourierft-1000,waveletft-1000")]
+        methods: Vec<Method>,
+        /// Comma-separated module names to adapt.
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+        targets: Vec<String>,
+        /// Timed rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The generation prompt.
+        #[arg(long, default_value = "The capital of France is")]
+        prompt: String,
+        /// Tokens to generate per row.
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Keep the frozen weights quantized.
+        #[arg(long)]
+        quantized: bool,
+    },
     /// The demo: head-only baseline, then WaveletFT on query/value with a
     /// progress bar; save the adapter as a PEFT folder, reload, merge.
     Demo {
@@ -515,7 +543,9 @@ fn tune_allocator() {
 
 fn sampling(temperature: f64, top_p: f64, seed: u64) -> Result<Sampling> {
     if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(Error::Usage(format!("--temperature {temperature}: must be 0 (greedy) or positive")));
+        return Err(Error::Usage(format!(
+            "--temperature {temperature}: must be 0 (greedy) or positive"
+        )));
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(Error::Usage(format!("--top-p {top_p}: must be in (0, 1]")));
@@ -585,11 +615,18 @@ fn lm_cmd(
     quiet: bool,
 ) -> Result<()> {
     if !force && std::fs::symlink_metadata(out).is_ok() {
-        return Err(Error::Usage(format!("{}: exists; pass --force to replace it", out.display())));
+        return Err(Error::Usage(format!(
+            "{}: exists; pass --force to replace it",
+            out.display()
+        )));
     }
     let config = method
         .adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets))
-        .ok_or_else(|| Error::Usage(format!("`{method}` is not an adapter method (try waveletft-1000, lora-r8)")))?;
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "`{method}` is not an adapter method (try waveletft-1000, lora-r8)"
+            ))
+        })?;
     let t = Instant::now();
     let mut decoder = Decoder::open(model, None, base)?;
     let examples = read_jsonl(data)?;
@@ -598,7 +635,11 @@ fn lm_cmd(
         .map(|e| decoder.tokenize_example(e, chat, max_len))
         .collect::<Result<Vec<_>>>()?;
     let adapters = new_adapters(&decoder, config, cfg.seed)?;
-    let pb = if quiet { ProgressBar::hidden() } else { bar(0, &method.to_string()) };
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(0, &method.to_string())
+    };
     let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut |step, total, loss| {
         pb.set_length(total as u64);
         pb.set_position(step as u64);
@@ -623,6 +664,38 @@ fn lm_cmd(
         "adapter": out.display().to_string(),
     });
     println!("{}", to_json(&v)?);
+    Ok(())
+}
+
+fn lm_bench_cmd(
+    model: &Path,
+    batches: &Path,
+    methods: &[Method],
+    targets: &[String],
+    rounds: usize,
+    (prompt, new_tokens): (&str, usize),
+    base: BaseWeights,
+) -> Result<()> {
+    let text = std::fs::read_to_string(batches).map_err(|e| Error::Io(format!("{}: {e}", batches.display())))?;
+    let lists: Vec<Vec<Vec<u32>>> =
+        serde_json::from_str(&text).map_err(|e| Error::Data(format!("{}: {e}", batches.display())))?;
+    let batches = lists
+        .iter()
+        .map(|b| {
+            let len = b.first().map_or(0, Vec::len);
+            if len < 2 || b.iter().any(|r| r.len() != len) {
+                return Err(Error::Data("each batch needs rows of one length (at least 2)".into()));
+            }
+            Ok(candle_core::Tensor::new(b.concat(), &candle_core::Device::Cpu)?.reshape((b.len(), len))?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if batches.is_empty() {
+        return Err(Error::Data("no batches".into()));
+    }
+    let decoder = Decoder::open(model, None, base)?;
+    let prompt = decoder.tokenizer.encode(prompt)?;
+    let report = wft_train::llm::bench::bench(&decoder, methods, targets, &batches, rounds, (&prompt, new_tokens))?;
+    println!("{}", to_json(&report)?);
     Ok(())
 }
 
@@ -679,8 +752,34 @@ fn main() -> ExitCode {
                 seed,
             },
             (&out, force),
-            if quantized { BaseWeights::Quantized } else { BaseWeights::F32 },
+            if quantized {
+                BaseWeights::Quantized
+            } else {
+                BaseWeights::F32
+            },
             quiet,
+        ),
+        Command::LmBench {
+            model,
+            batches,
+            methods,
+            targets,
+            rounds,
+            prompt,
+            new_tokens,
+            quantized,
+        } => lm_bench_cmd(
+            &model,
+            &batches,
+            &methods,
+            &targets,
+            rounds,
+            (&prompt, new_tokens),
+            if quantized {
+                BaseWeights::Quantized
+            } else {
+                BaseWeights::F32
+            },
         ),
         Command::Generate {
             model,
@@ -703,7 +802,11 @@ fn main() -> ExitCode {
             max_new_tokens,
             sampling(temperature, top_p, seed),
             json,
-            if quantized { BaseWeights::Quantized } else { BaseWeights::F32 },
+            if quantized {
+                BaseWeights::Quantized
+            } else {
+                BaseWeights::F32
+            },
         ),
     };
     match result {

@@ -8,6 +8,7 @@ use candle_core::{D, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use wft_adapter::{AdapterModel, Mt19937, TensorFile};
+use wft_candle::Adaptable;
 use wft_candle::Classifier;
 use wft_candle::models::bert::{Bert, Config};
 use wft_candle::{Tuning, Weights};

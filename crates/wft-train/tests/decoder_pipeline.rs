@@ -55,7 +55,16 @@ fn generate_finetune_save_reload_merge() -> R {
     let m = model.to_str().ok_or("path")?;
 
     // Generation, plain and through the chat template.
-    let (ok, out, err) = wft_train(&["generate", "--model", m, "--prompt", "ab cd", "--max-new-tokens", "6", "--json"])?;
+    let (ok, out, err) = wft_train(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "ab cd",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let d = Decoder::load(&model, None)?;
@@ -64,7 +73,17 @@ fn generate_finetune_save_reload_merge() -> R {
     let ids: Vec<u32> = serde_json::from_value(v["ids"].clone())?;
     assert!(ids.len() <= 6 && !ids.contains(&256), "EOS is excluded: {ids:?}");
     assert_eq!(v["text"].as_str(), Some(d.tokenizer.decode(&ids)?.as_str()));
-    let (ok, out, err) = wft_train(&["generate", "--model", m, "--chat", "--prompt", "hi", "--max-new-tokens", "3", "--json"])?;
+    let (ok, out, err) = wft_train(&[
+        "generate",
+        "--model",
+        m,
+        "--chat",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let chat_ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone())?;
@@ -90,25 +109,69 @@ fn generate_finetune_save_reload_merge() -> R {
     let adapter = dir.path().join("adapter");
     let a = adapter.to_str().ok_or("path")?;
     let (ok, out, err) = wft_train(&[
-        "lm", "--model", m, "--data", data.to_str().ok_or("path")?, "--method", "waveletft-60", "--targets",
-        "q_proj,v_proj,down_proj", "--epochs", "12", "--batch", "4", "--lr", "0.05", "--out", a, "--quiet",
+        "lm",
+        "--model",
+        m,
+        "--data",
+        data.to_str().ok_or("path")?,
+        "--method",
+        "waveletft-60",
+        "--targets",
+        "q_proj,v_proj,down_proj",
+        "--epochs",
+        "12",
+        "--batch",
+        "4",
+        "--lr",
+        "0.05",
+        "--out",
+        a,
+        "--quiet",
     ])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let (first, last) = (v["first_loss"].as_f64().ok_or("first")?, v["last_loss"].as_f64().ok_or("last")?);
+    let (first, last) = (
+        v["first_loss"].as_f64().ok_or("first")?,
+        v["last_loss"].as_f64().ok_or("last")?,
+    );
     assert_eq!(v["steps"].as_u64(), Some(24));
     assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");
     // It refuses to overwrite.
-    let (ok, _, err) = wft_train(&["lm", "--model", m, "--data", data.to_str().ok_or("path")?, "--method", "waveletft-60", "--lr", "0.01", "--out", a])?;
+    let (ok, _, err) = wft_train(&[
+        "lm",
+        "--model",
+        m,
+        "--data",
+        data.to_str().ok_or("path")?,
+        "--method",
+        "waveletft-60",
+        "--lr",
+        "0.01",
+        "--out",
+        a,
+    ])?;
     assert!(!ok && err.contains("exists"), "{err}");
 
     // Reloaded from the folder: the logits of the trained model.
     let trained = Decoder::load(&model, Some(&adapter))?;
     let probe = trained.tokenizer.encode("ab is zz")?;
     let reloaded = logits(&trained, &probe)?;
-    assert!(max_diff(&reloaded, &logits(&d, &probe)?)? > 1e-2, "the adapter changes the logits");
+    assert!(
+        max_diff(&reloaded, &logits(&d, &probe)?)? > 1e-2,
+        "the adapter changes the logits"
+    );
     // The adapter generates through the command too.
-    let (ok, _, err) = wft_train(&["generate", "--model", m, "--adapter", a, "--prompt", "ab is", "--max-new-tokens", "3"])?;
+    let (ok, _, err) = wft_train(&[
+        "generate",
+        "--model",
+        m,
+        "--adapter",
+        a,
+        "--prompt",
+        "ab is",
+        "--max-new-tokens",
+        "3",
+    ])?;
     assert!(ok, "{err}");
 
     // Merged into the GGUF, the same logits without the adapter.
@@ -155,7 +218,17 @@ fn batches_learn_completion_tokens_only() -> R {
         assert_eq!(mask[0][p] == 1.0, p + 1 < a.ids.len());
     }
     // Too long to keep a completion token: an error, not an empty target.
-    assert!(d.tokenize_example(&Example::Completion { prompt: "ab ef gh".into(), completion: " ij".into() }, false, 2).is_err());
+    assert!(
+        d.tokenize_example(
+            &Example::Completion {
+                prompt: "ab ef gh".into(),
+                completion: " ij".into()
+            },
+            false,
+            2
+        )
+        .is_err()
+    );
     Ok(())
 }
 
@@ -182,16 +255,29 @@ fn bad_input_is_a_clear_error() -> R {
     assert!(!ok && err.starts_with("error:"), "{err}");
     // An adapter for another architecture (BERT's module names).
     let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wft-adapter/tests/peft_refs/lora/adapter");
-    let (ok, _, err) = wft_train(&["generate", "--model", m, "--adapter", refs.to_str().ok_or("path")?, "--prompt", "ab"])?;
+    let (ok, _, err) = wft_train(&[
+        "generate",
+        "--model",
+        m,
+        "--adapter",
+        refs.to_str().ok_or("path")?,
+        "--prompt",
+        "ab",
+    ])?;
     assert!(!ok && err.contains("another model"), "{err}");
     // Bad sampling parameters and bad training data.
     let (ok, _, err) = wft_train(&["generate", "--model", m, "--prompt", "ab", "--temperature=-1"])?;
     assert!(!ok && err.contains("--temperature"), "{err}");
     let data = dir.path().join("bad.jsonl");
     std::fs::write(&data, "{\"prompt\": \"ab\", \"completion\": \"cd\"}\n{\"prompt\": 3}\n")?;
-    let e = read_jsonl(&data).unwrap_err().to_string();
+    let e = read_jsonl(&data).expect_err("bad data").to_string();
     assert!(e.contains("bad.jsonl:2"), "{e}");
     std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"ab\"}]}\n")?;
-    assert!(read_jsonl(&data).unwrap_err().to_string().contains("assistant"));
+    assert!(
+        read_jsonl(&data)
+            .expect_err("bad data")
+            .to_string()
+            .contains("assistant")
+    );
     Ok(())
 }

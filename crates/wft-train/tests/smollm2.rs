@@ -38,7 +38,10 @@ fn model_file(test: &str) -> Option<PathBuf> {
     if file.exists() {
         return Some(file);
     }
-    wft_test_support::skip_or_fail(test, format!("{}: no model (run `cargo xtask fetch-smollm2`)", file.display()));
+    wft_test_support::skip_or_fail(
+        test,
+        format!("{}: no model (run `cargo xtask fetch-smollm2`)", file.display()),
+    );
     None
 }
 
@@ -122,7 +125,10 @@ fn logits_and_greedy_generations_match_transformers_and_peft() -> R {
                 // The adapter moves the logits far more than the tolerance,
                 // so the check above could not pass without it.
                 let moved = max_diff(&base[i], &ours);
-                assert!(moved > 0.02, "{name}, prompt {i}: the adapter moves logits by only {moved}");
+                assert!(
+                    moved > 0.02,
+                    "{name}, prompt {i}: the adapter moves logits by only {moved}"
+                );
             }
             let max_new = 24;
             let greedy = d.generate(&prompt_ids, max_new, Sampling::Greedy)?;
@@ -147,15 +153,25 @@ fn adapter_deltas_match_peft_get_delta_weight() -> R {
         for module in model.modules().keys() {
             let delta = model.delta(module)?;
             let probe: Vec<f32> = (0..delta.ncols()).map(|j| ((j + 1) as f64).sin() as f32).collect();
-            let ours: Vec<f32> = delta.rows().into_iter().map(|r| r.iter().zip(&probe).map(|(a, b)| a * b).sum()).collect();
+            let ours: Vec<f32> = delta
+                .rows()
+                .into_iter()
+                .map(|r| r.iter().zip(&probe).map(|(a, b)| a * b).sum())
+                .collect();
             let theirs: Vec<f32> = reference[&format!("{name}.{module}.probe")].to_vec1()?;
             let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max);
             let diff = max_diff(&ours, &theirs);
-            assert!(scale > 0.0 && diff <= 1e-5 * scale.max(1.0), "{name} {module}: ΔW·p differs by {diff} (scale {scale})");
+            assert!(
+                scale > 0.0 && diff <= 1e-5 * scale.max(1.0),
+                "{name} {module}: ΔW·p differs by {diff} (scale {scale})"
+            );
             // Summed in f64: an f32 sum of 10⁵ squares is off by more than 1e-5.
             let norm = delta.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
             let want = f64::from(reference[&format!("{name}.{module}.norm")].to_vec1::<f32>()?[0]);
-            assert!((norm - want).abs() <= 1e-5 * want, "{name} {module}: ‖ΔW‖ {norm} against {want}");
+            assert!(
+                (norm - want).abs() <= 1e-5 * want,
+                "{name} {module}: ‖ΔW‖ {norm} against {want}"
+            );
             checked += 1;
         }
     }
@@ -202,8 +218,12 @@ fn gguf_merges_equal_base_plus_peft_delta() -> R {
         let merged = Gguf::open(&out)?;
         let bytes = std::fs::read(&out)?;
         let ((_, meta_end), _) = base.metadata_range();
-        assert_eq!(bytes[..meta_end as usize], source[..meta_end as usize], "{name}: metadata");
-        for (module, _) in adapters.modules() {
+        assert_eq!(
+            bytes[..meta_end as usize],
+            source[..meta_end as usize],
+            "{name}: metadata"
+        );
+        for module in adapters.modules().keys() {
             let (g, order) = config.gguf_tensor(module).ok_or("no tensor")?;
             let delta = (order.to_hf(&merged.dequantize(&g)?)? - order.to_hf(&base.dequantize(&g)?)?)?;
             let cols = delta.dim(1)?;
@@ -213,7 +233,10 @@ fn gguf_merges_equal_base_plus_peft_delta() -> R {
             let theirs: Vec<f32> = reference[&format!("{name}.{module}.probe")].to_vec1()?;
             let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max);
             let diff = max_diff(&ours, &theirs);
-            assert!(diff <= 1e-5 * scale.max(1.0), "{name} {module}: merged ΔW·p off by {diff} (scale {scale})");
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{name} {module}: merged ΔW·p off by {diff} (scale {scale})"
+            );
         }
         if name == "waveft_db4" {
             // The merged file generates what PEFT generates unmerged.
@@ -238,6 +261,56 @@ fn gguf_merges_equal_base_plus_peft_delta() -> R {
                 t.name
             );
         }
+    }
+    Ok(())
+}
+
+/// What `--dtype source` (re-quantizing to Q4_1) costs: every entry lands
+/// within half a quantization step of base + ΔW, and the test prints how
+/// large that error is against ΔW itself.
+#[test]
+fn source_requantization_stays_within_half_a_step() -> R {
+    use wft_candle::gguf::Gguf;
+    use wft_candle::models::llama::{self, MergeDtype};
+    let Some(file) = model_file("source_requantization_stays_within_half_a_step") else {
+        return Ok(());
+    };
+    let base = Gguf::open(&file)?;
+    let config = llama::Config::from_gguf(&base)?;
+    let dir = tempfile::tempdir()?;
+    for name in ["waveft_db1", "lora"] {
+        let adapters = AdapterModel::load_for(fixtures().join("adapters").join(name), &base_shapes(&file, &config))?;
+        let exact = dir.path().join(format!("{name}-f32.gguf"));
+        let source = dir.path().join(format!("{name}-q.gguf"));
+        llama::merge_gguf(&base, &adapters, &exact, MergeDtype::F32)?;
+        llama::merge_gguf(&base, &adapters, &source, MergeDtype::Source)?;
+        let (exact, source) = (Gguf::open(&exact)?, Gguf::open(&source)?);
+        let (mut err2, mut delta2, mut worst) = (0f64, 0f64, 0f64);
+        for module in adapters.modules().keys() {
+            let (g, _) = config.gguf_tensor(module).ok_or("no tensor")?;
+            assert_eq!(source.entry(&g).map(|e| e.dtype), base.entry(&g).map(|e| e.dtype));
+            let want = exact.dequantize(&g)?.to_vec2::<f32>()?;
+            let got = source.dequantize(&g)?.to_vec2::<f32>()?;
+            let orig = base.dequantize(&g)?.to_vec2::<f32>()?;
+            for ((w, q), o) in want.iter().zip(&got).zip(&orig) {
+                for ((wb, qb), ob) in w.chunks(32).zip(q.chunks(32)).zip(o.chunks(32)) {
+                    let (lo, hi) = wb.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                    let step = f64::from(hi - lo) / 15.0;
+                    for ((&w, &q), &o) in wb.iter().zip(qb).zip(ob) {
+                        let e = f64::from((q - w).abs());
+                        // Q4_1 stores the block's step and minimum in f16.
+                        worst = worst.max(e / (step / 2.0 + 1e-3 * f64::from(lo.abs()) + 1e-7));
+                        err2 += e * e;
+                        delta2 += f64::from(w - o).powi(2);
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{name}: re-quantizing to Q4_1 leaves an error of {:.3} of ΔW's norm (worst entry {worst:.2} of half a step)",
+            (err2 / delta2).sqrt()
+        );
+        assert!(worst <= 1.0, "{name}: an entry is {worst} half-steps off");
     }
     Ok(())
 }

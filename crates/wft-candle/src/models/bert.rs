@@ -16,8 +16,8 @@ use candle_core::{D, DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use crate::error::{Error, Result};
 use super::ops::softmax;
+use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
@@ -339,25 +339,6 @@ impl Bert {
         &self.config
     }
 
-    /// The trainable variables with the module or tensor each belongs to.
-    pub fn named_vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
-    /// The trainable variables.
-    pub fn vars(&self) -> Vec<Var> {
-        self.vars.iter().map(|(_, v)| v.clone()).collect()
-    }
-
-    /// Every linear layer by module path.
-    pub fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
-        let paths = self.config.linear_paths();
-        paths
-            .into_iter()
-            .zip(self.layers.iter().flat_map(|l| &l.linears))
-            .collect()
-    }
-
     /// The embedding layer's output for `input_ids` (`batch × len`, `u32`),
     /// with token type 0.
     ///
@@ -430,4 +411,18 @@ pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
     let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
     let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
     Ok(sum.broadcast_div(&count)?)
+}
+
+impl super::Adaptable for Bert {
+    fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        let paths = self.config.linear_paths();
+        paths
+            .into_iter()
+            .zip(self.layers.iter().flat_map(|l| &l.linears))
+            .collect()
+    }
 }

@@ -1,7 +1,40 @@
 //! Models, each built from a [`VarPath`](crate::VarPath) with one table of
 //! its adaptable linear paths: [`bert`] (an encoder) and [`llama`] (a
-//! Llama-family decoder, loaded from GGUF).
+//! Llama-family decoder, loaded from GGUF). Both implement [`Adaptable`].
+
+use candle_core::Var;
+use wft_adapter::AdapterModel;
+
+use crate::error::Result;
+use crate::linear::AdaptedLinear;
 
 pub mod bert;
 pub mod llama;
 mod ops;
+
+/// What every model here shares: the variables it trains and its
+/// adaptable linear layers by module path.
+pub trait Adaptable {
+    /// The trainable variables with the module or tensor each belongs to,
+    /// in creation order.
+    fn named_vars(&self) -> &[(String, Var)];
+
+    /// Every adaptable linear layer by module path, in the model's order.
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)>;
+
+    /// The trainable variables.
+    fn vars(&self) -> Vec<Var> {
+        self.named_vars().iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// The adapters at their current values, as an [`AdapterModel`] with
+    /// `template`'s config (the model was built with it); save it with
+    /// [`AdapterModel::save`] for a PEFT-compatible folder.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when `template` names a module the model did
+    /// not adapt.
+    fn adapters(&self, template: &AdapterModel) -> Result<AdapterModel> {
+        crate::linear::current_adapters(template, &self.linears())
+    }
+}

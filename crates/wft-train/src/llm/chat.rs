@@ -36,9 +36,12 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         // transformers renders with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -57,7 +60,10 @@ impl ChatTemplate {
     /// # Errors
     /// [`Error::Template`] when rendering fails (or the template raises).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template(NAME).map_err(|e| Error::Template(e.to_string()))?;
+        let template = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Error::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,

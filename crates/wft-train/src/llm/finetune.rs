@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Deserialize;
 use wft_adapter::{AdapterConfig, AdapterModel, Mt19937};
+use wft_candle::Adaptable;
 use wft_candle::models::llama::Cache;
 
 use super::{Decoder, Message};
@@ -147,7 +148,9 @@ impl Decoder {
     /// conversation without its last message (with the assistant's turn
     /// opened).
     fn split_chat(&self, template: &super::ChatTemplate, messages: &[Message]) -> Result<(Vec<u32>, usize)> {
-        let (last, head) = messages.split_last().ok_or_else(|| Error::Data("an empty conversation".into()))?;
+        let (last, head) = messages
+            .split_last()
+            .ok_or_else(|| Error::Data("an empty conversation".into()))?;
         let prompt = self.tokenizer.encode(&template.render(head, true)?)?;
         let full = self.tokenizer.encode(&template.render(messages, false)?)?;
         if !full.starts_with(&prompt) || last.role != "assistant" {

@@ -2,6 +2,7 @@
 //! ([`wft_candle::models::llama`]), its tokenizer and chat template from the
 //! file's metadata, adapters applied unmerged, and generation.
 
+pub mod bench;
 mod chat;
 pub mod finetune;
 mod tokenizer;
@@ -219,6 +220,41 @@ impl Decoder {
         Ok(out)
     }
 
+    /// Greedy generation for a batch of prompts of one length, decoded
+    /// together through one cache: exactly `max_new` tokens per row
+    /// (EOS does not stop it; for throughput measurements, like
+    /// transformers' `min_new_tokens`).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for prompts of different lengths or one that leaves
+    /// no room in the context; the model's errors.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
+        let len = prompts.first().map_or(0, Vec::len);
+        if len == 0 || prompts.iter().any(|p| p.len() != len) {
+            return Err(Error::Usage("a batch needs non-empty prompts of one length".into()));
+        }
+        if len + max_new > self.model.config().max_position_embeddings {
+            return Err(Error::Usage(
+                "the prompts and the new tokens pass the model's context".into(),
+            ));
+        }
+        let b = prompts.len();
+        let mut cache = Cache::new();
+        let mut input = Tensor::new(prompts.concat(), &Device::Cpu)?.reshape((b, len))?;
+        let mut out = vec![Vec::with_capacity(max_new); b];
+        for _ in 0..max_new {
+            let hidden = self.model.hidden(&input, &mut cache, None)?;
+            let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
+            let logits = self.model.logits(&last)?.squeeze(1)?;
+            let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            for (o, &n) in out.iter_mut().zip(&next) {
+                o.push(n);
+            }
+            input = Tensor::new(next, &Device::Cpu)?.reshape((b, 1))?;
+        }
+        Ok(out)
+    }
+
     /// [`Decoder::generate`] without the cache: every step runs the whole
     /// sequence again (the reference the cache is checked against).
     ///
@@ -250,7 +286,10 @@ fn pick(logits: &Tensor, sampling: Sampling, rng: Option<&mut Mt19937>) -> Resul
     let argmax = || {
         v.iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+            .fold(
+                (0usize, f32::NEG_INFINITY),
+                |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
+            )
             .0 as u32
     };
     let (Sampling::Sample { temperature, top_p, .. }, Some(rng)) = (sampling, rng) else {

@@ -129,8 +129,12 @@ impl LlmTokenizer {
             .and_then(|pre| SPLITS.iter().find(|(name, _)| *name == pre));
         match split {
             Some((_, regex)) => {
-                let split = Split::new(SplitPattern::Regex((*regex).into()), SplitDelimiterBehavior::Isolated, false)
-                    .map_err(|e| bad(format!("split: {e}")))?;
+                let split = Split::new(
+                    SplitPattern::Regex((*regex).into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| bad(format!("split: {e}")))?;
                 tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
                     split.into(),
                     ByteLevel::new(false, true, false).into(),
@@ -160,7 +164,10 @@ impl LlmTokenizer {
             match gguf.uint(key)? {
                 None => Ok(None),
                 Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
-                Some(i) => Err(bad(format!("{key} = {i} is outside the vocabulary of {}", tokens.len()))),
+                Some(i) => Err(bad(format!(
+                    "{key} = {i} is outside the vocabulary of {}",
+                    tokens.len()
+                ))),
             }
         };
         let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
