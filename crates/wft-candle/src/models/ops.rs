@@ -1,42 +1,269 @@
 //! Operations the models share: candle-nn's fused kernels where no gradient
-//! will flow (they have no backward), plain tensor algebra where one will.
+//! will flow (they have no backward), and where one will, a custom op with
+//! its own backward that keeps only its input or output alive (softmax,
+//! RMSNorm and RoPE: a composition of tensor ops would keep three to six
+//! intermediate copies of the activations for the backward pass).
 
-use candle_core::{D, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
 use crate::error::Result;
 
 /// Softmax over the last axis.
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
     if x.track_op() {
-        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+        Ok(x.apply_op1(Softmax)?)
     } else {
-        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+        Ok(candle_nn::ops::softmax_last_dim(&x)?)
+    }
+}
+
+/// Softmax over the last axis whose backward needs only its output:
+/// `∂L/∂x = y ⊙ (g − Σ g ⊙ y)` row by row.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "wft-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "softmax")?;
+        let n = *l.shape().dims().last().unwrap_or(&0);
+        if n == 0 {
+            candle_core::bail!("softmax: an empty last axis")
+        }
+        let mut y = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            out.iter_mut().for_each(|o| *o /= sum);
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * g.broadcast_sub(&dot)?)?))
     }
 }
 
 /// RMS normalisation over the last axis, scaled by `weight`:
 /// `x / sqrt(mean(x²) + eps) · weight`.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
     if !x.track_op() && !weight.track_op() {
-        return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?);
+        return Ok(candle_nn::ops::rms_norm(&x, weight, eps as f32)?);
     }
-    let h = x.dim(D::Minus1)? as f64;
-    let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)?)
+    Ok(x.apply_op2(weight, RmsNorm { eps })?)
 }
 
 /// Rotary position embedding in the half-split ("rotate half") layout of
 /// transformers' Llama: `x · cos + rotate_half(x) · sin`, with `x` of shape
 /// `batch × heads × len × head_dim` and `cos`/`sin` of `len × head_dim/2`.
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
     if !x.track_op() {
-        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?);
+        return Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?);
     }
-    let half = x.dim(D::Minus1)? / 2;
-    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
-    let (cos, sin) = (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?);
-    // [x1, x2]·cos + [-x2, x1]·sin, each half on its own.
-    let lo = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-    let hi = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-    Ok(Tensor::cat(&[lo, hi], D::Minus1)?)
+    let table = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.contiguous()?.flatten_all()?.to_vec1::<f32>()?) };
+    Ok(x.apply_op1(Rope {
+        cos: table(cos)?,
+        sin: table(sin)?,
+    })?)
+}
+
+/// The `f32` slice a contiguous layout covers.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: the models compute in f32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: a non-contiguous input")
+    };
+    Ok(&v[a..b])
+}
+
+/// RMSNorm with a backward pass that recomputes the row scale from `x`.
+struct RmsNorm {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "wft-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, "rms_norm")?, slice(s2, l2, "rms_norm")?);
+        let h = w.len();
+        if h == 0 || !x.len().is_multiple_of(h) {
+            candle_core::bail!("rms_norm: rows of {} against a weight of {h}", x.len())
+        }
+        let mut y = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+            let ms = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / h as f64;
+            let r = (1.0 / (ms + self.eps).sqrt()) as f32;
+            for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
+                *o = v * r * g;
+            }
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // r = 1/sqrt(mean(x²) + eps), y = x·r·w:
+        // ∂L/∂x = r·(g·w) − x·r³·mean(x·g·w), ∂L/∂w = Σ_rows g·x·r.
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let gw = g.broadcast_mul(w)?;
+        let dot = (x * &gw)?.mean_keepdim(D::Minus1)?;
+        let gx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        let gweight = if w.track_op() {
+            let h = w.dim(0)?;
+            Some((g * x.broadcast_mul(&r)?)?.reshape(((), h))?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((Some(gx), gweight))
+    }
+}
+
+/// RoPE over contiguous `… × len × head_dim` rows; linear in `x`, so its
+/// backward is the same rotation by `−sin`.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn rotate(&self, x: &[f32], shape: &Shape, sign: f32) -> candle_core::Result<Vec<f32>> {
+        let dims = shape.dims();
+        let (len, d) = match dims {
+            [.., len, d] => (*len, *d),
+            _ => candle_core::bail!("rope: a {}-d input", dims.len()),
+        };
+        let half = d / 2;
+        if self.cos.len() != len * half || self.sin.len() != len * half || d % 2 != 0 {
+            candle_core::bail!("rope: tables of {} for {len} positions of width {d}", self.cos.len())
+        }
+        let mut y = vec![0f32; x.len()];
+        for (i, (row, out)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+            let p = i % len;
+            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            let (lo, hi) = row.split_at(half);
+            let (out_lo, out_hi) = out.split_at_mut(half);
+            for k in 0..half {
+                let s = sign * sin[k];
+                out_lo[k] = lo[k] * cos[k] - hi[k] * s;
+                out_hi[k] = hi[k] * cos[k] + lo[k] * s;
+            }
+        }
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "wft-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.rotate(slice(s, l, "rope")?, l.shape(), 1.0)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        let back = RopeBack(Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+        });
+        Ok(Some(g.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// The rotation by `−sin`: RoPE's backward.
+struct RopeBack(Rope);
+
+impl CustomOp1 for RopeBack {
+    fn name(&self) -> &'static str {
+        "wft-rope-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.0.rotate(slice(s, l, "rope backward")?, l.shape(), -1.0)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::{rms_norm, rope, softmax};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap_or(f32::INFINITY)
+    }
+
+    /// The custom ops (taken when a gradient flows) compute what candle-nn's
+    /// fused kernels compute, and their gradients match candle's autodiff
+    /// of the plain formulas.
+    #[test]
+    fn custom_ops_match_fused_kernels_and_autodiff() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
+        let w0 = Tensor::randn(1f32, 0.1, 8, &dev)?;
+        let freqs = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let (x, w) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?);
+        // Forward: custom (tracked) against fused (untracked).
+        let y = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
+        assert!(max_diff(&y, &rms_norm(&x0, &w0, 1e-5)?) < 1e-5);
+        let r = rope(x.as_tensor(), &cos, &sin)?;
+        assert!(max_diff(&r, &rope(&x0, &cos, &sin)?) < 1e-6);
+        // Backward: against autodiff of the composed formulas.
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
+        let g = (y * &probe)?.sum_all()?.backward()?;
+        let ms = (x.as_tensor().sqr()?.mean_keepdim(3)? + 1e-5)?.sqrt()?;
+        let plain = x.as_tensor().broadcast_div(&ms)?.broadcast_mul(w.as_tensor())?;
+        let gp = (plain * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &w] {
+            let (a, b) = (g.get(v.as_tensor()).ok_or("grad")?, gp.get(v.as_tensor()).ok_or("grad")?);
+            assert!(max_diff(a, b) < 1e-4, "rms_norm gradient off by {}", max_diff(a, b));
+        }
+        let g = (r * &probe)?.sum_all()?.backward()?;
+        let (x1, x2) = (x.as_tensor().narrow(3, 0, 4)?, x.as_tensor().narrow(3, 4, 4)?);
+        let (c, s) = (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?);
+        let lo = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+        let hi = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
+        let gp = (Tensor::cat(&[lo, hi], 3)? * &probe)?.sum_all()?.backward()?;
+        let (a, b) = (g.get(x.as_tensor()).ok_or("grad")?, gp.get(x.as_tensor()).ok_or("grad")?);
+        assert!(max_diff(a, b) < 1e-5, "rope gradient off by {}", max_diff(a, b));
+        let sm = softmax(x.as_tensor())?;
+        assert!(max_diff(&sm, &softmax(&x0)?) < 1e-6);
+        let g = (sm * &probe)?.sum_all()?.backward()?;
+        let gp = (candle_nn::ops::softmax(x.as_tensor(), 3)? * &probe)?.sum_all()?.backward()?;
+        let (a, b) = (g.get(x.as_tensor()).ok_or("grad")?, gp.get(x.as_tensor()).ok_or("grad")?);
+        assert!(max_diff(a, b) < 1e-5, "softmax gradient off by {}", max_diff(a, b));
+        Ok(())
+    }
 }
