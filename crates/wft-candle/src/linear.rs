@@ -69,8 +69,9 @@ enum Kind {
 struct Adapted {
     /// The trainable parameters, in the adapter's own flat order.
     params: Var,
-    /// The frozen weight, `out × in`.
-    base: Array2<f32>,
+    /// The frozen weight, `out × in`: shared with the checkpoint, or still
+    /// quantized (de-quantized only to rebuild `W + ΔW`).
+    base: Stored,
     state: Mutex<Merged>,
 }
 
@@ -141,12 +142,17 @@ impl AdaptedLinear {
     /// candle's errors (the weight must be `f32` on the CPU, where
     /// `wft-adapter` computes).
     pub fn adapted(weight: Tensor, bias: Option<Tensor>, adapter: impl Into<ModuleAdapter>) -> Result<Self> {
-        let adapter: ModuleAdapter = adapter.into();
-        let (out, inp) = weight.dims2()?;
+        Self::adapted_stored(Stored::Dense(weight.detach()), bias, adapter.into())
+    }
+
+    fn adapted_stored(base: Stored, bias: Option<Tensor>, adapter: ModuleAdapter) -> Result<Self> {
+        let (out, inp) = match &base {
+            Stored::Dense(t) => t.dims2()?,
+            Stored::Quantized(q) => q.shape().dims2()?,
+        };
         check_bias(bias.as_ref(), out)?;
         let (ao, ai) = adapter.as_adapter().shape();
         check_shape("adapter", &[ao, ai], &[out, inp])?;
-        let base = to_array(&weight)?;
         let params = Var::from_vec(
             adapter.as_adapter().params().to_vec(),
             adapter.as_adapter().num_params(),
@@ -185,8 +191,12 @@ impl AdaptedLinear {
         };
         let weight = match (stored, vb.adapter()) {
             (Stored::Quantized(q), None) => return AdaptedLinear::quantized(q, bias),
-            // An adapted layer keeps `W` in f32 beside `W + ΔW`.
-            (Stored::Quantized(q), Some(_)) => q.dequantize(&Device::Cpu)?,
+            // Adapted on a quantized base: `W` stays quantized beside `W + ΔW`.
+            (Stored::Quantized(q), Some(adapter)) => {
+                let layer = AdaptedLinear::adapted_stored(Stored::Quantized(q), bias, adapter.clone())?;
+                vb.add_vars(layer.vars());
+                return Ok(layer);
+            }
             (Stored::Dense(t), _) => t,
         };
         match (vb.tuning(), vb.adapter()) {
@@ -314,8 +324,11 @@ fn lock(m: &Mutex<Merged>) -> MutexGuard<'_, Merged> {
 }
 
 /// `W + ΔW` as a tensor.
-fn merged_weight(base: &Array2<f32>, adapter: &dyn Adapter<f32>) -> Result<Tensor> {
-    let mut w = base.clone();
+fn merged_weight(base: &Stored, adapter: &dyn Adapter<f32>) -> Result<Tensor> {
+    let mut w = match base {
+        Stored::Dense(t) => to_array(t)?,
+        Stored::Quantized(q) => to_array(&q.dequantize(&Device::Cpu)?)?,
+    };
     adapter.merge_into(w.view_mut(), 1.0, wft_adapter::Orientation::Normal)?;
     let (out, inp) = w.dim();
     Ok(Tensor::from_vec(

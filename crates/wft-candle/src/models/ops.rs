@@ -247,7 +247,10 @@ mod tests {
         let plain = x.as_tensor().broadcast_div(&ms)?.broadcast_mul(w.as_tensor())?;
         let gp = (plain * &probe)?.sum_all()?.backward()?;
         for v in [&x, &w] {
-            let (a, b) = (g.get(v.as_tensor()).ok_or("grad")?, gp.get(v.as_tensor()).ok_or("grad")?);
+            let (a, b) = (
+                g.get(v.as_tensor()).ok_or("grad")?,
+                gp.get(v.as_tensor()).ok_or("grad")?,
+            );
             assert!(max_diff(a, b) < 1e-4, "rms_norm gradient off by {}", max_diff(a, b));
         }
         let g = (r * &probe)?.sum_all()?.backward()?;
@@ -256,13 +259,21 @@ mod tests {
         let lo = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
         let hi = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
         let gp = (Tensor::cat(&[lo, hi], 3)? * &probe)?.sum_all()?.backward()?;
-        let (a, b) = (g.get(x.as_tensor()).ok_or("grad")?, gp.get(x.as_tensor()).ok_or("grad")?);
+        let (a, b) = (
+            g.get(x.as_tensor()).ok_or("grad")?,
+            gp.get(x.as_tensor()).ok_or("grad")?,
+        );
         assert!(max_diff(a, b) < 1e-5, "rope gradient off by {}", max_diff(a, b));
         let sm = softmax(x.as_tensor())?;
         assert!(max_diff(&sm, &softmax(&x0)?) < 1e-6);
         let g = (sm * &probe)?.sum_all()?.backward()?;
-        let gp = (candle_nn::ops::softmax(x.as_tensor(), 3)? * &probe)?.sum_all()?.backward()?;
-        let (a, b) = (g.get(x.as_tensor()).ok_or("grad")?, gp.get(x.as_tensor()).ok_or("grad")?);
+        let gp = (candle_nn::ops::softmax(x.as_tensor(), 3)? * &probe)?
+            .sum_all()?
+            .backward()?;
+        let (a, b) = (
+            g.get(x.as_tensor()).ok_or("grad")?,
+            gp.get(x.as_tensor()).ok_or("grad")?,
+        );
         assert!(max_diff(a, b) < 1e-5, "softmax gradient off by {}", max_diff(a, b));
         Ok(())
     }
