@@ -329,11 +329,6 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
     let ours = parse_json(&std::fs::read_to_string(&ours_path).map_err(|e| e.to_string())?)?;
     let peft = parse_json(&peer)?;
-    let row = |v: &serde_json::Value, m: &str| {
-        v["rows"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["method"].as_str() == Some(m)).cloned())
-    };
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(md, "## Training steps on all-MiniLM-L6-v2: wft-candle against PEFT\n");
@@ -353,34 +348,48 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         f(&peft, "threads"),
         rounds
     );
-    let _ = writeln!(
-        md,
-        "Frozen step: ours {:.0} ms, PEFT {:.0} ms.\n",
-        1e3 * f(&ours, "frozen_step_secs"),
-        1e3 * f(&peft, "frozen_step_secs")
-    );
-    let _ = writeln!(
-        md,
-        "| method | trainable | ours: ms / step | ours: step / frozen | PEFT: ms / step | PEFT: step / frozen |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for m in methods.split(',') {
-        let Some(o) = row(&ours, m) else { continue };
-        let p = row(&peft, m);
-        let _ = writeln!(
-            md,
-            "| {m} | {} | {:.0} | {:.2}× | {} | {} |",
-            o["trainable"],
-            1e3 * f(&o, "step_secs"),
-            f(&o, "ratio"),
-            p.as_ref()
-                .map_or("–".into(), |p| format!("{:.0}", 1e3 * f(p, "step_secs"))),
-            p.as_ref().map_or("–".into(), |p| format!("{:.2}×", f(p, "ratio")))
-        );
-    }
+    step_table(&mut md, &ours, &peft, &methods.split(',').collect::<Vec<_>>());
     let _ = writeln!(md);
     write_section(&root().join("docs/PERFORMANCE.md"), "training", &md)?;
     peft_decoder(quick)
+}
+
+/// The `Frozen step: …` line and the method table of a training
+/// benchmark, ours against PEFT's, in `methods`' order (rows PEFT lacks get
+/// dashes).
+fn step_table(md: &mut String, ours: &serde_json::Value, peft: &serde_json::Value, methods: &[&str]) {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let row = |v: &serde_json::Value, m: &str| {
+        v["rows"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["method"].as_str() == Some(m)).cloned())
+    };
+    let _ = writeln!(
+        md,
+        "Frozen step: ours {:.0} ms, PEFT {:.0} ms.\n",
+        1e3 * f(ours, "frozen_step_secs"),
+        1e3 * f(peft, "frozen_step_secs")
+    );
+    let _ = writeln!(
+        md,
+        "| method | trainable | ours: ms / step | ours: step / frozen | PEFT: ms / step | PEFT: step / frozen | ours / PEFT |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for m in methods {
+        let Some(o) = row(ours, m) else { continue };
+        let p = row(peft, m);
+        let peer = |g: &dyn Fn(&serde_json::Value) -> String| p.as_ref().map_or("–".into(), g);
+        let _ = writeln!(
+            md,
+            "| {m} | {} | {:.0} | {:.2}× | {} | {} | {} |",
+            o["trainable"],
+            1e3 * f(&o, "step_secs"),
+            f(&o, "ratio"),
+            peer(&|p| format!("{:.0}", 1e3 * f(p, "step_secs"))),
+            peer(&|p| format!("{:.2}×", f(p, "ratio"))),
+            peer(&|p| format!("{:.2}×", f(&o, "step_secs") / f(p, "step_secs"))),
+        );
+    }
 }
 
 /// The decoder case of `bench --peer peft-train` (also `bench --peer
@@ -503,11 +512,6 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
     };
     let (merge_s, cp_s) = (med(&mut merge_secs), med(&mut cp_secs));
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    let row = |v: &serde_json::Value, m: &str| {
-        v["rows"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["method"].as_str() == Some(m)).cloned())
-    };
     let mut md = String::new();
     let _ = writeln!(md, "## SmolLM2-135M (GGUF decoder): wft-candle against PEFT\n");
     let _ = writeln!(
@@ -525,35 +529,7 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
         peft["versions"],
         f(&peft, "threads"),
     );
-    let _ = writeln!(
-        md,
-        "Frozen step: ours {:.0} ms, PEFT {:.0} ms.\n",
-        1e3 * f(&ours, "frozen_step_secs"),
-        1e3 * f(&peft, "frozen_step_secs")
-    );
-    let _ = writeln!(
-        md,
-        "| method | trainable | ours: ms / step | ours: step / frozen | PEFT: ms / step | PEFT: step / frozen | ours / PEFT |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-    for m in ["lora-r8", "fourierft-1000", "waveletft-1000"] {
-        let Some(o) = row(&ours, m) else { continue };
-        let p = row(&peft, m);
-        let _ = writeln!(
-            md,
-            "| {m} | {} | {:.0} | {:.2}× | {} | {} | {} |",
-            o["trainable"],
-            1e3 * f(&o, "step_secs"),
-            f(&o, "ratio"),
-            p.as_ref()
-                .map_or("–".into(), |p| format!("{:.0}", 1e3 * f(p, "step_secs"))),
-            p.as_ref().map_or("–".into(), |p| format!("{:.2}×", f(p, "ratio"))),
-            p.as_ref().map_or("–".into(), |p| format!(
-                "{:.2}×",
-                f(&o, "step_secs") / f(p, "step_secs")
-            )),
-        );
-    }
+    step_table(&mut md, &ours, &peft, &["lora-r8", "fourierft-1000", "waveletft-1000"]);
     let _ = writeln!(md);
     let _ = writeln!(
         md,
