@@ -272,42 +272,11 @@ fn llama_refs() -> Result {
     let work = root().join("target/llama-roundtrip");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    // 64 package descriptions → their Debian section, as prompt/completion pairs.
-    let tsv = root().join("data/debian-topics/train.tsv");
-    let text = std::fs::read_to_string(&tsv).map_err(|e| format!("{}: {e}", tsv.display()))?;
-    let jsonl: String = text
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .take(64)
-        .map(|(section, desc)| {
-            let quote = |s: &str| format!("{s:?}");
-            format!(
-                "{{\"prompt\": {}, \"completion\": {}}}\n",
-                quote(&format!("Description: {desc}\nSection:")),
-                quote(&format!(" {section}"))
-            )
-        })
-        .collect();
     let data = work.join("topics.jsonl");
-    std::fs::write(&data, jsonl).map_err(|e| e.to_string())?;
+    topics_jsonl(64, &data)?;
     run(cargo().args(["build", "--release", "-j2", "-p", "wft-train"]))?;
     let adapter = work.join("adapter");
-    run(Command::new(root().join("target/release/wft-train"))
-        .args(["lm", "--model"])
-        .arg(&gguf)
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "--method",
-            "waveletft-1000",
-            "--lr",
-            "0.02",
-            "--batch",
-            "8",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&adapter))?;
+    run(&mut lm_command(&gguf, &data, &adapter))?;
     let prompts = work.join("prompts.json");
     std::fs::write(
         &prompts,
@@ -339,6 +308,43 @@ fn llama_refs() -> Result {
             "`cargo xtask llama-refs` (WaveletFT n=1000 on q/v of SmolLM2-135M, 8 steps of `wft-train lm`):\n\n```text\n{report}```\n"
         ),
     )
+}
+
+/// The first `n` rows of the Debian task's training split as causal-LM
+/// data: `{"prompt": "Description: …\nSection:", "completion": " <section>"}`.
+pub(crate) fn topics_jsonl(n: usize, path: &Path) -> Result {
+    let tsv = root().join("data/debian-topics/train.tsv");
+    let text = std::fs::read_to_string(&tsv).map_err(|e| format!("{}: {e}", tsv.display()))?;
+    let jsonl: String = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .take(n)
+        .map(|(section, desc)| {
+            serde_json::json!({"prompt": format!("Description: {desc}\nSection:"), "completion": format!(" {section}")})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(path, jsonl).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `wft-train lm` (release) fine-tuning WaveletFT n=1000 on q/v of `gguf`
+/// with `data`, saving to `out`.
+pub(crate) fn lm_command(gguf: &Path, data: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(root().join("target/release/wft-train"));
+    cmd.args(["lm", "--model"]).arg(gguf).arg("--data").arg(data);
+    cmd.args([
+        "--method",
+        "waveletft-1000",
+        "--lr",
+        "0.02",
+        "--batch",
+        "8",
+        "--quiet",
+        "--out",
+    ])
+    .arg(out);
+    cmd
 }
 
 /// Replace the part of `path` between `<!-- {name}:begin -->` and

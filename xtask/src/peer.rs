@@ -445,38 +445,12 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
     let (ours, peft) = (parse_json(&ours)?, parse_json(&peer)?);
     // Peak memory of fine-tuning, quantized base against f32 base.
     let data = dir.join("topics.jsonl");
-    let text = std::fs::read_to_string(root().join("data/debian-topics/train.tsv")).map_err(|e| e.to_string())?;
-    let jsonl: String = text
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .take(16)
-        .map(|(section, desc)| {
-            serde_json::json!({"prompt": format!("Description: {desc}\nSection:"), "completion": format!(" {section}")})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(&data, jsonl).map_err(|e| e.to_string())?;
+    crate::topics_jsonl(16, &data)?;
     let mut memory = Vec::new();
     for quantized in [false, true] {
         let out = dir.join(if quantized { "adapter-q" } else { "adapter-f32" });
         let _ = std::fs::remove_dir_all(&out);
-        let mut cmd = Command::new(&bin);
-        cmd.args(["lm", "--model"])
-            .arg(&gguf)
-            .arg("--data")
-            .arg(&data)
-            .args([
-                "--method",
-                "waveletft-1000",
-                "--lr",
-                "0.02",
-                "--batch",
-                "8",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out);
+        let mut cmd = crate::lm_command(&gguf, &data, &out);
         if quantized {
             cmd.arg("--quantized");
         }
