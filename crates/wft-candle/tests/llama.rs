@@ -393,3 +393,19 @@ fn selected_loss_equals_the_masked_loss() -> R {
     ));
     Ok(())
 }
+
+/// A scaled RoPE would rotate every position differently: refused, not
+/// computed wrongly.
+#[test]
+fn rope_scaling_is_refused() -> R {
+    use candle_core::quantized::gguf_file::Value;
+    let dir = tempfile::tempdir()?;
+    let (config, weights) = tiny()?;
+    let path = dir.path().join("scaled.gguf");
+    let mut extra = llama::tiny_vocab(config.vocab_size)?;
+    extra.push(("llama.rope.scaling.type".into(), Value::String("linear".into())));
+    llama::write_gguf(&path, &config, &weights, GgmlDType::F32, extra)?;
+    let e = llama::load_gguf(&Gguf::open(&path)?).expect_err("scaled RoPE");
+    assert!(matches!(e, Error::Config(ref m) if m.contains("RoPE scaling")), "{e}");
+    Ok(())
+}

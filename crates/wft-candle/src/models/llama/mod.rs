@@ -159,6 +159,26 @@ impl Config {
                 "rotary embeddings on {rot} of {head_dim} head dimensions are not supported"
             )));
         }
+        // Scaled RoPE (Llama 3.1's, YaRN, linear) changes every position's
+        // rotation: refuse it rather than compute another model.
+        if let Ok(kind) = gguf.string("llama.rope.scaling.type")
+            && kind != "none"
+        {
+            return Err(Error::Config(format!("RoPE scaling `{kind}` is not supported")));
+        }
+        if gguf.value("llama.rope.scaling.factor").is_some() || gguf.value("llama.rope.freqs").is_some() {
+            return Err(Error::Config("RoPE scaling (llama.rope.scaling.factor / rope_freqs) is not supported".into()));
+        }
+        if let Some(t) = gguf
+            .tensors()
+            .iter()
+            .find(|t| t.name == "rope_freqs.weight" || (t.name.starts_with("blk.") && t.name.ends_with(".bias")))
+        {
+            return Err(Error::Config(format!(
+                "tensor `{}`: projection biases and RoPE frequency factors are not supported",
+                t.name
+            )));
+        }
         let embd = gguf
             .entry("token_embd.weight")
             .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
