@@ -314,3 +314,26 @@ fn source_requantization_stays_within_half_a_step() -> R {
     }
     Ok(())
 }
+
+/// All four reference prompts (5 to 38 tokens) in one left-padded batch:
+/// each row generates transformers' greedy tokens for it alone.
+#[test]
+fn batched_generation_equals_each_prompt_alone() -> R {
+    let Some(file) = model_file("batched_generation_equals_each_prompt_alone") else {
+        return Ok(());
+    };
+    let d = Decoder::load(&file, None)?;
+    let outputs = json("outputs.json")?;
+    let prompts: Vec<Vec<u32>> = outputs
+        .as_array()
+        .ok_or("outputs")?
+        .iter()
+        .map(|p| ids(&p["prompt_ids"]))
+        .collect();
+    assert!(prompts.iter().map(Vec::len).min() < prompts.iter().map(Vec::len).max());
+    let batch = d.generate_batch(&prompts, 24, wft_train::llm::Stop::AtEos)?;
+    for (i, (got, p)) in batch.iter().zip(outputs.as_array().ok_or("outputs")?).enumerate() {
+        assert_eq!(got, &ids(&p["greedy"]["base"]), "prompt {i}");
+    }
+    Ok(())
+}

@@ -64,16 +64,19 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
 
 /// Rotary position embedding in the half-split ("rotate half") layout of
 /// transformers' Llama: `x · cos + rotate_half(x) · sin`, with `x` of shape
-/// `batch × heads × len × head_dim` and `cos`/`sin` of `len × head_dim/2`.
+/// `batch × heads × len × head_dim` and `cos`/`sin` of `len × head_dim/2`
+/// (shared by every row) or `batch × len × head_dim/2` (one per row).
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     if !x.track_op() {
         return Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?);
     }
     let table = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.contiguous()?.flatten_all()?.to_vec1::<f32>()?) };
+    let rows = if cos.rank() == 3 { cos.dim(0)? } else { 1 };
     Ok(x.apply_op1(Rope {
         cos: table(cos)?,
         sin: table(sin)?,
+        rows,
     })?)
 }
 
@@ -149,6 +152,8 @@ impl CustomOp2 for RmsNorm {
 struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// 1 for tables shared by the batch, else one table per batch row.
+    rows: usize,
 }
 
 impl Rope {
@@ -159,12 +164,16 @@ impl Rope {
             _ => candle_core::bail!("rope: a {}-d input", dims.len()),
         };
         let half = d / 2;
-        if self.cos.len() != len * half || self.sin.len() != len * half || d % 2 != 0 {
+        let table = self.rows * len * half;
+        if self.cos.len() != table || self.sin.len() != table || d % 2 != 0 || dims[0] % self.rows != 0 {
             candle_core::bail!("rope: tables of {} for {len} positions of width {d}", self.cos.len())
         }
+        // Rows of `x` per batch row (heads × len).
+        let per_row = x.len() / d / dims[0].max(1);
         let mut y = vec![0f32; x.len()];
         for (i, (row, out)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-            let p = i % len;
+            let b = if self.rows == 1 { 0 } else { i / per_row.max(1) };
+            let p = b * len + i % len;
             let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
             let (lo, hi) = row.split_at(half);
             let (out_lo, out_hi) = out.split_at_mut(half);
@@ -193,6 +202,7 @@ impl CustomOp1 for Rope {
         let back = RopeBack(Rope {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
+            rows: self.rows,
         });
         Ok(Some(g.apply_op1_no_bwd(&back)?))
     }
@@ -264,6 +274,11 @@ mod tests {
             gp.get(x.as_tensor()).ok_or("grad")?,
         );
         assert!(max_diff(a, b) < 1e-5, "rope gradient off by {}", max_diff(a, b));
+        // One table per batch row.
+        let f3 = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        let (c3, s3) = (f3.cos()?, f3.sin()?);
+        let r3 = rope(x.as_tensor(), &c3, &s3)?;
+        assert!(max_diff(&r3, &rope(&x0, &c3, &s3)?) < 1e-6);
         let sm = softmax(x.as_tensor())?;
         assert!(max_diff(&sm, &softmax(&x0)?) < 1e-6);
         let g = (sm * &probe)?.sum_all()?.backward()?;

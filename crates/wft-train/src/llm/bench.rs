@@ -11,8 +11,8 @@ use wft_candle::Adaptable;
 use wft_candle::Tuning;
 use wft_candle::models::llama::{Cache, Llama};
 
-use super::Decoder;
 use super::finetune::new_adapters;
+use super::{Decoder, Stop};
 use crate::train::median;
 use crate::{Error, Method, Result};
 
@@ -130,9 +130,9 @@ pub fn bench(
         .collect();
     let tok_s = |b: usize| -> Result<f64> {
         let prompts = vec![prompt.to_vec(); b];
-        decoder.generate_batch(&prompts, 2)?; // warm-up
+        decoder.generate_batch(&prompts, 2, Stop::Never)?; // warm-up
         let t = Instant::now();
-        decoder.generate_batch(&prompts, new_tokens)?;
+        decoder.generate_batch(&prompts, new_tokens, Stop::Never)?;
         Ok((b * new_tokens) as f64 / t.elapsed().as_secs_f64())
     };
     Ok(DecoderBench {

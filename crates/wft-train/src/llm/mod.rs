@@ -48,6 +48,15 @@ pub enum BaseWeights {
     Quantized,
 }
 
+/// When batched generation stops a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// At EOS (not returned).
+    AtEos,
+    /// Never: exactly the tokens asked for.
+    Never,
+}
+
 /// A decoder, its tokenizer and (when the file has one) chat template.
 #[derive(Debug)]
 pub struct Decoder {
@@ -220,18 +229,21 @@ impl Decoder {
         Ok(out)
     }
 
-    /// Greedy generation for a batch of prompts of one length, decoded
-    /// together through one cache: exactly `max_new` tokens per row
-    /// (EOS does not stop it; for throughput measurements, like
-    /// transformers' `min_new_tokens`).
+    /// Greedy generation for a batch of prompts, decoded together through
+    /// one cache: shorter prompts are left-padded (masked, and their
+    /// positions start after the padding), so every row generates what it
+    /// generates alone. Up to `max_new` tokens per row; with
+    /// [`Stop::AtEos`] a row ends at EOS (not returned), with
+    /// [`Stop::Never`] every row gets exactly `max_new` (for throughput
+    /// measurements, like transformers' `min_new_tokens`).
     ///
     /// # Errors
-    /// [`Error::Usage`] for prompts of different lengths or one that leaves
-    /// no room in the context; the model's errors.
-    pub fn generate_batch(&self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
-        let len = prompts.first().map_or(0, Vec::len);
-        if len == 0 || prompts.iter().any(|p| p.len() != len) {
-            return Err(Error::Usage("a batch needs non-empty prompts of one length".into()));
+    /// [`Error::Usage`] for an empty batch or prompt, or one that leaves no
+    /// room in the context; the model's errors.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], max_new: usize, stop: Stop) -> Result<Vec<Vec<u32>>> {
+        let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(Error::Usage("a batch needs non-empty prompts".into()));
         }
         if len + max_new > self.model.config().max_position_embeddings {
             return Err(Error::Usage(
@@ -239,16 +251,38 @@ impl Decoder {
             ));
         }
         let b = prompts.len();
+        let pad = self.tokenizer.eos.unwrap_or(0);
+        let starts: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
+        let mut ids = Vec::with_capacity(b * len);
+        let mut mask = Vec::with_capacity(b * (len + max_new));
+        for (p, &s) in prompts.iter().zip(&starts) {
+            ids.extend(std::iter::repeat_n(pad, s).chain(p.iter().copied()));
+        }
+        let mut input = Tensor::new(ids, &Device::Cpu)?.reshape((b, len))?;
         let mut cache = Cache::new();
-        let mut input = Tensor::new(prompts.concat(), &Device::Cpu)?.reshape((b, len))?;
         let mut out = vec![Vec::with_capacity(max_new); b];
-        for _ in 0..max_new {
-            let hidden = self.model.hidden(&input, &mut cache, None)?;
+        let mut done = vec![false; b];
+        for step in 0..max_new {
+            let total = len + step;
+            mask.clear();
+            for &s in &starts {
+                mask.extend((0..total).map(|j| if j < s { 0f32 } else { 1. }));
+            }
+            let m = Tensor::new(mask.as_slice(), &Device::Cpu)?.reshape((b, total))?;
+            let hidden = self.model.hidden_padded(&input, &mut cache, Some(&m), &starts)?;
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
             let logits = self.model.logits(&last)?.squeeze(1)?;
             let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            for (o, &n) in out.iter_mut().zip(&next) {
-                o.push(n);
+            for ((o, &n), d) in out.iter_mut().zip(&next).zip(done.iter_mut()) {
+                if stop == Stop::AtEos && Some(n) == self.tokenizer.eos {
+                    *d = true;
+                }
+                if !*d {
+                    o.push(n);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
             }
             input = Tensor::new(next, &Device::Cpu)?.reshape((b, 1))?;
         }

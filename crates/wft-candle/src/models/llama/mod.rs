@@ -167,7 +167,9 @@ impl Config {
             return Err(Error::Config(format!("RoPE scaling `{kind}` is not supported")));
         }
         if gguf.value("llama.rope.scaling.factor").is_some() || gguf.value("llama.rope.freqs").is_some() {
-            return Err(Error::Config("RoPE scaling (llama.rope.scaling.factor / rope_freqs) is not supported".into()));
+            return Err(Error::Config(
+                "RoPE scaling (llama.rope.scaling.factor / rope_freqs) is not supported".into(),
+            ));
         }
         if let Some(t) = gguf
             .tensors()
@@ -481,9 +483,46 @@ impl Llama {
     /// # Errors
     /// As [`Llama::hidden`].
     pub fn decode(&self, embedded: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.decode_padded(embedded, cache, mask, None)
+    }
+
+    /// [`Llama::hidden`] for a left-padded batch: row `r` starts with
+    /// `starts[r]` padding positions (hidden by `mask`), and its tokens take
+    /// positions from 0 after them, so that each row computes what it
+    /// computes alone.
+    ///
+    /// # Errors
+    /// As [`Llama::hidden`], and [`Error::Shape`] when `starts` does not
+    /// have one entry per row.
+    pub fn hidden_padded(
+        &self,
+        ids: &Tensor,
+        cache: &mut Cache,
+        mask: Option<&Tensor>,
+        starts: &[usize],
+    ) -> Result<Tensor> {
+        self.decode_padded(&self.embed(ids)?, cache, mask, Some(starts))
+    }
+
+    fn decode_padded(
+        &self,
+        embedded: &Tensor,
+        cache: &mut Cache,
+        mask: Option<&Tensor>,
+        starts: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, len, _) = embedded.dims3()?;
         let past = cache.len();
+        if let Some(s) = starts
+            && s.len() != batch
+        {
+            return Err(Error::Shape {
+                what: "left-padding starts".into(),
+                expected: vec![batch],
+                found: vec![s.len()],
+            });
+        }
         if past + len > c.max_position_embeddings {
             return Err(Error::Config(format!(
                 "{} positions; the model takes at most {}",
@@ -492,7 +531,7 @@ impl Llama {
             )));
         }
         let total = past + len;
-        let (cos, sin) = self.rope_tables(past, len)?;
+        let (cos, sin) = self.rope_tables(past, len, starts)?;
         let mask = attention_mask(batch, past, len, mask)?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
@@ -553,17 +592,26 @@ impl Llama {
 
     /// `cos`/`sin` for positions `past..past + len`, `len × head_dim/2`,
     /// computed in `f32` as transformers does.
-    fn rope_tables(&self, past: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    /// With `starts`, one table per row (`batch × len × head_dim/2`), row
+    /// `r`'s positions shifted back by `starts[r]` (padding positions get 0).
+    fn rope_tables(&self, past: usize, len: usize, starts: Option<&[usize]>) -> Result<(Tensor, Tensor)> {
         let hd = self.config.head_dim;
         let base = self.config.rope_theta as f32;
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32))
             .collect();
-        let mut freqs = Vec::with_capacity(len * hd / 2);
-        for p in past..past + len {
-            freqs.extend(inv.iter().map(|f| p as f32 * f));
+        let shifts = starts.map_or(vec![0], <[usize]>::to_vec);
+        let mut freqs = Vec::with_capacity(shifts.len() * len * hd / 2);
+        for shift in &shifts {
+            for p in past..past + len {
+                let p = p.saturating_sub(*shift);
+                freqs.extend(inv.iter().map(|f| p as f32 * f));
+            }
         }
-        let freqs = Tensor::from_vec(freqs, (len, hd / 2), &Device::Cpu)?;
+        let freqs = match starts {
+            None => Tensor::from_vec(freqs, (len, hd / 2), &Device::Cpu)?,
+            Some(s) => Tensor::from_vec(freqs, (s.len(), len, hd / 2), &Device::Cpu)?,
+        };
         Ok((freqs.cos()?, freqs.sin()?))
     }
 }
