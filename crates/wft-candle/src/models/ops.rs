@@ -165,7 +165,11 @@ impl Rope {
         };
         let half = d / 2;
         let table = self.rows * len * half;
-        if self.cos.len() != table || self.sin.len() != table || d % 2 != 0 || dims[0] % self.rows != 0 {
+        if self.cos.len() != table
+            || self.sin.len() != table
+            || !d.is_multiple_of(2)
+            || !dims[0].is_multiple_of(self.rows)
+        {
             candle_core::bail!("rope: tables of {} for {len} positions of width {d}", self.cos.len())
         }
         // Rows of `x` per batch row (heads × len).
