@@ -184,7 +184,19 @@ fn merge_gguf(base: &Path, adapter: &Path, out: &Path, dtype: GgufDtype, device:
     Ok(())
 }
 
+/// Die of SIGPIPE like other Unix tools when the reader of our output goes
+/// away (`wft inspect … | head`), instead of panicking in `println!`.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any
+    // other thread exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -531,13 +531,16 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
 /// and frees the same few-megabyte activations every step; with glibc's
 /// defaults each of them is a fresh `mmap` whose pages fault in again,
 /// which doubled the step time of MiniLM on the 2-core machine.
-fn tune_allocator() {
+fn process_setup() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets allocator parameters; it is called before
-    // any other thread exists.
+    // SAFETY: `mallopt` only sets allocator parameters, and `signal`
+    // restores SIGPIPE's default disposition (so that `wft-train generate …
+    // | head` ends quietly instead of panicking in `println!`); both run
+    // before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -700,7 +703,7 @@ fn lm_bench_cmd(
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    process_setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
