@@ -530,7 +530,8 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
 /// Keep freed memory in the process on glibc. A training step allocates
 /// and frees the same few-megabyte activations every step; with glibc's
 /// defaults each of them is a fresh `mmap` whose pages fault in again,
-/// which doubled the step time of MiniLM on the 2-core machine.
+/// which doubled the step time of MiniLM on the 2-core machine. And die
+/// of SIGPIPE, as Unix tools do, when the reader of our output goes away.
 fn process_setup() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only sets allocator parameters, and `signal`
