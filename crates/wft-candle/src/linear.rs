@@ -25,7 +25,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::quantized::QTensor;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, Var};
 use wft_adapter::ndarray::{Array2, ArrayView2};
 use wft_adapter::{Adapter, ModuleAdapter};
 
@@ -277,10 +277,10 @@ impl Module for AdaptedLinear {
             Kind::Adapted(a) => {
                 let merged = a.sync().map_err(candle_core::Error::wrap)?;
                 let h = x2.detach().matmul(&merged.weight.t()?)?;
-                h.apply_op3(
-                    &x2,
+                x2.apply_op2(
                     a.params.as_tensor(),
                     Tap {
+                        product: Mutex::new(Some(h)),
                         weight: FrozenWeight::Dense(merged.weight),
                         adapter: Some(merged.adapter),
                     },
@@ -357,13 +357,11 @@ pub(crate) fn to_array(t: &Tensor) -> Result<Array2<f32>> {
 fn frozen_product(x: &Tensor, w: &Tensor, weight: impl FnOnce() -> FrozenWeight) -> candle_core::Result<Tensor> {
     let h = x.detach().matmul(&w.t()?)?;
     if x.track_op() {
-        h.apply_op2(
-            x,
-            Tap {
-                weight: weight(),
-                adapter: None,
-            },
-        )
+        x.apply_op1(Tap {
+            product: Mutex::new(Some(h)),
+            weight: weight(),
+            adapter: None,
+        })
     } else {
         Ok(h)
     }
@@ -377,23 +375,30 @@ enum FrozenWeight {
     Quantized(Arc<QTensor>),
 }
 
-/// The gradient tap: forward, the value of `h` (already computed by a
-/// matmul outside the graph); backward, `∂L/∂x = g·W'` and, with an
+/// The gradient tap over `x` (and `c`): forward, the value of `h = x·W'ᵀ`,
+/// already computed by a matmul outside the graph and handed over in
+/// `product`, which the forward pass empties (so the graph keeps only the
+/// tap's output, not `h` as well); backward, `∂L/∂x = g·W'` and, with an
 /// adapter, `∂L/∂c` from `wft-adapter`.
 struct Tap {
+    product: Mutex<Option<Tensor>>,
     weight: FrozenWeight,
     adapter: Option<Arc<ModuleAdapter>>,
 }
 
 impl Tap {
-    fn copy(s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("adapted linear layers compute in f32")
+    /// The product handed over, as the op's output (its one use).
+    fn take(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = self
+            .product
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(h) = h else {
+            candle_core::bail!("linear layer: the tap's forward pass ran twice")
         };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("adapted linear layer: non-contiguous product")
-        };
-        Ok((CpuStorage::F32(v[start..end].to_vec()), l.shape().clone()))
+        let shape = h.shape().clone();
+        Ok((CpuStorage::F32(h.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
     fn grad_x(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -424,54 +429,39 @@ impl Tap {
     }
 }
 
-impl CustomOp2 for Tap {
+impl CustomOp1 for Tap {
     fn name(&self) -> &'static str {
         "wft-frozen-linear"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Tap::copy(s1, l1)
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.take()
     }
-    fn bwd(
-        &self,
-        _h: &Tensor,
-        x: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((None, self.grad_x(x, g)?))
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        self.grad_x(x, g)
     }
 }
 
-impl CustomOp3 for Tap {
+impl CustomOp2 for Tap {
     fn name(&self) -> &'static str {
         "wft-adapted-linear"
     }
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
         _: &CpuStorage,
         _: &Layout,
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Tap::copy(s1, l1)
+        self.take()
     }
     fn bwd(
         &self,
-        _h: &Tensor,
         x: &Tensor,
         _c: &Tensor,
         _res: &Tensor,
         g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((None, self.grad_x(x, g)?, self.grad_params(x, g)?))
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((self.grad_x(x, g)?, self.grad_params(x, g)?))
     }
 }
 
