@@ -52,6 +52,25 @@ const TYPES: [(u32, GgmlDType); 15] = [
     (30, GgmlDType::BF16),
 ];
 
+/// GPT-2's byte alphabet, in which byte-level BPE vocabularies
+/// (`tokenizer.ggml.model = gpt2`) spell their tokens: printable bytes stand
+/// for themselves, the others for U+0100 onwards, in byte order.
+pub fn byte_alphabet() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        map[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next).unwrap_or('\u{FFFD}');
+            next += 1;
+            c
+        };
+    }
+    map
+}
+
 /// GGUF's id for a tensor type.
 pub fn type_id(dtype: GgmlDType) -> u32 {
     TYPES.iter().find(|(_, t)| *t == dtype).map_or(0, |(id, _)| *id)

@@ -545,6 +545,15 @@ fn process_setup() {
     }
 }
 
+/// `--quantized` as the decoder's weight storage.
+fn base_weights(quantized: bool) -> BaseWeights {
+    if quantized {
+        BaseWeights::Quantized
+    } else {
+        BaseWeights::F32
+    }
+}
+
 fn sampling(temperature: f64, top_p: f64, seed: u64) -> Result<Sampling> {
     if !(temperature.is_finite() && temperature >= 0.0) {
         return Err(Error::Usage(format!(
@@ -756,11 +765,7 @@ fn main() -> ExitCode {
                 seed,
             },
             (&out, force),
-            if quantized {
-                BaseWeights::Quantized
-            } else {
-                BaseWeights::F32
-            },
+            base_weights(quantized),
             quiet,
         ),
         Command::LmBench {
@@ -779,11 +784,7 @@ fn main() -> ExitCode {
             &targets,
             rounds,
             (&prompt, new_tokens),
-            if quantized {
-                BaseWeights::Quantized
-            } else {
-                BaseWeights::F32
-            },
+            base_weights(quantized),
         ),
         Command::Generate {
             model,
@@ -806,11 +807,7 @@ fn main() -> ExitCode {
             max_new_tokens,
             sampling(temperature, top_p, seed),
             json,
-            if quantized {
-                BaseWeights::Quantized
-            } else {
-                BaseWeights::F32
-            },
+            base_weights(quantized),
         ),
     };
     match result {

@@ -21,7 +21,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
-use wft_candle::gguf::Gguf;
+use wft_candle::gguf::{Gguf, byte_alphabet};
 
 use crate::{Error, Result};
 
@@ -58,23 +58,6 @@ pub struct LlmTokenizer {
     pub bos: Option<u32>,
     /// End of sequence: generation stops here.
     pub eos: Option<u32>,
-}
-
-/// GPT-2's map from bytes to the printable characters that spell them.
-fn byte_alphabet() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        map[b as usize] = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(next).unwrap_or('\u{FFFD}');
-            next += 1;
-            c
-        };
-    }
-    map
 }
 
 impl LlmTokenizer {

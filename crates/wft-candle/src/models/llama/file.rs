@@ -156,19 +156,7 @@ pub fn tiny_vocab(vocab_size: usize) -> Result<Vec<(String, candle_core::quantiz
             "a tiny vocabulary has 259 to 935 tokens, not {vocab_size}"
         )));
     }
-    // GPT-2's byte alphabet: printable bytes stand for themselves, the rest
-    // for U+0100 onwards, in order.
-    let mut next = 256u32;
-    let mut tokens: Vec<String> = (0..=255u8)
-        .map(|b| {
-            if matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF) {
-                char::from(b).to_string()
-            } else {
-                next += 1;
-                char::from_u32(next - 1).map(String::from).unwrap_or_default()
-            }
-        })
-        .collect();
+    let mut tokens: Vec<String> = crate::gguf::byte_alphabet().iter().map(char::to_string).collect();
     let mut types = vec![1i32; 256];
     for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
         tokens.push(special.into());
