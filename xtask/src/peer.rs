@@ -446,16 +446,39 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
     // Peak memory of fine-tuning, quantized base against f32 base.
     let data = dir.join("topics.jsonl");
     crate::topics_jsonl(16, &data)?;
+    // In `memory`: f32 kept, quantized kept, f32 recomputed, quantized recomputed.
     let mut memory = Vec::new();
-    for quantized in [false, true] {
-        let out = dir.join(if quantized { "adapter-q" } else { "adapter-f32" });
-        let _ = std::fs::remove_dir_all(&out);
-        let mut cmd = crate::lm_command(&gguf, &data, &out);
-        if quantized {
-            cmd.arg("--quantized");
+    for activations in ["kept", "recomputed"] {
+        for quantized in [false, true] {
+            let name = format!("adapter-{}-{activations}", if quantized { "q" } else { "f32" });
+            let out = dir.join(name);
+            let _ = std::fs::remove_dir_all(&out);
+            let mut cmd = crate::lm_command(&gguf, &data, &out);
+            cmd.args(["--activations", activations]);
+            if quantized {
+                cmd.arg("--quantized");
+            }
+            memory.push(parse_json(&output(&mut cmd)?)?);
         }
-        memory.push(parse_json(&output(&mut cmd)?)?);
     }
+    let losses = |v: &serde_json::Value| -> Vec<f64> {
+        v["losses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let reference = losses(&memory[0]);
+    let loss_spread = memory
+        .iter()
+        .flat_map(|m| {
+            let l = losses(m);
+            if l.len() == reference.len() {
+                l.iter().zip(&reference).map(|(a, b)| (a - b).abs() / b.abs()).collect()
+            } else {
+                vec![f64::INFINITY]
+            }
+        })
+        .fold(0.0, f64::max);
     // `wft merge` of the f32-base adapter into the GGUF, against `cp`.
     let merged = dir.join("merged.gguf");
     let copy = dir.join("copy.gguf");
@@ -475,7 +498,7 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
                 .args(["merge", "--dtype", "source", "--base"])
                 .arg(&gguf)
                 .arg("--adapter")
-                .arg(dir.join("adapter-f32"))
+                .arg(dir.join("adapter-f32-kept"))
                 .arg("--out")
                 .arg(&merged),
         )?);
@@ -520,17 +543,31 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
     let mem = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) / 1e6;
     let _ = writeln!(
         md,
-        "`wft-train lm` (WaveletFT n=1000 on q/v, 16 examples, batch 8): peak RSS {:.0} MB on the f32 base, {:.0} MB on \
-         the quantized base (`--quantized`, {:.2}×); frozen weights {:.0} MB against {:.0} MB ({:.2}×); median step \
-         {:.2} s against {:.2} s; the same losses.\n",
-        mem(&memory[0], "peak_rss_bytes"),
-        mem(&memory[1], "peak_rss_bytes"),
-        f(&memory[1], "peak_rss_bytes") / f(&memory[0], "peak_rss_bytes"),
+        "`wft-train lm` (WaveletFT n=1000 on q/v, 16 examples, batch 8), the f32 base against the quantized base \
+         (`--quantized`); frozen weights {:.0} MB against {:.0} MB ({:.2}×).\n",
         mem(&memory[0], "frozen_weight_bytes"),
         mem(&memory[1], "frozen_weight_bytes"),
         f(&memory[1], "frozen_weight_bytes") / f(&memory[0], "frozen_weight_bytes"),
-        f(&memory[0], "median_step_secs"),
-        f(&memory[1], "median_step_secs"),
+    );
+    let _ = writeln!(
+        md,
+        "| activations | peak RSS, f32 base | peak RSS, quantized base | ratio | median step, f32 | median step, quantized |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (activations, pair) in ["kept (default)", "`--activations recomputed`"].iter().zip(memory.chunks(2)) {
+        let _ = writeln!(
+            md,
+            "| {activations} | {:.0} MB | {:.0} MB | **{:.2}×** | {:.2} s | {:.2} s |",
+            mem(&pair[0], "peak_rss_bytes"),
+            mem(&pair[1], "peak_rss_bytes"),
+            f(&pair[1], "peak_rss_bytes") / f(&pair[0], "peak_rss_bytes"),
+            f(&pair[0], "median_step_secs"),
+            f(&pair[1], "median_step_secs"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe four runs' losses agree within {loss_spread:.1e} (relative, every step).\n"
     );
     let _ = writeln!(
         md,

@@ -63,6 +63,7 @@ mod error;
 pub mod gguf;
 mod linear;
 pub mod models;
+mod quantized;
 mod weights;
 
 pub use classifier::{Classifier, HEAD_BIAS, HEAD_WEIGHT};

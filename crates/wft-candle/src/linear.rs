@@ -21,13 +21,18 @@
 //! gradients. A frozen layer uses the same tap without `c`, so it never
 //! computes the weight gradient `gᵀx` that candle's own matmul backward
 //! always forms, even for constants.
+//!
+//! A base kept quantized is never held merged, nor whole in `f32`: its
+//! products de-quantize it a slab of rows at a time (`crate::quantized`),
+//! and the adapter adds its share through its own factored form
+//! (`forward_delta`, and `g · ΔW` from its `backward`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, Var};
-use wft_adapter::ndarray::{Array2, ArrayView2};
-use wft_adapter::{Adapter, ModuleAdapter};
+use wft_adapter::ndarray::Array2;
+use wft_adapter::{Adapter, ModuleAdapter, Orientation};
 
 use crate::error::{Error, Result, check_shape};
 use crate::weights::{Stored, Tuning, VarPath};
@@ -56,8 +61,9 @@ pub struct AdaptedLinear {
 enum Kind {
     /// A constant weight; only `∂L/∂x` flows.
     Frozen(Tensor),
-    /// A constant weight kept quantized: de-quantized for each product (in
-    /// the forward pass and again for `∂L/∂x`), never held in `f32`.
+    /// A constant weight kept quantized: de-quantized a slab at a time for
+    /// each product (in the forward pass and again for `∂L/∂x`), never held
+    /// whole in `f32`.
     Quantized(Arc<QTensor>),
     /// candle's own matmul: gradients flow to every variable in it.
     Plain(Tensor),
@@ -70,16 +76,18 @@ struct Adapted {
     /// The trainable parameters, in the adapter's own flat order.
     params: Var,
     /// The frozen weight, `out × in`: shared with the checkpoint, or still
-    /// quantized (de-quantized only to rebuild `W + ΔW`).
+    /// quantized.
     base: Stored,
     state: Mutex<Merged>,
 }
 
-/// The adapter at the parameters last merged, and `W + ΔW` at them.
+/// The adapter at the parameters last synced, and the weight its products
+/// use: `W + ΔW` at those parameters for a dense base, the quantized `W`
+/// alone otherwise.
 #[derive(Debug, Clone)]
 struct Merged {
     adapter: Arc<ModuleAdapter>,
-    weight: Tensor,
+    weight: FrozenWeight,
 }
 
 impl AdaptedLinear {
@@ -246,7 +254,20 @@ impl AdaptedLinear {
         match &self.kind {
             Kind::Frozen(w) | Kind::Plain(w) => Ok(w.clone()),
             Kind::Quantized(q) => Ok(q.dequantize(&Device::Cpu)?),
-            Kind::Adapted(a) => Ok(a.sync()?.weight.clone()),
+            Kind::Adapted(a) => {
+                let merged = a.sync()?;
+                match &merged.weight {
+                    FrozenWeight::Dense(w) => Ok(w.clone()),
+                    FrozenWeight::Quantized(q) => {
+                        let mut w = to_array(&q.dequantize(&Device::Cpu)?)?;
+                        merged
+                            .adapter
+                            .as_adapter()
+                            .merge_into(w.view_mut(), 1.0, Orientation::Normal)?;
+                        from_array(w)
+                    }
+                }
+            }
         }
     }
 
@@ -269,19 +290,28 @@ impl Module for AdaptedLinear {
         let x2 = x.reshape((rows, inp))?;
         let y = match &self.kind {
             Kind::Plain(w) => x2.matmul(&w.t()?)?,
-            Kind::Frozen(w) => frozen_product(&x2, w, || FrozenWeight::Dense(w.clone()))?,
+            Kind::Frozen(w) => {
+                let weight = FrozenWeight::Dense(w.clone());
+                let h = weight.product(&x2.detach())?;
+                tap_frozen(&x2, h, weight)?
+            }
             Kind::Quantized(q) => {
-                let w = q.dequantize(&Device::Cpu)?;
-                frozen_product(&x2, &w, || FrozenWeight::Quantized(q.clone()))?
+                let weight = FrozenWeight::Quantized(q.clone());
+                let h = weight.product(&x2.detach())?;
+                tap_frozen(&x2, h, weight)?
             }
             Kind::Adapted(a) => {
                 let merged = a.sync().map_err(candle_core::Error::wrap)?;
-                let h = x2.detach().matmul(&merged.weight.t()?)?;
+                let x = x2.detach();
+                let mut h = merged.weight.product(&x)?;
+                if let FrozenWeight::Quantized(_) = merged.weight {
+                    h = add_delta(&x, h, merged.adapter.as_adapter())?;
+                }
                 x2.apply_op2(
                     a.params.as_tensor(),
                     Tap {
                         product: Mutex::new(Some(h)),
-                        weight: FrozenWeight::Dense(merged.weight),
+                        weight: merged.weight,
                         adapter: Some(merged.adapter),
                     },
                 )?
@@ -323,19 +353,27 @@ fn lock(m: &Mutex<Merged>) -> MutexGuard<'_, Merged> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `W + ΔW` as a tensor.
-fn merged_weight(base: &Stored, adapter: &dyn Adapter<f32>) -> Result<Tensor> {
-    let mut w = match base {
-        Stored::Dense(t) => to_array(t)?,
-        Stored::Quantized(q) => to_array(&q.dequantize(&Device::Cpu)?)?,
-    };
-    adapter.merge_into(w.view_mut(), 1.0, wft_adapter::Orientation::Normal)?;
-    let (out, inp) = w.dim();
-    Ok(Tensor::from_vec(
-        w.into_raw_vec_and_offset().0,
-        (out, inp),
-        &Device::Cpu,
-    )?)
+/// The weight the products of `adapter` on `base` use: `W + ΔW` for a
+/// dense base, the quantized `W` itself otherwise.
+fn merged_weight(base: &Stored, adapter: &dyn Adapter<f32>) -> Result<FrozenWeight> {
+    match base {
+        Stored::Dense(t) => {
+            let mut w = to_array(t)?;
+            adapter.merge_into(w.view_mut(), 1.0, Orientation::Normal)?;
+            Ok(FrozenWeight::Dense(from_array(w)?))
+        }
+        Stored::Quantized(q) => Ok(FrozenWeight::Quantized(q.clone())),
+    }
+}
+
+/// `h + x · ΔWᵀ` through the adapter's own forward form.
+fn add_delta(x: &Tensor, h: Tensor, adapter: &dyn Adapter<f32>) -> candle_core::Result<Tensor> {
+    let x = to_array(x).map_err(candle_core::Error::wrap)?;
+    let mut h = to_array(&h).map_err(candle_core::Error::wrap)?;
+    adapter
+        .forward_delta(x.view(), h.view_mut())
+        .map_err(candle_core::Error::wrap)?;
+    from_array(h).map_err(candle_core::Error::wrap)
 }
 
 fn check_bias(bias: Option<&Tensor>, out: usize) -> Result<()> {
@@ -352,14 +390,24 @@ pub(crate) fn to_array(t: &Tensor) -> Result<Array2<f32>> {
     Array2::from_shape_vec((r, c), v).map_err(|e| Error::Config(e.to_string()))
 }
 
-/// `x·Wᵀ` of a frozen layer, outside the graph, tapped for `∂L/∂x` when a
-/// gradient will flow to `x` (the tap keeps what `weight` gives).
-fn frozen_product(x: &Tensor, w: &Tensor, weight: impl FnOnce() -> FrozenWeight) -> candle_core::Result<Tensor> {
-    let h = x.detach().matmul(&w.t()?)?;
+/// An ndarray array as a 2-D tensor.
+fn from_array(a: Array2<f32>) -> Result<Tensor> {
+    let shape = a.dim();
+    let a = if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    };
+    Ok(Tensor::from_vec(a.into_raw_vec_and_offset().0, shape, &Device::Cpu)?)
+}
+
+/// A frozen layer's product `h = x·Wᵀ`, computed outside the graph, tapped
+/// for `∂L/∂x` when a gradient will flow to `x`.
+fn tap_frozen(x: &Tensor, h: Tensor, weight: FrozenWeight) -> candle_core::Result<Tensor> {
     if x.track_op() {
         x.apply_op1(Tap {
             product: Mutex::new(Some(h)),
-            weight: weight(),
+            weight,
             adapter: None,
         })
     } else {
@@ -367,12 +415,33 @@ fn frozen_product(x: &Tensor, w: &Tensor, weight: impl FnOnce() -> FrozenWeight)
     }
 }
 
-/// The weight a tap multiplies gradients by.
+/// The weight a layer's products use.
+#[derive(Debug, Clone)]
 enum FrozenWeight {
+    /// `W`, or `W + ΔW` with the tap's adapter merged into it.
     Dense(Tensor),
-    /// De-quantized again in the backward pass, so that no layer's `f32`
-    /// weight lives from the forward pass to the backward pass.
+    /// `W` in its GGUF blocks, de-quantized a slab at a time in each
+    /// product (forward, and again backward: no layer's `f32` weight lives
+    /// from one to the other). A tap's adapter is never merged into it.
     Quantized(Arc<QTensor>),
+}
+
+impl FrozenWeight {
+    /// `x · Wᵀ`.
+    fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => x.matmul(&w.t()?),
+            FrozenWeight::Quantized(q) => crate::quantized::product(x, q),
+        }
+    }
+
+    /// `g · W`.
+    fn grad_input(&self, g: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => g.matmul(w),
+            FrozenWeight::Quantized(q) => crate::quantized::grad_input(g, q),
+        }
+    }
 }
 
 /// The gradient tap over `x` (and `c`): forward, the value of `h = x·W'ᵀ`,
@@ -401,31 +470,41 @@ impl Tap {
         Ok((CpuStorage::F32(h.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
-    fn grad_x(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        if x.track_op() {
-            match &self.weight {
-                FrozenWeight::Dense(w) => Ok(Some(g.matmul(w)?)),
-                FrozenWeight::Quantized(q) => Ok(Some(g.matmul(&q.dequantize(&Device::Cpu)?)?)),
-            }
+    /// `∂L/∂x` (when a gradient flows to `x`) and, with an adapter,
+    /// `∂L/∂c`.
+    fn grads(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(self.weight.grad_input(g)?)
         } else {
-            Ok(None)
-        }
-    }
-
-    fn grad_params(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let Some(adapter) = &self.adapter else { return Ok(None) };
-        let (rows, inp) = x.dims2()?;
-        let out = g.dim(1)?;
-        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let xa = ArrayView2::from_shape((rows, inp), &xv).map_err(candle_core::Error::wrap)?;
-        let ga = ArrayView2::from_shape((rows, out), &gv).map_err(candle_core::Error::wrap)?;
-        let grads = adapter
-            .as_adapter()
-            .backward(xa, ga, None)
-            .map_err(candle_core::Error::wrap)?;
-        let n = grads.len();
-        Ok(Some(Tensor::from_vec(grads, n, &Device::Cpu)?))
+            None
+        };
+        let Some(adapter) = &self.adapter else {
+            return Ok((dx, None));
+        };
+        let (xa, ga) = (
+            to_array(x).map_err(candle_core::Error::wrap)?,
+            to_array(g).map_err(candle_core::Error::wrap)?,
+        );
+        let (dx, dc) = match (dx, &self.weight) {
+            // The adapter is not in a quantized weight: add its `g · ΔW`.
+            (Some(dx), FrozenWeight::Quantized(_)) => {
+                let mut dx = to_array(&dx).map_err(candle_core::Error::wrap)?;
+                let dc = adapter
+                    .as_adapter()
+                    .backward(xa.view(), ga.view(), Some(dx.view_mut()))
+                    .map_err(candle_core::Error::wrap)?;
+                (Some(from_array(dx).map_err(candle_core::Error::wrap)?), dc)
+            }
+            (dx, _) => (
+                dx,
+                adapter
+                    .as_adapter()
+                    .backward(xa.view(), ga.view(), None)
+                    .map_err(candle_core::Error::wrap)?,
+            ),
+        };
+        let n = dc.len();
+        Ok((dx, Some(Tensor::from_vec(dc, n, &Device::Cpu)?)))
     }
 }
 
@@ -437,7 +516,7 @@ impl CustomOp1 for Tap {
         self.take()
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        self.grad_x(x, g)
+        Ok(self.grads(x, g)?.0)
     }
 }
 
@@ -461,7 +540,7 @@ impl CustomOp2 for Tap {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((self.grad_x(x, g)?, self.grad_params(x, g)?))
+        self.grads(x, g)
     }
 }
 

@@ -409,3 +409,58 @@ fn rope_scaling_is_refused() -> R {
     assert!(matches!(e, Error::Config(ref m) if m.contains("RoPE scaling")), "{e}");
     Ok(())
 }
+
+/// Recomputing the blocks in the backward pass gives the loss and every
+/// gradient of keeping their activations: adapters on a dense and on a
+/// quantized base, and full fine-tuning (where the tied embedding gets
+/// gradients from both ends).
+#[test]
+fn recomputed_activations_give_the_kept_gradients() -> R {
+    use llama::Activations;
+    let dir = tempfile::tempdir()?;
+    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
+    let gguf = Gguf::open(&path)?;
+    let (_, dense) = llama::load_gguf(&gguf)?;
+    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    let adapters = adapters(&dense, dir.path())?;
+    let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 0, 0]])?;
+    let targets = ids(&[&[70, 71, 280, 5, 9, 11], &[13, 14, 15, 16, 0, 0]])?;
+    let mask = Tensor::from_vec(
+        vec![1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0.],
+        (2, 6),
+        &Device::Cpu,
+    )?;
+    let weights = Tensor::from_vec(
+        vec![0f32, 0., 1., 1., 1., 1., 0., 1., 1., 1., 0., 0.],
+        (2, 6),
+        &Device::Cpu,
+    )?;
+    let cases = [
+        ("adapters, dense base", &dense, Tuning::Adapters(&adapters)),
+        ("adapters, quantized base", &quantized, Tuning::Adapters(&adapters)),
+        ("full fine-tuning", &dense, Tuning::Full),
+    ];
+    for (case, base, tuning) in cases {
+        let model = Llama::new(&config, base, tuning)?;
+        let (kept_loss, kept) = model.loss_and_grads(&x, &mask, &targets, &weights, Activations::Kept)?;
+        let (loss, recomputed) = model.loss_and_grads(&x, &mask, &targets, &weights, Activations::Recomputed)?;
+        assert!(
+            (kept_loss - loss).abs() < 1e-6,
+            "{case}: loss {kept_loss} against {loss}"
+        );
+        assert!(!model.named_vars().is_empty(), "{case}");
+        for (name, var) in model.named_vars() {
+            let want = kept
+                .get(var.as_tensor())
+                .ok_or_else(|| format!("{case}: {name}: no kept gradient"))?;
+            let got = recomputed
+                .get(var.as_tensor())
+                .ok_or_else(|| format!("{case}: {name}: no recomputed gradient"))?;
+            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(scale > 0.0, "{case}: {name}: a zero gradient tests nothing");
+            let diff = max_diff(want, got)?;
+            assert!(diff <= 1e-5 * scale, "{case}: {name}: {diff} of {scale}");
+        }
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use wft_candle::models::llama::Activations;
 use wft_train::llm::finetune::{LmConfig, finetune, new_adapters, read_jsonl};
 use wft_train::llm::{BaseWeights, Decoder, Sampling};
 use wft_train::train::{Tokenised, frozen_step, median};
@@ -220,6 +221,11 @@ enum Command {
         /// (de-quantized inside each product; QLoRA-style).
         #[arg(long)]
         quantized: bool,
+        /// `kept` (fastest) or `recomputed`: the backward pass recomputes
+        /// each block from its input (activation checkpointing), so memory
+        /// holds one block's activations, for one more forward pass.
+        #[arg(long, default_value_t = Activations::Kept)]
+        activations: Activations,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -672,6 +678,7 @@ fn lm_cmd(
         "median_step_secs": median(&mut secs),
         "wall_secs": t.elapsed().as_secs_f64(),
         "base_weights": format!("{base:?}"),
+        "activations": cfg.activations.to_string(),
         "frozen_weight_bytes": decoder.weights().bytes(),
         "peak_rss_bytes": wft_train::train::peak_rss_bytes(),
         "adapter": out.display().to_string(),
@@ -749,6 +756,7 @@ fn main() -> ExitCode {
             out,
             force,
             quantized,
+            activations,
             quiet,
         } => lm_cmd(
             &model,
@@ -763,6 +771,7 @@ fn main() -> ExitCode {
                 lr,
                 weight_decay,
                 seed,
+                activations,
             },
             (&out, force),
             base_weights(quantized),

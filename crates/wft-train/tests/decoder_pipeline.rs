@@ -136,6 +136,45 @@ fn generate_finetune_save_reload_merge() -> R {
     );
     assert_eq!(v["steps"].as_u64(), Some(24));
     assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");
+    // Recomputing the activations in the backward pass trains the same way.
+    let again = dir.path().join("adapter-recomputed");
+    let (ok, out, err) = wft_train(&[
+        "lm",
+        "--model",
+        m,
+        "--data",
+        data.to_str().ok_or("path")?,
+        "--method",
+        "waveletft-60",
+        "--targets",
+        "q_proj,v_proj,down_proj",
+        "--epochs",
+        "12",
+        "--batch",
+        "4",
+        "--lr",
+        "0.05",
+        "--activations",
+        "recomputed",
+        "--out",
+        again.to_str().ok_or("path")?,
+        "--quiet",
+    ])?;
+    assert!(ok, "{err}");
+    let w: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(w["activations"], "recomputed");
+    let losses = |v: &serde_json::Value| -> Vec<f64> {
+        v["losses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let (kept, recomputed) = (losses(&v), losses(&w));
+    assert_eq!(kept.len(), 24);
+    assert_eq!(recomputed.len(), 24);
+    for (step, (a, b)) in kept.iter().zip(&recomputed).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "step {step}: kept {a}, recomputed {b}");
+    }
     // It refuses to overwrite.
     let (ok, _, err) = wft_train(&[
         "lm",

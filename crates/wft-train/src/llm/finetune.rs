@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Deserialize;
 use wft_adapter::{AdapterConfig, AdapterModel, Mt19937};
 use wft_candle::Adaptable;
-use wft_candle::models::llama::Cache;
+use wft_candle::models::llama::Activations;
 
 use super::{Decoder, Message};
 use crate::train::{schedule, shuffle};
@@ -217,6 +218,9 @@ pub struct LmConfig {
     pub weight_decay: f64,
     /// Shuffling seed.
     pub seed: u64,
+    /// Whether the backward pass keeps or recomputes the blocks'
+    /// activations (memory against one more forward pass).
+    pub activations: Activations,
 }
 
 /// What fine-tuning did.
@@ -228,13 +232,15 @@ pub struct LmHistory {
     pub step_secs: Vec<f64>,
 }
 
-/// The masked next-token loss of one batch.
+/// The masked next-token loss of one batch and the gradients of the
+/// decoder's variables, its activations kept or recomputed.
 ///
 /// # Errors
 /// The model's errors.
-pub fn batch_loss(decoder: &Decoder, b: &Batch) -> Result<Tensor> {
-    let hidden = decoder.model.hidden(&b.inputs, &mut Cache::new(), Some(&b.mask))?;
-    Ok(decoder.model.selected_loss(&hidden, &b.targets, &b.weights)?)
+pub fn batch_grads(decoder: &Decoder, b: &Batch, activations: Activations) -> Result<(f32, GradStore)> {
+    Ok(decoder
+        .model
+        .loss_and_grads(&b.inputs, &b.mask, &b.targets, &b.weights, activations)?)
 }
 
 /// Fine-tune `decoder`'s adapters (`adapters`, applied to it first) on
@@ -272,13 +278,12 @@ pub fn finetune(
         for chunk in order.chunks(bs) {
             let t = Instant::now();
             let examples: Vec<&Tokenized> = chunk.iter().map(|&i| &data[i]).collect();
-            let loss = batch_loss(decoder, &batch(&examples, pad)?)?;
-            let l = loss.to_scalar::<f32>()?;
+            let (l, grads) = batch_grads(decoder, &batch(&examples, pad)?, cfg.activations)?;
             if !l.is_finite() {
                 return Err(Error::Diverged { step });
             }
             opt.set_learning_rate(cfg.lr * schedule(step, total, warmup));
-            opt.backward_step(&loss)?;
+            opt.step(&grads)?;
             history.losses.push(l);
             history.step_secs.push(t.elapsed().as_secs_f64());
             step += 1;

@@ -19,19 +19,21 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use crate::models::ops::{rms_norm, rope, softmax};
 
 mod file;
+mod loss;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Stored, Tuning, VarPath, VarStore, Weights};
 pub use file::{MergeDtype, RowOrder, base_shapes, load_gguf, load_gguf_quantized, merge_gguf, tiny_vocab, write_gguf};
+pub use loss::{Activations, masked_cross_entropy};
 
 /// Which width one side of a projection has.
 #[derive(Debug, Clone, Copy)]
@@ -366,6 +368,18 @@ impl Cache {
     }
 }
 
+/// What every block of one pass shares: its shape, the RoPE tables and the
+/// additive attention mask.
+struct Pass {
+    batch: usize,
+    len: usize,
+    /// Cached positions plus this pass's.
+    total: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 #[derive(Debug)]
 struct Block {
     /// In [`LINEARS`] order.
@@ -511,9 +525,22 @@ impl Llama {
         mask: Option<&Tensor>,
         starts: Option<&[usize]>,
     ) -> Result<Tensor> {
+        let pass = self.pass(embedded, cache.len(), mask, starts)?;
+        if cache.kv.len() != self.blocks.len() {
+            cache.kv = vec![None; self.blocks.len()];
+        }
+        let mut x = embedded.clone();
+        for (block, kv) in self.blocks.iter().zip(cache.kv.iter_mut()) {
+            x = self.block(block, &x, &pass, Some(kv))?;
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// What every block of a pass over `embedded` (`batch × len × H`)
+    /// after `past` cached positions shares.
+    fn pass(&self, embedded: &Tensor, past: usize, mask: Option<&Tensor>, starts: Option<&[usize]>) -> Result<Pass> {
         let c = &self.config;
         let (batch, len, _) = embedded.dims3()?;
-        let past = cache.len();
         if let Some(s) = starts
             && s.len() != batch
         {
@@ -530,48 +557,75 @@ impl Llama {
                 c.max_position_embeddings
             )));
         }
-        let total = past + len;
         let (cos, sin) = self.rope_tables(past, len, starts)?;
         let mask = attention_mask(batch, past, len, mask)?;
+        Ok(Pass {
+            batch,
+            len,
+            total: past + len,
+            cos,
+            sin,
+            mask,
+        })
+    }
+
+    /// One block on `x` (`batch × len × H`): attention over the keys and
+    /// values in `kv` (then extended with this pass's) or over this pass's
+    /// alone (`None`), then the MLP, each with its residual.
+    fn block(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        pass: &Pass,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let Pass {
+            batch,
+            len,
+            total,
+            ref cos,
+            ref sin,
+            ref mask,
+        } = *pass;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
-        if cache.kv.len() != self.blocks.len() {
-            cache.kv = vec![None; self.blocks.len()];
-        }
-        let mut x = embedded.clone();
-        for (block, kv) in self.blocks.iter().zip(cache.kv.iter_mut()) {
-            let lin = &block.linears;
-            let a = rms_norm(&x, &block.norms[0], c.rms_norm_eps)?;
-            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-                Ok(t.reshape((batch, len, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = rope(&heads(lin[Q].forward(&a)?, nh)?, &cos, &sin)?;
-            let k = rope(&heads(lin[K].forward(&a)?, nkv)?, &cos, &sin)?;
-            let v = heads(lin[V].forward(&a)?, nkv)?;
-            let (k, v) = match kv.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            *kv = Some((k.clone(), v.clone()));
-            // Grouped-query attention without copying keys: the `rep` query
-            // heads that share a key/value head are stacked along the rows.
-            let q = q.reshape((batch, nkv, rep * len, hd))?;
-            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-            let scores = scores
-                .reshape((batch, nkv, rep, len, total))?
-                .broadcast_add(&mask)?
-                .reshape((batch, nkv, rep * len, total))?;
-            let ctx = softmax(&scores)?.matmul(&v)?; // batch × nkv × rep·len × hd
-            let ctx = ctx
-                .reshape((batch, nh, len, hd))?
-                .transpose(1, 2)?
-                .reshape((batch, len, nh * hd))?;
-            x = (x + lin[O].forward(&ctx)?)?;
-            let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
-            let f = (lin[GATE].forward(&m)?.silu()? * lin[UP].forward(&m)?)?;
-            x = (x + lin[DOWN].forward(&f)?)?;
-        }
-        rms_norm(&x, &self.norm, c.rms_norm_eps)
+        let lin = &block.linears;
+        let a = rms_norm(x, &block.norms[0], c.rms_norm_eps)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, len, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope(&heads(lin[Q].forward(&a)?, nh)?, cos, sin)?;
+        let k = rope(&heads(lin[K].forward(&a)?, nkv)?, cos, sin)?;
+        let v = heads(lin[V].forward(&a)?, nkv)?;
+        let (k, v) = match kv {
+            Some(kv) => {
+                let (k, v) = match kv.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *kv = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        // Grouped-query attention without copying keys: the `rep` query
+        // heads that share a key/value head are stacked along the rows.
+        let q = q.reshape((batch, nkv, rep * len, hd))?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let scores = scores
+            .reshape((batch, nkv, rep, len, total))?
+            .broadcast_add(mask)?
+            .reshape((batch, nkv, rep * len, total))?;
+        let ctx = softmax(&scores)?.matmul(&v)?; // batch × nkv × rep·len × hd
+        let ctx = ctx
+            .reshape((batch, nh, len, hd))?
+            .transpose(1, 2)?
+            .reshape((batch, len, nh * hd))?;
+        let x = (x + lin[O].forward(&ctx)?)?;
+        let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
+        let f = (lin[GATE].forward(&m)?.silu()? * lin[UP].forward(&m)?)?;
+        Ok((x + lin[DOWN].forward(&f)?)?)
     }
 
     /// The output logits (`… × vocab`) of final hidden states.
@@ -657,59 +711,6 @@ impl Block {
             norms: [norm(0)?, norm(1)?],
         })
     }
-}
-
-impl Llama {
-    /// The mean next-token cross-entropy over the positions `weights`
-    /// (`batch × len`, 0 or 1) marks, from final hidden states (`batch × len
-    /// × H`) and `targets` (`batch × len`, `u32`): the output projection runs
-    /// on those positions only, so a batch whose loss covers few tokens
-    /// (completions after long prompts) pays for few vocabulary-wide rows.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when no position is marked; candle's errors for
-    /// mismatched shapes.
-    pub fn selected_loss(&self, hidden: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = hidden.dims3()?;
-        let w = weights.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let rows: Vec<u32> = w
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| **x != 0.0)
-            .map(|(i, _)| i as u32)
-            .collect();
-        if rows.is_empty() {
-            return Err(Error::Config("no completion token to train on".into()));
-        }
-        let n = rows.len();
-        let idx = Tensor::from_vec(rows, n, &Device::Cpu)?;
-        let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
-        let logits = self.logits(&picked)?;
-        let targets = targets.flatten_all()?.index_select(&idx, 0)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let nll = logp.gather(&targets.reshape((n, 1))?, 1)?;
-        Ok((nll.sum_all()? * (-1.0 / n as f64))?)
-    }
-}
-
-/// The mean cross-entropy of next-token predictions where `weights`
-/// (`batch × len`, 1 to count a target, 0 to skip it) says, from `logits`
-/// (`batch × len × vocab`) and `targets` (`batch × len`, `u32`: the token
-/// each position should predict).
-///
-/// # Errors
-/// [`Error::Config`] when nothing is counted; candle's errors for mismatched
-/// shapes.
-pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
-    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
-    let picked = logp.gather(&targets.reshape((b * t, 1))?, 1)?.reshape(b * t)?;
-    let w = weights.to_dtype(DType::F32)?.reshape(b * t)?;
-    let count = w.sum_all()?.to_scalar::<f32>()?;
-    if count <= 0.0 {
-        return Err(Error::Config("no completion token to train on".into()));
-    }
-    Ok(((picked * w)?.sum_all()? * (-1.0 / f64::from(count)))?)
 }
 
 impl crate::models::Adaptable for Llama {
