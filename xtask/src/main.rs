@@ -34,7 +34,8 @@
 //!   line of output is the GGUF file's path.
 //! * `llama-refs` — regenerate the decoder references of transformers and
 //!   PEFT on that file (`scripts/make_llama_references.py`, pinned venv; not
-//!   part of CI).
+//!   part of CI) and the sentencepiece tokenizer fixture
+//!   (`scripts/make_spm_tokenizer_references.py`).
 //! * `reproduce [--quick]` — the fine-tuning comparison on the Debian
 //!   package-topic task (head only, full, LoRA, FourierFT, WaveletFT; three
 //!   seeds) on all-MiniLM-L6-v2; writes `docs/RESULTS.md` and its plots.
@@ -260,7 +261,8 @@ fn peft_refs() -> Result {
 }
 
 /// Regenerate the decoder references (transformers and PEFT on SmolLM2's
-/// GGUF) under `crates/wft-train/tests/fixtures/smollm2`, then fine-tune a
+/// GGUF) under `crates/wft-train/tests/fixtures/smollm2` and the
+/// sentencepiece tokenizer's under `…/fixtures/spm`, then fine-tune a
 /// WaveletFT adapter on SmolLM2 with `wft-train lm` and have PEFT load it:
 /// the report goes to the `decoder` section of `docs/PEFT_INTEROP.md`.
 fn llama_refs() -> Result {
@@ -269,6 +271,7 @@ fn llama_refs() -> Result {
     run(Command::new(&py)
         .arg(root().join("scripts/make_llama_references.py"))
         .arg(&gguf))?;
+    run(Command::new(&py).arg(root().join("scripts/make_spm_tokenizer_references.py")))?;
     let work = root().join("target/llama-roundtrip");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;

@@ -554,7 +554,10 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
         "| activations | peak RSS, f32 base | peak RSS, quantized base | ratio | median step, f32 | median step, quantized |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for (activations, pair) in ["kept (default)", "`--activations recomputed`"].iter().zip(memory.chunks(2)) {
+    for (activations, pair) in ["kept (default)", "`--activations recomputed`"]
+        .iter()
+        .zip(memory.chunks(2))
+    {
         let _ = writeln!(
             md,
             "| {activations} | {:.0} MB | {:.0} MB | **{:.2}×** | {:.2} s | {:.2} s |",

@@ -469,6 +469,27 @@ impl Gguf {
         }
     }
 
+    /// The metadata array of numbers `key` as `f32` (sentencepiece
+    /// scores), or `None` when absent.
+    ///
+    /// # Errors
+    /// [`GgufError::Metadata`] when it is not an array of floats.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    Value::F64(x) => Ok(*x as f32),
+                    _ => Err(meta_err(key, "holds something other than floats")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(meta_err(key, "is not an array")),
+        }
+    }
+
     /// The tensor `name` as candle reads it, still quantized.
     ///
     /// # Errors

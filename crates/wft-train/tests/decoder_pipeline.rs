@@ -108,26 +108,32 @@ fn generate_finetune_save_reload_merge() -> R {
     std::fs::write(&data, lines.join("\n") + "\n")?;
     let adapter = dir.path().join("adapter");
     let a = adapter.to_str().ok_or("path")?;
-    let (ok, out, err) = wft_train(&[
-        "lm",
-        "--model",
-        m,
-        "--data",
-        data.to_str().ok_or("path")?,
-        "--method",
-        "waveletft-60",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--epochs",
-        "12",
-        "--batch",
-        "4",
-        "--lr",
-        "0.05",
-        "--out",
-        a,
-        "--quiet",
-    ])?;
+    let d = data.to_str().ok_or("path")?;
+    let train = |out: &str, activations: &str| {
+        wft_train(&[
+            "lm",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--method",
+            "waveletft-60",
+            "--targets",
+            "q_proj,v_proj,down_proj",
+            "--epochs",
+            "12",
+            "--batch",
+            "4",
+            "--lr",
+            "0.05",
+            "--activations",
+            activations,
+            "--out",
+            out,
+            "--quiet",
+        ])
+    };
+    let (ok, out, err) = train(a, "kept")?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let (first, last) = (
@@ -138,28 +144,7 @@ fn generate_finetune_save_reload_merge() -> R {
     assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");
     // Recomputing the activations in the backward pass trains the same way.
     let again = dir.path().join("adapter-recomputed");
-    let (ok, out, err) = wft_train(&[
-        "lm",
-        "--model",
-        m,
-        "--data",
-        data.to_str().ok_or("path")?,
-        "--method",
-        "waveletft-60",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--epochs",
-        "12",
-        "--batch",
-        "4",
-        "--lr",
-        "0.05",
-        "--activations",
-        "recomputed",
-        "--out",
-        again.to_str().ok_or("path")?,
-        "--quiet",
-    ])?;
+    let (ok, out, err) = train(again.to_str().ok_or("path")?, "recomputed")?;
     assert!(ok, "{err}");
     let w: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(w["activations"], "recomputed");

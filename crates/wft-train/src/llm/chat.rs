@@ -6,6 +6,9 @@
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
+use wft_candle::gguf::Gguf;
+
+use super::LlmTokenizer;
 use crate::{Error, Result};
 
 /// One turn of a conversation.
@@ -52,6 +55,23 @@ impl ChatTemplate {
             bos: bos.into(),
             eos: eos.into(),
         })
+    }
+
+    /// The template a GGUF file carries (`tokenizer.chat_template`), with
+    /// the BOS and EOS spellings of its `tokenizer`; `None` when it has none.
+    ///
+    /// # Errors
+    /// [`Error::Template`] when the template does not parse.
+    pub fn from_gguf(gguf: &Gguf, tokenizer: &LlmTokenizer) -> Result<Option<Self>> {
+        let Ok(source) = gguf.string("tokenizer.chat_template") else {
+            return Ok(None);
+        };
+        let spell = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or("").to_string();
+        Ok(Some(ChatTemplate::new(
+            source,
+            &spell(tokenizer.bos),
+            &spell(tokenizer.eos),
+        )?))
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn

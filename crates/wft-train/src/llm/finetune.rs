@@ -152,8 +152,8 @@ impl Decoder {
         let (last, head) = messages
             .split_last()
             .ok_or_else(|| Error::Data("an empty conversation".into()))?;
-        let prompt = self.tokenizer.encode(&template.render(head, true)?)?;
-        let full = self.tokenizer.encode(&template.render(messages, false)?)?;
+        let prompt = self.tokenizer.encode_rendered(&template.render(head, true)?)?;
+        let full = self.tokenizer.encode_rendered(&template.render(messages, false)?)?;
         if !full.starts_with(&prompt) || last.role != "assistant" {
             return Err(Error::Data(
                 "the chat template does not render the conversation as its prompt followed by the answer".into(),

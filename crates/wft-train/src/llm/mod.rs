@@ -104,13 +104,7 @@ impl Decoder {
                 config.vocab_size
             )));
         }
-        let chat = match gguf.string("tokenizer.chat_template") {
-            Ok(source) => {
-                let spell = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or("").to_string();
-                Some(ChatTemplate::new(source, &spell(tokenizer.bos), &spell(tokenizer.eos))?)
-            }
-            Err(_) => None,
-        };
+        let chat = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
         let model = Llama::new(&config, &weights, Tuning::Frozen)?;
         let mut decoder = Decoder {
             model,
@@ -187,7 +181,7 @@ impl Decoder {
             }],
             true,
         )?;
-        self.tokenizer.encode(&text)
+        self.tokenizer.encode_rendered(&text)
     }
 
     /// Up to `max_new` tokens after `prompt`, stopping at EOS (which is not

@@ -1,22 +1,36 @@
-//! A decoder's tokenizer, built from its GGUF metadata.
+//! A decoder's tokenizer, built from its GGUF metadata with the `tokenizers`
+//! crate the way transformers builds it from the same file.
 //!
-//! `tokenizer.ggml.model = gpt2` is byte-level BPE, made here with the
-//! `tokenizers` crate the way transformers builds it from the same file:
+//! * `tokenizer.ggml.model = gpt2` (SmolLM2, Llama 3, Qwen2): byte-level
+//!   BPE. The vocabulary is spelled in GPT-2's byte alphabet (tokens the file
+//!   spells otherwise are re-spelled from their UTF-8 bytes), the merges are
+//!   the file's, and the pre-tokenizer split is the one `tokenizer.ggml.pre`
+//!   names (Llama 3's or Qwen2's), else GPT-2's.
+//! * `tokenizer.ggml.model = llama` (Llama 2, Mistral): sentencepiece BPE
+//!   with byte fallback, as transformers' `LlamaTokenizer`: the vocabulary as
+//!   spelled, `▁` for spaces (Metaspace, prepended to the first word), the
+//!   file's merges or, when it has none (Llama 2 files), the merges its
+//!   scores imply (transformers' `generate_merges`); the unknown, BOS and EOS
+//!   tokens are special. transformers ignores `tokenizer.ggml.add_space_prefix`
+//!   and so does this.
 //!
-//! * the vocabulary spelled in GPT-2's byte alphabet (tokens the file spells
-//!   otherwise are re-spelled from their UTF-8 bytes), the file's merges;
-//! * tokens of type 3 (control) as special added tokens and of type 4
-//!   (user-defined) as plain added tokens, so they stay whole;
-//! * the pre-tokenizer split that `tokenizer.ggml.pre` names (Llama 3's or
-//!   Qwen2's), else GPT-2's;
-//! * BOS/EOS added as `tokenizer.ggml.add_{bos,eos}_token` say.
-//!
-//! Sentencepiece vocabularies (`llama`, as in Llama 2 and Mistral) are
-//! refused with a clear error for now.
+//! In both, tokens of type 3 (control) are special added tokens and of
+//! type 4 (user-defined) plain added tokens, so they stay whole, and BOS/EOS
+//! are added as `tokenizer.ggml.add_{bos,eos}_token` say (for `llama`
+//! vocabularies BOS is added unless the file says otherwise, as llama.cpp
+//! and transformers do).
 
+use std::collections::HashMap;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
@@ -64,85 +78,25 @@ impl LlmTokenizer {
     /// The tokenizer a GGUF file's metadata describes.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] for a model type other than `gpt2`, missing or
-    /// malformed vocabulary and merges, or special-token ids outside the
-    /// vocabulary.
+    /// [`Error::Tokenizer`] for a model type other than `gpt2` and `llama`,
+    /// missing or malformed vocabulary, merges or scores, or special-token
+    /// ids outside the vocabulary.
     pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
-        let bad = |m: String| Error::Tokenizer(m);
         let model = gguf.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(bad(format!(
-                "tokenizer.ggml.model = `{model}`: only byte-level BPE (`gpt2`) vocabularies are supported"
-            )));
-        }
-        let alphabet = byte_alphabet();
-        let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-        let tokens: Vec<String> = gguf
-            .strings("tokenizer.ggml.tokens")?
-            .into_iter()
-            .map(|t| {
-                if in_alphabet(t) {
-                    t.to_string()
-                } else {
-                    t.bytes().map(|b| alphabet[b as usize]).collect()
-                }
-            })
-            .collect();
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let merges = gguf
-            .strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(format!("merge `{m}` is not two tokens")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .continuing_subword_prefix(String::new())
-            .end_of_word_suffix(String::new())
-            .fuse_unk(false)
-            .build()
-            .map_err(|e| bad(format!("BPE: {e}")))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        let split = gguf
-            .string("tokenizer.ggml.pre")
-            .ok()
-            .and_then(|pre| SPLITS.iter().find(|(name, _)| *name == pre));
-        match split {
-            Some((_, regex)) => {
-                let split = Split::new(
-                    SplitPattern::Regex((*regex).into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| bad(format!("split: {e}")))?;
-                tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])));
+        let vocabulary = match model {
+            "gpt2" => Vocabulary::ByteLevel,
+            "llama" => Vocabulary::SentencePiece,
+            _ => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model = `{model}`: only byte-level (`gpt2`) and sentencepiece (`llama`) BPE \
+                     vocabularies are supported"
+                )));
             }
-            None => {
-                tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-            }
-        }
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-        let types = gguf.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
-        let added = |kind: i64, special: bool| -> Vec<AddedToken> {
-            tokens
-                .iter()
-                .zip(&types)
-                .filter(|(t, ty)| **ty == kind && (kind != CONTROL || in_alphabet(t)))
-                .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
-                .collect()
         };
-        tokenizer
-            .add_special_tokens(added(CONTROL, true))
-            .map_err(|e| bad(format!("special tokens: {e}")))?;
-        tokenizer
-            .add_tokens(added(USER_DEFINED, false))
-            .map_err(|e| bad(format!("added tokens: {e}")))?;
+        let (mut tokenizer, tokens) = match vocabulary {
+            Vocabulary::ByteLevel => byte_level(gguf)?,
+            Vocabulary::SentencePiece => sentencepiece(gguf)?,
+        };
         let id = |key: &str| -> Result<Option<u32>> {
             match gguf.uint(key)? {
                 None => Ok(None),
@@ -154,7 +108,40 @@ impl LlmTokenizer {
             }
         };
         let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
-        let add_bos = gguf.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false) && bos.is_some();
+        let types = gguf.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
+        let alphabet = byte_alphabet();
+        let added = |kind: i64, special: bool| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(t, ty)| {
+                    // A control token outside the byte alphabet of a
+                    // byte-level vocabulary is a converter's mislabel, as
+                    // transformers treats it.
+                    **ty == kind
+                        && (kind != CONTROL
+                            || matches!(vocabulary, Vocabulary::SentencePiece)
+                            || t.chars().all(|c| alphabet.contains(&c)))
+                })
+                .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
+                .collect()
+        };
+        let mut special = added(CONTROL, true);
+        if let Vocabulary::SentencePiece = vocabulary {
+            // transformers' LlamaTokenizer makes its unknown, BOS and EOS
+            // tokens special whatever their type.
+            for i in [id("tokenizer.ggml.unknown_token_id")?, bos, eos].into_iter().flatten() {
+                special.push(AddedToken::from(tokens[i as usize].clone(), true).normalized(false));
+            }
+        }
+        tokenizer
+            .add_special_tokens(special)
+            .map_err(|e| bad(format!("special tokens: {e}")))?;
+        tokenizer
+            .add_tokens(added(USER_DEFINED, false))
+            .map_err(|e| bad(format!("added tokens: {e}")))?;
+        let default_bos = matches!(vocabulary, Vocabulary::SentencePiece);
+        let add_bos = gguf.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos) && bos.is_some();
         let add_eos = gguf.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false) && eos.is_some();
         if add_bos || add_eos {
             let mut single = Vec::new();
@@ -193,9 +180,22 @@ impl LlmTokenizer {
     /// # Errors
     /// [`Error::Tokenizer`] when the tokenizer fails.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// The ids of a rendered chat template: no BOS/EOS added, since the
+    /// template writes its own (transformers' `apply_chat_template`).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when the tokenizer fails.
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         Ok(self
             .tokenizer
-            .encode(text, true)
+            .encode(text, add_special)
             .map_err(|e| Error::Tokenizer(e.to_string()))?
             .get_ids()
             .to_vec())
@@ -219,5 +219,211 @@ impl LlmTokenizer {
     /// The vocabulary's size.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+}
+
+/// The two kinds of vocabulary a GGUF names in `tokenizer.ggml.model`.
+#[derive(Debug, Clone, Copy)]
+enum Vocabulary {
+    /// `gpt2`: byte-level BPE.
+    ByteLevel,
+    /// `llama`: sentencepiece BPE with byte fallback.
+    SentencePiece,
+}
+
+fn bad(m: String) -> Error {
+    Error::Tokenizer(m)
+}
+
+/// `tokenizer.ggml.merges`, each `"left right"`, or `None` when absent.
+fn file_merges(gguf: &Gguf) -> Result<Option<Merges>> {
+    if gguf.value("tokenizer.ggml.merges").is_none() {
+        return Ok(None);
+    }
+    gguf.strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| bad(format!("merge `{m}` is not two tokens")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Byte-level BPE: the vocabulary re-spelled into GPT-2's alphabet where
+/// needed, the file's merges, the split `tokenizer.ggml.pre` names.
+fn byte_level(gguf: &Gguf) -> Result<(Tokenizer, Vec<String>)> {
+    let alphabet = byte_alphabet();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let tokens: Vec<String> = gguf
+        .strings("tokenizer.ggml.tokens")?
+        .into_iter()
+        .map(|t| {
+            if in_alphabet(t) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| alphabet[b as usize]).collect()
+            }
+        })
+        .collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges = file_merges(gguf)?.ok_or_else(|| bad("tokenizer.ggml.merges: is missing".into()))?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix(String::new())
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| bad(format!("BPE: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let split = gguf
+        .string("tokenizer.ggml.pre")
+        .ok()
+        .and_then(|pre| SPLITS.iter().find(|(name, _)| *name == pre));
+    match split {
+        Some((_, regex)) => {
+            let split = Split::new(
+                SplitPattern::Regex((*regex).into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| bad(format!("split: {e}")))?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+        None => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok((tokenizer, tokens))
+}
+
+/// Sentencepiece BPE as transformers' `LlamaTokenizer`: byte fallback,
+/// fused unknowns, `▁` prepended to the first word and for every space,
+/// and a decoder that undoes both.
+fn sentencepiece(gguf: &Gguf) -> Result<(Tokenizer, Vec<String>)> {
+    let tokens: Vec<String> = gguf
+        .strings("tokenizer.ggml.tokens")?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let merges = match file_merges(gguf)? {
+        Some(m) => m,
+        None => {
+            let scores = gguf
+                .floats("tokenizer.ggml.scores")?
+                .ok_or_else(|| bad("a sentencepiece vocabulary with neither merges nor scores".into()))?;
+            if scores.len() != tokens.len() {
+                return Err(bad(format!("{} scores for {} tokens", scores.len(), tokens.len())));
+            }
+            merges_from_scores(&tokens, &scores)
+        }
+    };
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| bad(format!("BPE: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, PrependScheme::First, false)));
+    let replace = Replace::new(SPACE.to_string(), " ").map_err(|e| bad(format!("decoder: {e}")))?;
+    tokenizer.with_decoder(Some(DecoderSequence::new(vec![
+        replace.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+        Strip::new(' ', 1, 0).into(),
+    ])));
+    Ok((tokenizer, tokens))
+}
+
+/// Sentencepiece's word boundary, `▁`.
+const SPACE: char = '\u{2581}';
+
+/// The merges a sentencepiece vocabulary's scores imply, in transformers'
+/// order (`generate_merges`): every split of a token into two tokens of the
+/// vocabulary, those of one token by the halves' ids, then all of them by
+/// the token's score, the left half's length and the right half's (in
+/// characters), highest first, ties in that order.
+fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Merges {
+    // As Python dicts: the last id of a repeated token, its last score, its
+    // first place.
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut first: Vec<(&str, f32)> = Vec::with_capacity(tokens.len());
+    let mut place: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    for (t, &score) in tokens.iter().zip(scores) {
+        match place.get(t.as_str()) {
+            Some(&p) => first[p].1 = score,
+            None => {
+                place.insert(t, first.len());
+                first.push((t, score));
+            }
+        }
+    }
+    let mut merges: Vec<(&str, &str, f32)> = Vec::new();
+    for (token, score) in first {
+        let mut local: Vec<(&str, &str, f32)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| ids.contains_key(l) && ids.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (ids[l], ids[r]));
+        merges.extend(local);
+    }
+    let key = |(l, r, s): &(&str, &str, f32)| (*s, l.chars().count(), r.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        // As Python compares floats: -0.0 ties with 0.0 (and NaN with all).
+        kb.0.partial_cmp(&ka.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use wft_candle::gguf::Gguf;
+
+    /// The merges a sentencepiece file's scores imply are transformers'
+    /// (`generate_merges`), in its order: the fixture holds the list it
+    /// derived for the same file.
+    #[test]
+    fn merges_from_scores_are_transformers_merges() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm");
+        let gguf = Gguf::open(dir.join("tiny-spm.gguf"))?;
+        let tokens: Vec<String> = gguf
+            .strings("tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let scores = gguf.floats("tokenizer.ggml.scores")?.ok_or("scores")?;
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json"))?)?;
+        let want: Vec<&str> = reference["merges"]
+            .as_array()
+            .ok_or("merges")?
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        assert!(want.len() > 300);
+        let got: Vec<String> = super::merges_from_scores(&tokens, &scores)
+            .into_iter()
+            .map(|(l, r)| format!("{l} {r}"))
+            .collect();
+        assert_eq!(got, want);
+        Ok(())
     }
 }
