@@ -108,14 +108,14 @@ fn generate_finetune_save_reload_merge() -> R {
     std::fs::write(&data, lines.join("\n") + "\n")?;
     let adapter = dir.path().join("adapter");
     let a = adapter.to_str().ok_or("path")?;
-    let d = data.to_str().ok_or("path")?;
+    let data_path = data.to_str().ok_or("path")?;
     let train = |out: &str, activations: &str| {
         wft_train(&[
             "lm",
             "--model",
             m,
             "--data",
-            d,
+            data_path,
             "--method",
             "waveletft-60",
             "--targets",
