@@ -1,8 +1,11 @@
-//! Operations the models share: candle-nn's fused kernels where no gradient
-//! will flow (they have no backward), and where one will, a custom op with
-//! its own backward that keeps only its input or output alive (softmax,
-//! RMSNorm and RoPE: a composition of tensor ops would keep three to six
+//! Operations the models share: candle-nn's fused kernels (or plain
+//! compositions) where no gradient will flow, and where one will, a custom
+//! op with its own backward that keeps only its inputs or output alive
+//! (softmax, the attention softmax with its scale and mask, RMSNorm, RoPE
+//! and SwiGLU: a composition of tensor ops would keep one to six
 //! intermediate copies of the activations for the backward pass).
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
@@ -49,6 +52,168 @@ impl CustomOp1 for Softmax {
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dot = (g * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// An additive attention mask that every head shares: `batches` (1, or one
+/// per batch row) × 1 × 1 × `len` × `total`, as a tensor for the composed
+/// path and as values for the fused op.
+#[derive(Debug, Clone)]
+pub(crate) struct AttentionMask {
+    tensor: Tensor,
+    values: Arc<[f32]>,
+    batches: usize,
+    len: usize,
+    total: usize,
+}
+
+impl AttentionMask {
+    /// The mask `tensor`, `batches × 1 × 1 × len × total`.
+    pub(crate) fn new(tensor: Tensor) -> Result<Self> {
+        let (batches, _, _, len, total) = tensor.dims5()?;
+        let values: Arc<[f32]> = tensor.flatten_all()?.to_vec1::<f32>()?.into();
+        Ok(AttentionMask {
+            tensor,
+            values,
+            batches,
+            len,
+            total,
+        })
+    }
+}
+
+/// Attention probabilities `softmax(scores / divisor + mask)` over the last
+/// axis, for `scores` of shape `batch × groups × (rep·len) × total` (the
+/// `rep` query heads of a group stacked along the rows, each over the same
+/// `len` positions). Where a gradient will flow, one custom op that keeps
+/// only its output (the composition kept the scaled and the masked scores as
+/// well: two more copies of the largest activation).
+pub(crate) fn attention_softmax(scores: &Tensor, divisor: f64, mask: &AttentionMask) -> Result<Tensor> {
+    let (batch, groups, rows, total) = scores.dims4()?;
+    let len = mask.len;
+    if total != mask.total || len == 0 || !rows.is_multiple_of(len) || (mask.batches != 1 && mask.batches != batch) {
+        return Err(crate::Error::Shape {
+            what: "attention scores".into(),
+            expected: vec![mask.batches, groups, len, mask.total],
+            found: vec![batch, groups, rows, total],
+        });
+    }
+    if !scores.track_op() {
+        let scaled = (scores / divisor)?
+            .reshape((batch, groups, rows / len, len, total))?
+            .broadcast_add(&mask.tensor)?
+            .reshape((batch, groups, rows, total))?;
+        return Ok(candle_nn::ops::softmax_last_dim(&scaled)?);
+    }
+    Ok(scores.contiguous()?.apply_op1(MaskedSoftmax {
+        scale: (1.0 / divisor) as f32,
+        mask: mask.clone(),
+        rows_per_batch: groups * rows,
+    })?)
+}
+
+/// `softmax(x · scale + mask)` row by row; backward from the output alone:
+/// `∂L/∂x = scale · y ⊙ (g − Σ g ⊙ y)`.
+struct MaskedSoftmax {
+    scale: f32,
+    mask: AttentionMask,
+    rows_per_batch: usize,
+}
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "wft-attention-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "attention softmax")?;
+        let (len, total) = (self.mask.len, self.mask.total);
+        let mut y = vec![0f32; x.len()];
+        for (r, (row, out)) in x.chunks_exact(total).zip(y.chunks_exact_mut(total)).enumerate() {
+            let b = if self.mask.batches == 1 {
+                0
+            } else {
+                r / self.rows_per_batch
+            };
+            let m0 = (b * len + r % len) * total;
+            let Some(mask) = self.mask.values.get(m0..m0 + total) else {
+                candle_core::bail!("attention softmax: row {r} has no mask row")
+            };
+            let mut max = f32::NEG_INFINITY;
+            for ((o, &v), &m) in out.iter_mut().zip(row).zip(mask) {
+                *o = v * self.scale + m;
+                max = max.max(*o);
+            }
+            let mut sum = 0f32;
+            for o in out.iter_mut() {
+                *o = (*o - max).exp();
+                sum += *o;
+            }
+            out.iter_mut().for_each(|o| *o /= sum);
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(((y * g.broadcast_sub(&dot)?)? * f64::from(self.scale))?))
+    }
+}
+
+/// The SwiGLU gate `silu(gate) ⊙ up`. Where a gradient will flow, one
+/// custom op whose backward needs only its inputs (the composition also kept
+/// `silu(gate)`, an intermediate-width activation per token).
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.track_op() && !up.track_op() {
+        return Ok((gate.silu()? * up)?);
+    }
+    if gate.dims() != up.dims() {
+        return Err(crate::Error::Shape {
+            what: "SwiGLU up projection".into(),
+            expected: gate.dims().to_vec(),
+            found: up.dims().to_vec(),
+        });
+    }
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
+/// `y = silu(a) ⊙ b`, `silu(a) = a·σ(a)`; backward
+/// `∂L/∂a = g ⊙ b ⊙ σ(a)(1 + a(1 − σ(a)))`, `∂L/∂b = g ⊙ silu(a)`.
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "wft-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, "swiglu")?, slice(s2, l2, "swiglu")?);
+        if a.len() != b.len() {
+            candle_core::bail!("swiglu: {} gate values against {} up values", a.len(), b.len())
+        }
+        let y = a.iter().zip(b).map(|(&a, &b)| a / (1.0 + (-a).exp()) * b).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let sig = (a.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (a * &sig)?;
+        let dsilu = (&sig * ((a * (1.0 - &sig)?)? + 1.0)?)?;
+        let ga = (g * b)?.mul(&dsilu)?;
+        let gb = (g * silu)?;
+        Ok((Some(ga), Some(gb)))
     }
 }
 
@@ -294,6 +459,69 @@ mod tests {
             gp.get(x.as_tensor()).ok_or("grad")?,
         );
         assert!(max_diff(a, b) < 1e-5, "softmax gradient off by {}", max_diff(a, b));
+        Ok(())
+    }
+
+    /// The fused attention softmax and SwiGLU compute what their
+    /// compositions compute (the untracked path), with the gradients of
+    /// candle's autodiff of those compositions; a mask per batch row and one
+    /// shared by the batch both land on the right rows.
+    #[test]
+    fn fused_attention_softmax_and_swiglu_match_their_compositions() -> Result<(), Box<dyn std::error::Error>> {
+        use super::{AttentionMask, attention_softmax, swiglu};
+        let dev = Device::Cpu;
+        let (batch, groups, rep, len, total) = (2, 3, 2, 4, 6);
+        let s0 = Tensor::randn(0f32, 3.0, (batch, groups, rep * len, total), &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (batch, groups, rep * len, total), &dev)?;
+        let per_row = Tensor::randn(0f32, 2.0, (batch, 1, 1, len, total), &dev)?;
+        let shared = Tensor::randn(0f32, 2.0, (1, 1, 1, len, total), &dev)?;
+        for m in [per_row, shared] {
+            let mask = AttentionMask::new(m.clone())?;
+            let s = Var::from_tensor(&s0)?;
+            let fused = attention_softmax(s.as_tensor(), 8f64.sqrt(), &mask)?;
+            let plain = attention_softmax(&s0, 8f64.sqrt(), &mask)?;
+            assert!(
+                max_diff(&fused, &plain) < 1e-6,
+                "forward off by {}",
+                max_diff(&fused, &plain)
+            );
+            let g = (fused * &probe)?.sum_all()?.backward()?;
+            let composed = (s.as_tensor() / 8f64.sqrt())?
+                .reshape((batch, groups, rep, len, total))?
+                .broadcast_add(&m)?
+                .reshape((batch, groups, rep * len, total))?;
+            let gp = (candle_nn::ops::softmax(&composed, 3)? * &probe)?
+                .sum_all()?
+                .backward()?;
+            let (a, b) = (
+                g.get(s.as_tensor()).ok_or("grad")?,
+                gp.get(s.as_tensor()).ok_or("grad")?,
+            );
+            assert!(
+                max_diff(a, b) < 1e-5,
+                "attention softmax gradient off by {}",
+                max_diff(a, b)
+            );
+        }
+        let (a0, b0) = (
+            Tensor::randn(0f32, 2.0, (3, 7), &dev)?,
+            Tensor::randn(0f32, 1.0, (3, 7), &dev)?,
+        );
+        let (a, b) = (Var::from_tensor(&a0)?, Var::from_tensor(&b0)?);
+        let y = swiglu(a.as_tensor(), b.as_tensor())?;
+        assert!(max_diff(&y, &swiglu(&a0, &b0)?) < 1e-6);
+        let probe = Tensor::randn(0f32, 1.0, (3, 7), &dev)?;
+        let g = (y * &probe)?.sum_all()?.backward()?;
+        let gp = ((a.as_tensor().silu()? * b.as_tensor())? * &probe)?
+            .sum_all()?
+            .backward()?;
+        for v in [&a, &b] {
+            let (x, y) = (
+                g.get(v.as_tensor()).ok_or("grad")?,
+                gp.get(v.as_tensor()).ok_or("grad")?,
+            );
+            assert!(max_diff(x, y) < 1e-5, "swiglu gradient off by {}", max_diff(x, y));
+        }
         Ok(())
     }
 }

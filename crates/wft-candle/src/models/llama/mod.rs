@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use crate::models::ops::{rms_norm, rope, softmax};
+use crate::models::ops::{AttentionMask, attention_softmax, rms_norm, rope, swiglu};
 
 mod file;
 mod loss;
@@ -373,11 +373,9 @@ impl Cache {
 struct Pass {
     batch: usize,
     len: usize,
-    /// Cached positions plus this pass's.
-    total: usize,
     cos: Tensor,
     sin: Tensor,
-    mask: Tensor,
+    mask: AttentionMask,
 }
 
 #[derive(Debug)]
@@ -558,11 +556,10 @@ impl Llama {
             )));
         }
         let (cos, sin) = self.rope_tables(past, len, starts)?;
-        let mask = attention_mask(batch, past, len, mask)?;
+        let mask = AttentionMask::new(attention_mask(batch, past, len, mask)?)?;
         Ok(Pass {
             batch,
             len,
-            total: past + len,
             cos,
             sin,
             mask,
@@ -583,10 +580,10 @@ impl Llama {
         let Pass {
             batch,
             len,
-            total,
             ref cos,
             ref sin,
             ref mask,
+            ..
         } = *pass;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
@@ -612,19 +609,15 @@ impl Llama {
         // Grouped-query attention without copying keys: the `rep` query
         // heads that share a key/value head are stacked along the rows.
         let q = q.reshape((batch, nkv, rep * len, hd))?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = scores
-            .reshape((batch, nkv, rep, len, total))?
-            .broadcast_add(mask)?
-            .reshape((batch, nkv, rep * len, total))?;
-        let ctx = softmax(&scores)?.matmul(&v)?; // batch × nkv × rep·len × hd
+        let scores = q.matmul(&k.t()?)?;
+        let ctx = attention_softmax(&scores, (hd as f64).sqrt(), mask)?.matmul(&v)?; // batch × nkv × rep·len × hd
         let ctx = ctx
             .reshape((batch, nh, len, hd))?
             .transpose(1, 2)?
             .reshape((batch, len, nh * hd))?;
         let x = (x + lin[O].forward(&ctx)?)?;
         let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
-        let f = (lin[GATE].forward(&m)?.silu()? * lin[UP].forward(&m)?)?;
+        let f = swiglu(&lin[GATE].forward(&m)?, &lin[UP].forward(&m)?)?;
         Ok((x + lin[DOWN].forward(&f)?)?)
     }
 
