@@ -326,6 +326,23 @@ fn hostile_gguf_files_are_typed_errors() -> R {
     b[pos..pos + 5].copy_from_slice(b"gpt2x");
     let g = open(&b)?;
     assert!(matches!(llama::load_gguf(&g), Err(Error::Architecture(a)) if a == "gpt2x"));
+    // A block count the file cannot hold (the fuzzer's find: 2²⁷ blocks
+    // had the loader list gigabytes of tensor names first). The key's value
+    // follows its name and its u32 type id.
+    let key = b"llama.block_count";
+    let pos = good.windows(key.len()).position(|w| w == key).ok_or("no block count")? + key.len();
+    assert_eq!(good[pos..pos + 4], 4u32.to_le_bytes(), "block_count is a u32");
+    for blocks in [1u32 << 27, u32::MAX] {
+        let mut b = good.clone();
+        b[pos + 4..pos + 8].copy_from_slice(&blocks.to_le_bytes());
+        let g = open(&b)?;
+        for result in [llama::load_gguf(&g).map(|_| ()), llama::load_gguf_quantized(&g).map(|_| ())] {
+            assert!(
+                matches!(&result, Err(Error::Config(m)) if m.contains("block_count")),
+                "{blocks} blocks: {result:?}"
+            );
+        }
+    }
     Ok(())
 }
 

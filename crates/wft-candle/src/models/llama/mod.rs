@@ -132,7 +132,8 @@ impl Config {
     ///
     /// # Errors
     /// [`Error::Architecture`] when `general.architecture` is not `llama`,
-    /// [`Error::Config`] for missing or inconsistent sizes.
+    /// [`Error::Config`] for missing or inconsistent sizes, or more blocks
+    /// than the file has tensors for.
     pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
         let arch = gguf.string("general.architecture")?;
         if arch != "llama" {
@@ -200,6 +201,18 @@ impl Config {
             tie_word_embeddings: gguf.entry("output.weight").is_none(),
         };
         config.validate()?;
+        // Every block has its projections and norms: a block count the
+        // file cannot hold is refused before anything is sized by it (the
+        // fuzzer's first find: `block_count = 2²⁷` had the tensor-name list
+        // take gigabytes).
+        let per_block = LINEARS.len() + NORMS.len();
+        if config.num_hidden_layers > gguf.tensors().len() / per_block {
+            return Err(Error::Config(format!(
+                "llama.block_count = {}, but the file holds {} tensors: too few for {per_block} per block",
+                config.num_hidden_layers,
+                gguf.tensors().len()
+            )));
+        }
         Ok(config)
     }
 
