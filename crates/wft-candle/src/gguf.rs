@@ -17,6 +17,7 @@
 //! the metadata lies, so that a merge can copy both byte for byte. Only then
 //! does candle parse the header and read tensors.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -174,6 +175,9 @@ pub struct Gguf {
     data_start: u64,
     len: u64,
     tensors: Vec<TensorEntry>,
+    /// Name → place in `tensors`: lookups and the duplicate check stay
+    /// linear in a hostile file's millions of tensor infos.
+    by_name: HashMap<String, usize>,
     content: Content,
 }
 
@@ -238,6 +242,7 @@ impl Gguf {
             });
         }
         let mut tensors = Vec::with_capacity(tensor_count as usize);
+        let mut by_name = HashMap::with_capacity(tensor_count as usize);
         for _ in 0..tensor_count {
             let name = r.string("a tensor name")?;
             let tensor_err = |reason: String| GgufError::Tensor {
@@ -271,7 +276,7 @@ impl Gguf {
                 ))
             })?;
             let offset = r.u64(&name)?;
-            if tensors.iter().any(|t: &TensorEntry| t.name == name) {
+            if by_name.insert(name.clone(), tensors.len()).is_some() {
                 return Err(tensor_err("appears twice".into()));
             }
             tensors.push(TensorEntry {
@@ -313,6 +318,7 @@ impl Gguf {
             data_start,
             len,
             tensors,
+            by_name,
             content,
         })
     }
@@ -334,7 +340,7 @@ impl Gguf {
 
     /// The tensor `name`.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     /// The alignment of tensor data.
@@ -659,7 +665,7 @@ impl Gguf {
     pub fn rewrite<E: From<GgufError>>(
         &self,
         out: &Path,
-        plan: &std::collections::HashMap<String, GgmlDType>,
+        plan: &HashMap<String, GgmlDType>,
         mut replace: impl FnMut(&TensorEntry, GgmlDType) -> Result<QTensor, E>,
     ) -> Result<RewriteReport, E> {
         use std::io::Write;

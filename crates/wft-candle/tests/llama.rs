@@ -336,7 +336,10 @@ fn hostile_gguf_files_are_typed_errors() -> R {
         let mut b = good.clone();
         b[pos + 4..pos + 8].copy_from_slice(&blocks.to_le_bytes());
         let g = open(&b)?;
-        for result in [llama::load_gguf(&g).map(|_| ()), llama::load_gguf_quantized(&g).map(|_| ())] {
+        for result in [
+            llama::load_gguf(&g).map(|_| ()),
+            llama::load_gguf_quantized(&g).map(|_| ()),
+        ] {
             assert!(
                 matches!(&result, Err(Error::Config(m)) if m.contains("block_count")),
                 "{blocks} blocks: {result:?}"
