@@ -117,9 +117,11 @@ fn cargo() -> Command {
 fn ci() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // wft-train's tests compare the real all-MiniLM-L6-v2 with
-    // sentence-transformers' embeddings, and SmolLM2 with transformers/PEFT.
+    // sentence-transformers' embeddings, SmolLM2 with transformers/PEFT, and
+    // wft-candle's DINOv2 with onnxruntime.
     fetch_minilm()?;
     fetch_smollm2()?;
+    fetch_vit()?;
     clippy(&["--workspace"])?;
     // The harnesses xtask runs, every one of them (they are feature-gated bins).
     clippy(&["-p", "xtask-harness", "--all-features"])?;

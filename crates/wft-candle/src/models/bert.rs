@@ -12,11 +12,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::ops::softmax;
+use super::ops::{LayerNorm, softmax};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -210,42 +210,6 @@ impl Weights {
             norm(&mut t, &format!("encoder.layer.{l}.output.LayerNorm"))?;
         }
         Ok(Weights::from_tensors(t))
-    }
-}
-
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(vb: &VarPath<'_>, h: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: vb.get("weight", &[h])?,
-            bias: vb.get("bias", &[h])?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle-nn's fused kernel has no backward; use it only when no
-        // gradient will flow.
-        if !x.track_op() && !self.weight.track_op() && x.is_contiguous() {
-            return Ok(candle_nn::ops::layer_norm(
-                x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?);
-        }
-        let h = x.dim(D::Minus1)? as f64;
-        let mean = (x.sum_keepdim(D::Minus1)? / h)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Models, each built from a [`VarPath`](crate::VarPath) with one table of
-//! its adaptable linear paths: [`bert`] (an encoder) and [`llama`] (a
-//! Llama-family decoder, loaded from GGUF). Both implement [`Adaptable`].
+//! its adaptable linear paths: [`bert`] (an encoder), [`llama`] (a
+//! Llama-family decoder, loaded from GGUF) and [`vit`] (a DINOv2-style
+//! Vision Transformer). All implement [`Adaptable`].
 
 use candle_core::Var;
 use wft_adapter::AdapterModel;
@@ -11,6 +12,7 @@ use crate::linear::AdaptedLinear;
 pub mod bert;
 pub mod llama;
 mod ops;
+pub mod vit;
 
 /// What every model here shares: the variables it trains and its
 /// adaptable linear layers by module path.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 
 use crate::error::Result;
+use crate::weights::VarPath;
 
 /// Softmax over the last axis.
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
@@ -388,6 +389,45 @@ impl CustomOp1 for RopeBack {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let y = self.0.rotate(slice(s, l, "rope backward")?, l.shape(), -1.0)?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
+/// Layer normalisation over the last axis with a weight and a bias.
+#[derive(Debug)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `weight` and `bias` (`h` each) at `vb`.
+    pub(crate) fn load(vb: &VarPath<'_>, h: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get("weight", &[h])?,
+            bias: vb.get("bias", &[h])?,
+            eps,
+        })
+    }
+
+    /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last axis.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle-nn's fused kernel has no backward; use it only when no
+        // gradient will flow.
+        if !x.track_op() && !self.weight.track_op() && x.is_contiguous() {
+            return Ok(candle_nn::ops::layer_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?);
+        }
+        let h = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / h)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
     }
 }
 

@@ -1,0 +1,419 @@
+//! A DINOv2-style Vision Transformer encoder (transformers' `Dinov2Model`
+//! names), with adapted linears on the six projections of every layer (one
+//! table, `LINEARS`).
+//!
+//! Patch embedding (a `Conv2d` of stride = kernel = `patch_size`), a CLS
+//! token, position embeddings interpolated bicubically to the input's patch
+//! grid as DINOv2 does, pre-norm blocks with layer scale and an exact-GELU
+//! MLP, and a final layer norm. Input pixels are normalised by the caller.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use serde::Deserialize;
+
+use super::ops::{LayerNorm, softmax};
+use crate::error::{Error, Result};
+use crate::linear::{AdaptedLinear, Bias};
+use crate::weights::{Tuning, VarPath, VarStore, Weights};
+
+/// The projections inside `encoder.layer.{l}`: `(path, out, in)` as
+/// multiples of the hidden size `H` (`Mlp` = `mlp_ratio · H`).
+const LINEARS: [(&str, Width, Width); 6] = [
+    ("attention.attention.query", Width::Hidden, Width::Hidden),
+    ("attention.attention.key", Width::Hidden, Width::Hidden),
+    ("attention.attention.value", Width::Hidden, Width::Hidden),
+    ("attention.output.dense", Width::Hidden, Width::Hidden),
+    ("mlp.fc1", Width::Mlp, Width::Hidden),
+    ("mlp.fc2", Width::Hidden, Width::Mlp),
+];
+const QUERY: usize = 0;
+const KEY: usize = 1;
+const VALUE: usize = 2;
+const ATTN_OUT: usize = 3;
+const FC1: usize = 4;
+const FC2: usize = 5;
+
+#[derive(Debug, Clone, Copy)]
+enum Width {
+    Hidden,
+    Mlp,
+}
+
+/// A ViT's configuration (transformers' `Dinov2Config` fields).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    /// Hidden size `H`.
+    pub hidden_size: usize,
+    /// Number of layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads (`H` must divide evenly).
+    pub num_attention_heads: usize,
+    /// MLP width over `H`.
+    pub mlp_ratio: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// The side the position embeddings were trained for (their grid is
+    /// `image_size / patch_size` square).
+    pub image_size: usize,
+    /// Input channels.
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// The activation; only `gelu` (erf) is supported.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// SwiGLU MLPs (the giant DINOv2) are refused.
+    #[serde(default)]
+    pub use_swiglu_ffn: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+impl Config {
+    /// `config.json` of a model folder.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when it cannot be read or parsed, or fails
+    /// [`Config::validate`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let config: Config =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the sizes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero sizes, heads that do not divide `H`, an
+    /// image size that is not a whole number of patches, or an MLP this
+    /// model does not have.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            self.hidden_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.mlp_ratio,
+            self.patch_size,
+            self.image_size,
+            self.num_channels,
+        ];
+        if sizes.contains(&0) {
+            return Err(Error::Config("every size must be positive".into()));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::Config(format!(
+                "hidden size {} is not a multiple of {} heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(Error::Config(format!(
+                "image size {} is not a whole number of {}-pixel patches",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.hidden_act != "gelu" || self.use_swiglu_ffn {
+            return Err(Error::Config(format!(
+                "the MLP `{}`{} is not supported (only gelu)",
+                self.hidden_act,
+                if self.use_swiglu_ffn { " with SwiGLU" } else { "" }
+            )));
+        }
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
+            return Err(Error::Config("layer_norm_eps must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The side of the trained position-embedding grid, in patches.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    fn width(&self, w: Width) -> usize {
+        match w {
+            Width::Hidden => self.hidden_size,
+            Width::Mlp => self.mlp_ratio * self.hidden_size,
+        }
+    }
+
+    /// Every projection's module path, in order.
+    pub fn linear_paths(&self) -> Vec<String> {
+        self.linear_shapes().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Every projection's module path and `(out, in)`, in order.
+    pub fn linear_shapes(&self) -> Vec<(String, (usize, usize))> {
+        (0..self.num_hidden_layers)
+            .flat_map(|l| {
+                LINEARS.map(|(m, out, inp)| (format!("encoder.layer.{l}.{m}"), (self.width(out), self.width(inp))))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    norm1: LayerNorm,
+    /// In [`LINEARS`] order.
+    linears: Vec<AdaptedLinear>,
+    scale1: Tensor,
+    norm2: LayerNorm,
+    scale2: Tensor,
+}
+
+/// A ViT encoder.
+#[derive(Debug)]
+pub struct Vit {
+    config: Config,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    cls: Tensor,
+    /// `1 × (1 + grid²) × H`: the CLS position first, then the grid row by row.
+    position: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    vars: Vec<(String, Var)>,
+}
+
+impl Vit {
+    /// Build the encoder from `weights` (transformers' `Dinov2Model`
+    /// names), tuned as `tuning` says.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] or [`Error::Shape`] when the weights do not
+    /// fit the config, [`Error::Config`] for an invalid config or an adapter
+    /// on a module the encoder does not have, and the adapters' own errors.
+    pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
+        config.validate()?;
+        if let Tuning::Adapters(model) = tuning {
+            let known = config.linear_paths();
+            if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
+                return Err(Error::Config(format!(
+                    "the adapter adapts `{m}`, which this encoder does not have"
+                )));
+            }
+        }
+        let (h, p, c) = (config.hidden_size, config.patch_size, config.num_channels);
+        let store = VarStore::new(weights, tuning);
+        let root = store.root();
+        let emb = root.pp("embeddings");
+        let patch = emb.pp("patch_embeddings").pp("projection");
+        let patch_weight = patch.get("weight", &[h, c, p, p])?;
+        let patch_bias = patch.get("bias", &[h])?;
+        let cls = emb.get("cls_token", &[1, 1, h])?;
+        let grid = config.grid();
+        let position = emb.get("position_embeddings", &[1, 1 + grid * grid, h])?;
+        let blocks = (0..config.num_hidden_layers)
+            .map(|l| Block::load(&root.pp("encoder").pp(format!("layer.{l}")), config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = LayerNorm::load(&root.pp("layernorm"), h, config.layer_norm_eps)?;
+        Ok(Vit {
+            config: config.clone(),
+            patch_weight,
+            patch_bias,
+            cls,
+            position,
+            blocks,
+            norm,
+            vars: store.into_vars(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The final layer norm's hidden states, `batch × (1 + patches) × H`
+    /// (the CLS token first), of normalised `pixels` (`batch × channels ×
+    /// height × width`, each side a whole number of patches).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for other channels or sides that are not whole
+    /// patches; candle's errors.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, channels, height, width) = pixels.dims4()?;
+        let p = c.patch_size;
+        if channels != c.num_channels || height == 0 || width == 0 || height % p != 0 || width % p != 0 {
+            return Err(Error::Shape {
+                what: format!("images (sides in whole {p}-pixel patches)"),
+                expected: vec![
+                    batch,
+                    c.num_channels,
+                    height.div_ceil(p).max(1) * p,
+                    width.div_ceil(p).max(1) * p,
+                ],
+                found: vec![batch, channels, height, width],
+            });
+        }
+        let (gh, gw) = (height / p, width / p);
+        let h = c.hidden_size;
+        // Patches: a convolution of stride = kernel, then tokens row by row.
+        let patches = pixels
+            .conv2d(&self.patch_weight, 0, p, 1, 1)?
+            .broadcast_add(&self.patch_bias.reshape((1, h, 1, 1))?)?
+            .flatten_from(2)?
+            .transpose(1, 2)?; // batch × gh·gw × H
+        let cls = self.cls.broadcast_as((batch, 1, h))?;
+        let x = Tensor::cat(&[&cls, &patches], 1)?;
+        let x = x.broadcast_add(&self.position_for(gh, gw)?)?;
+        let mut x = x.contiguous()?;
+        for block in &self.blocks {
+            x = self.block(block, &x)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// The position embeddings for a `gh × gw` patch grid: the trained grid
+    /// as it is when it matches, else resized bicubically (`a = −0.75`, half
+    /// pixel centres, edges repeated, no antialiasing: torch's
+    /// `interpolate(mode="bicubic", align_corners=False)`, which DINOv2 and
+    /// the ONNX export's `Resize` both compute).
+    fn position_for(&self, gh: usize, gw: usize) -> Result<Tensor> {
+        let grid = self.config.grid();
+        if (gh, gw) == (grid, grid) {
+            return Ok(self.position.clone());
+        }
+        let h = self.config.hidden_size;
+        let cls = self.position.narrow(1, 0, 1)?;
+        let trained = self.position.narrow(1, 1, grid * grid)?.reshape((grid, grid, h))?;
+        let resized = resize_bicubic(&trained, gh, gw)?.reshape((1, gh * gw, h))?;
+        Ok(Tensor::cat(&[&cls, &resized], 1)?)
+    }
+
+    fn block(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, len, h) = x.dims3()?;
+        let (nh, hd) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
+        let lin = &block.linears;
+        let a = block.norm1.forward(x)?;
+        let heads =
+            |t: Tensor| -> Result<Tensor> { Ok(t.reshape((batch, len, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let q = heads(lin[QUERY].forward(&a)?)?;
+        let k = heads(lin[KEY].forward(&a)?)?;
+        let v = heads(lin[VALUE].forward(&a)?)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let ctx = softmax(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, len, h))?;
+        let x = (x + lin[ATTN_OUT].forward(&ctx)?.broadcast_mul(&block.scale1)?)?;
+        let m = block.norm2.forward(&x)?;
+        let f = lin[FC2].forward(&lin[FC1].forward(&m)?.gelu_erf()?)?;
+        Ok((x + f.broadcast_mul(&block.scale2)?)?)
+    }
+}
+
+impl Block {
+    fn load(vb: &VarPath<'_>, config: &Config) -> Result<Self> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let linears = LINEARS
+            .iter()
+            .map(|(path, out, inp)| {
+                AdaptedLinear::load(&vb.pp(path), (config.width(*out), config.width(*inp)), Bias::With)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Block {
+            norm1: LayerNorm::load(&vb.pp("norm1"), h, eps)?,
+            linears,
+            scale1: vb.pp("layer_scale1").get("lambda1", &[h])?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), h, eps)?,
+            scale2: vb.pp("layer_scale2").get("lambda1", &[h])?,
+        })
+    }
+}
+
+impl super::Adaptable for Vit {
+    fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
+        self.config
+            .linear_paths()
+            .into_iter()
+            .zip(self.blocks.iter().flat_map(|b| &b.linears))
+            .collect()
+    }
+}
+
+/// Resize `grid` (`rows × cols × channels`) to `out_rows × out_cols`
+/// bicubically, as torch's `interpolate(mode="bicubic",
+/// align_corners=False, antialias=False)`: source coordinate
+/// `(i + ½)·in/out − ½`, the cubic convolution kernel with `a = −0.75`, taps
+/// outside the grid clamped to its edge; rows, then columns, in `f32`.
+fn resize_bicubic(grid: &Tensor, out_rows: usize, out_cols: usize) -> Result<Tensor> {
+    let (rows, cols, ch) = grid.dims3()?;
+    let v = grid.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    // One axis: `src` laid out [count][n][stride] → [count][out][stride].
+    let along = |src: &[f32], n: usize, out: usize, stride: usize, count: usize| -> Vec<f32> {
+        let mut dst = vec![0f32; count * out * stride];
+        for o in 0..out {
+            let (taps, w) = cubic_taps(o, n, out);
+            for b in 0..count {
+                let d = &mut dst[(b * out + o) * stride..(b * out + o + 1) * stride];
+                for (t, wt) in taps.iter().zip(w) {
+                    let s = &src[(b * n + t) * stride..(b * n + t + 1) * stride];
+                    for (x, y) in d.iter_mut().zip(s) {
+                        *x += wt * y;
+                    }
+                }
+            }
+        }
+        dst
+    };
+    let r = along(&v, rows, out_rows, cols * ch, 1);
+    let c = along(&r, cols, out_cols, ch, out_rows);
+    Ok(Tensor::from_vec(c, (out_rows, out_cols, ch), &Device::Cpu)?)
+}
+
+/// The four source indices (clamped) and weights of output `o` of `out`
+/// along an axis of `n`.
+fn cubic_taps(o: usize, n: usize, out: usize) -> ([usize; 4], [f32; 4]) {
+    const A: f32 = -0.75;
+    let scale = n as f32 / out as f32;
+    let real = scale * (o as f32 + 0.5) - 0.5;
+    let base = real.floor();
+    let t = real - base;
+    let cubic1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let cubic2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let w = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
+    let last = n as i64 - 1;
+    let at = |k: i64| (base as i64 + k).clamp(0, last) as usize;
+    ([at(-1), at(0), at(1), at(2)], w)
+}
+
+/// The mean of the patch tokens (all but the first) of hidden states
+/// `batch × (1 + patches) × H`: DINOv2's linear evaluation concatenates it
+/// with the CLS token.
+///
+/// # Errors
+/// candle's errors for a wrong rank.
+pub fn mean_patch(hidden: &Tensor) -> Result<Tensor> {
+    let len = hidden.dim(1)?;
+    Ok(hidden.narrow(1, 1, len - 1)?.mean(1)?)
+}
+
+/// The CLS token of hidden states `batch × (1 + patches) × H`.
+///
+/// # Errors
+/// candle's errors for a wrong rank.
+pub fn cls(hidden: &Tensor) -> Result<Tensor> {
+    Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?)
+}
