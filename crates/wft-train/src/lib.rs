@@ -24,6 +24,7 @@
 
 mod data;
 mod embed;
+pub mod images;
 pub mod llm;
 mod method;
 mod run;
@@ -31,7 +32,7 @@ mod text;
 pub mod train;
 
 pub use data::{Dataset, Example};
-pub use embed::{EMBED_MAX_LEN, sentence_embeddings};
+pub use embed::{EMBED_MAX_LEN, FolderKind, ImageFeatures, image_features, sentence_embeddings};
 pub use method::{Method, WaveletVariant};
 pub use run::{MAX_LEN, Prepared, RunOptions, RunResult, Source, run, run_prepared, write_text};
 pub use text::{Ids, TextEncoder};
@@ -62,6 +63,14 @@ pub enum Error {
     /// The dataset.
     #[error("data: {0}")]
     Data(String),
+    /// An image or IDX file was refused.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A bad argument.
     #[error("{0}")]
     Usage(String),

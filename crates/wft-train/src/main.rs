@@ -129,12 +129,19 @@ enum Command {
     },
     /// Mean-pooled sentence embeddings of the sentences in a JSON list.
     Embed {
-        /// The model folder (config.json, model.safetensors, tokenizer.json).
+        /// The model folder: a sentence encoder (config.json,
+        /// model.safetensors, tokenizer.json) or a ViT (`model_type` dinov2,
+        /// with preprocessor_config.json), told apart by its config.
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: PathBuf,
-        /// A JSON file holding a list of strings.
-        #[arg(long)]
-        sentences: PathBuf,
+        /// A JSON file holding a list of strings (sentence encoders).
+        #[arg(long, conflicts_with = "images")]
+        sentences: Option<PathBuf>,
+        /// Image files (PNG, JPEG, or IDX: one row per image) for a ViT;
+        /// prints one JSON object per image, in order, with `cls` and
+        /// `mean_patch`.
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
     },
     /// Generate text with a decoder from its GGUF file (greedy unless
     /// --temperature is given), stopping at EOS.
@@ -424,7 +431,30 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
     )
 }
 
-fn embed_cmd(model: &Path, sentences: &Path) -> Result<()> {
+fn embed_cmd(model: &Path, sentences: Option<&Path>, images: &[PathBuf]) -> Result<()> {
+    let kind = wft_train::FolderKind::of(model)?;
+    let sentences = match (kind, sentences, images.is_empty()) {
+        (wft_train::FolderKind::Vision, None, false) => {
+            let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+            for f in wft_train::image_features(model, &files)? {
+                println!("{}", serde_json::to_string(&f).map_err(|e| Error::Io(e.to_string()))?);
+            }
+            return Ok(());
+        }
+        (wft_train::FolderKind::Vision, _, _) => {
+            return Err(Error::Usage(format!(
+                "{}: a ViT embeds images: give --images FILE...",
+                model.display()
+            )));
+        }
+        (wft_train::FolderKind::Text, Some(s), true) => s,
+        (wft_train::FolderKind::Text, _, _) => {
+            return Err(Error::Usage(format!(
+                "{}: a sentence encoder embeds text: give --sentences FILE.json",
+                model.display()
+            )));
+        }
+    };
     let text = std::fs::read_to_string(sentences).map_err(|e| Error::Io(format!("{}: {e}", sentences.display())))?;
     let list: Vec<String> = serde_json::from_str(&text)
         .map_err(|e| Error::Usage(format!("{}: expected a JSON list of strings: {e}", sentences.display())))?;
@@ -739,7 +769,11 @@ fn main() -> ExitCode {
             batch,
             out,
         } => bench_cmd(&model, &methods, rounds, batch, out.as_deref()),
-        Command::Embed { model, sentences } => embed_cmd(&model, &sentences),
+        Command::Embed {
+            model,
+            sentences,
+            images,
+        } => embed_cmd(&model, sentences.as_deref(), &images),
         Command::Demo { model, epochs, out } => demo(&model, epochs, &out),
         Command::Lm {
             model,
