@@ -9,8 +9,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
-use serde::Deserialize;
+use std::collections::HashMap;
+
+use candle_core::{Device, Module, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use wft_adapter::Mt19937;
 
 use super::ops::{LayerNorm, softmax};
 use crate::error::{Error, Result};
@@ -41,7 +44,7 @@ enum Width {
 }
 
 /// A ViT's configuration (transformers' `Dinov2Config` fields).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Hidden size `H`.
     pub hidden_size: usize,
@@ -137,6 +140,90 @@ impl Config {
             return Err(Error::Config("layer_norm_eps must be positive".into()));
         }
         Ok(())
+    }
+
+    /// A tiny ViT for tests: `H` = 32, 2 layers of 4 heads, MLP 64,
+    /// 4-pixel patches, trained for 16 × 16 images (a 4 × 4 grid).
+    pub fn tiny() -> Self {
+        Config {
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            mlp_ratio: 2,
+            patch_size: 4,
+            image_size: 16,
+            num_channels: 3,
+            layer_norm_eps: 1e-6,
+            hidden_act: "gelu".into(),
+            use_swiglu_ffn: false,
+        }
+    }
+
+    /// `config.json` for this config (transformers' `Dinov2Config` fields,
+    /// `model_type` included).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when serialising fails.
+    pub fn to_json(&self) -> Result<String> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("model_type".into(), "dinov2".into());
+        }
+        serde_json::to_string_pretty(&v).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Every tensor of the encoder: name and shape, in a fixed order.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, p, c, g) = (self.hidden_size, self.patch_size, self.num_channels, self.grid());
+        let mut v = vec![
+            ("embeddings.cls_token".to_string(), vec![1, 1, h]),
+            ("embeddings.position_embeddings".into(), vec![1, 1 + g * g, h]),
+            ("embeddings.patch_embeddings.projection.weight".into(), vec![h, c, p, p]),
+            ("embeddings.patch_embeddings.projection.bias".into(), vec![h]),
+        ];
+        for l in 0..self.num_hidden_layers {
+            let layer = format!("encoder.layer.{l}");
+            for norm in ["norm1", "norm2"] {
+                v.push((format!("{layer}.{norm}.weight"), vec![h]));
+                v.push((format!("{layer}.{norm}.bias"), vec![h]));
+            }
+            for scale in ["layer_scale1", "layer_scale2"] {
+                v.push((format!("{layer}.{scale}.lambda1"), vec![h]));
+            }
+        }
+        for (module, (o, i)) in self.linear_shapes() {
+            v.push((format!("{module}.weight"), vec![o, i]));
+            v.push((format!("{module}.bias"), vec![o]));
+        }
+        v.push(("layernorm.weight".into(), vec![h]));
+        v.push(("layernorm.bias".into(), vec![h]));
+        v
+    }
+
+    /// Random weights for this config, seeded: normal(0, 0.02) matrices,
+    /// embeddings and biases, norm weights 1 and biases 0, layer scales 0.5.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid config.
+    pub fn random_weights(&self, seed: u64) -> Result<Weights> {
+        self.validate()?;
+        let mut g = Mt19937::new(seed);
+        let mut t = HashMap::new();
+        for (name, shape) in self.tensor_shapes() {
+            let n: usize = shape.iter().product();
+            let value = |g: &mut Mt19937| -> f32 {
+                if name.contains(".norm") || name.starts_with("layernorm") {
+                    if name.ends_with("weight") { 1.0 } else { 0.0 }
+                } else if name.contains("layer_scale") {
+                    0.5
+                } else {
+                    (0.02 * g.next_normal()) as f32
+                }
+            };
+            let v: Vec<f32> = (0..n).map(|_| value(&mut g)).collect();
+            t.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        }
+        Ok(Weights::from_tensors(t))
     }
 
     /// The side of the trained position-embedding grid, in patches.
@@ -357,30 +444,34 @@ impl super::Adaptable for Vit {
 /// bicubically, as torch's `interpolate(mode="bicubic",
 /// align_corners=False, antialias=False)`: source coordinate
 /// `(i + ½)·in/out − ½`, the cubic convolution kernel with `a = −0.75`, taps
-/// outside the grid clamped to its edge; rows, then columns, in `f32`.
+/// outside the grid clamped to its edge. It is linear, so it is two
+/// products with interpolation matrices (rows, then columns), and gradients
+/// flow through it to trained position embeddings.
 fn resize_bicubic(grid: &Tensor, out_rows: usize, out_cols: usize) -> Result<Tensor> {
     let (rows, cols, ch) = grid.dims3()?;
-    let v = grid.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    // One axis: `src` laid out [count][n][stride] → [count][out][stride].
-    let along = |src: &[f32], n: usize, out: usize, stride: usize, count: usize| -> Vec<f32> {
-        let mut dst = vec![0f32; count * out * stride];
-        for o in 0..out {
-            let (taps, w) = cubic_taps(o, n, out);
-            for b in 0..count {
-                let d = &mut dst[(b * out + o) * stride..(b * out + o + 1) * stride];
-                for (t, wt) in taps.iter().zip(w) {
-                    let s = &src[(b * n + t) * stride..(b * n + t + 1) * stride];
-                    for (x, y) in d.iter_mut().zip(s) {
-                        *x += wt * y;
-                    }
-                }
-            }
+    let along_rows = interpolation(rows, out_rows)?.matmul(&grid.reshape((rows, cols * ch))?)?;
+    let t = along_rows
+        .reshape((out_rows, cols, ch))?
+        .transpose(0, 1)?
+        .reshape((cols, out_rows * ch))?;
+    let along_cols = interpolation(cols, out_cols)?.matmul(&t)?;
+    Ok(along_cols
+        .reshape((out_cols, out_rows, ch))?
+        .transpose(0, 1)?
+        .contiguous()?)
+}
+
+/// The `out × n` matrix of bicubic weights along one axis (a clamped tap
+/// adds its weight to the edge).
+fn interpolation(n: usize, out: usize) -> Result<Tensor> {
+    let mut m = vec![0f32; out * n];
+    for o in 0..out {
+        let (taps, w) = cubic_taps(o, n, out);
+        for (t, wt) in taps.iter().zip(w) {
+            m[o * n + t] += wt;
         }
-        dst
-    };
-    let r = along(&v, rows, out_rows, cols * ch, 1);
-    let c = along(&r, cols, out_cols, ch, out_rows);
-    Ok(Tensor::from_vec(c, (out_rows, out_cols, ch), &Device::Cpu)?)
+    }
+    Ok(Tensor::from_vec(m, (out, n), &Device::Cpu)?)
 }
 
 /// The four source indices (clamped) and weights of output `o` of `out`
