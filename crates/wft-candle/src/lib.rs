@@ -66,7 +66,7 @@ pub mod models;
 mod quantized;
 mod weights;
 
-pub use classifier::{Classifier, HEAD_BIAS, HEAD_WEIGHT};
+pub use classifier::{Classifier, HEAD_BIAS, HEAD_WEIGHT, Head, ImageClassifier, Pooling};
 pub use error::{Error, Result};
 pub use linear::{AdaptedLinear, Bias};
 pub use models::Adaptable;

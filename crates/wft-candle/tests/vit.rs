@@ -194,3 +194,69 @@ fn resized_position_embeddings_receive_gradients() -> R {
     assert!(worst < 2e-2, "relative error {worst}");
     Ok(())
 }
+
+/// Image classification on the tiny ViT: a few steps of WaveletFT on the
+/// projections plus the head lower the loss; the adapter folder and the
+/// head saved and loaded back, then the folder merged into the checkpoint,
+/// give the same logits, for both poolings.
+#[test]
+fn image_classifier_trains_saves_loads_and_merges_to_the_same_logits() -> R {
+    use candle_nn::Optimizer;
+    use wft_adapter::TensorFile;
+    use wft_candle::{ImageClassifier, Pooling};
+    let config = Config::tiny();
+    let weights = config.random_weights(11)?;
+    let dir = tempfile::tempdir()?;
+    let base_path = dir.path().join("model.safetensors");
+    weights.save(&base_path)?;
+    let base = TensorFile::open(&base_path)?;
+    let x = pixels(8, 16, 12)?;
+    // Labels the images carry: the sign of their mean red value.
+    let red = x.narrow(1, 0, 1)?.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?;
+    let labels: Vec<u32> = red.iter().map(|&r| u32::from(r > 0.0)).collect();
+    let labels = Tensor::from_vec(labels, 8, &Device::Cpu)?;
+    for pooling in [Pooling::Cls, Pooling::ClsAndMeanPatch] {
+        let template = adapters(&config)?;
+        let clf = ImageClassifier::new(Vit::new(&config, &weights, Tuning::Adapters(&template))?, pooling, 2, 0)?;
+        let mut opt = candle_nn::AdamW::new_lr(clf.vars(), 0.02)?;
+        let first = candle_nn::loss::cross_entropy(&clf.logits(&x)?, &labels)?.to_scalar::<f32>()?;
+        for _ in 0..15 {
+            opt.backward_step(&candle_nn::loss::cross_entropy(&clf.logits(&x)?, &labels)?)?;
+        }
+        let last = candle_nn::loss::cross_entropy(&clf.logits(&x)?, &labels)?.to_scalar::<f32>()?;
+        assert!(
+            last < 0.8 * first,
+            "{pooling:?}: the loss fell from {first} to only {last}"
+        );
+        let want = clf.logits(&x)?;
+        let trained = clf.adapters(&template)?;
+        let folder = dir.path().join(format!("adapter-{pooling:?}"));
+        trained.save(&folder)?;
+        let head = dir.path().join(format!("head-{pooling:?}.safetensors"));
+        clf.save_head(&head)?;
+        let loaded = AdapterModel::load(&folder, Some(&base))?;
+        let again =
+            ImageClassifier::with_saved_head(Vit::new(&config, &weights, Tuning::Adapters(&loaded))?, pooling, &head)?;
+        let d = (&want - again.logits(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-6, "{pooling:?}: reloaded logits off by {d}");
+        let merged = dir.path().join(format!("merged-{pooling:?}.safetensors"));
+        loaded.merge(&base, &merged, &mut |_, _| {})?;
+        let plain = ImageClassifier::with_saved_head(
+            Vit::new(&config, &Weights::load(&merged)?, Tuning::Frozen)?,
+            pooling,
+            &head,
+        )?;
+        let d = (&want - plain.logits(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{pooling:?}: merged logits off by {d}");
+        // A head of the other pooling's width does not fit.
+        let other = match pooling {
+            Pooling::Cls => Pooling::ClsAndMeanPatch,
+            Pooling::ClsAndMeanPatch => Pooling::Cls,
+        };
+        assert!(matches!(
+            ImageClassifier::with_saved_head(Vit::new(&config, &weights, Tuning::Frozen)?, other, &head),
+            Err(Error::Shape { .. })
+        ));
+    }
+    Ok(())
+}
