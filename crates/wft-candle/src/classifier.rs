@@ -201,6 +201,27 @@ pub enum Pooling {
     ClsAndMeanPatch,
 }
 
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::ClsAndMeanPatch => "cls-and-mean-patch",
+        })
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "cls-and-mean-patch" => Ok(Pooling::ClsAndMeanPatch),
+            _ => Err(format!("`{s}`: the pooling is `cls` or `cls-and-mean-patch`")),
+        }
+    }
+}
+
 impl Pooling {
     /// The head's input width for hidden size `h`.
     pub fn width(self, h: usize) -> usize {

@@ -30,6 +30,7 @@ mod method;
 mod run;
 mod text;
 pub mod train;
+pub mod vision;
 
 pub use data::{Dataset, Example};
 pub use embed::{EMBED_MAX_LEN, FolderKind, ImageFeatures, image_features, sentence_embeddings};

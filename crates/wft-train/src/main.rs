@@ -237,6 +237,71 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Fine-tune a ViT model folder (`model_type` dinov2) to classify
+    /// images: labelled IDX files (images and labels) or a folder of class
+    /// sub-folders; head only, full, or an adapter on its projections. Saves
+    /// the adapter (PEFT format where the method has one), the head and
+    /// `vision.json`; prints JSON.
+    Vision {
+        /// The model folder (config.json, preprocessor_config.json, model.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Training images: an IDX image file (with --train-labels) …
+        #[arg(long)]
+        train_images: Option<PathBuf>,
+        /// … and its IDX label file.
+        #[arg(long)]
+        train_labels: Option<PathBuf>,
+        /// … or a folder of class sub-folders of PNG/JPEG files.
+        #[arg(long, conflicts_with_all = ["train_images", "train_labels"])]
+        train_dir: Option<PathBuf>,
+        /// Test images, as for training (optional).
+        #[arg(long)]
+        test_images: Option<PathBuf>,
+        /// Test labels.
+        #[arg(long)]
+        test_labels: Option<PathBuf>,
+        /// Test class folders.
+        #[arg(long, conflicts_with_all = ["test_images", "test_labels"])]
+        test_dir: Option<PathBuf>,
+        /// head, full, lora-r8, fourierft-1000, waveletft-1000, …
+        #[arg(long)]
+        method: Method,
+        /// Comma-separated module names to adapt.
+        #[arg(long, value_delimiter = ',', default_value = "query,value")]
+        targets: Vec<String>,
+        /// `cls`, or `cls-and-mean-patch` (DINOv2's linear evaluation).
+        #[arg(long, default_value_t = wft_candle::Pooling::Cls)]
+        pooling: wft_candle::Pooling,
+        /// Side the images are resized to (a whole number of patches; the
+        /// position embeddings are interpolated); default: the model's.
+        #[arg(long)]
+        size: Option<u32>,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Peak learning rate.
+        #[arg(long)]
+        lr: f64,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f64,
+        /// Seed of the adapter, the head and the shuffling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Time a GGUF decoder's training step for several methods against its
     /// frozen step, and its greedy generation at batch 1 and 8; print JSON.
     LmBench {
@@ -460,6 +525,105 @@ fn embed_cmd(model: &Path, sentences: Option<&Path>, images: &[PathBuf]) -> Resu
         .map_err(|e| Error::Usage(format!("{}: expected a JSON list of strings: {e}", sentences.display())))?;
     let refs: Vec<&str> = list.iter().map(String::as_str).collect();
     emit(&to_json(&sentence_embeddings(model, &refs)?)?, None)
+}
+
+type Files<'a> = (Option<&'a Path>, Option<&'a Path>, Option<&'a Path>);
+
+fn vision_cmd(
+    model: &Path,
+    train: Files<'_>,
+    test: Files<'_>,
+    (method, targets, pooling, size): (Method, Vec<String>, wft_candle::Pooling, Option<u32>),
+    cfg: &wft_train::vision::VisionConfig,
+    (out, force): (&Path, bool),
+    quiet: bool,
+) -> Result<()> {
+    use wft_candle::models::vit;
+    use wft_train::vision::{self, Labelled};
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Usage(format!(
+            "{}: exists; pass --force to replace it",
+            out.display()
+        )));
+    }
+    if wft_train::FolderKind::of(model)? != wft_train::FolderKind::Vision {
+        return Err(Error::Usage(format!(
+            "{}: not a ViT folder (model_type dinov2)",
+            model.display()
+        )));
+    }
+    let t = Instant::now();
+    let config = vit::Config::load(model.join("config.json"))?;
+    let mut prep = wft_train::images::Preprocess::from_folder(model)?;
+    if let Some(s) = size {
+        prep.size = (s, s);
+    }
+    let train_data = Labelled::from_args(train.0, train.1, train.2)?;
+    let test_data = match test {
+        (None, None, None) => None,
+        (i, l, d) => Some(Labelled::from_args(i, l, d)?),
+    };
+    let weights = wft_candle::Weights::load(model.join("model.safetensors"))?;
+    let base = wft_adapter::TensorFile::open(model.join("model.safetensors"))?;
+    let adapters = match method.adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets)) {
+        Some(c) => Some(wft_adapter::AdapterModel::new_for_base(c, &base, cfg.seed)?),
+        None => None,
+    };
+    let tuning = match (&adapters, method) {
+        (Some(a), _) => wft_candle::Tuning::Adapters(a),
+        (None, Method::Full) => wft_candle::Tuning::Full,
+        (None, _) => wft_candle::Tuning::Frozen,
+    };
+    let classes = train_data.classes.len().max(2);
+    let clf = wft_candle::ImageClassifier::new(vit::Vit::new(&config, &weights, tuning)?, pooling, classes, cfg.seed)?;
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        bar(0, &method.to_string())
+    };
+    let history = vision::train(&clf, &prep, &train_data, cfg, &mut |step, total, loss| {
+        pb.set_length(total as u64);
+        pb.set_position(step as u64);
+        pb.set_message(format!("loss {loss:.4}"));
+    })?;
+    pb.finish_and_clear();
+    let accuracy = test_data
+        .as_ref()
+        .map(|d| vision::accuracy(&clf, &prep, d, cfg.batch))
+        .transpose()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::Io(format!("{}: {e}", out.display())))?;
+    if let Some(a) = &adapters {
+        clf.adapters(a)?.save(out.join("adapter"))?;
+    }
+    clf.save_head(out.join("head.safetensors"))?;
+    let info = serde_json::json!({
+        "model": model.display().to_string(),
+        "method": method.to_string(),
+        "pooling": pooling.to_string(),
+        "size": [prep.size.0, prep.size.1],
+        "classes": train_data.classes,
+    });
+    write_text(&out.join("vision.json"), &to_json(&info)?)?;
+    let (enc, head) = clf.num_trainable();
+    let mut secs = history.step_secs.clone();
+    let v = serde_json::json!({
+        "method": method.to_string(),
+        "train_images": train_data.images.len(),
+        "classes": classes,
+        "size": [prep.size.0, prep.size.1],
+        "trainable_encoder": enc,
+        "trainable_head": head,
+        "steps": history.losses.len(),
+        "first_loss": history.losses.first(),
+        "last_loss": history.losses.last(),
+        "losses": history.losses,
+        "test_accuracy": accuracy,
+        "median_step_secs": median(&mut secs),
+        "wall_secs": t.elapsed().as_secs_f64(),
+        "out": out.display().to_string(),
+    });
+    println!("{}", to_json(&v)?);
+    Ok(())
 }
 
 fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
@@ -774,6 +938,41 @@ fn main() -> ExitCode {
             sentences,
             images,
         } => embed_cmd(&model, sentences.as_deref(), &images),
+        Command::Vision {
+            model,
+            train_images,
+            train_labels,
+            train_dir,
+            test_images,
+            test_labels,
+            test_dir,
+            method,
+            targets,
+            pooling,
+            size,
+            epochs,
+            batch,
+            lr,
+            weight_decay,
+            seed,
+            out,
+            force,
+            quiet,
+        } => vision_cmd(
+            &model,
+            (train_images.as_deref(), train_labels.as_deref(), train_dir.as_deref()),
+            (test_images.as_deref(), test_labels.as_deref(), test_dir.as_deref()),
+            (method, targets, pooling, size),
+            &wft_train::vision::VisionConfig {
+                epochs,
+                batch,
+                lr,
+                weight_decay,
+                seed,
+            },
+            (&out, force),
+            quiet,
+        ),
         Command::Demo { model, epochs, out } => demo(&model, epochs, &out),
         Command::Lm {
             model,

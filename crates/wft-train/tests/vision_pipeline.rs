@@ -1,0 +1,205 @@
+//! The image pipeline on a tiny random ViT written as a model folder:
+//! `embed --images`, `vision` training with the loss falling, the saved
+//! adapter and head reloaded to the accuracy the command reported, the
+//! adapter merged into the checkpoint to the same logits, another input
+//! size, and bad input refused.
+
+use std::path::Path;
+use std::process::Command;
+
+use wft_adapter::{AdapterModel, TensorFile};
+use wft_candle::models::vit::{Config, Vit};
+use wft_candle::{ImageClassifier, Pooling, Tuning, Weights};
+use wft_train::images::Preprocess;
+use wft_train::vision::{self, Labelled};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn wft_train(args: &[&str]) -> R<(bool, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wft-train")).args(args).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+fn tiny_folder(dir: &Path) -> R {
+    std::fs::create_dir_all(dir)?;
+    let config = Config::tiny();
+    std::fs::write(dir.join("config.json"), config.to_json()?)?;
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        r#"{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "size": {"height": 16, "width": 16}}"#,
+    )?;
+    config.random_weights(21)?.save(dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// `n` 16 × 16 grayscale images as IDX bytes, and their labels: class 1
+/// for the brighter images (noisy, with a bright half either way up).
+fn idx_set(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut g = wft_adapter::Mt19937::new(seed);
+    let mut images = vec![0, 0, 0x08, 3];
+    for d in [n as u32, 16, 16] {
+        images.extend(d.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 0x08, 1];
+    labels.extend((n as u32).to_be_bytes());
+    for i in 0..n {
+        let class = (i % 2) as u8;
+        for y in 0..16 {
+            for _ in 0..16 {
+                let half = (y < 8) == (i % 4 < 2);
+                let noise = (g.next_u64() % 60) as u8;
+                let level = if class == 1 { 120 } else { 40 };
+                images.push(level + noise + if half { 60 } else { 0 });
+            }
+        }
+        labels.push(class);
+    }
+    (images, labels)
+}
+
+#[test]
+fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("tiny-vit");
+    tiny_folder(&model)?;
+    let m = model.to_str().ok_or("path")?;
+    let (train_x, train_y) = idx_set(48, 1);
+    let (test_x, test_y) = idx_set(16, 2);
+    let file = |name: &str, bytes: &[u8]| -> R<String> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes)?;
+        Ok(p.to_str().ok_or("path")?.to_string())
+    };
+    let (tx, ty) = (
+        file("train-images-idx3-ubyte", &train_x)?,
+        file("train-labels-idx1-ubyte", &train_y)?,
+    );
+    let (vx, vy) = (
+        file("test-images-idx3-ubyte", &test_x)?,
+        file("test-labels-idx1-ubyte", &test_y)?,
+    );
+
+    // embed: one line per image of the IDX file.
+    let (ok, out, err) = wft_train(&["embed", "--model", m, "--images", &vx])?;
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 16);
+    assert_eq!(lines[0]["cls"].as_array().map(Vec::len), Some(32));
+
+    // vision: WaveletFT on query/value plus the head.
+    let run = |method: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "vision",
+            "--model",
+            m,
+            "--train-images",
+            &tx,
+            "--train-labels",
+            &ty,
+            "--test-images",
+            &vx,
+            "--test-labels",
+            &vy,
+            "--method",
+            method,
+            "--epochs",
+            "6",
+            "--batch",
+            "8",
+            "--lr",
+            "0.02",
+            "--out",
+            out,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        wft_train(&args)
+    };
+    let out_dir = dir.path().join("wavelet");
+    let o = out_dir.to_str().ok_or("path")?;
+    let (ok, stdout, err) = run("waveletft-60", o, &["--pooling", "cls-and-mean-patch"])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout)?;
+    let (first, last) = (
+        v["first_loss"].as_f64().ok_or("first")?,
+        v["last_loss"].as_f64().ok_or("last")?,
+    );
+    assert_eq!(v["steps"].as_u64(), Some(36));
+    assert!(last < 0.7 * first, "the loss fell from {first} to only {last}");
+    let reported = v["test_accuracy"].as_f64().ok_or("accuracy")?;
+    assert!(reported > 0.6, "test accuracy {reported}");
+    // It refuses to overwrite.
+    let (ok, _, err) = run("waveletft-60", o, &[])?;
+    assert!(!ok && err.contains("exists"), "{err}");
+
+    // Reloaded from the folder: the accuracy the command reported.
+    let config = Config::load(model.join("config.json"))?;
+    let weights = Weights::load(model.join("model.safetensors"))?;
+    let base = TensorFile::open(model.join("model.safetensors"))?;
+    let adapters = AdapterModel::load(out_dir.join("adapter"), Some(&base))?;
+    let head = out_dir.join("head.safetensors");
+    let pooling = Pooling::ClsAndMeanPatch;
+    let clf = ImageClassifier::with_saved_head(
+        Vit::new(&config, &weights, Tuning::Adapters(&adapters))?,
+        pooling,
+        &head,
+    )?;
+    let prep = Preprocess::from_folder(&model)?;
+    let test = Labelled::from_idx(Path::new(&vx), Path::new(&vy))?;
+    assert_eq!(vision::accuracy(&clf, &prep, &test, 8)?, reported);
+    // Merged into the checkpoint: the same logits without the adapter.
+    let merged = dir.path().join("merged.safetensors");
+    adapters.merge(&base, &merged, &mut |_, _| {})?;
+    let plain = ImageClassifier::with_saved_head(
+        Vit::new(&config, &Weights::load(&merged)?, Tuning::Frozen)?,
+        pooling,
+        &head,
+    )?;
+    let (a, b) = (
+        vision::logits(&clf, &prep, &test.images, 8)?,
+        vision::logits(&plain, &prep, &test.images, 8)?,
+    );
+    let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(d < 1e-5, "merged logits off by {d}");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("vision.json"))?)?;
+    assert_eq!(info["pooling"], "cls-and-mean-patch");
+
+    // Head only and full fine-tuning run too, and another size (an 2 × 2
+    // patch grid: the position embeddings interpolated).
+    for (method, extra) in [("head", vec![]), ("full", vec![]), ("lora-r2", vec!["--size", "8"])] {
+        let o = dir.path().join(format!("out-{method}"));
+        let (ok, stdout, err) = run(method, o.to_str().ok_or("path")?, &extra)?;
+        assert!(ok, "{method}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)?;
+        assert!(v["last_loss"].as_f64().is_some_and(f64::is_finite), "{method}");
+    }
+
+    // Bad input: labels that disagree with the images, a missing file, a
+    // text model folder.
+    let short = file("short-labels-idx1-ubyte", &idx_set(10, 3).1)?;
+    let o = dir.path().join("bad");
+    let (ok, _, err) = wft_train(&[
+        "vision",
+        "--model",
+        m,
+        "--train-images",
+        &tx,
+        "--train-labels",
+        &short,
+        "--method",
+        "head",
+        "--lr",
+        "0.1",
+        "--out",
+        o.to_str().ok_or("path")?,
+    ])?;
+    assert!(!ok && err.contains("10 labels for 48 images"), "{err}");
+    assert!(!o.exists(), "nothing is written on bad input");
+    let (ok, _, err) = wft_train(&["embed", "--model", m, "--images", "/nonexistent.png"])?;
+    assert!(!ok && err.contains("/nonexistent.png"), "{err}");
+    Ok(())
+}
