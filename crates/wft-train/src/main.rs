@@ -277,6 +277,9 @@ enum Command {
         /// position embeddings are interpolated); default: the model's.
         #[arg(long)]
         size: Option<u32>,
+        /// Use only the first N training (and N test) images.
+        #[arg(long)]
+        max_images: Option<usize>,
         /// Passes over the data.
         #[arg(long, default_value_t = 3)]
         epochs: usize,
@@ -533,7 +536,13 @@ fn vision_cmd(
     model: &Path,
     train: Files<'_>,
     test: Files<'_>,
-    (method, targets, pooling, size): (Method, Vec<String>, wft_candle::Pooling, Option<u32>),
+    (method, targets, pooling, size, max_images): (
+        Method,
+        Vec<String>,
+        wft_candle::Pooling,
+        Option<u32>,
+        Option<usize>,
+    ),
     cfg: &wft_train::vision::VisionConfig,
     (out, force): (&Path, bool),
     quiet: bool,
@@ -558,10 +567,17 @@ fn vision_cmd(
     if let Some(s) = size {
         prep.size = (s, s);
     }
-    let train_data = Labelled::from_args(train.0, train.1, train.2)?;
+    let cut = |mut d: Labelled| {
+        if let Some(n) = max_images {
+            d.images.truncate(n);
+            d.labels.truncate(n);
+        }
+        d
+    };
+    let train_data = cut(Labelled::from_args(train.0, train.1, train.2)?);
     let test_data = match test {
         (None, None, None) => None,
-        (i, l, d) => Some(Labelled::from_args(i, l, d)?),
+        (i, l, d) => Some(cut(Labelled::from_args(i, l, d)?)),
     };
     let weights = wft_candle::Weights::load(model.join("model.safetensors"))?;
     let base = wft_adapter::TensorFile::open(model.join("model.safetensors"))?;
@@ -950,6 +966,7 @@ fn main() -> ExitCode {
             targets,
             pooling,
             size,
+            max_images,
             epochs,
             batch,
             lr,
@@ -962,7 +979,7 @@ fn main() -> ExitCode {
             &model,
             (train_images.as_deref(), train_labels.as_deref(), train_dir.as_deref()),
             (test_images.as_deref(), test_labels.as_deref(), test_dir.as_deref()),
-            (method, targets, pooling, size),
+            (method, targets, pooling, size, max_images),
             &wft_train::vision::VisionConfig {
                 epochs,
                 batch,

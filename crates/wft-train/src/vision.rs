@@ -192,14 +192,16 @@ pub fn train(
     Ok(history)
 }
 
-/// Logits (`images × classes`) of `images`, `batch` at a time.
+/// Logits (`images × classes`) of `images`, `batch` at a time, without a
+/// graph (each batch's is dropped as soon as it is computed: an adapted
+/// encoder would otherwise keep every batch's activations alive).
 ///
 /// # Errors
 /// The model's errors.
 pub fn logits(clf: &ImageClassifier, prep: &Preprocess, images: &[Image], batch: usize) -> Result<Tensor> {
     let parts = images
         .chunks(batch.max(1))
-        .map(|c| clf.logits(&prep.tensor(c)?).map_err(Error::from))
+        .map(|c| Ok(clf.logits(&prep.tensor(c)?)?.detach()))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
 }
