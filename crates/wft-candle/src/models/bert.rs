@@ -279,14 +279,7 @@ impl Bert {
         let layers = (0..config.num_hidden_layers)
             .map(|l| Layer::load(&vb.pp("encoder").pp(format!("layer.{l}")), config))
             .collect::<Result<Vec<_>>>()?;
-        if let Tuning::Adapters(model) = tuning {
-            let known = config.linear_paths();
-            if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
-                return Err(Error::Config(format!(
-                    "the adapter adapts `{m}`, which this encoder does not have"
-                )));
-            }
-        }
+        super::check_adapted_modules(tuning, &config.linear_paths(), "encoder")?;
         Ok(Bert {
             config: config.clone(),
             word,

@@ -14,6 +14,20 @@ pub mod llama;
 mod ops;
 pub mod vit;
 
+/// Refuse adapters on modules the model does not have: every module of
+/// `tuning`'s adapter model must be one of `known`; `what` names the model
+/// in the error ("encoder", "decoder").
+pub(crate) fn check_adapted_modules(tuning: crate::Tuning<'_>, known: &[String], what: &str) -> Result<()> {
+    if let crate::Tuning::Adapters(model) = tuning
+        && let Some(m) = model.modules().keys().find(|m| !known.contains(m))
+    {
+        return Err(crate::Error::Config(format!(
+            "the adapter adapts `{m}`, which this {what} does not have"
+        )));
+    }
+    Ok(())
+}
+
 /// What every model here shares: the variables it trains and its
 /// adaptable linear layers by module path.
 pub trait Adaptable {

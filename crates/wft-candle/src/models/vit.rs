@@ -287,14 +287,7 @@ impl Vit {
     /// on a module the encoder does not have, and the adapters' own errors.
     pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
         config.validate()?;
-        if let Tuning::Adapters(model) = tuning {
-            let known = config.linear_paths();
-            if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
-                return Err(Error::Config(format!(
-                    "the adapter adapts `{m}`, which this encoder does not have"
-                )));
-            }
-        }
+        super::check_adapted_modules(tuning, &config.linear_paths(), "encoder")?;
         let (h, p, c) = (config.hidden_size, config.patch_size, config.num_channels);
         let store = VarStore::new(weights, tuning);
         let root = store.root();

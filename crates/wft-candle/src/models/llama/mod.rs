@@ -421,14 +421,7 @@ impl Llama {
     /// errors.
     pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
         config.validate()?;
-        if let Tuning::Adapters(model) = tuning {
-            let known = config.linear_paths();
-            if let Some(m) = model.modules().keys().find(|m| !known.contains(m)) {
-                return Err(Error::Config(format!(
-                    "the adapter adapts `{m}`, which this decoder does not have"
-                )));
-            }
-        }
+        crate::models::check_adapted_modules(tuning, &config.linear_paths(), "decoder")?;
         let (h, v) = (config.hidden_size, config.vocab_size);
         let store = VarStore::new(weights, tuning);
         let root = store.root();
