@@ -608,9 +608,26 @@ fn vision_cmd(
         .map(|d| vision::accuracy(&clf, &prep, d, cfg.batch))
         .transpose()?;
     std::fs::create_dir_all(out).map_err(|e| Error::Io(format!("{}: {e}", out.display())))?;
-    if let Some(a) = &adapters {
-        clf.adapters(a)?.save(out.join("adapter"))?;
-    }
+    // What the head needs beside it: the adapter, or the whole trained
+    // encoder under full fine-tuning (every tensor is a variable then).
+    let encoder = match (&adapters, method) {
+        (Some(a), _) => {
+            clf.adapters(a)?.save(out.join("adapter"))?;
+            "adapter"
+        }
+        (None, Method::Full) => {
+            use wft_candle::Adaptable;
+            let tensors = clf
+                .vit()
+                .named_vars()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect();
+            wft_candle::Weights::from_tensors(tensors).save(out.join("model.safetensors"))?;
+            "model.safetensors"
+        }
+        (None, _) => "frozen",
+    };
     clf.save_head(out.join("head.safetensors"))?;
     let info = serde_json::json!({
         "model": model.display().to_string(),
@@ -618,6 +635,7 @@ fn vision_cmd(
         "pooling": pooling.to_string(),
         "size": [prep.size.0, prep.size.1],
         "classes": train_data.classes,
+        "encoder": encoder,
     });
     write_text(&out.join("vision.json"), &to_json(&info)?)?;
     let (enc, head) = clf.num_trainable();

@@ -179,6 +179,26 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
         assert!(ok, "{method}: {err}");
         let v: serde_json::Value = serde_json::from_str(&stdout)?;
         assert!(v["last_loss"].as_f64().is_some_and(f64::is_finite), "{method}");
+        if method == "full" {
+            // The trained encoder is saved whole, and gives the reported accuracy.
+            let trained = Weights::load(o.join("model.safetensors"))?;
+            let clf = ImageClassifier::with_saved_head(
+                Vit::new(&config, &trained, Tuning::Frozen)?,
+                Pooling::Cls,
+                o.join("head.safetensors"),
+            )?;
+            assert_eq!(
+                Some(vision::accuracy(&clf, &prep, &test, 8)?),
+                v["test_accuracy"].as_f64(),
+                "full"
+            );
+            let unchanged = (trained.get("encoder.layer.0.mlp.fc1.weight")?
+                - weights.get("encoder.layer.0.mlp.fc1.weight")?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+            assert!(unchanged > 0.0, "full fine-tuning changed the encoder");
+        }
     }
 
     // Bad input: labels that disagree with the images, a missing file, a
