@@ -356,6 +356,31 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A progress bar over training steps, hidden when `quiet`.
+fn step_bar(quiet: bool, what: &str) -> ProgressBar {
+    if quiet { ProgressBar::hidden() } else { bar(0, what) }
+}
+
+/// The per-step callback that moves `pb` and shows the loss.
+fn show_step(pb: &ProgressBar) -> impl FnMut(usize, usize, f32) + '_ {
+    move |step, total, loss| {
+        pb.set_length(total as u64);
+        pb.set_position(step as u64);
+        pb.set_message(format!("loss {loss:.4}"));
+    }
+}
+
+/// Refuse to replace `out` unless `force`.
+fn refuse_existing(out: &Path, force: bool) -> Result<()> {
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Usage(format!(
+            "{}: exists; pass --force to replace it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 fn emit(json: &str, out: Option<&Path>) -> Result<()> {
     match out {
         Some(p) => write_text(p, json),
@@ -382,11 +407,7 @@ fn run_cmd(
     let t = Instant::now();
     let data = Dataset::builtin()?;
     let p = Prepared::new(&model.source(), &data)?;
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        bar(0, &method.to_string())
-    };
+    let pb = step_bar(quiet, &method.to_string());
     let opts = RunOptions {
         frozen_steps,
         save_dir: save,
@@ -397,11 +418,7 @@ fn run_cmd(
         method,
         &train.config(),
         &opts,
-        &mut |step, total, loss| {
-            pb.set_length(total as u64);
-            pb.set_position(step as u64);
-            pb.set_message(format!("loss {loss:.4}"));
-        },
+        &mut show_step(&pb),
         t,
     )?;
     pb.finish_and_clear();
@@ -549,12 +566,7 @@ fn vision_cmd(
 ) -> Result<()> {
     use wft_candle::models::vit;
     use wft_train::vision::{self, Labelled};
-    if !force && std::fs::symlink_metadata(out).is_ok() {
-        return Err(Error::Usage(format!(
-            "{}: exists; pass --force to replace it",
-            out.display()
-        )));
-    }
+    refuse_existing(out, force)?;
     if wft_train::FolderKind::of(model)? != wft_train::FolderKind::Vision {
         return Err(Error::Usage(format!(
             "{}: not a ViT folder (model_type dinov2)",
@@ -592,16 +604,8 @@ fn vision_cmd(
     };
     let classes = train_data.classes.len().max(2);
     let clf = wft_candle::ImageClassifier::new(vit::Vit::new(&config, &weights, tuning)?, pooling, classes, cfg.seed)?;
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        bar(0, &method.to_string())
-    };
-    let history = vision::train(&clf, &prep, &train_data, cfg, &mut |step, total, loss| {
-        pb.set_length(total as u64);
-        pb.set_position(step as u64);
-        pb.set_message(format!("loss {loss:.4}"));
-    })?;
+    let pb = step_bar(quiet, &method.to_string());
+    let history = vision::train(&clf, &prep, &train_data, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
     let accuracy = test_data
         .as_ref()
@@ -708,11 +712,7 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
                 frozen_steps: 0,
                 save_dir: save,
             },
-            &mut |step, total, loss| {
-                pb.set_length(total as u64);
-                pb.set_position(step as u64);
-                pb.set_message(format!("loss {loss:.4}"));
-            },
+            &mut show_step(&pb),
             Instant::now(),
         )?;
         pb.finish_and_clear();
@@ -861,12 +861,7 @@ fn lm_cmd(
     base: BaseWeights,
     quiet: bool,
 ) -> Result<()> {
-    if !force && std::fs::symlink_metadata(out).is_ok() {
-        return Err(Error::Usage(format!(
-            "{}: exists; pass --force to replace it",
-            out.display()
-        )));
-    }
+    refuse_existing(out, force)?;
     let config = method
         .adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets))
         .ok_or_else(|| {
@@ -882,16 +877,8 @@ fn lm_cmd(
         .map(|e| decoder.tokenize_example(e, chat, max_len))
         .collect::<Result<Vec<_>>>()?;
     let adapters = new_adapters(&decoder, config, cfg.seed)?;
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        bar(0, &method.to_string())
-    };
-    let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut |step, total, loss| {
-        pb.set_length(total as u64);
-        pb.set_position(step as u64);
-        pb.set_message(format!("loss {loss:.4}"));
-    })?;
+    let pb = step_bar(quiet, &method.to_string());
+    let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
     trained.save(out)?;
     let mut secs = history.step_secs.clone();
