@@ -56,13 +56,22 @@ def versions():
             sys.exit(f"{k} is {v}, the references are pinned to {PINNED[k]}")
 
 
+# Every Conv2d of these nets has this stride and padding (the tests use the same).
+CONV_STRIDE, CONV_PADDING = 2, 1
+
+
 class Block(torch.nn.Module):
-    """Named linear layers of the given (out, in) shapes."""
+    """Named layers: linear for an (out, in) shape, Conv2d for (out, in, kh, kw)."""
 
     def __init__(self, shapes, conv1d=False):
         super().__init__()
-        for name, (o, i) in shapes.items():
-            layer = Conv1D(o, i) if conv1d else torch.nn.Linear(i, o)
+        for name, shape in shapes.items():
+            if len(shape) == 4:
+                o, i, kh, kw = shape
+                layer = torch.nn.Conv2d(i, o, (kh, kw), stride=CONV_STRIDE, padding=CONV_PADDING)
+            else:
+                o, i = shape
+                layer = Conv1D(o, i) if conv1d else torch.nn.Linear(i, o)
             setattr(self, name, layer)
 
 
@@ -111,8 +120,12 @@ def make_case(name, layers, config, conv1d=False, store_weights=True):
     io = {}
     with torch.no_grad():
         for path, m in adapted_modules(model):
-            in_features = m.in_features
-            x = torch.randn(5, in_features, generator=gen)
+            if isinstance(m.base_layer, torch.nn.Conv2d):
+                x = torch.randn(2, m.base_layer.in_channels, 9, 8, generator=gen)
+                in_features = None
+            else:
+                in_features = m.in_features
+                x = torch.randn(5, in_features, generator=gen)
             io[f"{path}.x"] = x
             io[f"{path}.y"] = m(x).contiguous()
             if hasattr(m, "waveft_indices"):
@@ -146,6 +159,16 @@ def make_case(name, layers, config, conv1d=False, store_weights=True):
 def main():
     versions()
     OUT.mkdir(parents=True, exist_ok=True)
+    # `--only NAME ...` remakes just those cases (torch draws each case from
+    # its own seeds, so the others would come out the same anyway).
+    only = set(sys.argv[sys.argv.index("--only") + 1 :]) if "--only" in sys.argv else None
+    global make_case
+    full = make_case
+
+    def make_case(name, *args, **kwargs):
+        if only is None or name in only:
+            full(name, *args, **kwargs)
+
     wave = dict(n_frequency=60, scaling=25.0, random_loc_seed=777, init_weights=False)
     sq = [{"q": (64, 64), "v": (64, 64)}, {"q": (64, 64), "v": (64, 64)}]
     make_case("waveft_db1_square", sq, WaveFTConfig(target_modules=["q", "v"], wavelet_family="db1", **wave))
@@ -215,6 +238,12 @@ def main():
         three,
         WaveFTConfig(target_modules=["q", "v"], wavelet_family="db2", layers_to_transform=1, layers_pattern="layers",
                      **wave),
+    )
+    # LoRA on nn.Conv2d: A is a conv [r, in, kh, kw], B a 1x1 conv [out, r, 1, 1].
+    make_case(
+        "lora_conv2d",
+        [{"conv": (6, 3, 3, 3), "pw": (4, 6, 1, 3), "q": (8, 12)}],
+        LoraConfig(target_modules=["conv", "pw", "q"], r=3, lora_alpha=6, init_lora_weights=False),
     )
     make_case(
         "waveft_1024x768_n5000",

@@ -83,34 +83,47 @@ pub trait Adapter<T: Element>: std::fmt::Debug + Send + Sync {
     fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>>;
 }
 
-/// A boxed adapter is an adapter (so `AdaptedLinear<T, Box<dyn Adapter<T>>>`
-/// can hold any method).
-impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for Box<A> {
-    fn method(&self) -> Method {
-        (**self).method()
-    }
-    fn shape(&self) -> (usize, usize) {
-        (**self).shape()
-    }
-    fn params(&self) -> &[T] {
-        (**self).params()
-    }
-    fn params_mut(&mut self) -> &mut [T] {
-        (**self).params_mut()
-    }
-    fn delta_weight(&self) -> Array2<T> {
-        (**self).delta_weight()
-    }
-    fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
-        (**self).merge_into(w, sign, orientation)
-    }
-    fn forward_delta(&self, x: ArrayView2<'_, T>, y: ArrayViewMut2<'_, T>) -> Result<()> {
-        (**self).forward_delta(x, y)
-    }
-    fn backward(&self, x: ArrayView2<'_, T>, g: ArrayView2<'_, T>, dx: Option<ArrayViewMut2<'_, T>>) -> Result<Vec<T>> {
-        (**self).backward(x, g, dx)
-    }
+/// The trait's methods, forwarded through a pointer type.
+macro_rules! forward_adapter {
+    ($($ty:ty),*) => {$(
+        impl<T: Element, A: Adapter<T> + ?Sized> Adapter<T> for $ty {
+            fn method(&self) -> Method {
+                (**self).method()
+            }
+            fn shape(&self) -> (usize, usize) {
+                (**self).shape()
+            }
+            fn params(&self) -> &[T] {
+                (**self).params()
+            }
+            fn params_mut(&mut self) -> &mut [T] {
+                (**self).params_mut()
+            }
+            fn delta_weight(&self) -> Array2<T> {
+                (**self).delta_weight()
+            }
+            fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
+                (**self).merge_into(w, sign, orientation)
+            }
+            fn forward_delta(&self, x: ArrayView2<'_, T>, y: ArrayViewMut2<'_, T>) -> Result<()> {
+                (**self).forward_delta(x, y)
+            }
+            fn backward(
+                &self,
+                x: ArrayView2<'_, T>,
+                g: ArrayView2<'_, T>,
+                dx: Option<ArrayViewMut2<'_, T>>,
+            ) -> Result<Vec<T>> {
+                (**self).backward(x, g, dx)
+            }
+        }
+    )*};
 }
+
+// A boxed adapter is an adapter (so `AdaptedLinear<T, Box<dyn Adapter<T>>>`
+// can hold any method), and so is a mutable borrow of one (a layer can
+// train a model's adapter in place).
+forward_adapter!(Box<A>, &mut A);
 
 /// `w += sign · d`, with `d` (`out × in`) transposed for
 /// [`Orientation::Transposed`]; shapes already checked.
@@ -152,13 +165,14 @@ pub enum InputGrad {
     Compute,
 }
 
-/// What [`AdaptedLinear::backward`] returns.
+/// What [`AdaptedLinear::backward`] and [`crate::AdaptedConv2d::backward`] return.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gradients<T> {
+pub struct Gradients<T, D: ndarray::Dimension = ndarray::Ix2> {
     /// `∂L/∂params`, in [`Adapter::params`] order.
     pub params: Vec<T>,
-    /// `∂L/∂x` (`batch × in`), with [`InputGrad::Compute`].
-    pub input: Option<Array2<T>>,
+    /// `∂L/∂x` with [`InputGrad::Compute`]: `batch × in` for a linear
+    /// layer, `batch × in × h × w` for a convolution.
+    pub input: Option<ndarray::Array<T, D>>,
 }
 
 /// A linear layer `y = x·Wᵀ + b` with an adapter, merged or not.

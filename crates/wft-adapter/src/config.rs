@@ -9,7 +9,7 @@ use dwt_core::{Mode, Orientation, Wavelet};
 use serde_json::{Map, Value, json};
 
 use crate::model::module_shape;
-use crate::shapes::BaseShapes;
+use crate::shapes::{BaseShapes, WeightLayout};
 use crate::targets::{ModuleSpec, Targets, pattern_value, proportional};
 use crate::tensors::check_json_keys;
 use crate::{Error, FourierFtConfig, Init, Layout, LoraConfig, Method, Result, Strategy, WaveletFtConfig};
@@ -71,14 +71,25 @@ impl std::fmt::Display for PeftType {
     }
 }
 
-/// `(out, in)` per module path, as the native format stores them.
-pub type ModuleShapes = BTreeMap<String, (usize, usize)>;
+/// What a folder's config records of its modules beyond PEFT's fields:
+/// the native format's `(out, in)` per module (`"shapes"`), and, for
+/// WaveletFT and FourierFT on convolutions, each convolution's `[kh, kw]`
+/// (`"kernels"`). LoRA convolutions need neither: PEFT's 4-D factors say it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleShapes {
+    /// `(out, in)` per module path (native `WAVELETFT` folders).
+    pub shapes: BTreeMap<String, (usize, usize)>,
+    /// `[kh, kw]` per convolution module path.
+    pub kernels: BTreeMap<String, [usize; 2]>,
+}
 
 /// One module a config adapts on a given base model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModulePlan {
-    /// `(out, in)` of the weight.
+    /// `(out, in)` of the weight (`in` = `in_channels·kh·kw` for a convolution).
     pub shape: (usize, usize),
+    /// How the base stores it.
+    pub layout: WeightLayout,
     /// Trainable coefficients (0 for LoRA, whose size is its rank).
     pub n: usize,
 }
@@ -169,6 +180,7 @@ const KNOWN: &[&str] = &[
     "alpha_pattern",
     "waveletft",
     "shapes",
+    "kernels",
 ];
 
 impl AdapterConfig {
@@ -225,7 +237,10 @@ impl AdapterConfig {
                 Init::Normal { std }
             }
         };
-        let mut shapes = BTreeMap::new();
+        let mut shapes = ModuleShapes {
+            kernels: field(&obj, "kernels", BTreeMap::new(), path)?,
+            ..ModuleShapes::default()
+        };
         let method = match peft_type {
             PeftType::WaveFt => {
                 let wavelet: String = field(&obj, "wavelet_family", "db1".to_string(), path)?;
@@ -256,7 +271,7 @@ impl AdapterConfig {
                 seed: 0,
             }),
             PeftType::WaveletFt => {
-                shapes = field(&obj, "shapes", BTreeMap::new(), path)?;
+                shapes.shapes = field(&obj, "shapes", BTreeMap::new(), path)?;
                 MethodConfig::WaveletFt(field(&obj, "waveletft", WaveletFtConfig::default(), path)?)
             }
         };
@@ -301,15 +316,19 @@ impl AdapterConfig {
             let Some(m) = name.strip_suffix(".weight") else {
                 continue;
             };
-            if base.tensor_shape(&name).is_some_and(|s| s.len() == 2) && self.targets.matches(m)? {
-                targets.push((m.to_string(), module_shape(base, m, self.orientation)?.1));
+            let adaptable = base
+                .tensor_shape(&name)
+                .is_some_and(|s| WeightLayout::of_shape(&s).is_some());
+            if adaptable && self.targets.matches(m)? {
+                let w = module_shape(base, m, self.orientation)?;
+                targets.push((m.to_string(), w.shape, w.layout));
             }
         }
         if targets.is_empty() {
             return Err(Error::invalid(
                 "target_modules",
                 format!(
-                    "{:?} matches no 2-D weight of {}",
+                    "{:?} matches no linear (2-D) or convolution (4-D) weight of {}",
                     self.targets.target_modules,
                     base.base_path().display()
                 ),
@@ -320,18 +339,28 @@ impl AdapterConfig {
             MethodConfig::FourierFt(config) => config.n_frequency,
             MethodConfig::Lora(_) => 0,
         };
-        let sizes: Vec<(String, usize)> = targets.iter().map(|(m, (o, i))| (m.clone(), o * i)).collect();
+        let sizes: Vec<(String, usize)> = targets.iter().map(|(m, (o, i), _)| (m.clone(), o * i)).collect();
         let prop = self.proportional_parameters.then(|| proportional(&sizes, n_default));
         targets
             .into_iter()
-            .map(|(m, shape)| {
+            .map(|(m, shape, layout)| {
                 let n = match &prop {
                     Some(p) => p[&m],
                     None => pattern_value(&self.n_frequency_pattern, &m)?.unwrap_or(n_default),
                 };
-                Ok((m, ModulePlan { shape, n }))
+                Ok((m, ModulePlan { shape, layout, n }))
             })
             .collect()
+    }
+
+    /// The `peft_type` of a folder of this config whose modules include
+    /// convolutions when `convolutions` is set: WaveletFT then always takes
+    /// the native format, since PEFT's WaveFT has no convolutions.
+    pub fn folder_type(&self, convolutions: bool) -> PeftType {
+        match self.peft_type() {
+            PeftType::WaveFt if convolutions => PeftType::WaveletFt,
+            t => t,
+        }
     }
 
     /// The PEFT `peft_type`, or [`PeftType::WaveletFt`] for the native format.
@@ -356,14 +385,17 @@ impl AdapterConfig {
         Ok(c)
     }
 
-    /// The JSON this config is written as.
-    pub fn to_json(&self, shapes: &BTreeMap<String, (usize, usize)>) -> Value {
+    /// The JSON this config is written as, for a folder whose modules are
+    /// `modules` (their shapes for the native format, and their
+    /// convolutions' kernels).
+    pub fn to_json(&self, modules: &ModuleShapes) -> Value {
+        let peft_type = self.folder_type(!modules.kernels.is_empty());
         let mut obj = self.extra.clone();
         let mut put = |k: &str, v: Value| {
             obj.insert(k.to_string(), v);
         };
         let t = &self.targets;
-        put("peft_type", json!(self.peft_type().name()));
+        put("peft_type", json!(peft_type.name()));
         put("target_modules", json!(t.target_modules));
         put("exclude_modules", json!(t.exclude_modules));
         put("layers_to_transform", json!(t.layers_to_transform));
@@ -381,7 +413,7 @@ impl AdapterConfig {
             obj.insert(k.to_string(), v);
         };
         match &self.method {
-            MethodConfig::WaveletFt(c) if c.is_peft_compatible() => {
+            MethodConfig::WaveletFt(c) if peft_type == PeftType::WaveFt => {
                 put("n_frequency", json!(c.n_frequency));
                 put("scaling", json!(c.scaling));
                 put("wavelet_family", json!(c.wavelet));
@@ -393,7 +425,7 @@ impl AdapterConfig {
             }
             MethodConfig::WaveletFt(c) => {
                 put("waveletft", json!(c));
-                put("shapes", json!(shapes));
+                put("shapes", json!(modules.shapes));
                 put("n_frequency_pattern", json!(self.n_frequency_pattern));
                 put("proportional_parameters", json!(self.proportional_parameters));
             }
@@ -415,6 +447,9 @@ impl AdapterConfig {
                 obj.entry("lora_dropout").or_insert(json!(0.0));
                 obj.entry("init_lora_weights").or_insert(json!(true));
             }
+        }
+        if !modules.kernels.is_empty() && !matches!(self.method, MethodConfig::Lora(_)) {
+            obj.insert("kernels".into(), json!(modules.kernels));
         }
         Value::Object(obj)
     }

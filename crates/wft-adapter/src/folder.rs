@@ -21,10 +21,9 @@ use std::path::{Path, PathBuf};
 use dwt_core::Location;
 use ndarray::Array2;
 
-use crate::adapter::stored_shape;
-use crate::config::{AdapterConfig, MethodConfig, ModulePlan, PeftType};
-use crate::model::{AdapterModel, ModuleAdapter, module_shape};
-use crate::shapes::BaseShapes;
+use crate::config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PeftType};
+use crate::model::{AdapterModel, ModuleAdapter, ModuleWeight, module_shape};
+use crate::shapes::{BaseShapes, WeightLayout};
 use crate::tensors::{RawTensor, TensorFile, read_text_capped, text_capped, write_atomic, write_text_atomic};
 use crate::{Adapter, Error, FourierFt, Init, Lora, Result, WaveletFt, WaveletFtConfig};
 
@@ -142,6 +141,59 @@ pub(crate) fn matrix(file: &TensorFile, key: &str, shape: [Option<usize>; 2], wh
     a.into_dimensionality().map_err(|_| mismatch())
 }
 
+/// LoRA's factors as matrices `A: r × in`, `B: out × r`, and the layout
+/// they belong to: 2-D factors are a linear layer's; PEFT's convolution
+/// factors are `A: [r, in, kh, kw]` and `B: [out, r, 1, 1]`.
+fn lora_factors(file: &TensorFile, ka: &str, kb: &str, r: usize) -> Result<(Array2<f32>, Array2<f32>, WeightLayout)> {
+    let shape_a = file.info(ka).map(|(_, s)| s.to_vec()).unwrap_or_default();
+    let [ra, _, kh, kw] = shape_a[..] else {
+        let a = matrix(file, ka, [Some(r), None], "LoRA A (r × in)")?;
+        let b = matrix(file, kb, [None, Some(r)], "LoRA B (out × r)")?;
+        return Ok((a, b, WeightLayout::Linear));
+    };
+    let mismatch = |key: &str, found: Vec<usize>, expected: String| Error::ShapeMismatch {
+        path: file.path().to_path_buf(),
+        tensor: key.into(),
+        found,
+        expected,
+    };
+    if ra != r || kh == 0 || kw == 0 {
+        return Err(mismatch(
+            ka,
+            shape_a,
+            format!("[{r}, in, kh, kw] (a convolution's LoRA A)"),
+        ));
+    }
+    let a = weight_matrix(file, ka, "LoRA A (r × in × kh × kw)")?;
+    let shape_b = file.info(kb).map(|(_, s)| s.to_vec()).unwrap_or_default();
+    if !matches!(shape_b[..], [_, rb, 1, 1] if rb == r) {
+        let b = file.f32(kb, "LoRA B (out × r × 1 × 1)")?;
+        return Err(mismatch(
+            kb,
+            b.shape().to_vec(),
+            format!("[out, {r}, 1, 1] (a convolution's LoRA B)"),
+        ));
+    }
+    let b = weight_matrix(file, kb, "LoRA B (out × r × 1 × 1)")?;
+    Ok((a, b, WeightLayout::Conv2d { kernel: [kh, kw] }))
+}
+
+/// A base weight as its `out × in` matrix: a 2-D weight as stored, a 4-D
+/// convolution weight `[out, in, kh, kw]` flattened to `out × (in·kh·kw)`.
+pub(crate) fn weight_matrix(file: &TensorFile, key: &str, what: &str) -> Result<Array2<f32>> {
+    let a = file.f32(key, what)?;
+    let shape = a.shape().to_vec();
+    let mismatch = || Error::ShapeMismatch {
+        path: file.path().to_path_buf(),
+        tensor: key.into(),
+        found: shape.clone(),
+        expected: "a 2-D linear weight or a 4-D convolution weight".into(),
+    };
+    let (rows, cols) = WeightLayout::matrix_shape(&shape).ok_or_else(mismatch)?;
+    let values = a.as_standard_layout().iter().copied().collect();
+    Array2::from_shape_vec((rows, cols), values).map_err(|_| mismatch())
+}
+
 /// A folder's two files, read but not interpreted: the config's text (size
 /// capped, UTF-8; its keys are checked when it is parsed) and the weights.
 pub(crate) struct Folder {
@@ -221,7 +273,7 @@ impl AdapterModel {
         let (cfg_path, file) = (&folder.config_path, &folder.weights);
         let (config, shapes) = AdapterConfig::from_json(&folder.config, cfg_path)?;
         let orient = config.orientation;
-        let shape_from_base = |m: &str| -> Result<(usize, usize)> {
+        let weight_in_base = |m: &str| -> Result<ModuleWeight> {
             let base = base.ok_or_else(|| {
                 Error::invalid(
                     "base model",
@@ -231,7 +283,40 @@ impl AdapterModel {
                     ),
                 )
             })?;
-            Ok(module_shape(base, m, orient)?.1)
+            module_shape(base, m, orient)
+        };
+        let shape_from_base = |m: &str| -> Result<(usize, usize)> { Ok(weight_in_base(m)?.shape) };
+        // The layout a folder's `"kernels"` records for a module.
+        let recorded = |m: &str| -> Result<WeightLayout> {
+            match shapes.kernels.get(m) {
+                None => Ok(WeightLayout::Linear),
+                Some(&[kh, kw]) if kh > 0 && kw > 0 => Ok(WeightLayout::Conv2d { kernel: [kh, kw] }),
+                Some(k) => Err(Error::Json {
+                    path: cfg_path.clone(),
+                    reason: format!("\"kernels\" has an empty kernel {k:?} for module {m:?}"),
+                }),
+            }
+        };
+        // A module's recorded layout must be the base's.
+        let check_layout = |m: &str, layout: WeightLayout| -> Result<()> {
+            let Some(base) = base else { return Ok(()) };
+            let w = module_shape(base, m, orient)?;
+            if w.layout == layout {
+                return Ok(());
+            }
+            Err(Error::ShapeMismatch {
+                path: base.base_path().to_path_buf(),
+                found: w.stored(orient),
+                tensor: w.key,
+                expected: format!(
+                    "a {} weight, as {} records for {m:?}",
+                    match layout {
+                        WeightLayout::Linear => "linear".to_string(),
+                        WeightLayout::Conv2d { kernel: [kh, kw] } => format!("{kh}×{kw} convolution"),
+                    },
+                    cfg_path.display()
+                ),
+            })
         };
         // What PEFT would allocate on this base; a spectrum of another length
         // belongs to another config or model. (Skipped when the base's names
@@ -266,6 +351,7 @@ impl AdapterModel {
                     .collect()
             };
         let mut modules = BTreeMap::new();
+        let mut layouts: BTreeMap<String, WeightLayout> = BTreeMap::new();
         let mut expected_keys = Vec::new();
         let native = TensorRole::Coefficients.modules(file);
         match &config.method {
@@ -286,10 +372,22 @@ impl AdapterModel {
                     }
                     let bad =
                         |k: &str| Error::invalid(format!("{} tensor {k}", file.path().display()), "negative location");
-                    let shape = *shapes.get(&m).ok_or_else(|| Error::Json {
+                    let shape = *shapes.shapes.get(&m).ok_or_else(|| Error::Json {
                         path: cfg_path.clone(),
                         reason: format!("\"shapes\" has no entry for module {m:?}"),
                     })?;
+                    let layout = recorded(&m)?;
+                    if !layout.fits(shape) {
+                        return Err(Error::Json {
+                            path: cfg_path.clone(),
+                            reason: format!(
+                                "module {m:?}: {} columns are not a whole number of {:?} kernels",
+                                shape.1, shapes.kernels[&m]
+                            ),
+                        });
+                    }
+                    check_layout(&m, layout)?;
+                    layouts.insert(m.clone(), layout);
                     let geometry = crate::Geometry::new(c.layout, &c.wavelet, c.mode, c.level, shape)
                         .map_err(|e| in_tensor(file, &kl, e))?;
                     let flat = locs.into_raw_vec_and_offset().0;
@@ -330,6 +428,9 @@ impl AdapterModel {
                     Ok(a.into())
                 };
                 for (m, k, a) in spectra(TensorRole::WaveFtSpectrum, "WaveFT spectrum", &build)? {
+                    let layout = recorded(&m)?;
+                    check_layout(&m, layout)?;
+                    layouts.insert(m.clone(), layout);
                     modules.insert(m, a);
                     expected_keys.push(k);
                 }
@@ -337,6 +438,9 @@ impl AdapterModel {
             MethodConfig::FourierFt(c) => {
                 let build = |values, shape| Ok(FourierFt::from_spectrum(c, shape, values)?.into());
                 for (m, k, a) in spectra(TensorRole::FourierFtSpectrum, "FourierFT spectrum", &build)? {
+                    let layout = recorded(&m)?;
+                    check_layout(&m, layout)?;
+                    layouts.insert(m.clone(), layout);
                     modules.insert(m, a);
                     expected_keys.push(k);
                 }
@@ -345,24 +449,24 @@ impl AdapterModel {
                 for m in TensorRole::LoraA.modules(file) {
                     let (ka, kb) = (TensorRole::LoraA.key(&m), TensorRole::LoraB.key(&m));
                     let c = config.lora_for(c, &m)?;
-                    let a = matrix(file, &ka, [Some(c.r), None], "LoRA A (r × in)")?;
-                    let b = matrix(file, &kb, [None, Some(c.r)], "LoRA B (out × r)")?;
+                    let (a, b, layout) = lora_factors(file, &ka, &kb, c.r)?;
                     if let Some(base) = base {
-                        let (key, shape) = module_shape(base, &m, orient)?;
+                        let w = module_shape(base, &m, orient)?;
                         let want = (b.nrows(), a.ncols());
-                        if shape != want {
+                        if w.shape != want || w.layout != layout {
                             return Err(Error::ShapeMismatch {
                                 path: base.base_path().to_path_buf(),
-                                tensor: key,
-                                found: stored_shape(shape, orient).to_vec(),
+                                found: w.stored(orient),
+                                tensor: w.key,
                                 expected: format!(
                                     "{:?} to fit the LoRA factors of {m:?} in {}",
-                                    stored_shape(want, orient),
+                                    layout.stored_shape(want, orient),
                                     file.path().display()
                                 ),
                             });
                         }
                     }
+                    layouts.insert(m.clone(), layout);
                     modules.insert(m, Lora::from_factors(&c, a, b)?.into());
                     expected_keys.extend([ka, kb]);
                 }
@@ -383,7 +487,15 @@ impl AdapterModel {
                 expected: format!("at least one {} module", config.peft_type()),
             });
         }
-        Ok(AdapterModel { config, modules })
+        let mut model = AdapterModel {
+            config,
+            modules,
+            convolutions: BTreeMap::new(),
+        };
+        for (m, layout) in layouts {
+            model.record_layout(&m, layout);
+        }
+        Ok(model)
     }
 
     /// Save as a folder: PEFT's format when PEFT can express the config,
@@ -396,13 +508,16 @@ impl AdapterModel {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut tensors: Vec<(String, RawTensor<'static>)> = Vec::new();
-        let mut shapes = BTreeMap::new();
-        let native = self.config.peft_type() == PeftType::WaveletFt;
+        let mut stored = ModuleShapes {
+            kernels: self.convolutions.clone(),
+            ..ModuleShapes::default()
+        };
+        let native = self.config.folder_type(!self.convolutions.is_empty()) == PeftType::WaveletFt;
         for (m, a) in &self.modules {
             let k = |role: TensorRole| role.key(m);
             match a {
                 ModuleAdapter::WaveletFt(w) if native => {
-                    shapes.insert(m.clone(), w.shape());
+                    stored.shapes.insert(m.clone(), w.shape());
                     tensors.push((
                         k(TensorRole::Coefficients),
                         RawTensor::from_f32(&[w.num_params()], w.params()),
@@ -434,8 +549,16 @@ impl AdapterModel {
                     let r = l.rank();
                     let a: Vec<f32> = l.a().iter().copied().collect();
                     let b: Vec<f32> = l.b().iter().copied().collect();
-                    tensors.push((k(TensorRole::LoraA), RawTensor::from_f32(&[r, inp], &a)));
-                    tensors.push((k(TensorRole::LoraB), RawTensor::from_f32(&[out, r], &b)));
+                    // PEFT's convolution LoRA: A is a conv `[r, in, kh, kw]`,
+                    // B a 1×1 conv `[out, r, 1, 1]`.
+                    let (sa, sb) = match self.layout(m) {
+                        WeightLayout::Linear => (vec![r, inp], vec![out, r]),
+                        WeightLayout::Conv2d { kernel: [kh, kw] } => {
+                            (vec![r, inp / (kh * kw).max(1), kh, kw], vec![out, r, 1, 1])
+                        }
+                    };
+                    tensors.push((k(TensorRole::LoraA), RawTensor::from_f32(&sa, &a)));
+                    tensors.push((k(TensorRole::LoraB), RawTensor::from_f32(&sb, &b)));
                 }
             }
         }
@@ -445,7 +568,7 @@ impl AdapterModel {
             tensors.iter().map(|(k, t)| (k.clone(), t)),
             Some(meta),
         )?;
-        let text = serde_json::to_string_pretty(&self.config.to_json(&shapes)).map_err(|e| Error::Json {
+        let text = serde_json::to_string_pretty(&self.config.to_json(&stored)).map_err(|e| Error::Json {
             path: dir.join(CONFIG_FILE),
             reason: e.to_string(),
         })?;

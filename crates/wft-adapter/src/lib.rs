@@ -54,6 +54,7 @@
 
 mod adapter;
 mod config;
+mod conv;
 mod error;
 mod folder;
 mod fourierft;
@@ -73,6 +74,7 @@ mod waveletft;
 
 pub use adapter::{AdaptedLinear, Adapter, Gradients, InputGrad, Method};
 pub use config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PEFT_VERSION, PeftType};
+pub use conv::{AdaptedConv2d, Conv2dGeometry};
 #[cfg(feature = "gpu")]
 pub use dwt_gpu;
 pub use error::{Error, Result};
@@ -85,7 +87,7 @@ pub use lora::{Lora, LoraConfig};
 pub use merge::MergeReport;
 pub use model::{AdapterModel, ModuleAdapter};
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
-pub use shapes::{BaseShapes, ShapeMap};
+pub use shapes::{BaseShapes, ShapeMap, WeightLayout};
 pub use summary::{ModuleSummary, Summary};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
 pub use tensors::{INDEX_FILE, MAX_JSON_BYTES, RawTensor, TensorFile, write_atomic, write_text_atomic};

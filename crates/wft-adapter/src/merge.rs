@@ -9,7 +9,7 @@ use dwt_core::Orientation;
 use ndarray::{Array2, ArrayViewMut2};
 use safetensors::Dtype;
 
-use crate::adapter::{check_finite, stored_shape};
+use crate::adapter::check_finite;
 use crate::model::{AdapterModel, ModuleAdapter, module_shape};
 use crate::stream::rewrite;
 use crate::tensors::{TensorFile, encode_f32};
@@ -68,16 +68,20 @@ impl AdapterModel {
         let orient = self.config.orientation;
         let mut plan: BTreeMap<String, &str> = BTreeMap::new();
         for (m, a) in &self.modules {
-            let (key, shape) = module_shape(base, m, orient)?;
-            if shape != a.as_adapter().shape() {
-                let (o, i) = a.as_adapter().shape();
+            let weight = module_shape(base, m, orient)?;
+            let layout = self.layout(m);
+            if weight.shape != a.as_adapter().shape() || weight.layout != layout {
                 return Err(Error::ShapeMismatch {
                     path: base.path().to_path_buf(),
-                    tensor: key,
-                    found: stored_shape(shape, orient).to_vec(),
-                    expected: format!("{:?} for the adapter of {m:?}", stored_shape((o, i), orient)),
+                    found: weight.stored(orient),
+                    tensor: weight.key,
+                    expected: format!(
+                        "{:?} for the adapter of {m:?}",
+                        layout.stored_shape(a.as_adapter().shape(), orient)
+                    ),
                 });
             }
+            let key = weight.key;
             check_finite(&format!("adapter of {m:?}"), a.as_adapter().params())?;
             match base.info(&key) {
                 Some((Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16, _)) => {}
@@ -101,7 +105,8 @@ impl AdapterModel {
                 report.copied += 1;
                 return Ok(false);
             };
-            self.merge_one(base, name, &self.modules[*m], device, w)?;
+            let orientation = self.layout(m).orientation(self.config.orientation);
+            self.merge_one(base, name, &self.modules[*m], orientation, device, w)?;
             report.merged.push((name.to_string(), m.to_string()));
             Ok(true)
         };
@@ -116,10 +121,10 @@ impl AdapterModel {
         base: &TensorFile,
         name: &str,
         module: &ModuleAdapter,
+        orient: Orientation,
         device: Device<'_>,
         w: &mut dyn Write,
     ) -> Result<()> {
-        let orient = self.config.orientation;
         let raw = base.raw(name, "")?;
         let (dtype, dims) = (raw.dtype, raw.shape.clone());
         let not_float = || Error::DtypeMismatch {
@@ -144,7 +149,9 @@ impl AdapterModel {
         }
         drop(raw);
         let mut values = base.f32_releasing(name)?.ok_or_else(not_float)?;
-        let view = ArrayViewMut2::from_shape([dims[0], dims[1]], &mut values)
+        // A convolution `[out, in, kh, kw]` merges as its `out × (in·kh·kw)` matrix.
+        let cols = dims.iter().skip(1).product();
+        let view = ArrayViewMut2::from_shape([dims.first().copied().unwrap_or(0), cols], &mut values)
             .map_err(|e| Error::invalid(name, e.to_string()))?;
         device.merge(module, view, orient)?;
         encode_f32(dtype, &values, w).map_err(io)?.ok_or_else(not_float)

@@ -8,8 +8,8 @@ use dwt_core::Orientation;
 use ndarray::Array2;
 
 use crate::config::{AdapterConfig, MethodConfig, ModulePlan};
-use crate::folder::matrix;
-use crate::shapes::BaseShapes;
+use crate::folder::weight_matrix;
+use crate::shapes::{BaseShapes, WeightLayout};
 use crate::tensors::TensorFile;
 use crate::{
     Adapter, Error, FourierFt, FourierFtConfig, Lora, LoraConfig, Result, Strategy, WaveletFt, WaveletFtConfig,
@@ -68,6 +68,9 @@ impl From<Lora<f32>> for ModuleAdapter {
 pub struct AdapterModel {
     pub(crate) config: AdapterConfig,
     pub(crate) modules: BTreeMap<String, ModuleAdapter>,
+    /// The modules that are convolutions, with their kernels (every other
+    /// module is linear).
+    pub(crate) convolutions: BTreeMap<String, [usize; 2]>,
 }
 
 impl AdapterModel {
@@ -83,6 +86,26 @@ impl AdapterModel {
     pub fn modules_mut(&mut self) -> &mut BTreeMap<String, ModuleAdapter> {
         &mut self.modules
     }
+    /// How module `module`'s base weight is stored: a convolution's
+    /// adapter works on its `out × (in·kh·kw)` matrix ([`WeightLayout`]).
+    pub fn layout(&self, module: &str) -> WeightLayout {
+        self.convolutions
+            .get(module)
+            .map_or(WeightLayout::Linear, |&kernel| WeightLayout::Conv2d { kernel })
+    }
+
+    /// The convolution modules' kernels, as a folder records them.
+    pub(crate) fn record_layout(&mut self, module: &str, layout: WeightLayout) {
+        match layout {
+            WeightLayout::Conv2d { kernel } => {
+                self.convolutions.insert(module.to_string(), kernel);
+            }
+            WeightLayout::Linear => {
+                self.convolutions.remove(module);
+            }
+        }
+    }
+
     /// Total trainable parameters.
     pub fn num_params(&self) -> usize {
         self.modules.values().map(|m| m.as_adapter().num_params()).sum()
@@ -117,8 +140,12 @@ impl AdapterModel {
         weights: Option<&TensorFile>,
         seed: u64,
     ) -> Result<Self> {
-        let mut modules = BTreeMap::new();
-        for (m, ModulePlan { shape, n }) in config.plan(base)? {
+        let mut model = AdapterModel {
+            config: config.clone(),
+            modules: BTreeMap::new(),
+            convolutions: BTreeMap::new(),
+        };
+        for (m, ModulePlan { shape, layout, n }) in config.plan(base)? {
             let adapter: ModuleAdapter = match &config.method {
                 MethodConfig::WaveletFt(c) => {
                     let c = WaveletFtConfig {
@@ -133,8 +160,8 @@ impl AdapterModel {
                             )
                         })?;
                         let key = resolve_weight(base, &m)?;
-                        let w = matrix(weights, &key, [None, None], "the frozen weight")?;
-                        WaveletFt::from_frozen(&c, config.orientation.orient(w.view()))?.into()
+                        let w = weight_matrix(weights, &key, "the frozen weight")?;
+                        WaveletFt::from_frozen(&c, layout.orientation(config.orientation).orient(w.view()))?.into()
                     } else {
                         WaveletFt::new(&c, shape)?.into()
                     }
@@ -154,9 +181,10 @@ impl AdapterModel {
                     Lora::new(&c, shape)?.into()
                 }
             };
-            modules.insert(m, adapter);
+            model.record_layout(&m, layout);
+            model.modules.insert(m, adapter);
         }
-        Ok(AdapterModel { config, modules })
+        Ok(model)
     }
 
     /// ΔW of one module (`out × in`, even for `fan_in_fan_out`).
@@ -208,25 +236,42 @@ pub(crate) fn resolve_weight(base: &dyn BaseShapes, module: &str) -> Result<Stri
     }
 }
 
-/// The weight's key and `(out, in)` of a module from the base checkpoint.
-pub(crate) fn module_shape(
-    base: &dyn BaseShapes,
-    module: &str,
-    orientation: Orientation,
-) -> Result<(String, (usize, usize))> {
+/// A module's weight in a base model: its key, its `(out, in)` matrix
+/// (`in` = `in_channels·kh·kw` for a convolution) and how it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ModuleWeight {
+    pub(crate) key: String,
+    pub(crate) shape: (usize, usize),
+    pub(crate) layout: WeightLayout,
+}
+
+impl ModuleWeight {
+    /// Its stored shape, under the config's orientation.
+    pub(crate) fn stored(&self, orientation: Orientation) -> Vec<usize> {
+        self.layout.stored_shape(self.shape, orientation)
+    }
+}
+
+/// A module's weight from the base checkpoint: a 2-D linear weight or a
+/// 4-D convolution ([`WeightLayout`]).
+pub(crate) fn module_shape(base: &dyn BaseShapes, module: &str, orientation: Orientation) -> Result<ModuleWeight> {
     let key = resolve_weight(base, module)?;
     let shape = base.tensor_shape(&key).ok_or_else(|| Error::MissingTensor {
         path: base.base_path().to_path_buf(),
         tensor: key.clone(),
         expected: "the module's weight".into(),
     })?;
-    let &[a, b] = shape.as_slice() else {
+    let (Some(layout), Some(matrix)) = (WeightLayout::of_shape(&shape), WeightLayout::matrix_shape(&shape)) else {
         return Err(Error::ShapeMismatch {
             path: base.base_path().to_path_buf(),
             tensor: key,
             found: shape.to_vec(),
-            expected: "a 2-D weight".into(),
+            expected: "a 2-D linear weight or a 4-D convolution weight".into(),
         });
     };
-    Ok((key, orientation.stored_shape((a, b))))
+    let shape = match layout {
+        WeightLayout::Linear => orientation.stored_shape(matrix),
+        WeightLayout::Conv2d { .. } => matrix,
+    };
+    Ok(ModuleWeight { key, shape, layout })
 }

@@ -61,3 +61,78 @@ impl BaseShapes for ShapeMap {
         self.shapes.get(name).cloned()
     }
 }
+
+/// How a module's base weight is stored. Every adapter works on an
+/// `out × in` matrix; a 2-D convolution's `[out, in, kh, kw]` weight is the
+/// `out × (in·kh·kw)` matrix of its row-major flattening, the convention
+/// PEFT uses for LoRA on `nn.Conv2d` (its ΔW is `B·A` reshaped). Column
+/// `(i·kh + u)·kw + v` of that matrix is input channel `i`, kernel tap
+/// `(u, v)`; WaveletFT and FourierFT draw their locations over it exactly
+/// as over a linear layer's matrix, so a wavelet atom spans neighbouring
+/// taps and channels.
+///
+/// A convolution's weight has no transposed storage: PEFT's
+/// `fan_in_fan_out` applies to linear layers only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WeightLayout {
+    /// A linear layer's `[out, in]` (or `[in, out]` with `fan_in_fan_out`).
+    #[default]
+    Linear,
+    /// A 2-D convolution's `[out, in, kh, kw]`, with `kernel = [kh, kw]`.
+    Conv2d {
+        /// `[kh, kw]`.
+        kernel: [usize; 2],
+    },
+}
+
+impl WeightLayout {
+    /// The layout of a stored weight shape: 2-D is linear, 4-D a 2-D
+    /// convolution; `None` for anything else.
+    pub fn of_shape(shape: &[usize]) -> Option<Self> {
+        match *shape {
+            [_, _] => Some(WeightLayout::Linear),
+            [_, _, kh, kw] => Some(WeightLayout::Conv2d { kernel: [kh, kw] }),
+            _ => None,
+        }
+    }
+
+    /// The `(out, in)` matrix of a weight stored as `shape` (in this
+    /// layout), before any `fan_in_fan_out` transposition.
+    pub fn matrix_shape(shape: &[usize]) -> Option<(usize, usize)> {
+        match *shape {
+            [a, b] => Some((a, b)),
+            [o, i, kh, kw] => Some((o, i.checked_mul(kh)?.checked_mul(kw)?)),
+            _ => None,
+        }
+    }
+
+    /// The stored shape of the `(out, in)` matrix (`in` = `in_channels·kh·kw`
+    /// for a convolution), `orientation` applying to linear layers only.
+    pub fn stored_shape(self, (out, inp): (usize, usize), orientation: dwt_core::Orientation) -> Vec<usize> {
+        match self {
+            WeightLayout::Linear => {
+                let (a, b) = orientation.stored_shape((out, inp));
+                vec![a, b]
+            }
+            WeightLayout::Conv2d { kernel: [kh, kw] } => vec![out, inp / (kh * kw).max(1), kh, kw],
+        }
+    }
+
+    /// The orientation a weight of this layout is stored in, given the
+    /// config's (convolutions are never transposed).
+    pub fn orientation(self, config: dwt_core::Orientation) -> dwt_core::Orientation {
+        match self {
+            WeightLayout::Linear => config,
+            WeightLayout::Conv2d { .. } => dwt_core::Orientation::Normal,
+        }
+    }
+
+    /// Whether an `(out, in)` matrix can have this layout (a convolution's
+    /// `in` must be a whole number of kernels).
+    pub fn fits(self, (_, inp): (usize, usize)) -> bool {
+        match self {
+            WeightLayout::Linear => true,
+            WeightLayout::Conv2d { kernel: [kh, kw] } => kh * kw > 0 && inp % (kh * kw) == 0 && inp > 0,
+        }
+    }
+}

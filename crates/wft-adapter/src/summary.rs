@@ -9,7 +9,7 @@ use safetensors::Dtype;
 use crate::config::{AdapterConfig, PeftType};
 use crate::folder::{Folder, TensorRole};
 use crate::model::module_shape;
-use crate::shapes::BaseShapes;
+use crate::shapes::{BaseShapes, WeightLayout};
 use crate::tensors::TensorFile;
 use crate::{Method, Result};
 
@@ -21,8 +21,11 @@ pub struct ModuleSummary {
     /// Trainable parameters.
     pub params: usize,
     /// `(out, in)` when known (always for LoRA and native folders; with a
-    /// base model for WaveFT and FourierFT).
+    /// base model for WaveFT and FourierFT); `in` is `in_channels·kh·kw`
+    /// for a convolution.
     pub shape: Option<(usize, usize)>,
+    /// A linear layer or a convolution.
+    pub layout: WeightLayout,
 }
 
 /// What an adapter folder holds, read without building the adapters.
@@ -85,23 +88,31 @@ impl Summary {
             let entry = modules.entry(m.to_string()).or_insert_with(|| ModuleSummary {
                 path: m.to_string(),
                 params: 0,
-                shape: shapes.get(m).copied(),
+                shape: shapes.shapes.get(m).copied(),
+                layout: shapes
+                    .kernels
+                    .get(m)
+                    .map_or(WeightLayout::Linear, |&kernel| WeightLayout::Conv2d { kernel }),
             });
             entry.params += count;
-            if let (TensorRole::LoraA, [_, i]) = (role, shape) {
-                entry.shape = Some((entry.shape.map_or(0, |s| s.0), *i));
-            }
-            if let (TensorRole::LoraB, [o, _]) = (role, shape) {
-                entry.shape = Some((*o, entry.shape.map_or(0, |s| s.1)));
+            match (role, shape) {
+                (TensorRole::LoraA, [_, i]) => entry.shape = Some((entry.shape.map_or(0, |s| s.0), *i)),
+                (TensorRole::LoraA, [_, i, kh, kw]) => {
+                    entry.shape = Some((entry.shape.map_or(0, |s| s.0), i * kh * kw));
+                    entry.layout = WeightLayout::Conv2d { kernel: [*kh, *kw] };
+                }
+                (TensorRole::LoraB, [o, ..]) => entry.shape = Some((*o, entry.shape.map_or(0, |s| s.1))),
+                _ => {}
             }
         }
         if let Some(base) = base {
             for m in modules.values_mut() {
-                m.shape = Some(module_shape(base, &m.path, config.orientation)?.1);
+                let w = module_shape(base, &m.path, config.orientation)?;
+                (m.shape, m.layout) = (Some(w.shape), w.layout);
             }
         }
         Ok(Summary {
-            peft_type: config.peft_type(),
+            peft_type: config.folder_type(!shapes.kernels.is_empty()),
             method: config.method.method(),
             modules: modules.into_values().collect(),
             file_size: file.size(),

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2, Ix4};
 use wft_adapter::{
-    Adapter, AdapterModel, CONFIG_FILE, ModuleAdapter, RawTensor, TensorFile, randperm_prefix, write_atomic,
+    AdaptedConv2d, Adapter, AdapterModel, CONFIG_FILE, Conv2dGeometry, ModuleAdapter, RawTensor, TensorFile,
+    randperm_prefix, write_atomic,
 };
 
 mod common;
@@ -87,6 +88,12 @@ fn unmerged_outputs_equal_peft_forward() {
         let paths = io_modules(&io, ".y");
         assert_eq!(paths.len(), model.modules().len(), "{case}");
         for m in paths {
+            if base.info(&format!("{m}.weight")).unwrap().1.len() == 4 {
+                let e = conv_output_error(&base, &io, &m, model.modules()[&m].clone());
+                worst = worst.max(e);
+                assert!(e <= TOL, "{case} {m}: relative error {e}");
+                continue;
+            }
             let x = f32_2d(&io, &format!("{m}.x"));
             let want = f32_2d(&io, &format!("{m}.y"));
             let w = f32_2d(&base, &format!("{m}.weight"));
@@ -107,6 +114,35 @@ fn unmerged_outputs_equal_peft_forward() {
         }
     }
     eprintln!("outputs: worst relative error {worst:.2e} over {} cases", CASES.len());
+}
+
+/// The relative error of our adapted convolution's output against PEFT's
+/// module output (the script's convolutions have stride 2, padding 1).
+fn conv_output_error(base: &TensorFile, io: &TensorFile, m: &str, mut adapter: ModuleAdapter) -> f32 {
+    let w = base
+        .f32(&format!("{m}.weight"), "")
+        .unwrap()
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let b = base
+        .f32(&format!("{m}.bias"), "")
+        .unwrap()
+        .into_dimensionality::<Ix1>()
+        .unwrap();
+    let x = io
+        .f32(&format!("{m}.x"), "")
+        .unwrap()
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let want = io.f32(&format!("{m}.y"), "").unwrap();
+    let geometry = Conv2dGeometry {
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+    let conv = AdaptedConv2d::new(w, Some(b), adapter.as_adapter_mut(), geometry).unwrap();
+    let y = conv.forward(x.view()).unwrap();
+    assert_eq!(y.shape(), want.shape());
+    rel_err(&y, &want)
 }
 
 /// PEFT's locations (saved by the script from the live PEFT layers) equal
@@ -212,6 +248,9 @@ fn save_round_trips_peft_folders() {
         let st = TensorFile::open(out.path().join(wft_adapter::WEIGHTS_FILE)).unwrap();
         let peft = TensorFile::open(dir.join("adapter").join(wft_adapter::WEIGHTS_FILE)).unwrap();
         assert_eq!(st.names(), peft.names());
+        for k in peft.names() {
+            assert_eq!(st.info(&k).unwrap().1, peft.info(&k).unwrap().1, "{case} {k}: shape");
+        }
         assert_eq!(st.metadata(), peft.metadata());
     }
 }

@@ -305,7 +305,10 @@ fn run(command: Command) -> Result<(), CliError> {
             println!();
             println!("{:<60} {:>12} {:>10}", "module", "shape", "params");
             for m in &s.modules {
-                let shape = m.shape.map_or("?".to_string(), |(o, i)| format!("{o}×{i}"));
+                let mut shape = m.shape.map_or("?".to_string(), |(o, i)| format!("{o}×{i}"));
+                if let wft_adapter::WeightLayout::Conv2d { kernel: [kh, kw] } = m.layout {
+                    shape = format!("{shape} (conv {kh}×{kw})");
+                }
                 println!("{:<60} {:>12} {:>10}", m.path, shape, m.params);
             }
             Ok(())
@@ -323,9 +326,13 @@ fn run(command: Command) -> Result<(), CliError> {
             let d = model.delta(&module)?;
             let (o, i) = d.dim();
             let values: Vec<f32> = d.iter().copied().collect();
-            let t = RawTensor::from_f32_as(Dtype::F32, &[o, i], &values)?;
+            // A convolution's ΔW in its weight's `[out, in, kh, kw]` shape.
+            let shape = model
+                .layout(&module)
+                .stored_shape((o, i), wft_adapter::Orientation::Normal);
+            let t = RawTensor::from_f32_as(Dtype::F32, &shape, &values)?;
             write_atomic(&out, [("delta_weight".to_string(), &t)], None)?;
-            println!("ΔW of {module} ({o}×{i}) -> {}", out.display());
+            println!("ΔW of {module} ({shape:?}) -> {}", out.display());
             Ok(())
         }
     }

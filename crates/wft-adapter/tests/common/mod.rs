@@ -17,6 +17,7 @@ pub const CASES: &[&str] = &[
     "lora",
     "rslora",
     "lora_layers_patterns",
+    "lora_conv2d",
     "waveft_layers_to_transform",
 ];
 

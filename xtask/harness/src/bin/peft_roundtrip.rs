@@ -11,12 +11,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ndarray::{Array1, Array2, Ix1, Ix2};
-use wft_adapter::{AdapterConfig, AdapterModel, CONFIG_FILE, Mt19937, RawTensor, TensorFile, write_atomic};
+use ndarray::{Array1, Array2, Array4, Ix1, Ix2};
+use wft_adapter::{
+    AdaptedConv2d, AdapterConfig, AdapterModel, CONFIG_FILE, Conv2dGeometry, ModuleAdapter, Mt19937, RawTensor,
+    TensorFile, write_atomic,
+};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out: PathBuf = std::env::args().nth(1).ok_or("usage: peft_roundtrip OUT_DIR")?.into();
-    let refs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs");
+    let refs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/wft-adapter/tests/peft_refs");
     let mut cases: Vec<_> = std::fs::read_dir(&refs)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
@@ -47,6 +50,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let io = TensorFile::open(case.join("io.safetensors"))?;
         let mut tensors = Vec::new();
         for (m, a) in model.modules() {
+            if base.info(&format!("{m}.weight")).is_some_and(|(_, s)| s.len() == 4) {
+                tensors.extend(conv_io(&base, &io, m, a.clone())?);
+                continue;
+            }
             let x: Array2<f32> = io.f32(&format!("{m}.x"), "input")?.into_dimensionality::<Ix2>()?;
             let w: Array2<f32> = base
                 .f32(&format!("{m}.weight"), "weight")?
@@ -78,6 +85,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// `<m>.x` and our `<m>.y` for a convolution (the reference scripts'
+/// convolutions have stride 2, padding 1).
+fn conv_io(
+    base: &TensorFile,
+    io: &TensorFile,
+    m: &str,
+    mut adapter: ModuleAdapter,
+) -> Result<Vec<(String, RawTensor<'static>)>, Box<dyn std::error::Error>> {
+    let w: Array4<f32> = base.f32(&format!("{m}.weight"), "weight")?.into_dimensionality()?;
+    let b: Array1<f32> = base.f32(&format!("{m}.bias"), "bias")?.into_dimensionality()?;
+    let x: Array4<f32> = io.f32(&format!("{m}.x"), "input")?.into_dimensionality()?;
+    let geometry = Conv2dGeometry {
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+    let y = AdaptedConv2d::new(w, Some(b), adapter.as_adapter_mut(), geometry)?.forward(x.view())?;
+    let flat = |a: &[usize], v: Vec<f32>| RawTensor::from_f32(a, &v);
+    Ok(vec![
+        (format!("{m}.x"), flat(x.shape(), x.iter().copied().collect())),
+        (format!("{m}.y"), flat(y.shape(), y.iter().copied().collect())),
+    ])
 }
 
 fn main() -> ExitCode {
