@@ -192,7 +192,36 @@ impl AdaptedLinear {
     /// lacks the tensors or they have other shapes, and the adapter's shape
     /// errors.
     pub fn load(vb: &VarPath<'_>, (out, inp): (usize, usize), bias: Bias) -> Result<Self> {
-        let stored = vb.get_stored("weight", &[out, inp])?;
+        Self::load_stored(vb, &[out, inp], bias)
+    }
+
+    /// A convolution's `[out, in, kh, kw]` weight at `vb`, as the
+    /// `out × (in·kh·kw)` layer over its input's patches flattened
+    /// channel-major (`wft_adapter::WeightLayout::Conv2d`): the
+    /// convolution is this layer applied to them. Frozen, plain or adapted
+    /// as [`AdaptedLinear::load`] says; a plain (fully tuned) weight stays
+    /// the checkpoint's 4-D variable.
+    ///
+    /// # Errors
+    /// As [`AdaptedLinear::load`]; [`Error::Config`] for a quantized
+    /// convolution weight.
+    pub fn load_conv(vb: &VarPath<'_>, shape: [usize; 4], bias: Bias) -> Result<Self> {
+        Self::load_stored(vb, &shape, bias)
+    }
+
+    fn load_stored(vb: &VarPath<'_>, shape: &[usize], bias: Bias) -> Result<Self> {
+        let out = shape.first().copied().unwrap_or(0);
+        let inp: usize = shape.iter().skip(1).product();
+        let stored = match vb.get_stored("weight", shape)? {
+            Stored::Dense(t) => Stored::Dense(t.reshape((out, inp))?),
+            Stored::Quantized(_) if shape.len() != 2 => {
+                return Err(Error::Config(format!(
+                    "{}: a quantized convolution weight is not supported",
+                    vb.path()
+                )));
+            }
+            q => q,
+        };
         let bias = match bias {
             Bias::With => Some(vb.get("bias", &[out])?),
             Bias::Without => None,

@@ -22,7 +22,8 @@ fn adapters(config: &Config) -> R<AdapterModel> {
         scaling: 5.0,
         ..Default::default()
     });
-    let targets = ModuleSpec::Names(vec!["query".into(), "value".into(), "fc2".into()]);
+    // The patch embedding's convolution too (`projection`).
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into(), "fc2".into(), "projection".into()]);
     let mut model = AdapterModel::new_for_shapes(AdapterConfig::new(method, targets), &shapes, 1)?;
     let mut g = wft_adapter::Mt19937::new(3);
     for m in model.modules_mut().values_mut() {
@@ -94,17 +95,22 @@ fn weights_that_do_not_fit_are_refused() -> R {
     Ok(())
 }
 
-/// ∂(a loss on the CLS token)/∂c of an adapted projection, and ∂/∂pixels
-/// (through the patch convolution and the resized position embeddings, at
-/// a 6 × 6 grid), against central differences.
+/// ∂(a loss on the CLS token)/∂c of the adapted patch convolution and of an
+/// adapted projection, and ∂/∂pixels (through the patch convolution and the
+/// resized position embeddings, at a 6 × 6 grid), against central
+/// differences.
 #[test]
 fn adapted_vit_gradients_match_central_differences() -> R {
     let config = Config::tiny();
     let weights = config.random_weights(7)?;
     let model = adapters(&config)?;
-    assert_eq!(model.modules().len(), 3 * config.num_hidden_layers);
+    assert_eq!(model.modules().len(), 3 * config.num_hidden_layers + 1);
+    assert_eq!(
+        model.layout(vit::PATCH_EMBEDDING),
+        wft_adapter::WeightLayout::Conv2d { kernel: [4, 4] }
+    );
     let vit = Vit::new(&config, &weights, Tuning::Adapters(&model))?;
-    assert_eq!(vit.linears().len(), 6 * config.num_hidden_layers);
+    assert_eq!(vit.linears().len(), 6 * config.num_hidden_layers + 1);
     let x = Var::from_tensor(&pixels(2, 24, 4)?)?;
     let probe = pixels(1, 8, 9)?.flatten_all()?.narrow(0, 0, 2 * 32)?.reshape((2, 32))?;
     let loss_of = |x: &Tensor| -> R<Tensor> {
@@ -114,24 +120,27 @@ fn adapted_vit_gradients_match_central_differences() -> R {
     };
     let grads = loss_of(x.as_tensor())?.backward()?;
     let h = 1e-2f32;
-    let (path, var) = vit.named_vars()[2].clone();
-    let grad = grads.get(var.as_tensor()).ok_or("no gradient")?.to_vec1::<f32>()?;
-    let base = var.as_tensor().to_vec1::<f32>()?;
-    let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0, "{path}: zero gradient");
-    let mut worst = 0f32;
-    for k in [0, 7, 19, 39] {
-        let mut p = base.clone();
-        p[k] += h;
-        var.set(&Tensor::from_vec(p.clone(), base.len(), &Device::Cpu)?)?;
-        let up = loss_of(x.as_tensor())?.to_scalar::<f32>()?;
-        p[k] -= 2.0 * h;
-        var.set(&Tensor::from_vec(p, base.len(), &Device::Cpu)?)?;
-        let down = loss_of(x.as_tensor())?.to_scalar::<f32>()?;
-        worst = worst.max(((up - down) / (2.0 * h) - grad[k]).abs() / scale);
+    let (first, _) = &vit.named_vars()[0];
+    assert_eq!(first, vit::PATCH_EMBEDDING);
+    for (path, var) in [vit.named_vars()[0].clone(), vit.named_vars()[2].clone()] {
+        let grad = grads.get(var.as_tensor()).ok_or("no gradient")?.to_vec1::<f32>()?;
+        let base = var.as_tensor().to_vec1::<f32>()?;
+        let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{path}: zero gradient");
+        let mut worst = 0f32;
+        for k in [0, 7, 19, 39] {
+            let mut p = base.clone();
+            p[k] += h;
+            var.set(&Tensor::from_vec(p.clone(), base.len(), &Device::Cpu)?)?;
+            let up = loss_of(x.as_tensor())?.to_scalar::<f32>()?;
+            p[k] -= 2.0 * h;
+            var.set(&Tensor::from_vec(p, base.len(), &Device::Cpu)?)?;
+            let down = loss_of(x.as_tensor())?.to_scalar::<f32>()?;
+            worst = worst.max(((up - down) / (2.0 * h) - grad[k]).abs() / scale);
+        }
+        var.set(&Tensor::from_vec(base.clone(), base.len(), &Device::Cpu)?)?;
+        assert!(worst < 2e-2, "{path}: relative error {worst}");
     }
-    var.set(&Tensor::from_vec(base.clone(), base.len(), &Device::Cpu)?)?;
-    assert!(worst < 2e-2, "{path}: relative error {worst}");
     let gx = grads
         .get(x.as_tensor())
         .ok_or("no input gradient")?

@@ -171,9 +171,11 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("vision.json"))?)?;
     assert_eq!(info["pooling"], "cls-and-mean-patch");
 
-    // Head only and full fine-tuning run too, and another size (an 2 × 2
-    // patch grid: the position embeddings interpolated).
-    for (method, extra) in [("head", vec![]), ("full", vec![]), ("lora-r2", vec!["--size", "8"])] {
+    // Head only and full fine-tuning run too, and LoRA on the patch
+    // embedding's convolution as well, at another size (a 2 × 2 patch grid:
+    // the position embeddings interpolated).
+    let lora = vec!["--size", "8", "--targets", "query,value,projection"];
+    for (method, extra) in [("head", vec![]), ("full", vec![]), ("lora-r2", lora)] {
         let o = dir.path().join(format!("out-{method}"));
         let (ok, stdout, err) = run(method, o.to_str().ok_or("path")?, &extra)?;
         assert!(ok, "{method}: {err}");
@@ -198,6 +200,26 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
             .max_all()?
             .to_scalar::<f32>()?;
             assert!(unchanged > 0.0, "full fine-tuning changed the encoder");
+        }
+        if method == "lora-r2" {
+            // The convolution's factors in PEFT's Conv2d layout, and the
+            // adapter merges into the checkpoint's 4-D weight.
+            let saved = TensorFile::open(o.join("adapter/adapter_model.safetensors"))?;
+            let key = "base_model.model.embeddings.patch_embeddings.projection";
+            assert_eq!(saved.info(&format!("{key}.lora_A.weight")).ok_or("A")?.1, &[2, 3, 4, 4]);
+            assert_eq!(
+                saved.info(&format!("{key}.lora_B.weight")).ok_or("B")?.1,
+                &[32, 2, 1, 1]
+            );
+            let adapters = AdapterModel::load(o.join("adapter"), Some(&base))?;
+            let merged = dir.path().join("merged-lora.safetensors");
+            adapters.merge(&base, &merged, &mut |_, _| {})?;
+            let patch = "embeddings.patch_embeddings.projection.weight";
+            let moved = (Weights::load(&merged)?.get(patch)? - weights.get(patch)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(moved > 0.0, "LoRA changed the patch embedding");
         }
     }
 

@@ -243,6 +243,14 @@ impl Config {
         self.linear_shapes().into_iter().map(|(p, _)| p).collect()
     }
 
+    /// Every adaptable module's path: the patch embedding's convolution
+    /// ([`PATCH_EMBEDDING`]), then the projections.
+    pub fn adaptable_paths(&self) -> Vec<String> {
+        std::iter::once(PATCH_EMBEDDING.to_string())
+            .chain(self.linear_paths())
+            .collect()
+    }
+
     /// Every projection's module path and `(out, in)`, in order.
     pub fn linear_shapes(&self) -> Vec<(String, (usize, usize))> {
         (0..self.num_hidden_layers)
@@ -263,12 +271,17 @@ struct Block {
     scale2: Tensor,
 }
 
+/// The module path of the patch embedding's convolution (`[H, C, p, p]`,
+/// stride `p`): adaptable like the projections, as the `out × (C·p·p)`
+/// matrix of `wft_adapter::WeightLayout::Conv2d`.
+pub const PATCH_EMBEDDING: &str = "embeddings.patch_embeddings.projection";
+
 /// A ViT encoder.
 #[derive(Debug)]
 pub struct Vit {
     config: Config,
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    /// The patch embedding: its convolution as the layer over flattened patches.
+    patch: AdaptedLinear,
     cls: Tensor,
     /// `1 × (1 + grid²) × H`: the CLS position first, then the grid row by row.
     position: Tensor,
@@ -287,14 +300,12 @@ impl Vit {
     /// on a module the encoder does not have, and the adapters' own errors.
     pub fn new(config: &Config, weights: &Weights, tuning: Tuning<'_>) -> Result<Self> {
         config.validate()?;
-        super::check_adapted_modules(tuning, &config.linear_paths(), "encoder")?;
+        super::check_adapted_modules(tuning, &config.adaptable_paths(), "encoder")?;
         let (h, p, c) = (config.hidden_size, config.patch_size, config.num_channels);
         let store = VarStore::new(weights, tuning);
         let root = store.root();
         let emb = root.pp("embeddings");
-        let patch = emb.pp("patch_embeddings").pp("projection");
-        let patch_weight = patch.get("weight", &[h, c, p, p])?;
-        let patch_bias = patch.get("bias", &[h])?;
+        let patch = AdaptedLinear::load_conv(&root.pp(PATCH_EMBEDDING), [h, c, p, p], Bias::With)?;
         let cls = emb.get("cls_token", &[1, 1, h])?;
         let grid = config.grid();
         let position = emb.get("position_embeddings", &[1, 1 + grid * grid, h])?;
@@ -304,8 +315,7 @@ impl Vit {
         let norm = LayerNorm::load(&root.pp("layernorm"), h, config.layer_norm_eps)?;
         Ok(Vit {
             config: config.clone(),
-            patch_weight,
-            patch_bias,
+            patch,
             cls,
             position,
             blocks,
@@ -344,12 +354,14 @@ impl Vit {
         }
         let (gh, gw) = (height / p, width / p);
         let h = c.hidden_size;
-        // Patches: a convolution of stride = kernel, then tokens row by row.
+        // The patch embedding, a convolution of stride = kernel: each patch
+        // flattened channel-major (the weight's `[H, C, p, p]` order), one
+        // token per patch row by row, through the layer.
         let patches = pixels
-            .conv2d(&self.patch_weight, 0, p, 1, 1)?
-            .broadcast_add(&self.patch_bias.reshape((1, h, 1, 1))?)?
-            .flatten_from(2)?
-            .transpose(1, 2)?; // batch × gh·gw × H
+            .reshape((batch, channels, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((batch, gh * gw, channels * p * p))?;
+        let patches = self.patch.forward(&patches)?; // batch × gh·gw × H
         let cls = self.cls.broadcast_as((batch, 1, h))?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let x = x.broadcast_add(&self.position_for(gh, gw)?)?;
@@ -426,9 +438,9 @@ impl super::Adaptable for Vit {
 
     fn linears(&self) -> Vec<(String, &AdaptedLinear)> {
         self.config
-            .linear_paths()
+            .adaptable_paths()
             .into_iter()
-            .zip(self.blocks.iter().flat_map(|b| &b.linears))
+            .zip(std::iter::once(&self.patch).chain(self.blocks.iter().flat_map(|b| &b.linears)))
             .collect()
     }
 }
