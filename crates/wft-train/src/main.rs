@@ -333,6 +333,38 @@ enum Command {
         #[arg(long)]
         quantized: bool,
     },
+    /// Time a ViT's training step for several methods against its frozen
+    /// step (random pixels, the same batch for all), and its encoder's
+    /// images per second; print JSON.
+    VisionBench {
+        /// A ViT model folder (`cargo xtask fetch-vit`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated methods.
+        #[arg(long, value_delimiter = ',', default_value = "head,lora-r8,fourierft-1000,waveletft-1000")]
+        methods: Vec<Method>,
+        /// Comma-separated module names to adapt.
+        #[arg(long, value_delimiter = ',', default_value = "query,value")]
+        targets: Vec<String>,
+        /// The head's input.
+        #[arg(long, default_value_t = wft_candle::Pooling::Cls)]
+        pooling: wft_candle::Pooling,
+        /// Training images' side.
+        #[arg(long, default_value_t = 56)]
+        size: usize,
+        /// Training images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Embedding images' side.
+        #[arg(long, default_value_t = 224)]
+        embed_size: usize,
+        /// Images per embedding call.
+        #[arg(long, default_value_t = 16)]
+        embed_batch: usize,
+        /// Timed rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The demo: head-only baseline, then WaveletFT on query/value with a
     /// progress bar; save the adapter as a PEFT folder, reload, merge.
     Demo {
@@ -567,14 +599,8 @@ fn vision_cmd(
     use wft_candle::models::vit;
     use wft_train::vision::{self, Labelled};
     refuse_existing(out, force)?;
-    if wft_train::FolderKind::of(model)? != wft_train::FolderKind::Vision {
-        return Err(Error::Usage(format!(
-            "{}: not a ViT folder (model_type dinov2)",
-            model.display()
-        )));
-    }
     let t = Instant::now();
-    let config = vit::Config::load(model.join("config.json"))?;
+    let (config, weights, base) = open_vit(model)?;
     let mut prep = wft_train::images::Preprocess::from_folder(model)?;
     if let Some(s) = size {
         prep.size = (s, s);
@@ -591,8 +617,6 @@ fn vision_cmd(
         (None, None, None) => None,
         (i, l, d) => Some(cut(Labelled::from_args(i, l, d)?)),
     };
-    let weights = wft_candle::Weights::load(model.join("model.safetensors"))?;
-    let base = wft_adapter::TensorFile::open(model.join("model.safetensors"))?;
     let adapters = match method.adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets)) {
         Some(c) => Some(wft_adapter::AdapterModel::new_for_base(c, &base, cfg.seed)?),
         None => None,
@@ -934,6 +958,33 @@ fn lm_bench_cmd(
     Ok(())
 }
 
+/// A ViT model folder's config, weights, and its checkpoint for adapters.
+fn open_vit(
+    model: &Path,
+) -> Result<(
+    wft_candle::models::vit::Config,
+    wft_candle::Weights,
+    wft_adapter::TensorFile,
+)> {
+    if wft_train::FolderKind::of(model)? != wft_train::FolderKind::Vision {
+        return Err(Error::Usage(format!(
+            "{}: not a ViT folder (model_type dinov2)",
+            model.display()
+        )));
+    }
+    let config = wft_candle::models::vit::Config::load(model.join("config.json"))?;
+    let weights = wft_candle::Weights::load(model.join("model.safetensors"))?;
+    let base = wft_adapter::TensorFile::open(model.join("model.safetensors"))?;
+    Ok((config, weights, base))
+}
+
+fn vision_bench_cmd(model: &Path, spec: &wft_train::vision::bench::VisionBenchSpec<'_>) -> Result<()> {
+    let (config, weights, base) = open_vit(model)?;
+    let report = wft_train::vision::bench::bench(&config, &weights, &base, spec)?;
+    println!("{}", to_json(&report)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     process_setup();
     let cli = Cli::parse();
@@ -1049,6 +1100,29 @@ fn main() -> ExitCode {
             rounds,
             (&prompt, new_tokens),
             base_weights(quantized),
+        ),
+        Command::VisionBench {
+            model,
+            methods,
+            targets,
+            pooling,
+            size,
+            batch,
+            embed_size,
+            embed_batch,
+            rounds,
+        } => vision_bench_cmd(
+            &model,
+            &wft_train::vision::bench::VisionBenchSpec {
+                methods: &methods,
+                targets: &targets,
+                pooling,
+                classes: 10,
+                size,
+                batch,
+                embed: (embed_size, embed_batch),
+                rounds,
+            },
         ),
         Command::Generate {
             model,

@@ -10,6 +10,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use wft_adapter::Mt19937;
 use wft_candle::ImageClassifier;
 
+pub mod bench;
+
 use crate::images::{Image, Preprocess, read_images, read_labelled};
 use crate::train::{schedule, shuffle};
 use crate::{Error, Result};
@@ -132,7 +134,7 @@ pub struct VisionHistory {
     pub step_secs: Vec<f64>,
 }
 
-fn labels_tensor(labels: &[u32]) -> Result<Tensor> {
+pub(crate) fn labels_tensor(labels: &[u32]) -> Result<Tensor> {
     Ok(Tensor::from_vec(labels.to_vec(), labels.len(), &Device::Cpu)?)
 }
 
