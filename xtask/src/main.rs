@@ -22,6 +22,10 @@
 //! * `bench --peer peft-train [--quick]` — the training step of every method
 //!   on all-MiniLM-L6-v2 against the frozen model's step, ours (candle) and
 //!   PEFT's (torch), in the same run; writes the `training` section.
+//! * `bench --peer vit [--quick]` — DINOv2 ViT-S/14's training step per
+//!   method against its frozen step at batch 64, and its embedding
+//!   throughput against onnxruntime on the original graph, in the same run;
+//!   writes the `vision` section.
 //! * `bench --gpu [--quick]` — the one script for a machine with a GPU:
 //!   builds in release, runs the GPU tests with `CI=true` (no adapter is a
 //!   failure), then times every kernel against dwt-core and a buffer copy
@@ -374,7 +378,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -544,8 +548,9 @@ fn main() -> ExitCode {
             Some(p) if p == "peft" => peer::peft(flag("--quick")),
             Some(p) if p == "peft-train" => peer::peft_train(flag("--quick")),
             Some(p) if p == "peft-decoder" => peer::peft_decoder(flag("--quick")),
+            Some(p) if p == "vit" => peer::vit(flag("--quick")),
             Some(other) => Err(format!(
-                "unknown peer {other:?} (known: pywt, peft, peft-train, peft-decoder)"
+                "unknown peer {other:?} (known: pywt, peft, peft-train, peft-decoder, vit)"
             )),
             None => run(cargo().args(["bench", "-p", "dwt-core", "-p", "dwt-gpu", "-p", "wft-adapter", "-j2"])),
         },

@@ -47,10 +47,11 @@ pub struct VisionBench {
     pub batch: usize,
     /// Training images' side.
     pub size: usize,
-    /// Median frozen step: forward and the backward pass down to the
-    /// pixels, no weight gradient but the head's.
+    /// Median frozen step over every method's block: forward and the
+    /// backward pass down to the pixels, no weight gradient but the head's.
     pub frozen_step_secs: f64,
-    /// Each method's step (forward, backward, AdamW).
+    /// Each method's step (forward, backward, AdamW); its `ratio` is over
+    /// the frozen steps timed beside it, round by round.
     pub rows: Vec<StepRow>,
     /// Embedding images' side.
     pub embed_size: usize,
@@ -66,9 +67,9 @@ fn pixels(batch: usize, size: usize, g: &mut Mt19937) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu)?)
 }
 
-/// Time the frozen step and each method's step on random pixels (every
-/// round one frozen step and one step of every method on the same batch),
-/// then the encoder's forward pass alone at the embedding size.
+/// Time each method's step against the frozen step on random pixels (per
+/// method, rounds of one frozen step and one method step on the same
+/// batch), then the encoder's forward pass alone at the embedding size.
 ///
 /// # Errors
 /// The model's and the adapters' errors.
@@ -78,7 +79,24 @@ pub fn bench(config: &Config, weights: &Weights, base: &TensorFile, spec: &Visio
         Ok(ImageClassifier::new(Vit::new(config, weights, tuning)?, spec.pooling, spec.classes, seed)?)
     };
     let frozen = classifier(Tuning::Frozen)?;
-    let mut runs = Vec::new();
+    let mut g = Mt19937::new(17);
+    let labels: Vec<u32> = (0..spec.batch).map(|i| (i % spec.classes.max(1)) as u32).collect();
+    let labels = labels_tensor(&labels)?;
+    let frozen_step = |x: &Tensor| -> Result<f64> {
+        let t = Instant::now();
+        let input = Var::from_tensor(x)?;
+        let loss = candle_nn::loss::cross_entropy(&frozen.logits(input.as_tensor())?, &labels)?;
+        if loss.backward()?.get(input.as_tensor()).is_none() {
+            return Err(Error::Data("the frozen step computed no input gradient".into()));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Each method in its own block of rounds, every round a frozen step and
+    // a step of the method on the same batch, so that the ratio compares
+    // neighbours (a burst of other load lands on both) and no method's
+    // memory (full fine-tuning's optimizer state) sits beside another's.
+    let mut rows = Vec::new();
+    let mut all_frozen = Vec::new();
     for &m in spec.methods {
         let adapters: Option<AdapterModel> = m
             .adapter_config_for(seed, ModuleSpec::Names(spec.targets.to_vec()))
@@ -89,7 +107,7 @@ pub fn bench(config: &Config, weights: &Weights, base: &TensorFile, spec: &Visio
             (None, Method::Full) => Tuning::Full,
             (None, _) => Tuning::Frozen,
         })?;
-        let opt = AdamW::new(
+        let mut opt = AdamW::new(
             clf.vars(),
             ParamsAdamW {
                 lr: 1e-4,
@@ -97,46 +115,28 @@ pub fn bench(config: &Config, weights: &Weights, base: &TensorFile, spec: &Visio
                 ..Default::default()
             },
         )?;
-        let trainable = clf.num_trainable();
-        runs.push((m, trainable.0 + trainable.1, clf, opt, Vec::new()));
-    }
-    let mut g = Mt19937::new(17);
-    let labels: Vec<u32> = (0..spec.batch).map(|i| (i % spec.classes.max(1)) as u32).collect();
-    let labels = labels_tensor(&labels)?;
-    let mut frozen_times = Vec::new();
-    for r in 0..=spec.rounds {
-        let x = pixels(spec.batch, spec.size, &mut g)?;
-        let t = Instant::now();
-        let input = Var::from_tensor(&x)?;
-        let loss = candle_nn::loss::cross_entropy(&frozen.logits(input.as_tensor())?, &labels)?;
-        if loss.backward()?.get(input.as_tensor()).is_none() {
-            return Err(Error::Data("the frozen step computed no input gradient".into()));
-        }
-        if r > 0 {
-            frozen_times.push(t.elapsed().as_secs_f64());
-        }
-        for (_, _, clf, opt, times) in runs.iter_mut() {
+        let (mut frozen_times, mut times) = (Vec::new(), Vec::new());
+        for r in 0..=spec.rounds {
+            let x = pixels(spec.batch, spec.size, &mut g)?;
+            let f = frozen_step(&x)?;
             let t = Instant::now();
             let loss = candle_nn::loss::cross_entropy(&clf.logits(&x)?, &labels)?;
             opt.backward_step(&loss)?;
             if r > 0 {
+                frozen_times.push(f);
                 times.push(t.elapsed().as_secs_f64());
             }
         }
+        all_frozen.extend_from_slice(&frozen_times);
+        let (trainable, frozen_secs, s) = (clf.num_trainable(), median(&mut frozen_times), median(&mut times));
+        rows.push(StepRow {
+            method: m.to_string(),
+            trainable: trainable.0 + trainable.1,
+            step_secs: s,
+            ratio: s / frozen_secs,
+        });
     }
-    let frozen_step_secs = median(&mut frozen_times);
-    let rows = runs
-        .into_iter()
-        .map(|(m, trainable, _, _, mut times)| {
-            let s = median(&mut times);
-            StepRow {
-                method: m.to_string(),
-                trainable,
-                step_secs: s,
-                ratio: s / frozen_step_secs,
-            }
-        })
-        .collect();
+    let frozen_step_secs = median(&mut all_frozen);
     drop(frozen);
     let (embed_size, embed_batch) = spec.embed;
     let vit = Vit::new(config, weights, Tuning::Frozen)?;
