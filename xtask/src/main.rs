@@ -557,7 +557,10 @@ pub(crate) fn fetch_fashion_mnist() -> Result<PathBuf> {
         }
     }
     if let Some(f) = IDX_FILES.iter().find(|f| !dir.join(f).exists()) {
-        return Err(format!("{} is missing after installing dataset-fashion-mnist", dir.join(f).display()));
+        return Err(format!(
+            "{} is missing after installing dataset-fashion-mnist",
+            dir.join(f).display()
+        ));
     }
     println!("{}", dir.display());
     Ok(dir)

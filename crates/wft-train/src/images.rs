@@ -29,6 +29,13 @@ pub struct Image {
     pub rgb: RgbImage,
 }
 
+/// So that [`Preprocess::tensor`] takes images or references to them.
+impl AsRef<Image> for Image {
+    fn as_ref(&self) -> &Image {
+        self
+    }
+}
+
 /// How a model wants its images: size and normalisation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
@@ -83,11 +90,11 @@ impl Preprocess {
     ///
     /// # Errors
     /// candle's errors.
-    pub fn tensor(&self, images: &[Image]) -> Result<Tensor> {
+    pub fn tensor(&self, images: &[impl AsRef<Image>]) -> Result<Tensor> {
         let (h, w) = self.size;
         let plane = (h * w) as usize;
         let mut v = Vec::with_capacity(images.len() * 3 * plane);
-        for image in images {
+        for image in images.iter().map(AsRef::as_ref) {
             let resized;
             let rgb = if image.rgb.dimensions() == (w, h) {
                 &image.rgb

@@ -341,7 +341,11 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Comma-separated methods.
-        #[arg(long, value_delimiter = ',', default_value = "head,lora-r8,fourierft-1000,waveletft-1000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "head,lora-r8,fourierft-1000,waveletft-1000"
+        )]
         methods: Vec<Method>,
         /// Comma-separated module names to adapt.
         #[arg(long, value_delimiter = ',', default_value = "query,value")]
@@ -893,7 +897,7 @@ fn lm_cmd(
 ) -> Result<()> {
     refuse_existing(out, force)?;
     let config = method
-        .adapter_config_for(cfg.seed, wft_adapter::ModuleSpec::Names(targets))
+        .adapter_config_for(cfg.optimization.seed, wft_adapter::ModuleSpec::Names(targets))
         .ok_or_else(|| {
             Error::Usage(format!(
                 "`{method}` is not an adapter method (try waveletft-1000, lora-r8)"
@@ -906,7 +910,7 @@ fn lm_cmd(
         .iter()
         .map(|e| decoder.tokenize_example(e, chat, max_len))
         .collect::<Result<Vec<_>>>()?;
-    let adapters = new_adapters(&decoder, config, cfg.seed)?;
+    let adapters = new_adapters(&decoder, config, cfg.optimization.seed)?;
     let pb = step_bar(quiet, &method.to_string());
     let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
@@ -1078,11 +1082,13 @@ fn main() -> ExitCode {
             chat,
             max_len,
             &LmConfig {
-                epochs,
-                batch,
-                lr,
-                weight_decay,
-                seed,
+                optimization: wft_train::train::Optimization {
+                    epochs,
+                    batch,
+                    lr,
+                    weight_decay,
+                    seed,
+                },
                 activations,
             },
             (&out, force),

@@ -116,6 +116,79 @@ pub(crate) fn schedule(step: usize, total: usize, warmup: usize) -> f64 {
     }
 }
 
+/// The optimisation `wft-train vision` and `lm` share: AdamW with one
+/// learning rate, linear warm-up over the first 10% of the steps, then
+/// linear decay to 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Optimization {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW's weight decay.
+    pub weight_decay: f64,
+    /// Shuffling seed.
+    pub seed: u64,
+}
+
+/// What [`optimize`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Steps {
+    /// The loss of each step's batch.
+    pub losses: Vec<f32>,
+    /// Seconds per step.
+    pub step_secs: Vec<f64>,
+}
+
+/// Train `vars` on `len` examples: every epoch a fresh shuffle, cut into
+/// batches; `batch_grads(indices)` gives a batch's loss and gradients, and
+/// AdamW steps on them. `on_step(step, total, loss)` runs after every step.
+///
+/// # Errors
+/// [`crate::Error::Diverged`] when a loss is not finite; `batch_grads`' and
+/// candle's errors.
+pub fn optimize(
+    vars: Vec<Var>,
+    len: usize,
+    cfg: &Optimization,
+    on_step: &mut dyn FnMut(usize, usize, f32),
+    mut batch_grads: impl FnMut(&[usize]) -> Result<(f32, candle_core::backprop::GradStore)>,
+) -> Result<Steps> {
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let bs = cfg.batch.max(1);
+    let total = len.div_ceil(bs) * cfg.epochs;
+    let warmup = (total / 10).max(1);
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut g = Mt19937::new(cfg.seed ^ 0x5eed);
+    let mut steps = Steps::default();
+    for _ in 0..cfg.epochs {
+        shuffle(&mut order, &mut g);
+        for chunk in order.chunks(bs) {
+            let t = Instant::now();
+            let (l, grads) = batch_grads(chunk)?;
+            let step = steps.losses.len();
+            if !l.is_finite() {
+                return Err(crate::Error::Diverged { step });
+            }
+            opt.set_learning_rate(cfg.lr * schedule(step, total, warmup));
+            opt.step(&grads)?;
+            steps.losses.push(l);
+            steps.step_secs.push(t.elapsed().as_secs_f64());
+            on_step(step + 1, total, l);
+        }
+    }
+    Ok(steps)
+}
+
 /// Cross-entropy of a batch.
 fn loss_of(classifier: &Classifier, enc: &TextEncoder, batch: &[&Tokenised]) -> Result<Tensor> {
     let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();

@@ -277,7 +277,11 @@ fn mnist5k_reads_and_trains() -> R {
     assert_eq!((train.images.len(), test.images.len()), (4000, 1000));
     assert_eq!(train.classes.len(), 10);
     for class in 0..10 {
-        assert_eq!(train.labels.iter().filter(|&&l| l == class).count(), 400, "digit {class}");
+        assert_eq!(
+            train.labels.iter().filter(|&&l| l == class).count(),
+            400,
+            "digit {class}"
+        );
     }
     assert_eq!(train.images[0].rgb.dimensions(), (28, 28));
     // Interleaved digits, so that a prefix (`--max-images`) holds all ten.

@@ -3,18 +3,15 @@
 //! right-padded batches with masks, AdamW with warm-up and linear decay.
 
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Deserialize;
-use wft_adapter::{AdapterConfig, AdapterModel, Mt19937};
+use wft_adapter::{AdapterConfig, AdapterModel};
 use wft_candle::Adaptable;
 use wft_candle::models::llama::Activations;
 
 use super::{Decoder, Message};
-use crate::train::{schedule, shuffle};
 use crate::{Error, Result};
 
 /// One training example.
@@ -208,29 +205,15 @@ pub fn batch(examples: &[&Tokenized], pad: u32) -> Result<Batch> {
 /// How to fine-tune.
 #[derive(Debug, Clone)]
 pub struct LmConfig {
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Examples per step.
-    pub batch: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// AdamW's weight decay.
-    pub weight_decay: f64,
-    /// Shuffling seed.
-    pub seed: u64,
+    /// Epochs, batch, learning rate, weight decay, shuffling seed.
+    pub optimization: crate::train::Optimization,
     /// Whether the backward pass keeps or recomputes the blocks'
     /// activations (memory against one more forward pass).
     pub activations: Activations,
 }
 
-/// What fine-tuning did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct LmHistory {
-    /// The loss before each step.
-    pub losses: Vec<f32>,
-    /// Seconds per step.
-    pub step_secs: Vec<f64>,
-}
+/// What fine-tuning did (the loss before each step, seconds per step).
+pub type LmHistory = crate::train::Steps;
 
 /// The masked next-token loss of one batch and the gradients of the
 /// decoder's variables, its activations kept or recomputed.
@@ -258,38 +241,13 @@ pub fn finetune(
 ) -> Result<(AdapterModel, LmHistory)> {
     decoder.set_adapters(adapters)?;
     let pad = decoder.tokenizer.eos.unwrap_or(0);
-    let mut opt = AdamW::new(
-        decoder.model.vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let bs = cfg.batch.max(1);
-    let total = data.len().div_ceil(bs) * cfg.epochs;
-    let warmup = (total / 10).max(1);
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut g = Mt19937::new(cfg.seed ^ 0x5eed);
-    let mut history = LmHistory::default();
-    let mut step = 0;
-    for _ in 0..cfg.epochs {
-        shuffle(&mut order, &mut g);
-        for chunk in order.chunks(bs) {
-            let t = Instant::now();
+    let history = {
+        let decoder = &*decoder;
+        crate::train::optimize(decoder.model.vars(), data.len(), &cfg.optimization, on_step, |chunk| {
             let examples: Vec<&Tokenized> = chunk.iter().map(|&i| &data[i]).collect();
-            let (l, grads) = batch_grads(decoder, &batch(&examples, pad)?, cfg.activations)?;
-            if !l.is_finite() {
-                return Err(Error::Diverged { step });
-            }
-            opt.set_learning_rate(cfg.lr * schedule(step, total, warmup));
-            opt.step(&grads)?;
-            history.losses.push(l);
-            history.step_secs.push(t.elapsed().as_secs_f64());
-            step += 1;
-            on_step(step, total, l);
-        }
-    }
+            batch_grads(decoder, &batch(&examples, pad)?, cfg.activations)
+        })?
+    };
     Ok((decoder.model.adapters(adapters)?, history))
 }
 

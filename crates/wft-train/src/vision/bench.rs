@@ -76,7 +76,12 @@ fn pixels(batch: usize, size: usize, g: &mut Mt19937) -> Result<Tensor> {
 pub fn bench(config: &Config, weights: &Weights, base: &TensorFile, spec: &VisionBenchSpec<'_>) -> Result<VisionBench> {
     let seed = 0;
     let classifier = |tuning: Tuning<'_>| -> Result<ImageClassifier> {
-        Ok(ImageClassifier::new(Vit::new(config, weights, tuning)?, spec.pooling, spec.classes, seed)?)
+        Ok(ImageClassifier::new(
+            Vit::new(config, weights, tuning)?,
+            spec.pooling,
+            spec.classes,
+            seed,
+        )?)
     };
     let frozen = classifier(Tuning::Frozen)?;
     let mut g = Mt19937::new(17);

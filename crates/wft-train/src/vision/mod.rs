@@ -3,17 +3,13 @@
 //! with a frozen, fully trained or adapted encoder, and accuracy.
 
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use wft_adapter::Mt19937;
 use wft_candle::ImageClassifier;
 
 pub mod bench;
 
 use crate::images::{Image, Preprocess, read_images, read_labelled};
-use crate::train::{schedule, shuffle};
 use crate::{Error, Result};
 
 /// Images with their classes.
@@ -110,29 +106,11 @@ impl Labelled {
     }
 }
 
-/// How to train.
-#[derive(Debug, Clone)]
-pub struct VisionConfig {
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch: usize,
-    /// Peak learning rate (linear warm-up over 10% of the steps, then decay).
-    pub lr: f64,
-    /// AdamW's weight decay.
-    pub weight_decay: f64,
-    /// Shuffling seed.
-    pub seed: u64,
-}
+/// How [`train`] optimises.
+pub type VisionConfig = crate::train::Optimization;
 
 /// What training did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct VisionHistory {
-    /// The loss of each step's batch.
-    pub losses: Vec<f32>,
-    /// Seconds per step.
-    pub step_secs: Vec<f64>,
-}
+pub type VisionHistory = crate::train::Steps;
 
 pub(crate) fn labels_tensor(labels: &[u32]) -> Result<Tensor> {
     Ok(Tensor::from_vec(labels.to_vec(), labels.len(), &Device::Cpu)?)
@@ -157,41 +135,12 @@ pub fn train(
             clf.classes()
         )));
     }
-    let mut opt = AdamW::new(
-        clf.vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let bs = cfg.batch.max(1);
-    let total = data.images.len().div_ceil(bs) * cfg.epochs;
-    let warmup = (total / 10).max(1);
-    let mut order: Vec<usize> = (0..data.images.len()).collect();
-    let mut g = Mt19937::new(cfg.seed ^ 0x5eed);
-    let mut history = VisionHistory::default();
-    let mut step = 0;
-    for _ in 0..cfg.epochs {
-        shuffle(&mut order, &mut g);
-        for chunk in order.chunks(bs) {
-            let t = Instant::now();
-            let images: Vec<Image> = chunk.iter().map(|&i| data.images[i].clone()).collect();
-            let labels: Vec<u32> = chunk.iter().map(|&i| data.labels[i]).collect();
-            let loss = candle_nn::loss::cross_entropy(&clf.logits(&prep.tensor(&images)?)?, &labels_tensor(&labels)?)?;
-            let l = loss.to_scalar::<f32>()?;
-            if !l.is_finite() {
-                return Err(Error::Diverged { step });
-            }
-            opt.set_learning_rate(cfg.lr * schedule(step, total, warmup));
-            opt.backward_step(&loss)?;
-            history.losses.push(l);
-            history.step_secs.push(t.elapsed().as_secs_f64());
-            step += 1;
-            on_step(step, total, l);
-        }
-    }
-    Ok(history)
+    crate::train::optimize(clf.vars(), data.images.len(), cfg, on_step, |chunk| {
+        let images: Vec<&Image> = chunk.iter().map(|&i| &data.images[i]).collect();
+        let labels: Vec<u32> = chunk.iter().map(|&i| data.labels[i]).collect();
+        let loss = candle_nn::loss::cross_entropy(&clf.logits(&prep.tensor(&images)?)?, &labels_tensor(&labels)?)?;
+        Ok((loss.to_scalar::<f32>()?, loss.backward()?))
+    })
 }
 
 /// Logits (`images × classes`) of `images`, `batch` at a time, without a
