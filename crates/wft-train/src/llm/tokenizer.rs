@@ -109,7 +109,6 @@ impl LlmTokenizer {
         };
         let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
         let types = gguf.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
-        let alphabet = byte_alphabet();
         let added = |kind: i64, special: bool| -> Vec<AddedToken> {
             tokens
                 .iter()
@@ -121,7 +120,7 @@ impl LlmTokenizer {
                     **ty == kind
                         && (kind != CONTROL
                             || matches!(vocabulary, Vocabulary::SentencePiece)
-                            || t.chars().all(|c| alphabet.contains(&c)))
+                            || in_byte_alphabet(t))
                 })
                 .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
                 .collect()
@@ -251,16 +250,21 @@ fn file_merges(gguf: &Gguf) -> Result<Option<Merges>> {
         .map(Some)
 }
 
+/// Whether every character of `t` is one of GPT-2's 256 byte characters.
+fn in_byte_alphabet(t: &str) -> bool {
+    static ALPHABET: std::sync::LazyLock<[char; 256]> = std::sync::LazyLock::new(byte_alphabet);
+    t.chars().all(|c| ALPHABET.contains(&c))
+}
+
 /// Byte-level BPE: the vocabulary re-spelled into GPT-2's alphabet where
 /// needed, the file's merges, the split `tokenizer.ggml.pre` names.
 fn byte_level(gguf: &Gguf) -> Result<(Tokenizer, Vec<String>)> {
     let alphabet = byte_alphabet();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let tokens: Vec<String> = gguf
         .strings("tokenizer.ggml.tokens")?
         .into_iter()
         .map(|t| {
-            if in_alphabet(t) {
+            if in_byte_alphabet(t) {
                 t.to_string()
             } else {
                 t.bytes().map(|b| alphabet[b as usize]).collect()
