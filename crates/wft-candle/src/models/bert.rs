@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::ops::{LayerNorm, softmax};
+use super::ops::{LayerNorm, gelu, softmax};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -343,7 +343,7 @@ impl Bert {
             let probs = softmax(&scores)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, h))?;
             let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
-            let f = lin[INTERMEDIATE].forward(&a)?.gelu_erf()?;
+            let f = gelu(&lin[INTERMEDIATE].forward(&a)?)?;
             x = layer.out_norm.forward(&(lin[OUTPUT].forward(&f)? + &a)?)?;
         }
         Ok(x)

@@ -1,13 +1,13 @@
 //! Operations the models share: candle-nn's fused kernels (or plain
 //! compositions) where no gradient will flow, and where one will, a custom
 //! op with its own backward that keeps only its inputs or output alive
-//! (softmax, the attention softmax with its scale and mask, RMSNorm, RoPE
-//! and SwiGLU: a composition of tensor ops would keep one to six
+//! (softmax, the attention softmax with its scale and mask, RMSNorm, RoPE,
+//! SwiGLU and GELU: a composition of tensor ops would keep one to six
 //! intermediate copies of the activations for the backward pass).
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 
 use crate::error::Result;
 use crate::weights::VarPath;
@@ -218,6 +218,92 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
+/// GELU, erf form: `x·Φ(x) = ½x(1 + erf(x/√2))`. Where a gradient will
+/// flow, one custom op whose forward is candle's `gelu_erf` value for value
+/// (the same `erf_f32`, the same order of operations) and whose backward is
+/// one pass over `x` and `g`; candle's own backward composes eleven
+/// full-size tensor ops.
+pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(x.gelu_erf()?);
+    }
+    Ok(x.contiguous()?.apply_op1(Gelu)?)
+}
+
+/// Elements per parallel chunk of the elementwise ops.
+const CHUNK: usize = 1 << 14;
+
+/// `f` over `x` into a new vector, chunks in parallel (rayon).
+fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+/// `gelu_erf` of one value, as candle computes it.
+fn gelu_value(v: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+}
+
+/// `Φ(x) + x·φ(x)`, the derivative of GELU, with candle's constants and
+/// order: `0.5 + 0.398942·e^(−x²/2)·x + 0.5·erf(x/√2)`.
+fn gelu_slope(v: f32) -> f32 {
+    let e = 0.398942 * (-(v * v) / 2.).exp() * v;
+    0.5 + e + 0.5 * candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "wft-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "gelu")?;
+        Ok((CpuStorage::F32(map_par(x, gelu_value)), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// `g ⊙ gelu'(x)`, one pass.
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "wft-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, "gelu backward")?, slice(s2, l2, "gelu backward")?);
+        if x.len() != g.len() {
+            candle_core::bail!("gelu backward: {} inputs against {} gradients", x.len(), g.len())
+        }
+        use rayon::prelude::*;
+        let mut d = vec![0f32; x.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (x, g))| {
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                    *d = g * gelu_slope(x);
+                }
+            });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
 /// RMS normalisation over the last axis, scaled by `weight`:
 /// `x / sqrt(mean(x²) + eps) · weight`.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -411,23 +497,141 @@ impl LayerNorm {
     }
 
     /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last axis.
+    /// candle-nn's fused kernel where no gradient will flow; where one
+    /// will, one custom op whose backward recomputes each row's statistics
+    /// from `x` (the composition kept five copies of the activations).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle-nn's fused kernel has no backward; use it only when no
-        // gradient will flow.
-        if !x.track_op() && !self.weight.track_op() && x.is_contiguous() {
+        let x = x.contiguous()?;
+        if !x.track_op() && !self.weight.track_op() && !self.bias.track_op() {
             return Ok(candle_nn::ops::layer_norm(
-                x,
+                &x,
                 &self.weight,
                 &self.bias,
                 self.eps as f32,
             )?);
         }
-        let h = x.dim(D::Minus1)? as f64;
-        let mean = (x.sum_keepdim(D::Minus1)? / h)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(x.apply_op3(&self.weight, &self.bias, LayerNormOp { eps: self.eps as f32 })?)
+    }
+}
+
+/// LayerNorm over rows of `h`: forward `x̂·w + b` with `x̂ = (x − μ)/σ`,
+/// backward `∂x = (ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))/σ` with `ĝ = g ⊙ w`,
+/// `∂w = Σ_rows g ⊙ x̂`, `∂b = Σ_rows g`.
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Rows per parallel task of the LayerNorm kernels.
+const NORM_ROWS: usize = 64;
+
+impl LayerNormOp {
+    /// A row's mean and `1/σ`, as candle-nn's kernel computes them.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let h = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / h;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "wft-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, w, b) = (
+            slice(s1, l1, "layer norm")?,
+            slice(s2, l2, "layer norm")?,
+            slice(s3, l3, "layer norm")?,
+        );
+        let h = w.len();
+        if h == 0 || b.len() != h || x.len() % h != 0 {
+            candle_core::bail!(
+                "layer norm: rows of {} against {h} weights, {} biases",
+                x.len(),
+                b.len()
+            )
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h * NORM_ROWS)
+            .zip(x.par_chunks(h * NORM_ROWS))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                    let (mean, rstd) = self.stats(x);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let h = w.elem_count();
+        let (xs, ws, gs) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.to_vec1::<f32>()?,
+            g.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut dx = vec![0f32; xs.len()];
+        // Each task's Σ g ⊙ x̂ and Σ g, summed afterwards in task order.
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(h * NORM_ROWS)
+            .zip(xs.par_chunks(h * NORM_ROWS).zip(gs.par_chunks(h * NORM_ROWS)))
+            .map(|(dx, (x, g))| {
+                let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
+                let mut xhat = vec![0f32; h];
+                for ((dx, x), g) in dx.chunks_exact_mut(h).zip(x.chunks_exact(h)).zip(g.chunks_exact(h)) {
+                    let (mean, rstd) = self.stats(x);
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for i in 0..h {
+                        xhat[i] = (x[i] - mean) * rstd;
+                        let gw = g[i] * ws[i];
+                        sum_g += gw;
+                        sum_gx += gw * xhat[i];
+                        dw[i] += g[i] * xhat[i];
+                        db[i] += g[i];
+                    }
+                    let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
+                    for i in 0..h {
+                        dx[i] = (g[i] * ws[i] - mean_g - xhat[i] * mean_gx) * rstd;
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
+        for (pw, pb) in parts {
+            dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
+            db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
+        }
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let tracked = |t: &Tensor, v: Vec<f32>| -> candle_core::Result<Option<Tensor>> {
+            if t.track_op() {
+                Ok(Some(Tensor::from_vec(v, h, t.device())?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok((Some(dx), tracked(w, dw)?, tracked(b, db)?))
     }
 }
 
@@ -500,6 +704,118 @@ mod tests {
         );
         assert!(max_diff(a, b) < 1e-5, "softmax gradient off by {}", max_diff(a, b));
         Ok(())
+    }
+
+    /// The fused GELU's forward is candle's `gelu_erf` bit for bit; its
+    /// backward equals candle's autodiff of `gelu_erf` (the same formula in
+    /// one pass) and central differences in f64 of the exact GELU.
+    #[test]
+    fn fused_gelu_matches_candle_and_central_differences() -> Result<(), Box<dyn std::error::Error>> {
+        use super::gelu;
+        let dev = Device::Cpu;
+        // Over several parallel chunks, with the tails of erf's range.
+        let x0 = (Tensor::randn(0f32, 1.0, (3, 50_000), &dev)? * 3.0)?;
+        let x = Var::from_tensor(&x0)?;
+        let fused = gelu(x.as_tensor())?;
+        let plain = x0.gelu_erf()?;
+        let same = fused.flatten_all()?.to_vec1::<f32>()? == plain.flatten_all()?.to_vec1::<f32>()?;
+        assert!(
+            same,
+            "the forward differs from gelu_erf by {}",
+            max_diff(&fused, &plain)
+        );
+        let probe = Tensor::randn(0f32, 1.0, (3, 50_000), &dev)?;
+        let g = (fused * &probe)?.sum_all()?.backward()?;
+        let gp = (x.as_tensor().gelu_erf()? * &probe)?.sum_all()?.backward()?;
+        let (a, b) = (
+            g.get(x.as_tensor()).ok_or("grad")?,
+            gp.get(x.as_tensor()).ok_or("grad")?,
+        );
+        assert!(
+            max_diff(a, b) < 1e-6,
+            "gelu gradient off candle's by {}",
+            max_diff(a, b)
+        );
+        // Central differences of the exact GELU, x·Φ(x), in f64.
+        let exact = |v: f64| 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2));
+        let (xs, gs, ps) = (
+            x0.flatten_all()?.to_vec1::<f32>()?,
+            a.flatten_all()?.to_vec1::<f32>()?,
+            probe.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let h = 1e-4;
+        let worst = (0..xs.len())
+            .step_by(97)
+            .map(|i| {
+                let v = f64::from(xs[i]);
+                let fd = (exact(v + h) - exact(v - h)) / (2.0 * h) * f64::from(ps[i]);
+                (fd - f64::from(gs[i])).abs() / f64::from(ps[i]).abs().max(1.0)
+            })
+            .fold(0.0, f64::max);
+        assert!(worst < 2e-6, "gelu gradient off central differences by {worst}");
+        Ok(())
+    }
+
+    /// The fused LayerNorm computes what the composition of tensor ops
+    /// computes, with the gradients of candle's autodiff of it (input,
+    /// weight and bias), over several parallel row blocks and a partial one.
+    #[test]
+    fn fused_layer_norm_matches_its_composition() -> Result<(), Box<dyn std::error::Error>> {
+        use candle_core::D;
+        let dev = Device::Cpu;
+        let (rows, h) = (2 * 64 * 3 + 17, 48);
+        let x0 = (Tensor::randn(0f32, 2.0, (rows, h), &dev)? + 0.7)?;
+        let (w0, b0) = (Tensor::randn(1f32, 0.3, h, &dev)?, Tensor::randn(0f32, 0.3, h, &dev)?);
+        let (x, w, b) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?, Var::from_tensor(&b0)?);
+        let norm = super::LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+            eps: 1e-6,
+        };
+        let fused = norm.forward(x.as_tensor())?;
+        let n = h as f64;
+        let mean = (x.as_tensor().sum_keepdim(D::Minus1)? / n)?;
+        let xc = x.as_tensor().broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        let plain = xc
+            .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+            .broadcast_mul(w.as_tensor())?
+            .broadcast_add(b.as_tensor())?;
+        assert!(
+            max_diff(&fused, &plain) < 1e-5,
+            "forward off by {}",
+            max_diff(&fused, &plain)
+        );
+        let probe = Tensor::randn(0f32, 1.0, (rows, h), &dev)?;
+        let g = (fused * &probe)?.sum_all()?.backward()?;
+        let gp = (plain * &probe)?.sum_all()?.backward()?;
+        for (v, what) in [(&x, "input"), (&w, "weight"), (&b, "bias")] {
+            let (a, c) = (
+                g.get(v.as_tensor()).ok_or("grad")?,
+                gp.get(v.as_tensor()).ok_or("grad")?,
+            );
+            let scale = c.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+            assert!(
+                max_diff(a, c) / scale < 1e-5,
+                "layer norm {what} gradient off by {}",
+                max_diff(a, c)
+            );
+        }
+        // Constant weights get no gradient; the untracked path is candle-nn's kernel.
+        let frozen = super::LayerNorm {
+            weight: w0.clone(),
+            bias: b0.clone(),
+            eps: 1e-6,
+        };
+        let y = frozen.forward(x.as_tensor())?;
+        assert!(max_diff(&y, &frozen.forward(&x0)?) < 1e-5);
+        Ok(())
+    }
+
+    /// erf in f64 (candle's `erf_f64`): what is checked is the derivative
+    /// formula and its f32 evaluation, far coarser than erf's f64 error.
+    fn erf64(v: f64) -> f64 {
+        candle_core::cpu::erf::erf_f64(v)
     }
 
     /// The fused attention softmax and SwiGLU compute what their

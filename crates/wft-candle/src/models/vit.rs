@@ -15,7 +15,7 @@ use candle_core::{Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::ops::{LayerNorm, softmax};
+use super::ops::{LayerNorm, gelu, softmax};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -407,7 +407,7 @@ impl Vit {
             .reshape((batch, len, h))?;
         let x = (x + lin[ATTN_OUT].forward(&ctx)?.broadcast_mul(&block.scale1)?)?;
         let m = block.norm2.forward(&x)?;
-        let f = lin[FC2].forward(&lin[FC1].forward(&m)?.gelu_erf()?)?;
+        let f = lin[FC2].forward(&gelu(&lin[FC1].forward(&m)?)?)?;
         Ok((x + f.broadcast_mul(&block.scale2)?)?)
     }
 }

@@ -118,9 +118,7 @@ impl LlmTokenizer {
                     // byte-level vocabulary is a converter's mislabel, as
                     // transformers treats it.
                     **ty == kind
-                        && (kind != CONTROL
-                            || matches!(vocabulary, Vocabulary::SentencePiece)
-                            || in_byte_alphabet(t))
+                        && (kind != CONTROL || matches!(vocabulary, Vocabulary::SentencePiece) || in_byte_alphabet(t))
                 })
                 .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
                 .collect()
