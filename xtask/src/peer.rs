@@ -307,28 +307,44 @@ pub(crate) fn peft(quick: bool) -> Result {
 /// `cargo xtask bench --peer peft-train`: the training step of every method
 /// on all-MiniLM-L6-v2 against the frozen model's step, ours
 /// (`wft-train bench`, candle) and PEFT's (`scripts/bench_peft_training.py`,
-/// torch), in the same invocation; writes the `training` section.
+/// torch), alternating in blocks in the same invocation (medians over the
+/// blocks, the frozen step's spread); writes the `training` section.
 pub(crate) fn peft_train(quick: bool) -> Result {
     crate::fetch_minilm()?;
     let py = venv("peft")?;
     run(cargo().args(["build", "--release", "-j2", "-p", "wft-train"]))?;
-    let rounds = if quick { "3" } else { "6" };
+    let (rounds, blocks) = if quick { ("3", 2) } else { ("6", 3) };
     let dir = root().join("target/bench-training");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let ours_path = dir.join("ours.json");
     let methods = "head,full,lora-r1,lora-r8,fourierft-1000,fourierft-5000,waveletft-1000,waveletft-5000,waveletft-low-1000,waveletft-low-5000,waveletft-energy-1000,waveletft-energy-5000";
-    run(Command::new(root().join("target/release/wft-train"))
-        .args(["bench", "--rounds", rounds, "--methods", methods, "--out"])
-        .arg(&ours_path))?;
-    let peer = output(
-        Command::new(&py)
-            .arg(root().join("scripts/bench_peft_training.py"))
-            .args([rounds, &threads().to_string()])
-            .env("HF_HUB_OFFLINE", "1"),
-    )?;
     let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
-    let ours = parse_json(&std::fs::read_to_string(&ours_path).map_err(|e| e.to_string())?)?;
-    let peft = parse_json(&peer)?;
+    // The two sides alternate in blocks (ours first in even blocks, PEFT
+    // first in odd ones), so that a burst of other load on a shared machine
+    // lands on both; each side's figures are medians over the blocks.
+    let (mut ours_blocks, mut peft_blocks) = (Vec::new(), Vec::new());
+    for block in 0..blocks {
+        for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
+            if side == 0 {
+                run(Command::new(root().join("target/release/wft-train"))
+                    .args(["bench", "--rounds", rounds, "--methods", methods, "--out"])
+                    .arg(&ours_path))?;
+                ours_blocks.push(parse_json(
+                    &std::fs::read_to_string(&ours_path).map_err(|e| e.to_string())?,
+                )?);
+            } else {
+                let peer = output(
+                    Command::new(&py)
+                        .arg(root().join("scripts/bench_peft_training.py"))
+                        .args([rounds, &threads().to_string()])
+                        .env("HF_HUB_OFFLINE", "1"),
+                )?;
+                peft_blocks.push(parse_json(&peer)?);
+            }
+        }
+    }
+    let (ours, ours_spread) = over_blocks(&ours_blocks);
+    let (peft, peft_spread) = over_blocks(&peft_blocks);
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(md, "## Training steps on all-MiniLM-L6-v2: wft-candle against PEFT\n");
@@ -338,9 +354,10 @@ pub(crate) fn peft_train(quick: bool) -> Result {
          `crates/wft-train/src/main.rs`); PEFT: `scripts/bench_peft_training.py` ({}, torch on {} threads), in the same \
          invocation. Batch 32 of the Debian task's training descriptions (at most 32 tokens), `query` and `value` adapted \
          in all 6 layers. A *frozen step* is forward plus the backward pass down to the embedded input, with no weight \
-         gradients (a trainable head on top); a *method step* is forward, backward and the AdamW step. {} rounds, each one \
-         frozen step and one step of every method on the same batch; medians. The ratios are the result; absolute times on \
-         this shared machine are noisy.\n",
+         gradients (a trainable head on top); a *method step* is forward, backward and the AdamW step. The two sides \
+         alternate in {blocks} blocks (ours first, then PEFT first, …) of {} rounds, each round one frozen step and one \
+         step of every method on the same batch; each figure is the median over the blocks of the blocks' medians. \
+         The ratios are the result; absolute times on this shared machine are noisy.\n",
         if quick { " --quick" } else { "" },
         cpu_model(),
         threads(),
@@ -349,9 +366,57 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         rounds
     );
     step_table(&mut md, &ours, &peft, &methods.split(',').collect::<Vec<_>>());
+    let _ = writeln!(
+        md,
+        "\nSpread over the blocks (min–max): frozen step ours {ours_spread}, PEFT {peft_spread}; the same for every \
+         method in `target/bench-training`'s per-block files."
+    );
+    for (i, (o, p)) in ours_blocks.iter().zip(&peft_blocks).enumerate() {
+        let save = |v: &serde_json::Value, side: &str| {
+            let _ = std::fs::write(dir.join(format!("block{i}-{side}.json")), v.to_string());
+        };
+        save(o, "ours");
+        save(p, "peft");
+    }
     let _ = writeln!(md);
     write_section(&root().join("docs/PERFORMANCE.md"), "training", &md)?;
     peft_decoder(quick)
+}
+
+/// One benchmark report from several blocks' reports of the same methods:
+/// the frozen step and each method's step are medians over the blocks, the
+/// ratios recomputed from them; also the frozen step's min–max in ms.
+fn over_blocks(blocks: &[serde_json::Value]) -> (serde_json::Value, String) {
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let frozen: Vec<f64> = blocks.iter().filter_map(|b| b["frozen_step_secs"].as_f64()).collect();
+    let spread = format!(
+        "{:.0}–{:.0} ms",
+        1e3 * frozen.iter().copied().fold(f64::INFINITY, f64::min),
+        1e3 * frozen.iter().copied().fold(0.0, f64::max)
+    );
+    let frozen_med = med(frozen);
+    let mut merged = blocks.first().cloned().unwrap_or_default();
+    merged["frozen_step_secs"] = serde_json::json!(frozen_med);
+    if let Some(rows) = merged["rows"].as_array_mut() {
+        for row in rows {
+            let m = row["method"].clone();
+            let steps: Vec<f64> = blocks
+                .iter()
+                .filter_map(|b| b["rows"].as_array()?.iter().find(|r| r["method"] == m)?["step_secs"].as_f64())
+                .collect();
+            let s = med(steps);
+            row["step_secs"] = serde_json::json!(s);
+            row["ratio"] = serde_json::json!(s / frozen_med);
+        }
+    }
+    (merged, spread)
 }
 
 /// The `Frozen step: …` line and the method table of a training
