@@ -318,7 +318,6 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let ours_path = dir.join("ours.json");
     let methods = "head,full,lora-r1,lora-r8,fourierft-1000,fourierft-5000,waveletft-1000,waveletft-5000,waveletft-low-1000,waveletft-low-5000,waveletft-energy-1000,waveletft-energy-5000";
-    let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
     // The two sides alternate in blocks (ours first in even blocks, PEFT
     // first in odd ones), so that a burst of other load on a shared machine
     // lands on both; each side's figures are medians over the blocks.
@@ -345,7 +344,6 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     }
     let (ours, ours_spread) = over_blocks(&ours_blocks);
     let (peft, peft_spread) = over_blocks(&peft_blocks);
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(md, "## Training steps on all-MiniLM-L6-v2: wft-candle against PEFT\n");
     let _ = writeln!(
@@ -362,7 +360,7 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         cpu_model(),
         threads(),
         peft["versions"],
-        f(&peft, "threads"),
+        number(&peft, "threads"),
         rounds
     );
     step_table(&mut md, &ours, &peft, &methods.split(',').collect::<Vec<_>>());
@@ -383,18 +381,30 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     peft_decoder(quick)
 }
 
+/// A benchmark's JSON output.
+fn parse_json(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| format!("bench output: {e}"))
+}
+
+/// The number at `key` of a JSON report (NaN when missing).
+pub(crate) fn number(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The median (the mean of the middle two for an even count; NaN for none).
+fn med(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// One benchmark report from several blocks' reports of the same methods:
 /// the frozen step and each method's step are medians over the blocks, the
 /// ratios recomputed from them; also the frozen step's min–max in ms.
 fn over_blocks(blocks: &[serde_json::Value]) -> (serde_json::Value, String) {
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
     let frozen: Vec<f64> = blocks.iter().filter_map(|b| b["frozen_step_secs"].as_f64()).collect();
     let spread = format!(
         "{:.0}–{:.0} ms",
@@ -423,7 +433,6 @@ fn over_blocks(blocks: &[serde_json::Value]) -> (serde_json::Value, String) {
 /// benchmark, ours against PEFT's, in `methods`' order (rows PEFT lacks get
 /// dashes).
 fn step_table(md: &mut String, ours: &serde_json::Value, peft: &serde_json::Value, methods: &[&str]) {
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let row = |v: &serde_json::Value, m: &str| {
         v["rows"]
             .as_array()
@@ -432,8 +441,8 @@ fn step_table(md: &mut String, ours: &serde_json::Value, peft: &serde_json::Valu
     let _ = writeln!(
         md,
         "Frozen step: ours {:.0} ms, PEFT {:.0} ms.\n",
-        1e3 * f(ours, "frozen_step_secs"),
-        1e3 * f(peft, "frozen_step_secs")
+        1e3 * number(ours, "frozen_step_secs"),
+        1e3 * number(peft, "frozen_step_secs")
     );
     let _ = writeln!(
         md,
@@ -448,11 +457,11 @@ fn step_table(md: &mut String, ours: &serde_json::Value, peft: &serde_json::Valu
             md,
             "| {m} | {} | {:.0} | {:.2}× | {} | {} | {} |",
             o["trainable"],
-            1e3 * f(&o, "step_secs"),
-            f(&o, "ratio"),
-            peer(&|p| format!("{:.0}", 1e3 * f(p, "step_secs"))),
-            peer(&|p| format!("{:.2}×", f(p, "ratio"))),
-            peer(&|p| format!("{:.2}×", f(&o, "step_secs") / f(p, "step_secs"))),
+            1e3 * number(&o, "step_secs"),
+            number(&o, "ratio"),
+            peer(&|p| format!("{:.0}", 1e3 * number(p, "step_secs"))),
+            peer(&|p| format!("{:.2}×", number(p, "ratio"))),
+            peer(&|p| format!("{:.2}×", number(&o, "step_secs") / number(p, "step_secs"))),
         );
     }
 }
@@ -506,7 +515,6 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
             .args([rounds, &threads().to_string(), prompt, new_tokens])
             .env("HF_HUB_OFFLINE", "1"),
     )?;
-    let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
     let (ours, peft) = (parse_json(&ours)?, parse_json(&peer)?);
     // Peak memory of fine-tuning, quantized base against f32 base.
     let data = dir.join("topics.jsonl");
@@ -568,12 +576,7 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
                 .arg(&merged),
         )?);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (merge_s, cp_s) = (med(&mut merge_secs), med(&mut cp_secs));
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let (merge_s, cp_s) = (med(merge_secs), med(cp_secs));
     let mut md = String::new();
     let _ = writeln!(md, "## SmolLM2-135M (GGUF decoder): wft-candle against PEFT\n");
     let _ = writeln!(
@@ -589,7 +592,7 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
         cpu_model(),
         threads(),
         peft["versions"],
-        f(&peft, "threads"),
+        number(&peft, "threads"),
     );
     step_table(&mut md, &ours, &peft, &["lora-r8", "fourierft-1000", "waveletft-1000"]);
     let _ = writeln!(md);
@@ -598,12 +601,12 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
         "Greedy generation of {new_tokens} tokens after a {}-word prompt, tokens per second: batch 1 ours {:.1}, \
          transformers {:.1} ({:.2}×); batch 8 ours {:.1}, transformers {:.1} ({:.2}×).\n",
         prompt.split(' ').count(),
-        f(&ours, "generate_batch1_tok_s"),
-        f(&peft, "generate_batch1_tok_s"),
-        f(&ours, "generate_batch1_tok_s") / f(&peft, "generate_batch1_tok_s"),
-        f(&ours, "generate_batch8_tok_s"),
-        f(&peft, "generate_batch8_tok_s"),
-        f(&ours, "generate_batch8_tok_s") / f(&peft, "generate_batch8_tok_s"),
+        number(&ours, "generate_batch1_tok_s"),
+        number(&peft, "generate_batch1_tok_s"),
+        number(&ours, "generate_batch1_tok_s") / number(&peft, "generate_batch1_tok_s"),
+        number(&ours, "generate_batch8_tok_s"),
+        number(&peft, "generate_batch8_tok_s"),
+        number(&ours, "generate_batch8_tok_s") / number(&peft, "generate_batch8_tok_s"),
     );
     let mem = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) / 1e6;
     let _ = writeln!(
@@ -612,7 +615,7 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
          (`--quantized`); frozen weights {:.0} MB against {:.0} MB ({:.2}×).\n",
         mem(&memory[0], "frozen_weight_bytes"),
         mem(&memory[1], "frozen_weight_bytes"),
-        f(&memory[1], "frozen_weight_bytes") / f(&memory[0], "frozen_weight_bytes"),
+        number(&memory[1], "frozen_weight_bytes") / number(&memory[0], "frozen_weight_bytes"),
     );
     let _ = writeln!(
         md,
@@ -628,9 +631,9 @@ pub(crate) fn peft_decoder(quick: bool) -> Result {
             "| {activations} | {:.0} MB | {:.0} MB | **{:.2}×** | {:.2} s | {:.2} s |",
             mem(&pair[0], "peak_rss_bytes"),
             mem(&pair[1], "peak_rss_bytes"),
-            f(&pair[1], "peak_rss_bytes") / f(&pair[0], "peak_rss_bytes"),
-            f(&pair[0], "median_step_secs"),
-            f(&pair[1], "median_step_secs"),
+            number(&pair[1], "peak_rss_bytes") / number(&pair[0], "peak_rss_bytes"),
+            number(&pair[0], "median_step_secs"),
+            number(&pair[1], "median_step_secs"),
         );
     }
     let _ = writeln!(
@@ -689,9 +692,7 @@ pub(crate) fn vit(quick: bool) -> Result {
             .arg(&onnx)
             .args([embed_size, embed_batch, rounds, &threads().to_string()]),
     )?;
-    let parse_json = |t: &str| serde_json::from_str::<serde_json::Value>(t).map_err(|e| format!("bench output: {e}"));
     let (ours, ort) = (parse_json(&ours)?, parse_json(&peer)?);
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -710,9 +711,13 @@ pub(crate) fn vit(quick: bool) -> Result {
         cpu_model(),
         threads(),
         ort["versions"].as_str().unwrap_or("?"),
-        f(&ort, "threads"),
+        number(&ort, "threads"),
     );
-    let _ = writeln!(md, "Frozen step: ours {:.0} ms.\n", 1e3 * f(&ours, "frozen_step_secs"));
+    let _ = writeln!(
+        md,
+        "Frozen step: ours {:.0} ms.\n",
+        1e3 * number(&ours, "frozen_step_secs")
+    );
     let _ = writeln!(md, "| method | trainable | ours: ms / step | ours: step / frozen |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
     for row in ours["rows"].as_array().into_iter().flatten() {
@@ -721,11 +726,14 @@ pub(crate) fn vit(quick: bool) -> Result {
             "| {} | {} | {:.0} | {:.2}× |",
             row["method"].as_str().unwrap_or("?"),
             row["trainable"],
-            1e3 * f(row, "step_secs"),
-            f(row, "ratio")
+            1e3 * number(row, "step_secs"),
+            number(row, "ratio")
         );
     }
-    let (a, b) = (f(&ours, "embed_images_per_sec"), f(&ort, "embed_images_per_sec"));
+    let (a, b) = (
+        number(&ours, "embed_images_per_sec"),
+        number(&ort, "embed_images_per_sec"),
+    );
     let _ = writeln!(
         md,
         "\nEmbedding, {embed_batch} images of {embed_size} × {embed_size} per call (257 tokens), the encoder alone: \

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Result, output, root, run, write_section};
+use crate::peer::number;
+use crate::{IDX_FILES, Result, output, root, run, write_section};
 
 const METHODS: [&str; 4] = ["head", "waveletft-1000", "lora-r8", "fourierft-1000"];
 const SIZES: [usize; 2] = [56, 112];
@@ -63,7 +64,6 @@ pub(crate) fn vision_study(quick: bool) -> Result {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
         std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -95,8 +95,8 @@ pub(crate) fn vision_study(quick: bool) -> Result {
             v["method"].as_str().unwrap_or("?"),
             v["trainable_encoder"],
             v["trainable_head"],
-            100.0 * f(v, "test_accuracy"),
-            f(v, "median_step_secs"),
+            100.0 * number(v, "test_accuracy"),
+            number(v, "median_step_secs"),
             g = size / 14,
         );
     }
@@ -106,14 +106,10 @@ pub(crate) fn vision_study(quick: bool) -> Result {
 
 /// `--train-images … --test-labels …` for the four IDX files in `dir`.
 fn idx_args(dir: &Path) -> Vec<std::ffi::OsString> {
-    let pairs = [
-        ("--train-images", "train-images-idx3-ubyte.gz"),
-        ("--train-labels", "train-labels-idx1-ubyte.gz"),
-        ("--test-images", "t10k-images-idx3-ubyte.gz"),
-        ("--test-labels", "t10k-labels-idx1-ubyte.gz"),
-    ];
-    pairs
+    let flags = ["--train-images", "--train-labels", "--test-images", "--test-labels"];
+    flags
         .iter()
+        .zip(IDX_FILES)
         .flat_map(|(flag, file)| [flag.into(), dir.join(file).into_os_string()])
         .collect()
 }

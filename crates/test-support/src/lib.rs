@@ -4,6 +4,8 @@
 //! * [`skip_or_fail`]: a missing GPU adapter, model or namespace is a
 //!   failure under `CI=true` and a loud `SKIPPED` line otherwise (never a
 //!   silent pass);
+//! * [`fetched`]: where a `cargo xtask fetch-*` model or data set lies,
+//!   or the skip (the failure under CI) when it is not there;
 //! * [`XorShift`]: reproducible values from a seed, so a failing case
 //!   reproduces;
 //! * [`rel_err`]: `max |a − b| / max |b|`;
@@ -12,7 +14,7 @@
 //!   error printed with its `Display` text.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Print the error (its `Display` text names files and tensors) and fail,
@@ -41,6 +43,30 @@ pub fn ci() -> bool {
 pub fn skip_or_fail(test: &str, reason: impl std::fmt::Display) {
     assert!(!ci(), "CI=true, so {test} may not be skipped: {reason}");
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// What `cargo xtask <fetch>` put at `default` (a path below the
+/// workspace root, `.cache/…`), or at the path in the environment variable
+/// `var`: that path when `marker` exists inside it (`""`: the path itself);
+/// otherwise [`skip_or_fail`] for `test`, and `None`.
+///
+/// # Panics
+/// Under `CI=true`, when it is missing.
+pub fn fetched(test: &str, var: &str, default: &str, marker: &str, fetch: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(default));
+    if path.join(marker).exists() {
+        return Some(path);
+    }
+    skip_or_fail(
+        test,
+        format!(
+            "{}: missing (run `cargo xtask {fetch}`, or set {var})",
+            path.join(marker).display()
+        ),
+    );
+    None
 }
 
 /// Marsaglia's xorshift64 (13, 7, 17): cheap, reproducible, not for

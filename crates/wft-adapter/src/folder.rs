@@ -286,23 +286,31 @@ impl AdapterModel {
             module_shape(base, m, orient)
         };
         let shape_from_base = |m: &str| -> Result<(usize, usize)> { Ok(weight_in_base(m)?.shape) };
-        // The layout a folder's `"kernels"` records for a module.
-        let recorded = |m: &str| -> Result<WeightLayout> {
-            match shapes.kernels.get(m) {
-                None => Ok(WeightLayout::Linear),
-                Some(&[kh, kw]) if kh > 0 && kw > 0 => Ok(WeightLayout::Conv2d { kernel: [kh, kw] }),
-                Some(k) => Err(Error::Json {
+        // The layout a folder's `"kernels"` records for a module: it must
+        // fit the `(out, in)` the native format records (`shape`) and be the
+        // base's when a base is given.
+        let layout_of = |m: &str, shape: Option<(usize, usize)>| -> Result<WeightLayout> {
+            if let Some(k) = shapes.kernels.get(m).filter(|k| k.contains(&0)) {
+                return Err(Error::Json {
                     path: cfg_path.clone(),
                     reason: format!("\"kernels\" has an empty kernel {k:?} for module {m:?}"),
-                }),
+                });
             }
-        };
-        // A module's recorded layout must be the base's.
-        let check_layout = |m: &str, layout: WeightLayout| -> Result<()> {
-            let Some(base) = base else { return Ok(()) };
+            let layout = WeightLayout::from_kernel(shapes.kernels.get(m));
+            if let Some(shape) = shape.filter(|&s| !layout.fits(s)) {
+                return Err(Error::Json {
+                    path: cfg_path.clone(),
+                    reason: format!(
+                        "module {m:?}: {} columns are not a whole number of {:?} kernels",
+                        shape.1,
+                        layout.kernel().unwrap_or_default()
+                    ),
+                });
+            }
+            let Some(base) = base else { return Ok(layout) };
             let w = module_shape(base, m, orient)?;
             if w.layout == layout {
-                return Ok(());
+                return Ok(layout);
             }
             Err(Error::ShapeMismatch {
                 path: base.base_path().to_path_buf(),
@@ -310,9 +318,9 @@ impl AdapterModel {
                 tensor: w.key,
                 expected: format!(
                     "a {} weight, as {} records for {m:?}",
-                    match layout {
-                        WeightLayout::Linear => "linear".to_string(),
-                        WeightLayout::Conv2d { kernel: [kh, kw] } => format!("{kh}×{kw} convolution"),
+                    match layout.kernel() {
+                        None => "linear".to_string(),
+                        Some([kh, kw]) => format!("{kh}×{kw} convolution"),
                     },
                     cfg_path.display()
                 ),
@@ -376,18 +384,7 @@ impl AdapterModel {
                         path: cfg_path.clone(),
                         reason: format!("\"shapes\" has no entry for module {m:?}"),
                     })?;
-                    let layout = recorded(&m)?;
-                    if !layout.fits(shape) {
-                        return Err(Error::Json {
-                            path: cfg_path.clone(),
-                            reason: format!(
-                                "module {m:?}: {} columns are not a whole number of {:?} kernels",
-                                shape.1, shapes.kernels[&m]
-                            ),
-                        });
-                    }
-                    check_layout(&m, layout)?;
-                    layouts.insert(m.clone(), layout);
+                    layouts.insert(m.clone(), layout_of(&m, Some(shape))?);
                     let geometry = crate::Geometry::new(c.layout, &c.wavelet, c.mode, c.level, shape)
                         .map_err(|e| in_tensor(file, &kl, e))?;
                     let flat = locs.into_raw_vec_and_offset().0;
@@ -428,9 +425,7 @@ impl AdapterModel {
                     Ok(a.into())
                 };
                 for (m, k, a) in spectra(TensorRole::WaveFtSpectrum, "WaveFT spectrum", &build)? {
-                    let layout = recorded(&m)?;
-                    check_layout(&m, layout)?;
-                    layouts.insert(m.clone(), layout);
+                    layouts.insert(m.clone(), layout_of(&m, None)?);
                     modules.insert(m, a);
                     expected_keys.push(k);
                 }
@@ -438,9 +433,7 @@ impl AdapterModel {
             MethodConfig::FourierFt(c) => {
                 let build = |values, shape| Ok(FourierFt::from_spectrum(c, shape, values)?.into());
                 for (m, k, a) in spectra(TensorRole::FourierFtSpectrum, "FourierFT spectrum", &build)? {
-                    let layout = recorded(&m)?;
-                    check_layout(&m, layout)?;
-                    layouts.insert(m.clone(), layout);
+                    layouts.insert(m.clone(), layout_of(&m, None)?);
                     modules.insert(m, a);
                     expected_keys.push(k);
                 }

@@ -89,21 +89,15 @@ impl AdapterModel {
     /// How module `module`'s base weight is stored: a convolution's
     /// adapter works on its `out × (in·kh·kw)` matrix ([`WeightLayout`]).
     pub fn layout(&self, module: &str) -> WeightLayout {
-        self.convolutions
-            .get(module)
-            .map_or(WeightLayout::Linear, |&kernel| WeightLayout::Conv2d { kernel })
+        WeightLayout::from_kernel(self.convolutions.get(module))
     }
 
     /// The convolution modules' kernels, as a folder records them.
     pub(crate) fn record_layout(&mut self, module: &str, layout: WeightLayout) {
-        match layout {
-            WeightLayout::Conv2d { kernel } => {
-                self.convolutions.insert(module.to_string(), kernel);
-            }
-            WeightLayout::Linear => {
-                self.convolutions.remove(module);
-            }
-        }
+        match layout.kernel() {
+            Some(kernel) => self.convolutions.insert(module.to_string(), kernel),
+            None => self.convolutions.remove(module),
+        };
     }
 
     /// Total trainable parameters.

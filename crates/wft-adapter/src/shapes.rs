@@ -96,6 +96,20 @@ impl WeightLayout {
         }
     }
 
+    /// The layout a `"kernels"` entry (or its absence) records: a
+    /// convolution of that kernel, or a linear layer.
+    pub fn from_kernel(kernel: Option<&[usize; 2]>) -> Self {
+        kernel.map_or(WeightLayout::Linear, |&kernel| WeightLayout::Conv2d { kernel })
+    }
+
+    /// A convolution's `[kh, kw]`; `None` for a linear layer.
+    pub fn kernel(self) -> Option<[usize; 2]> {
+        match self {
+            WeightLayout::Linear => None,
+            WeightLayout::Conv2d { kernel } => Some(kernel),
+        }
+    }
+
     /// The `(out, in)` matrix of a weight stored as `shape` (in this
     /// layout), before any `fan_in_fan_out` transposition.
     pub fn matrix_shape(shape: &[usize]) -> Option<(usize, usize)> {

@@ -89,10 +89,7 @@ impl Summary {
                 path: m.to_string(),
                 params: 0,
                 shape: shapes.shapes.get(m).copied(),
-                layout: shapes
-                    .kernels
-                    .get(m)
-                    .map_or(WeightLayout::Linear, |&kernel| WeightLayout::Conv2d { kernel }),
+                layout: WeightLayout::from_kernel(shapes.kernels.get(m)),
             });
             entry.params += count;
             match (role, shape) {

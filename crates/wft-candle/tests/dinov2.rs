@@ -17,17 +17,13 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 const SIZE: usize = 224;
 
 fn model_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("WFT_VIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/vit/dinov2-vits14"));
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    wft_test_support::skip_or_fail(
+    wft_test_support::fetched(
         test,
-        format!("{}: no model (run `cargo xtask fetch-vit`)", dir.display()),
-    );
-    None
+        "WFT_VIT",
+        ".cache/vit/dinov2-vits14",
+        "model.safetensors",
+        "fetch-vit",
+    )
 }
 
 /// Image `k` of the reference script, normalised: `3 × SIZE × SIZE`.

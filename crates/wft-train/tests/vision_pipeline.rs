@@ -61,6 +61,14 @@ fn idx_set(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     (images, labels)
 }
 
+/// A `vision` report's first and last step losses.
+fn first_and_last_loss(v: &serde_json::Value) -> R<(f64, f64)> {
+    Ok((
+        v["first_loss"].as_f64().ok_or("first_loss")?,
+        v["last_loss"].as_f64().ok_or("last_loss")?,
+    ))
+}
+
 #[test]
 fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
     let dir = tempfile::tempdir()?;
@@ -124,10 +132,7 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
     let (ok, stdout, err) = run("waveletft-60", o, &["--pooling", "cls-and-mean-patch"])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout)?;
-    let (first, last) = (
-        v["first_loss"].as_f64().ok_or("first")?,
-        v["last_loss"].as_f64().ok_or("last")?,
-    );
+    let (first, last) = first_and_last_loss(&v)?;
     assert_eq!(v["steps"].as_u64(), Some(36));
     assert!(last < 0.7 * first, "the loss fell from {first} to only {last}");
     let reported = v["test_accuracy"].as_f64().ok_or("accuracy")?;
@@ -255,20 +260,19 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
 /// from 28 × 28 digits resized to its 16 × 16.
 #[test]
 fn mnist5k_reads_and_trains() -> R {
-    let dir = std::env::var_os("WFT_MNIST5K")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/mnist5k"));
+    let Some(dir) = wft_test_support::fetched(
+        "mnist5k_reads_and_trains",
+        "WFT_MNIST5K",
+        ".cache/mnist5k",
+        "train-images-idx3-ubyte.gz",
+        "fetch-mnist5k",
+    ) else {
+        return Ok(());
+    };
     let (images, labels) = (
         dir.join("train-images-idx3-ubyte.gz"),
         dir.join("train-labels-idx1-ubyte.gz"),
     );
-    if !images.exists() {
-        wft_test_support::skip_or_fail(
-            "mnist5k_reads_and_trains",
-            format!("{}: no MNIST-5k (run `cargo xtask fetch-mnist5k`)", dir.display()),
-        );
-        return Ok(());
-    }
     let train = Labelled::from_idx(&images, &labels)?;
     let test = Labelled::from_idx(
         &dir.join("t10k-images-idx3-ubyte.gz"),
@@ -320,10 +324,7 @@ fn mnist5k_reads_and_trains() -> R {
     ])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout)?;
-    let (first, last) = (
-        v["first_loss"].as_f64().ok_or("first")?,
-        v["last_loss"].as_f64().ok_or("last")?,
-    );
+    let (first, last) = first_and_last_loss(&v)?;
     let accuracy = v["test_accuracy"].as_f64().ok_or("accuracy")?;
     eprintln!("MNIST-5k on the tiny random ViT: loss {first:.3} -> {last:.3}, test accuracy {accuracy:.3}");
     assert!(last < 0.8 * first, "the loss fell from {first} to only {last}");

@@ -195,10 +195,7 @@ impl CustomOp2 for SwiGlu {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (slice(s1, l1, "swiglu")?, slice(s2, l2, "swiglu")?);
-        if a.len() != b.len() {
-            candle_core::bail!("swiglu: {} gate values against {} up values", a.len(), b.len())
-        }
-        let y = a.iter().zip(b).map(|(&a, &b)| a / (1.0 + (-a).exp()) * b).collect();
+        let y = zip_map_par("swiglu", a, b, |a, b| a / (1.0 + (-a).exp()) * b)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -241,6 +238,24 @@ fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
     y
+}
+
+/// `f` over pairs of `a` and `b` (of one length) into a new vector, chunks
+/// in parallel.
+fn zip_map_par(what: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> candle_core::Result<Vec<f32>> {
+    use rayon::prelude::*;
+    if a.len() != b.len() {
+        candle_core::bail!("{what}: {} values against {}", a.len(), b.len())
+    }
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        });
+    Ok(y)
 }
 
 /// `gelu_erf` of one value, as candle computes it.
@@ -288,18 +303,7 @@ impl CustomOp2 for GeluGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (slice(s1, l1, "gelu backward")?, slice(s2, l2, "gelu backward")?);
-        if x.len() != g.len() {
-            candle_core::bail!("gelu backward: {} inputs against {} gradients", x.len(), g.len())
-        }
-        use rayon::prelude::*;
-        let mut d = vec![0f32; x.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| {
-                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = g * gelu_slope(x);
-                }
-            });
+        let d = zip_map_par("gelu backward", x, g, |x, g| g * gelu_slope(x))?;
         Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
 }
