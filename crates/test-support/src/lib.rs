@@ -56,14 +56,20 @@ pub fn fetched(test: &str, var: &str, default: &str, marker: &str, fetch: &str) 
     let path = std::env::var_os(var)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(default));
-    if path.join(marker).exists() {
+    // `path.join("")` would add a trailing slash, which a file fails.
+    let wanted = if marker.is_empty() {
+        path.clone()
+    } else {
+        path.join(marker)
+    };
+    if wanted.exists() {
         return Some(path);
     }
     skip_or_fail(
         test,
         format!(
             "{}: missing (run `cargo xtask {fetch}`, or set {var})",
-            path.join(marker).display()
+            wanted.display()
         ),
     );
     None
