@@ -13,6 +13,7 @@ pub mod bert;
 pub mod llama;
 mod ops;
 pub mod vit;
+mod vmath;
 
 /// Refuse adapters on modules the model does not have: every module of
 /// `tuning`'s adapter model must be one of `known`; `what` names the model

@@ -562,7 +562,7 @@ impl Llama {
             )));
         }
         let (cos, sin) = self.rope_tables(past, len, starts)?;
-        let mask = AttentionMask::new(attention_mask(batch, past, len, mask)?)?;
+        let mask = AttentionMask::new(&attention_mask(batch, past, len, mask)?)?;
         Ok(Pass {
             batch,
             len,
