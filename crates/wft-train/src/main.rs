@@ -995,9 +995,32 @@ fn vision_bench_cmd(model: &Path, spec: &wft_train::vision::bench::VisionBenchSp
     Ok(())
 }
 
+/// One pool for the parallel work of an f32 model. candle keeps its own
+/// spinning pool (`CANDLE_NUM_THREADS` threads) for its elementwise kernels
+/// and quantized matmuls, beside rayon's, which runs gemm and wft-candle's
+/// kernels; on a 2-core machine its idle worker spun for 16% of a MiniLM
+/// step's CPU time while gemm's two threads waited for a core, and one
+/// thread for it made the frozen step 0.83× as long (docs/PERFORMANCE.md).
+/// A quantized base keeps candle's pool: its matmuls run there. The
+/// environment variable, when set, wins.
+fn thread_setup(command: &Command) {
+    let quantized = matches!(
+        command,
+        Command::Generate { quantized: true, .. }
+            | Command::Lm { quantized: true, .. }
+            | Command::LmBench { quantized: true, .. }
+    );
+    if !quantized && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called before any thread exists (argument parsing starts
+        // none) and before candle reads the variable.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") }
+    }
+}
+
 fn main() -> ExitCode {
     process_setup();
     let cli = Cli::parse();
+    thread_setup(&cli.command);
     let result = match cli.command {
         Command::Run {
             method,

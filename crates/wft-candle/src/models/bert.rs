@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::ops::{LayerNorm, gelu, softmax};
+use super::attention::attention;
+use super::ops::{AttentionMask, LayerNorm, gelu};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -325,23 +326,19 @@ impl Bert {
     /// # Errors
     /// candle's errors for mismatched shapes.
     pub fn encode(&self, embedded: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (batch, len, h) = embedded.dims3()?;
+        let (batch, len, _) = embedded.dims3()?;
         let heads = self.config.num_attention_heads;
-        let hd = h / heads;
         // Additive mask: 0 for tokens, a large negative for padding.
         let mask = attention_mask.to_dtype(DType::F32)?;
-        let mask = ((mask - 1.0)? * 1e9)?.reshape((batch, 1, 1, len))?;
-        let split =
-            |t: Tensor| -> Result<Tensor> { Ok(t.reshape((batch, len, heads, hd))?.transpose(1, 2)?.contiguous()?) };
+        let mask = ((mask - 1.0)? * 1e9)?
+            .reshape((batch, 1, 1, 1, len))?
+            .broadcast_as((batch, 1, 1, len, len))?;
+        let mask = AttentionMask::new(&mask)?;
         let mut x = embedded.clone();
         for layer in &self.layers {
             let lin = &layer.linears;
-            let q = split(lin[QUERY].forward(&x)?)?;
-            let k = split(lin[KEY].forward(&x)?)?;
-            let v = split(lin[VALUE].forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
-            let probs = softmax(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, h))?;
+            let (q, k, v) = (lin[QUERY].forward(&x)?, lin[KEY].forward(&x)?, lin[VALUE].forward(&x)?);
+            let ctx = attention(&q, &k, &v, heads, heads, Some(&mask))?;
             let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
             let f = gelu(&lin[INTERMEDIATE].forward(&a)?)?;
             x = layer.out_norm.forward(&(lin[OUTPUT].forward(&f)? + &a)?)?;

@@ -9,6 +9,7 @@ use wft_adapter::AdapterModel;
 use crate::error::Result;
 use crate::linear::AdaptedLinear;
 
+mod attention;
 pub mod bert;
 pub mod llama;
 mod ops;

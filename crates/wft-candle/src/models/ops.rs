@@ -2,7 +2,7 @@
 //! compositions) where no gradient will flow, and where one will, a custom
 //! op with its own backward that keeps only its inputs or output alive,
 //! its elementwise math vectorised (`vmath`)
-//! (softmax, the attention softmax with its scale and mask, RMSNorm, RoPE,
+//! (the attention softmax with its scale and mask, RMSNorm, RoPE,
 //! SwiGLU and GELU: a composition of tensor ops would keep one to six
 //! intermediate copies of the activations for the backward pass).
 
@@ -14,56 +14,15 @@ use super::vmath::{self, Kernel};
 use crate::error::Result;
 use crate::weights::VarPath;
 
-/// Softmax over the last axis.
-pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    if x.track_op() {
-        Ok(x.apply_op1(Softmax)?)
-    } else {
-        Ok(x.apply_op1_no_bwd(&Softmax)?)
-    }
-}
-
-/// Softmax over the last axis whose backward needs only its output:
-/// `∂L/∂x = y ⊙ (g − Σ g ⊙ y)` row by row.
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "wft-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "softmax")?;
-        let n = *l.shape().dims().last().unwrap_or(&0);
-        if n == 0 {
-            candle_core::bail!("softmax: an empty last axis")
-        }
-        let mut y = vec![0f32; x.len()];
-        for (row, out) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            out.copy_from_slice(row);
-            let sum = vmath::exp_shifted_sum(out, max);
-            out.iter_mut().for_each(|o| *o /= sum);
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((y * g.broadcast_sub(&dot)?)?))
-    }
-}
-
 /// An additive attention mask that every head shares: `batches` (1, or one
 /// per batch row) × `len` × `total` values, from a tensor of shape
 /// `batches × 1 × 1 × len × total`.
 #[derive(Debug, Clone)]
 pub(crate) struct AttentionMask {
-    values: Arc<[f32]>,
-    batches: usize,
-    len: usize,
-    total: usize,
+    pub(super) values: Arc<[f32]>,
+    pub(super) batches: usize,
+    pub(super) len: usize,
+    pub(super) total: usize,
 }
 
 impl AttentionMask {
@@ -312,7 +271,7 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// The `f32` slice a contiguous layout covers.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: the models compute in f32")
     };
@@ -618,7 +577,7 @@ impl CustomOp3 for LayerNormOp {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::{rms_norm, rope, softmax};
+    use super::{rms_norm, rope};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -671,18 +630,6 @@ mod tests {
         let (c3, s3) = (f3.cos()?, f3.sin()?);
         let r3 = rope(x.as_tensor(), &c3, &s3)?;
         assert!(max_diff(&r3, &rope(&x0, &c3, &s3)?) < 1e-6);
-        let sm = softmax(x.as_tensor())?;
-        assert!(max_diff(&sm, &candle_nn::ops::softmax_last_dim(&x0)?) < 1e-6);
-        assert!(max_diff(&softmax(&x0)?, &candle_nn::ops::softmax_last_dim(&x0)?) < 1e-6);
-        let g = (sm * &probe)?.sum_all()?.backward()?;
-        let gp = (candle_nn::ops::softmax(x.as_tensor(), 3)? * &probe)?
-            .sum_all()?
-            .backward()?;
-        let (a, b) = (
-            g.get(x.as_tensor()).ok_or("grad")?,
-            gp.get(x.as_tensor()).ok_or("grad")?,
-        );
-        assert!(max_diff(a, b) < 1e-5, "softmax gradient off by {}", max_diff(a, b));
         Ok(())
     }
 

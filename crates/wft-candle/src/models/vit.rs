@@ -15,7 +15,8 @@ use candle_core::{Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::ops::{LayerNorm, gelu, softmax};
+use super::attention::attention;
+use super::ops::{LayerNorm, gelu};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -391,20 +392,11 @@ impl Vit {
 
     fn block(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let (batch, len, h) = x.dims3()?;
-        let (nh, hd) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
+        let nh = c.num_attention_heads;
         let lin = &block.linears;
         let a = block.norm1.forward(x)?;
-        let heads =
-            |t: Tensor| -> Result<Tensor> { Ok(t.reshape((batch, len, nh, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = heads(lin[QUERY].forward(&a)?)?;
-        let k = heads(lin[KEY].forward(&a)?)?;
-        let v = heads(lin[VALUE].forward(&a)?)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let ctx = softmax(&scores)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, len, h))?;
+        let (q, k, v) = (lin[QUERY].forward(&a)?, lin[KEY].forward(&a)?, lin[VALUE].forward(&a)?);
+        let ctx = attention(&q, &k, &v, nh, nh, None)?;
         let x = (x + lin[ATTN_OUT].forward(&ctx)?.broadcast_mul(&block.scale1)?)?;
         let m = block.norm2.forward(&x)?;
         let f = lin[FC2].forward(&gelu(&lin[FC1].forward(&m)?)?)?;

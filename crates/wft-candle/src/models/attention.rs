@@ -1,0 +1,500 @@
+//! Fused multi-head scaled dot-product attention on token-major
+//! projections: `q` of shape `batch × len × (heads·d)`, `k` and `v` of
+//! `batch × total × (kv_heads·d)`, straight from the linear layers. Each
+//! head's products run as strided views into those tensors (the `gemm`
+//! crate, candle's own CPU matmul kernel), so no transposed copy is made
+//! in either direction, and the backward pass is one op instead of the
+//! dozen nodes (each with its own gradient buffer) of the composition.
+//!
+//! Forward, per head: `P = softmax(scale·Q·Kᵀ + mask)`, `O = P·V`.
+//! Backward recomputes `P` (a `len × total` tile per head) and forms
+//! `∂V = Pᵀ·∂O`, `∂S = scale · P ⊙ (∂O·Vᵀ − rowsum(P ⊙ ∂O·Vᵀ))`,
+//! `∂Q = ∂S·K`, `∂K = ∂Sᵀ·Q`. Query heads that share a key/value head
+//! (grouped-query attention) run in one task that sums their `∂K`, `∂V`.
+//! Tasks are independent and sequential inside, so results do not depend
+//! on the thread count.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use gemm::Parallelism;
+
+use super::ops::AttentionMask;
+use super::vmath;
+use crate::error::{Error, Result};
+
+/// Attention of `q` over `k`, `v` (shapes in the module docs), with `heads`
+/// query heads, `kv_heads` key/value heads and an optional additive `mask`
+/// (`len × total` per batch row, or one for all); `batch × len ×
+/// (heads·d)`, the heads side by side as the output projection takes them.
+///
+/// # Errors
+/// [`Error::Shape`] when the shapes or the mask do not fit the heads.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    mask: Option<&AttentionMask>,
+) -> Result<Tensor> {
+    let (batch, len, qw) = q.dims3()?;
+    let (kb, total, kw) = k.dims3()?;
+    let shape_error = || Error::Shape {
+        what: "attention keys and values".into(),
+        expected: vec![batch, total, kv_heads * (qw / heads.max(1))],
+        found: v.dims().to_vec(),
+    };
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
+        return Err(Error::Shape {
+            what: format!("queries split into {heads} heads sharing {kv_heads} key/value heads"),
+            expected: vec![batch, len, heads],
+            found: q.dims().to_vec(),
+        });
+    }
+    let head_dim = qw / heads;
+    if kb != batch || kw != kv_heads * head_dim || v.dims() != k.dims() {
+        return Err(shape_error());
+    }
+    if let Some(m) = mask
+        && (m.len != len || m.total != total || (m.batches != 1 && m.batches != batch))
+    {
+        return Err(Error::Shape {
+            what: "attention mask".into(),
+            expected: vec![batch, len, total],
+            found: vec![m.batches, m.len, m.total],
+        });
+    }
+    let op = Attention {
+        geometry: Geometry {
+            batch,
+            len,
+            total,
+            heads,
+            kv_heads,
+            head_dim,
+        },
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        mask: mask.cloned(),
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    if q.track_op() || k.track_op() || v.track_op() {
+        Ok(q.apply_op3(&k, &v, op)?)
+    } else {
+        Ok(q.apply_op3_no_bwd(&k, &v, &op)?)
+    }
+}
+
+/// Where each head's rows sit in the token-major tensors.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    len: usize,
+    total: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Geometry {
+    /// Row stride of `q` (and of the output and `∂Q`).
+    fn q_stride(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Row stride of `k` and `v`.
+    fn kv_stride(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Offset of query head `h` of batch row `b`.
+    fn q_at(&self, b: usize, h: usize) -> usize {
+        b * self.len * self.q_stride() + h * self.head_dim
+    }
+
+    /// Offset of key/value head `g` of batch row `b`.
+    fn kv_at(&self, b: usize, g: usize) -> usize {
+        b * self.total * self.kv_stride() + g * self.head_dim
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// A raw pointer the tasks share; each writes a region no other task
+/// touches (its own head's columns).
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the tasks write disjoint regions (see the call sites).
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+/// `dst (m×n) := [dst +] lhs (m×k) · rhs (k×n)`, each operand given by a
+/// pointer and its (row, column) strides, on the calling thread.
+///
+/// # Safety
+/// Every operand must cover the elements its strides address.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+) {
+    // SAFETY: the caller's guarantee; gemm reads and writes only the
+    // addressed elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// The attention op; backward recomputes the probabilities.
+struct Attention {
+    geometry: Geometry,
+    scale: f32,
+    mask: Option<AttentionMask>,
+}
+
+impl Attention {
+    /// `P` of query head `h` of batch row `b` into `p` (`len × total`).
+    fn probs(&self, q: &[f32], k: &[f32], b: usize, h: usize, p: &mut Vec<f32>) {
+        let g = &self.geometry;
+        p.resize(g.len * g.total, 0.0);
+        let (qo, ko) = (g.q_at(b, h), g.kv_at(b, h / g.group()));
+        // SAFETY: the operands lie inside `q`, `k` and `p`, whose lengths
+        // the op checked against the geometry.
+        unsafe {
+            product(
+                (g.len, g.total, g.head_dim),
+                (p.as_mut_ptr(), g.total, 1),
+                false,
+                (q[qo..].as_ptr(), g.q_stride(), 1),
+                // Kᵀ: element (d, j) is k[j·stride + d].
+                (k[ko..].as_ptr(), 1, g.kv_stride()),
+            );
+        }
+        let mb = match &self.mask {
+            Some(m) if m.batches > 1 => b,
+            _ => 0,
+        };
+        for (i, row) in p.chunks_exact_mut(g.total).enumerate() {
+            match &self.mask {
+                Some(m) => {
+                    let at = (mb * g.len + i) * g.total;
+                    for (s, &m) in row.iter_mut().zip(&m.values[at..at + g.total]) {
+                        *s = *s * self.scale + m;
+                    }
+                }
+                None => row.iter_mut().for_each(|s| *s *= self.scale),
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum = vmath::exp_shifted_sum(row, max);
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+    }
+
+    /// The lengths the geometry needs of `q`, `k` (= `v`).
+    fn check(&self, q: usize, k: usize, v: usize) -> candle_core::Result<()> {
+        let g = &self.geometry;
+        let (wq, wk) = (g.batch * g.len * g.q_stride(), g.batch * g.total * g.kv_stride());
+        if q != wq || k != wk || v != wk {
+            candle_core::bail!("attention: {q}, {k}, {v} values against {wq}, {wk}, {wk}")
+        }
+        Ok(())
+    }
+
+    /// `∂Q`, `∂K`, `∂V` from the inputs and the output's gradient `go`.
+    fn backward(&self, q: &[f32], k: &[f32], v: &[f32], go: &[f32]) -> candle_core::Result<[Vec<f32>; 3]> {
+        use rayon::prelude::*;
+        self.check(q.len(), k.len(), v.len())?;
+        if go.len() != q.len() {
+            candle_core::bail!("attention backward: a gradient of {} values for {}", go.len(), q.len())
+        }
+        let g = self.geometry;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+        let (dqp, dkp, dvp) = (
+            Shared(dq.as_mut_ptr()),
+            Shared(dk.as_mut_ptr()),
+            Shared(dv.as_mut_ptr()),
+        );
+        // One task per (batch row, key/value head): it alone writes that
+        // head's ∂K, ∂V and its query heads' ∂Q.
+        (0..g.batch * g.kv_heads).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(p, dp), t| {
+                let (b, kvh) = (t / g.kv_heads, t % g.kv_heads);
+                let ko = g.kv_at(b, kvh);
+                let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+                for r in 0..g.group() {
+                    let h = kvh * g.group() + r;
+                    let qo = g.q_at(b, h);
+                    self.probs(q, k, b, h, p);
+                    dp.resize(g.len * g.total, 0.0);
+                    // SAFETY: every operand lies inside its buffer (the
+                    // lengths are checked above); this task is the only
+                    // writer of the ∂Q, ∂K, ∂V regions it addresses.
+                    unsafe {
+                        // ∂V (+)= Pᵀ·∂O.
+                        product(
+                            (g.total, g.head_dim, g.len),
+                            (dvp.0.add(ko), g.kv_stride(), 1),
+                            r > 0,
+                            (p.as_ptr(), 1, g.total),
+                            (go[qo..].as_ptr(), g.q_stride(), 1),
+                        );
+                        // ∂P = ∂O·Vᵀ.
+                        product(
+                            (g.len, g.total, g.head_dim),
+                            (dp.as_mut_ptr(), g.total, 1),
+                            false,
+                            (go[qo..].as_ptr(), g.q_stride(), 1),
+                            (v[ko..].as_ptr(), 1, g.kv_stride()),
+                        );
+                    }
+                    // ∂S = scale · P ⊙ (∂P − rowsum(P ⊙ ∂P)), in place.
+                    for (dp, p) in dp.chunks_exact_mut(g.total).zip(p.chunks_exact(g.total)) {
+                        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                        for (d, &p) in dp.iter_mut().zip(p) {
+                            *d = self.scale * p * (*d - dot);
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        // ∂Q = ∂S·K.
+                        product(
+                            (g.len, g.head_dim, g.total),
+                            (dqp.0.add(qo), g.q_stride(), 1),
+                            false,
+                            (dp.as_ptr(), g.total, 1),
+                            (k[ko..].as_ptr(), g.kv_stride(), 1),
+                        );
+                        // ∂K (+)= ∂Sᵀ·Q.
+                        product(
+                            (g.total, g.head_dim, g.len),
+                            (dkp.0.add(ko), g.kv_stride(), 1),
+                            r > 0,
+                            (dp.as_ptr(), 1, g.total),
+                            (q[qo..].as_ptr(), g.q_stride(), 1),
+                        );
+                    }
+                }
+            },
+        );
+        Ok([dq, dk, dv])
+    }
+}
+
+/// The contiguous f32 values of a tensor's storage.
+fn values<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => super::ops::slice(c, l, "attention backward"),
+        _ => candle_core::bail!("attention: the fused op runs on the CPU"),
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "wft-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (q, k, v) = (
+            super::ops::slice(s1, l1, "attention")?,
+            super::ops::slice(s2, l2, "attention")?,
+            super::ops::slice(s3, l3, "attention")?,
+        );
+        self.check(q.len(), k.len(), v.len())?;
+        let g = self.geometry;
+        let mut out = vec![0f32; q.len()];
+        let op = Shared(out.as_mut_ptr());
+        (0..g.batch * g.heads).into_par_iter().for_each_init(Vec::new, |p, t| {
+            let (b, h) = (t / g.heads, t % g.heads);
+            let op = op;
+            self.probs(q, k, b, h, p);
+            // SAFETY: the operands lie inside their buffers (checked
+            // above); this task alone writes head h's columns of row b.
+            unsafe {
+                product(
+                    (g.len, g.head_dim, g.total),
+                    (op.0.add(g.q_at(b, h)), g.q_stride(), 1),
+                    false,
+                    (p.as_ptr(), g.total, 1),
+                    (v[g.kv_at(b, h / g.group())..].as_ptr(), g.kv_stride(), 1),
+                );
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let [dq, dk, dv] = {
+            let ((sq, lq), (sk, lk), (sv, lv), (sg, lg)) = (
+                q.storage_and_layout(),
+                k.storage_and_layout(),
+                v.storage_and_layout(),
+                grad.storage_and_layout(),
+            );
+            self.backward(values(&sq, lq)?, values(&sk, lk)?, values(&sv, lv)?, values(&sg, lg)?)?
+        };
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device, Tensor, Var};
+
+    use super::attention;
+    use crate::models::ops::AttentionMask;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap_or(f32::INFINITY)
+    }
+
+    /// The composition of candle ops the fused op replaces: heads split by
+    /// transposes, key/value heads repeated for their query heads, the
+    /// mask broadcast over the heads.
+    fn composed(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        kv: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, len, w) = q.dims3()?;
+        let total = k.dim(1)?;
+        let d = w / heads;
+        let split = |t: &Tensor, n: usize, l: usize| t.reshape((b, l, n, d))?.transpose(1, 2)?.contiguous();
+        let repeat = |t: Tensor| {
+            t.unsqueeze(2)?
+                .broadcast_as((b, kv, heads / kv, total, d))?
+                .reshape((b, heads, total, d))
+        };
+        let (q, k, v) = (
+            split(q, heads, len)?,
+            repeat(split(k, kv, total)?)?,
+            repeat(split(v, kv, total)?)?,
+        );
+        let mut s = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        if let Some(m) = mask {
+            // batches × 1 × 1 × len × total → batches × 1 × len × total.
+            s = s.broadcast_add(&m.squeeze(1)?)?;
+        }
+        candle_nn::ops::softmax(&s, D::Minus1)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, len, w))
+    }
+
+    /// Forward (tracked and untracked) and the gradients of q, k and v
+    /// against candle's autodiff of the composition: multi-head and
+    /// grouped-query heads, no mask, one mask for the batch and one per
+    /// row, queries shorter than the keys (a cache), sizes that leave
+    /// partial tiles in gemm.
+    #[test]
+    fn fused_attention_matches_the_composition_and_its_autodiff() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        for (batch, len, total, heads, kv, d, masked) in [
+            (2, 5, 5, 3, 3, 8, 0),
+            (3, 7, 7, 4, 4, 6, 2),
+            (2, 3, 9, 4, 2, 5, 1),
+            (1, 17, 17, 2, 1, 16, 2),
+            (2, 4, 6, 6, 3, 4, 2),
+        ] {
+            let q0 = Tensor::randn(0f32, 1.0, (batch, len, heads * d), &dev)?;
+            let k0 = Tensor::randn(0f32, 1.0, (batch, total, kv * d), &dev)?;
+            let v0 = Tensor::randn(0f32, 1.0, (batch, total, kv * d), &dev)?;
+            let m = match masked {
+                0 => None,
+                1 => Some(Tensor::randn(0f32, 2.0, (1, 1, 1, len, total), &dev)?),
+                _ => Some(Tensor::randn(0f32, 2.0, (batch, 1, 1, len, total), &dev)?),
+            };
+            let mask = m.as_ref().map(AttentionMask::new).transpose()?;
+            let (q, k, v) = (Var::from_tensor(&q0)?, Var::from_tensor(&k0)?, Var::from_tensor(&v0)?);
+            let fused = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, kv, mask.as_ref())?;
+            let plain = composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, kv, m.as_ref())?;
+            let untracked = attention(&q0, &k0, &v0, heads, kv, mask.as_ref())?;
+            let case = format!("batch {batch}, len {len}, total {total}, heads {heads}/{kv}, d {d}, mask {masked}");
+            assert!(
+                max_diff(&fused, &plain) < 1e-5,
+                "{case}: forward off by {}",
+                max_diff(&fused, &plain)
+            );
+            assert!(max_diff(&untracked, &plain) < 1e-5, "{case}: untracked forward off");
+            let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
+            let g = (fused * &probe)?.sum_all()?.backward()?;
+            let gp = (plain * &probe)?.sum_all()?.backward()?;
+            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+                let (a, b) = (
+                    g.get(var.as_tensor()).ok_or("grad")?,
+                    gp.get(var.as_tensor()).ok_or("grad")?,
+                );
+                assert!(max_diff(a, b) < 1e-5, "{case}: ∂{what} off by {}", max_diff(a, b));
+            }
+        }
+        Ok(())
+    }
+
+    /// Shapes that do not fit the heads, and a mask of the wrong size, are
+    /// typed errors.
+    #[test]
+    fn misfitting_shapes_are_errors() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((2, 4, 12), candle_core::DType::F32, &dev)?;
+        let k = Tensor::zeros((2, 5, 6), candle_core::DType::F32, &dev)?;
+        assert!(attention(&q, &k, &k, 5, 5, None).is_err());
+        assert!(attention(&q, &k, &k, 4, 3, None).is_err());
+        assert!(attention(&q, &k, &k, 4, 4, None).is_err());
+        assert!(attention(&q, &k, &k, 4, 2, None).is_ok());
+        let wrong = AttentionMask::new(&Tensor::zeros((2, 1, 1, 4, 4), candle_core::DType::F32, &dev)?)?;
+        assert!(attention(&q, &k, &k, 4, 2, Some(&wrong)).is_err());
+        Ok(())
+    }
+}
