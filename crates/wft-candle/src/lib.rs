@@ -62,6 +62,7 @@ mod classifier;
 mod error;
 pub mod gguf;
 mod linear;
+mod matmul;
 pub mod models;
 mod quantized;
 mod weights;

@@ -316,39 +316,55 @@ impl Module for AdaptedLinear {
             candle_core::bail!("linear layer: input has {inp} features, the weight takes {}", self.inp)
         }
         let rows: usize = lead.iter().product();
-        let x2 = x.reshape((rows, inp))?;
-        let y = match &self.kind {
-            Kind::Plain(w) => x2.matmul(&w.t()?)?,
+        let x2 = x.reshape((rows, inp))?.contiguous()?;
+        // A constant bias is the dense products' starting value.
+        let folded = self.bias.as_ref().filter(|b| !b.track_op()).cloned();
+        let (y, bias_added) = match &self.kind {
+            Kind::Plain(w) => (x2.matmul(&w.t()?)?, false),
             Kind::Frozen(w) => {
-                let weight = FrozenWeight::Dense(w.clone());
-                let h = weight.product(&x2.detach())?;
-                tap_frozen(&x2, h, weight)?
+                let added = folded.is_some();
+                let tap = Tap {
+                    value: Value::Dense(folded),
+                    weight: FrozenWeight::Dense(w.clone()),
+                    adapter: None,
+                };
+                let y = if x2.track_op() {
+                    x2.apply_op1(tap)?
+                } else {
+                    x2.apply_op1_no_bwd(&tap)?
+                };
+                (y, added)
             }
             Kind::Quantized(q) => {
                 let weight = FrozenWeight::Quantized(q.clone());
                 let h = weight.product(&x2.detach())?;
-                tap_frozen(&x2, h, weight)?
+                (tap_frozen(&x2, h, weight)?, false)
             }
             Kind::Adapted(a) => {
                 let merged = a.sync().map_err(candle_core::Error::wrap)?;
-                let x = x2.detach();
-                let mut h = merged.weight.product(&x)?;
-                if let FrozenWeight::Quantized(_) = merged.weight {
-                    h = add_delta(&x, h, merged.adapter.as_adapter())?;
-                }
-                x2.apply_op2(
-                    a.params.as_tensor(),
-                    Tap {
-                        product: Mutex::new(Some(h)),
-                        weight: merged.weight,
-                        adapter: Some(merged.adapter),
-                    },
-                )?
+                let (value, added) = match merged.weight {
+                    FrozenWeight::Dense(_) => {
+                        let added = folded.is_some();
+                        (Value::Dense(folded), added)
+                    }
+                    FrozenWeight::Quantized(_) => {
+                        let x = x2.detach();
+                        let h = merged.weight.product(&x)?;
+                        let h = add_delta(&x, h, merged.adapter.as_adapter())?;
+                        (Value::Handed(Mutex::new(Some(h))), false)
+                    }
+                };
+                let tap = Tap {
+                    value,
+                    weight: merged.weight,
+                    adapter: Some(merged.adapter),
+                };
+                (x2.apply_op2(a.params.as_tensor(), tap)?, added)
             }
         };
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if !bias_added => y.broadcast_add(b)?,
+            _ => y,
         };
         let mut shape = lead.to_vec();
         shape.push(self.out);
@@ -430,12 +446,12 @@ fn from_array(a: Array2<f32>) -> Result<Tensor> {
     Ok(Tensor::from_vec(a.into_raw_vec_and_offset().0, shape, &Device::Cpu)?)
 }
 
-/// A frozen layer's product `h = x·Wᵀ`, computed outside the graph, tapped
-/// for `∂L/∂x` when a gradient will flow to `x`.
+/// A frozen quantized layer's product `h = x·Wᵀ`, computed outside the
+/// graph, tapped for `∂L/∂x` when a gradient will flow to `x`.
 fn tap_frozen(x: &Tensor, h: Tensor, weight: FrozenWeight) -> candle_core::Result<Tensor> {
     if x.track_op() {
         x.apply_op1(Tap {
-            product: Mutex::new(Some(h)),
+            value: Value::Handed(Mutex::new(Some(h))),
             weight,
             adapter: None,
         })
@@ -467,36 +483,61 @@ impl FrozenWeight {
     /// `g · W`.
     fn grad_input(&self, g: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            FrozenWeight::Dense(w) => g.matmul(w),
+            FrozenWeight::Dense(w) => {
+                let g = g.contiguous()?;
+                let (rows, _) = g.dims2()?;
+                let (gs, gl) = g.storage_and_layout();
+                let dx =
+                    crate::matmul::linear_input_grad(crate::matmul::contiguous(&gs, gl, "linear layer")?, rows, w)?;
+                Tensor::from_vec(dx, (rows, w.dim(1)?), g.device())
+            }
             FrozenWeight::Quantized(q) => crate::quantized::grad_input(g, q),
         }
     }
 }
 
-/// The gradient tap over `x` (and `c`): forward, the value of `h = x·W'ᵀ`,
-/// already computed by a matmul outside the graph and handed over in
-/// `product`, which the forward pass empties (so the graph keeps only the
-/// tap's output, not `h` as well); backward, `∂L/∂x = g·W'` and, with an
-/// adapter, `∂L/∂c` from `wft-adapter`.
+/// The gradient tap over `x` (and `c`): forward, the value of `h = x·W'ᵀ`
+/// (see [`Value`]); backward, `∂L/∂x = g·W'` and, with an adapter, `∂L/∂c`
+/// from `wft-adapter`.
 struct Tap {
-    product: Mutex<Option<Tensor>>,
+    value: Value,
     weight: FrozenWeight,
     adapter: Option<Arc<ModuleAdapter>>,
 }
 
+/// A tap's forward value.
+enum Value {
+    /// `x·W'ᵀ + b`, computed by the op from its input and a dense `W'`, the
+    /// constant bias `b` (if any) as the product's starting value.
+    Dense(Option<Tensor>),
+    /// A product computed outside the graph and handed over (a quantized
+    /// weight's), which the forward pass empties, so that the graph keeps
+    /// only the tap's output, not `h` as well.
+    Handed(Mutex<Option<Tensor>>),
+}
+
 impl Tap {
-    /// The product handed over, as the op's output (its one use).
-    fn take(&self) -> candle_core::Result<(CpuStorage, Shape)> {
-        let h = self
-            .product
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(h) = h else {
-            candle_core::bail!("linear layer: the tap's forward pass ran twice")
-        };
-        let shape = h.shape().clone();
-        Ok((CpuStorage::F32(h.flatten_all()?.to_vec1::<f32>()?), shape))
+    /// The forward value, from the input `x`'s storage.
+    fn value(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match (&self.value, &self.weight) {
+            (Value::Dense(bias), FrozenWeight::Dense(w)) => {
+                let x = crate::models::slice(s, l, "linear layer")?;
+                let (rows, _) = l.shape().dims2()?;
+                let y = crate::matmul::linear(x, rows, w, bias.as_ref())?;
+                Ok((CpuStorage::F32(y), Shape::from((rows, w.dim(0)?))))
+            }
+            (Value::Dense(_), FrozenWeight::Quantized(_)) => {
+                candle_core::bail!("linear layer: a dense product of a quantized weight")
+            }
+            (Value::Handed(h), _) => {
+                let h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let Some(h) = h else {
+                    candle_core::bail!("linear layer: the tap's forward pass ran twice")
+                };
+                let shape = h.shape().clone();
+                Ok((CpuStorage::F32(h.flatten_all()?.to_vec1::<f32>()?), shape))
+            }
+        }
     }
 
     /// `∂L/∂x` (when a gradient flows to `x`) and, with an adapter,
@@ -541,8 +582,8 @@ impl CustomOp1 for Tap {
     fn name(&self) -> &'static str {
         "wft-frozen-linear"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.take()
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.value(s, l)
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(self.grads(x, g)?.0)
@@ -555,12 +596,12 @@ impl CustomOp2 for Tap {
     }
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
+        s: &CpuStorage,
+        l: &Layout,
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.take()
+        self.value(s, l)
     }
     fn bwd(
         &self,

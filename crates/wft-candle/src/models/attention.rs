@@ -14,12 +14,12 @@
 //! Tasks are independent and sequential inside, so results do not depend
 //! on the thread count.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
-use gemm::Parallelism;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::ops::AttentionMask;
 use super::vmath;
 use crate::error::{Error, Result};
+use crate::matmul::{contiguous, product};
 
 /// Attention of `q` over `k`, `v` (shapes in the module docs), with `heads`
 /// query heads, `kv_heads` key/value heads and an optional additive `mask`
@@ -130,43 +130,10 @@ unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
-/// `dst (m×n) := [dst +] lhs (m×k) · rhs (k×n)`, each operand given by a
-/// pointer and its (row, column) strides, on the calling thread.
-///
-/// # Safety
-/// Every operand must cover the elements its strides address.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, usize, usize),
-    accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-) {
-    // SAFETY: the caller's guarantee; gemm reads and writes only the
-    // addressed elements.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2 as isize,
-            dst.1 as isize,
-            accumulate,
-            lhs.0,
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0,
-            rhs.2 as isize,
-            rhs.1 as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+impl Shared {
+    /// The element `i` places on.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 
@@ -193,6 +160,7 @@ impl Attention {
                 (q[qo..].as_ptr(), g.q_stride(), 1),
                 // Kᵀ: element (d, j) is k[j·stride + d].
                 (k[ko..].as_ptr(), 1, g.kv_stride()),
+                false,
             );
         }
         let mb = match &self.mask {
@@ -259,10 +227,11 @@ impl Attention {
                         // ∂V (+)= Pᵀ·∂O.
                         product(
                             (g.total, g.head_dim, g.len),
-                            (dvp.0.add(ko), g.kv_stride(), 1),
+                            (dvp.at(ko), g.kv_stride(), 1),
                             r > 0,
                             (p.as_ptr(), 1, g.total),
                             (go[qo..].as_ptr(), g.q_stride(), 1),
+                            false,
                         );
                         // ∂P = ∂O·Vᵀ.
                         product(
@@ -271,6 +240,7 @@ impl Attention {
                             false,
                             (go[qo..].as_ptr(), g.q_stride(), 1),
                             (v[ko..].as_ptr(), 1, g.kv_stride()),
+                            false,
                         );
                     }
                     // ∂S = scale · P ⊙ (∂P − rowsum(P ⊙ ∂P)), in place.
@@ -285,32 +255,26 @@ impl Attention {
                         // ∂Q = ∂S·K.
                         product(
                             (g.len, g.head_dim, g.total),
-                            (dqp.0.add(qo), g.q_stride(), 1),
+                            (dqp.at(qo), g.q_stride(), 1),
                             false,
                             (dp.as_ptr(), g.total, 1),
                             (k[ko..].as_ptr(), g.kv_stride(), 1),
+                            false,
                         );
                         // ∂K (+)= ∂Sᵀ·Q.
                         product(
                             (g.total, g.head_dim, g.len),
-                            (dkp.0.add(ko), g.kv_stride(), 1),
+                            (dkp.at(ko), g.kv_stride(), 1),
                             r > 0,
                             (dp.as_ptr(), 1, g.total),
                             (q[qo..].as_ptr(), g.q_stride(), 1),
+                            false,
                         );
                     }
                 }
             },
         );
         Ok([dq, dk, dv])
-    }
-}
-
-/// The contiguous f32 values of a tensor's storage.
-fn values<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(c) => super::ops::slice(c, l, "attention backward"),
-        _ => candle_core::bail!("attention: the fused op runs on the CPU"),
     }
 }
 
@@ -330,9 +294,9 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let (q, k, v) = (
-            super::ops::slice(s1, l1, "attention")?,
-            super::ops::slice(s2, l2, "attention")?,
-            super::ops::slice(s3, l3, "attention")?,
+            super::slice(s1, l1, "attention")?,
+            super::slice(s2, l2, "attention")?,
+            super::slice(s3, l3, "attention")?,
         );
         self.check(q.len(), k.len(), v.len())?;
         let g = self.geometry;
@@ -340,17 +304,17 @@ impl CustomOp3 for Attention {
         let op = Shared(out.as_mut_ptr());
         (0..g.batch * g.heads).into_par_iter().for_each_init(Vec::new, |p, t| {
             let (b, h) = (t / g.heads, t % g.heads);
-            let op = op;
             self.probs(q, k, b, h, p);
             // SAFETY: the operands lie inside their buffers (checked
             // above); this task alone writes head h's columns of row b.
             unsafe {
                 product(
                     (g.len, g.head_dim, g.total),
-                    (op.0.add(g.q_at(b, h)), g.q_stride(), 1),
+                    (op.at(g.q_at(b, h)), g.q_stride(), 1),
                     false,
                     (p.as_ptr(), g.total, 1),
                     (v[g.kv_at(b, h / g.group())..].as_ptr(), g.kv_stride(), 1),
+                    false,
                 );
             }
         });
@@ -373,7 +337,12 @@ impl CustomOp3 for Attention {
                 v.storage_and_layout(),
                 grad.storage_and_layout(),
             );
-            self.backward(values(&sq, lq)?, values(&sk, lk)?, values(&sv, lv)?, values(&sg, lg)?)?
+            self.backward(
+                contiguous(&sq, lq, "attention backward")?,
+                contiguous(&sk, lk, "attention backward")?,
+                contiguous(&sv, lv, "attention backward")?,
+                contiguous(&sg, lg, "attention backward")?,
+            )?
         };
         let dev = q.device();
         Ok((

@@ -16,6 +16,8 @@ mod ops;
 pub mod vit;
 mod vmath;
 
+pub(crate) use ops::slice;
+
 /// Refuse adapters on modules the model does not have: every module of
 /// `tuning`'s adapter model must be one of `known`; `what` names the model
 /// in the error ("encoder", "decoder").

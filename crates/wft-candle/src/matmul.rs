@@ -1,0 +1,199 @@
+//! Matrix products through the `gemm` crate (candle's own CPU kernel) on
+//! strided views: each head of an attention tensor, and a linear layer's
+//! `x·Wᵀ + b` with the bias as the product's starting value (one pass
+//! over the output instead of a product, a copy and a broadcast add).
+
+use candle_core::{Layout, Storage, Tensor};
+use gemm::Parallelism;
+
+/// A matrix operand: its first element and its (row, column) strides.
+pub(crate) type View<T> = (T, usize, usize);
+
+/// `dst (m×n) := [dst +] lhs (m×k) · rhs (k×n)`, on the calling thread or
+/// on rayon's pool (`parallel`).
+///
+/// # Safety
+/// Every operand must cover the elements its strides address, and no
+/// other thread may touch `dst`'s elements meanwhile.
+pub(crate) unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: View<*mut f32>,
+    accumulate: bool,
+    lhs: View<*const f32>,
+    rhs: View<*const f32>,
+    parallel: bool,
+) {
+    // rayon's pool size (candle's `get_num_threads` reads /proc/cpuinfo on
+    // every call).
+    let threads = rayon::current_num_threads();
+    let parallelism = if parallel && threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the caller's guarantee; gemm reads and writes only the
+    // addressed elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The `f32` values of a CPU tensor's storage: from its layout's start
+/// offset to the storage's end (for strided reads).
+pub(crate) fn strided<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => match v.get(l.start_offset()..) {
+            Some(v) => Ok(v),
+            None => candle_core::bail!("{what}: a layout past its storage"),
+        },
+        _ => candle_core::bail!("{what}: the fused ops take f32 tensors on the CPU"),
+    }
+}
+
+/// The `f32` values of a contiguous CPU tensor.
+pub(crate) fn contiguous<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => crate::models::slice(c, l, what),
+        _ => candle_core::bail!("{what}: the fused ops take f32 tensors on the CPU"),
+    }
+}
+
+/// `x·Wᵀ + b` for contiguous rows `x` (`rows × in`), `w` (`out × in`, any
+/// strides) and an optional `bias` (`out`).
+///
+/// # Errors
+/// When the shapes disagree or a tensor is not f32 on the CPU.
+pub(crate) fn linear(x: &[f32], rows: usize, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Vec<f32>> {
+    let (out, inp) = w.dims2()?;
+    if x.len() != rows * inp {
+        candle_core::bail!("linear layer: {} inputs for {rows} rows of {inp}", x.len())
+    }
+    let mut y = match bias {
+        Some(b) => {
+            let b = b.to_vec1::<f32>()?;
+            if b.len() != out {
+                candle_core::bail!("linear layer: {} biases for {out} outputs", b.len())
+            }
+            b.repeat(rows)
+        }
+        None => vec![0f32; rows * out],
+    };
+    let (ws, wl) = w.storage_and_layout();
+    let wv = weight_values(&ws, wl, out, inp)?;
+    let (rs, cs) = (wl.stride()[0], wl.stride()[1]);
+    // SAFETY: `x` holds rows × in values, `y` rows × out, and
+    // `weight_values` checked that every addressed weight lies in `wv`.
+    unsafe {
+        product(
+            (rows, out, inp),
+            (y.as_mut_ptr(), out, 1),
+            bias.is_some(),
+            (x.as_ptr(), inp, 1),
+            // Wᵀ: element (i, o) is w[o·rs + i·cs].
+            (wv.as_ptr(), cs, rs),
+            true,
+        );
+    }
+    Ok(y)
+}
+
+/// `g·W` for contiguous rows `g` (`rows × out`) and `w` (`out × in`, any
+/// strides): a linear layer's input gradient.
+///
+/// # Errors
+/// When the shapes disagree or `w` is not f32 on the CPU.
+pub(crate) fn linear_input_grad(g: &[f32], rows: usize, w: &Tensor) -> candle_core::Result<Vec<f32>> {
+    let (out, inp) = w.dims2()?;
+    if g.len() != rows * out {
+        candle_core::bail!("linear layer: {} gradients for {rows} rows of {out}", g.len())
+    }
+    let mut dx = vec![0f32; rows * inp];
+    let (ws, wl) = w.storage_and_layout();
+    let wv = weight_values(&ws, wl, out, inp)?;
+    let (rs, cs) = (wl.stride()[0], wl.stride()[1]);
+    // SAFETY: `g` holds rows × out values, `dx` rows × in, and
+    // `weight_values` checked that every addressed weight lies in `wv`.
+    unsafe {
+        product(
+            (rows, inp, out),
+            (dx.as_mut_ptr(), inp, 1),
+            false,
+            (g.as_ptr(), out, 1),
+            (wv.as_ptr(), rs, cs),
+            true,
+        );
+    }
+    Ok(dx)
+}
+
+/// A weight's values from its start offset, checked to cover every element
+/// its strides address.
+fn weight_values<'a>(s: &'a Storage, l: &Layout, out: usize, inp: usize) -> candle_core::Result<&'a [f32]> {
+    let wv = strided(s, l, "linear layer")?;
+    let (rs, cs) = (l.stride()[0], l.stride()[1]);
+    if out > 0 && inp > 0 && (out - 1) * rs + (inp - 1) * cs >= wv.len() {
+        candle_core::bail!("linear layer: a weight layout past its storage")
+    }
+    Ok(wv)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    /// `linear` equals candle's `x·Wᵀ + b` for a contiguous weight and for a
+    /// transposed view of one, with and without a bias, over sizes that
+    /// leave partial gemm tiles.
+    #[test]
+    fn linear_matches_candle_on_strided_weights() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        let (rows, inp, out) = (37, 29, 19);
+        let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, out, &dev)?;
+        let dense = Tensor::randn(0f32, 1.0, (out, inp), &dev)?;
+        let view = Tensor::randn(0f32, 1.0, (inp, out), &dev)?.t()?;
+        assert!(!view.is_contiguous());
+        for w in [&dense, &view] {
+            for bias in [None, Some(&b)] {
+                let y = super::linear(&x.flatten_all()?.to_vec1::<f32>()?, rows, w, bias)?;
+                let mut want = x.matmul(&w.t()?)?;
+                if let Some(b) = bias {
+                    want = want.broadcast_add(b)?;
+                }
+                let want = want.flatten_all()?.to_vec1::<f32>()?;
+                let worst = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-5, "off by {worst}");
+            }
+        }
+        for w in [&dense, &view] {
+            let g = Tensor::randn(0f32, 1.0, (rows, out), &dev)?;
+            let dx = super::linear_input_grad(&g.flatten_all()?.to_vec1::<f32>()?, rows, w)?;
+            let want = g.matmul(w)?.flatten_all()?.to_vec1::<f32>()?;
+            let worst = dx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "input gradient off by {worst}");
+        }
+        let short = vec![0f32; rows * inp - 1];
+        assert!(super::linear(&short, rows, &dense, None).is_err());
+        Ok(())
+    }
+}
