@@ -1010,10 +1010,17 @@ fn thread_setup(command: &Command) {
             | Command::Lm { quantized: true, .. }
             | Command::LmBench { quantized: true, .. }
     );
+    // SAFETY (both `set_var`s): called before any thread exists (argument
+    // parsing starts none) and before candle or rayon read the variables.
     if !quantized && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: called before any thread exists (argument parsing starts
-        // none) and before candle reads the variable.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") }
+    }
+    // candle sizes every matmul's parallelism by `get_num_threads`, which
+    // reads /proc/cpuinfo on each call unless RAYON_NUM_THREADS is set: set
+    // it once to the value candle picks (rayon's pool then has that size).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = wft_candle::candle_core::utils::get_num_threads();
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) }
     }
 }
 

@@ -63,17 +63,71 @@ pub(crate) fn attention(
             found: vec![m.batches, m.len, m.total],
         });
     }
+    let geometry = Geometry {
+        sequences: Sequences::Uniform { batch, len, total },
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    apply(q, k, v, geometry, mask.cloned())
+}
+
+/// Self-attention over sequences packed row after row (no padding): `x`
+/// rows `starts[s]..starts[s + 1]` are sequence `s`, in `q` (`rows ×
+/// (heads·d)`) as in `k` and `v` (`rows × (kv_heads·d)`); the output is
+/// `rows × (heads·d)`. With no padding there is no mask, and the linear
+/// layers around it compute no padded rows either.
+///
+/// # Errors
+/// [`Error::Shape`] when the shapes do not fit the heads or the starts do
+/// not rise from 0 to the row count.
+pub(crate) fn packed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    starts: &std::sync::Arc<[usize]>,
+) -> Result<Tensor> {
+    let (rows, qw) = q.dims2()?;
+    let (krows, kw) = k.dims2()?;
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
+        return Err(Error::Shape {
+            what: format!("queries split into {heads} heads sharing {kv_heads} key/value heads"),
+            expected: vec![rows, heads],
+            found: q.dims().to_vec(),
+        });
+    }
+    let head_dim = qw / heads;
+    if krows != rows || kw != kv_heads * head_dim || v.dims() != k.dims() {
+        return Err(Error::Shape {
+            what: "attention keys and values".into(),
+            expected: vec![rows, kv_heads * head_dim],
+            found: v.dims().to_vec(),
+        });
+    }
+    if starts.first() != Some(&0) || starts.last() != Some(&rows) || starts.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::Shape {
+            what: "packed sequence starts (rising from 0 to the row count)".into(),
+            expected: vec![0, rows],
+            found: starts.to_vec(),
+        });
+    }
+    let geometry = Geometry {
+        sequences: Sequences::Packed(starts.clone()),
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    apply(q, k, v, geometry, None)
+}
+
+/// The op on `q`, `k`, `v`, tracked when a gradient will flow.
+fn apply(q: &Tensor, k: &Tensor, v: &Tensor, geometry: Geometry, mask: Option<AttentionMask>) -> Result<Tensor> {
     let op = Attention {
-        geometry: Geometry {
-            batch,
-            len,
-            total,
-            heads,
-            kv_heads,
-            head_dim,
-        },
-        scale: 1.0 / (head_dim as f32).sqrt(),
-        mask: mask.cloned(),
+        scale: 1.0 / (geometry.head_dim as f32).sqrt(),
+        geometry,
+        mask,
     };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     if q.track_op() || k.track_op() || v.track_op() {
@@ -83,12 +137,63 @@ pub(crate) fn attention(
     }
 }
 
-/// Where each head's rows sit in the token-major tensors.
+/// The sequences the rows hold.
+#[derive(Debug, Clone)]
+enum Sequences {
+    /// `batch` sequences of `len` queries over `total` keys each.
+    Uniform { batch: usize, len: usize, total: usize },
+    /// Packed self-attention: sequence `s` is rows `starts[s]..starts[s + 1]`.
+    Packed(std::sync::Arc<[usize]>),
+}
+
+/// One sequence's rows: the first query row, the query count, the first
+/// key row, the key count.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
+struct Span {
+    q_row: usize,
     len: usize,
+    kv_row: usize,
     total: usize,
+}
+
+impl Sequences {
+    fn count(&self) -> usize {
+        match self {
+            Sequences::Uniform { batch, .. } => *batch,
+            Sequences::Packed(starts) => starts.len() - 1,
+        }
+    }
+
+    fn span(&self, s: usize) -> Span {
+        match self {
+            Sequences::Uniform { len, total, .. } => Span {
+                q_row: s * len,
+                len: *len,
+                kv_row: s * total,
+                total: *total,
+            },
+            Sequences::Packed(starts) => Span {
+                q_row: starts[s],
+                len: starts[s + 1] - starts[s],
+                kv_row: starts[s],
+                total: starts[s + 1] - starts[s],
+            },
+        }
+    }
+
+    /// Rows of `q` and of `k`.
+    fn rows(&self) -> (usize, usize) {
+        match self {
+            Sequences::Uniform { batch, len, total } => (batch * len, batch * total),
+            Sequences::Packed(starts) => (starts[starts.len() - 1], starts[starts.len() - 1]),
+        }
+    }
+}
+
+/// Where each head's rows sit in the token-major tensors.
+#[derive(Debug, Clone)]
+struct Geometry {
+    sequences: Sequences,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -105,14 +210,14 @@ impl Geometry {
         self.kv_heads * self.head_dim
     }
 
-    /// Offset of query head `h` of batch row `b`.
-    fn q_at(&self, b: usize, h: usize) -> usize {
-        b * self.len * self.q_stride() + h * self.head_dim
+    /// Offset of query head `h` of the sequence at `span`.
+    fn q_at(&self, span: Span, h: usize) -> usize {
+        span.q_row * self.q_stride() + h * self.head_dim
     }
 
-    /// Offset of key/value head `g` of batch row `b`.
-    fn kv_at(&self, b: usize, g: usize) -> usize {
-        b * self.total * self.kv_stride() + g * self.head_dim
+    /// Offset of key/value head `g` of the sequence at `span`.
+    fn kv_at(&self, span: Span, g: usize) -> usize {
+        span.kv_row * self.kv_stride() + g * self.head_dim
     }
 
     /// Query heads per key/value head.
@@ -145,17 +250,18 @@ struct Attention {
 }
 
 impl Attention {
-    /// `P` of query head `h` of batch row `b` into `p` (`len × total`).
+    /// `P` of query head `h` of sequence `b` into `p` (`len × total`).
     fn probs(&self, q: &[f32], k: &[f32], b: usize, h: usize, p: &mut Vec<f32>) {
         let g = &self.geometry;
-        p.resize(g.len * g.total, 0.0);
-        let (qo, ko) = (g.q_at(b, h), g.kv_at(b, h / g.group()));
+        let span = g.sequences.span(b);
+        p.resize(span.len * span.total, 0.0);
+        let (qo, ko) = (g.q_at(span, h), g.kv_at(span, h / g.group()));
         // SAFETY: the operands lie inside `q`, `k` and `p`, whose lengths
         // the op checked against the geometry.
         unsafe {
             product(
-                (g.len, g.total, g.head_dim),
-                (p.as_mut_ptr(), g.total, 1),
+                (span.len, span.total, g.head_dim),
+                (p.as_mut_ptr(), span.total, 1),
                 false,
                 (q[qo..].as_ptr(), g.q_stride(), 1),
                 // Kᵀ: element (d, j) is k[j·stride + d].
@@ -167,11 +273,11 @@ impl Attention {
             Some(m) if m.batches > 1 => b,
             _ => 0,
         };
-        for (i, row) in p.chunks_exact_mut(g.total).enumerate() {
+        for (i, row) in p.chunks_exact_mut(span.total.max(1)).enumerate() {
             match &self.mask {
                 Some(m) => {
-                    let at = (mb * g.len + i) * g.total;
-                    for (s, &m) in row.iter_mut().zip(&m.values[at..at + g.total]) {
+                    let at = (mb * span.len + i) * span.total;
+                    for (s, &m) in row.iter_mut().zip(&m.values[at..at + span.total]) {
                         *s = *s * self.scale + m;
                     }
                 }
@@ -186,7 +292,8 @@ impl Attention {
     /// The lengths the geometry needs of `q`, `k` (= `v`).
     fn check(&self, q: usize, k: usize, v: usize) -> candle_core::Result<()> {
         let g = &self.geometry;
-        let (wq, wk) = (g.batch * g.len * g.q_stride(), g.batch * g.total * g.kv_stride());
+        let (rq, rk) = g.sequences.rows();
+        let (wq, wk) = (rq * g.q_stride(), rk * g.kv_stride());
         if q != wq || k != wk || v != wk {
             candle_core::bail!("attention: {q}, {k}, {v} values against {wq}, {wk}, {wk}")
         }
@@ -200,7 +307,7 @@ impl Attention {
         if go.len() != q.len() {
             candle_core::bail!("attention backward: a gradient of {} values for {}", go.len(), q.len())
         }
-        let g = self.geometry;
+        let g = &self.geometry;
         let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
         let (dqp, dkp, dvp) = (
             Shared(dq.as_mut_ptr()),
@@ -209,34 +316,35 @@ impl Attention {
         );
         // One task per (batch row, key/value head): it alone writes that
         // head's ∂K, ∂V and its query heads' ∂Q.
-        (0..g.batch * g.kv_heads).into_par_iter().for_each_init(
+        (0..g.sequences.count() * g.kv_heads).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
             |(p, dp), t| {
                 let (b, kvh) = (t / g.kv_heads, t % g.kv_heads);
-                let ko = g.kv_at(b, kvh);
+                let span = g.sequences.span(b);
+                let ko = g.kv_at(span, kvh);
                 let (dqp, dkp, dvp) = (dqp, dkp, dvp);
                 for r in 0..g.group() {
                     let h = kvh * g.group() + r;
-                    let qo = g.q_at(b, h);
+                    let qo = g.q_at(span, h);
                     self.probs(q, k, b, h, p);
-                    dp.resize(g.len * g.total, 0.0);
+                    dp.resize(span.len * span.total, 0.0);
                     // SAFETY: every operand lies inside its buffer (the
                     // lengths are checked above); this task is the only
                     // writer of the ∂Q, ∂K, ∂V regions it addresses.
                     unsafe {
                         // ∂V (+)= Pᵀ·∂O.
                         product(
-                            (g.total, g.head_dim, g.len),
+                            (span.total, g.head_dim, span.len),
                             (dvp.at(ko), g.kv_stride(), 1),
                             r > 0,
-                            (p.as_ptr(), 1, g.total),
+                            (p.as_ptr(), 1, span.total),
                             (go[qo..].as_ptr(), g.q_stride(), 1),
                             false,
                         );
                         // ∂P = ∂O·Vᵀ.
                         product(
-                            (g.len, g.total, g.head_dim),
-                            (dp.as_mut_ptr(), g.total, 1),
+                            (span.len, span.total, g.head_dim),
+                            (dp.as_mut_ptr(), span.total, 1),
                             false,
                             (go[qo..].as_ptr(), g.q_stride(), 1),
                             (v[ko..].as_ptr(), 1, g.kv_stride()),
@@ -244,7 +352,10 @@ impl Attention {
                         );
                     }
                     // ∂S = scale · P ⊙ (∂P − rowsum(P ⊙ ∂P)), in place.
-                    for (dp, p) in dp.chunks_exact_mut(g.total).zip(p.chunks_exact(g.total)) {
+                    for (dp, p) in dp
+                        .chunks_exact_mut(span.total.max(1))
+                        .zip(p.chunks_exact(span.total.max(1)))
+                    {
                         let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
                         for (d, &p) in dp.iter_mut().zip(p) {
                             *d = self.scale * p * (*d - dot);
@@ -254,19 +365,19 @@ impl Attention {
                     unsafe {
                         // ∂Q = ∂S·K.
                         product(
-                            (g.len, g.head_dim, g.total),
+                            (span.len, g.head_dim, span.total),
                             (dqp.at(qo), g.q_stride(), 1),
                             false,
-                            (dp.as_ptr(), g.total, 1),
+                            (dp.as_ptr(), span.total, 1),
                             (k[ko..].as_ptr(), g.kv_stride(), 1),
                             false,
                         );
                         // ∂K (+)= ∂Sᵀ·Q.
                         product(
-                            (g.total, g.head_dim, g.len),
+                            (span.total, g.head_dim, span.len),
                             (dkp.at(ko), g.kv_stride(), 1),
                             r > 0,
-                            (dp.as_ptr(), 1, g.total),
+                            (dp.as_ptr(), 1, span.total),
                             (q[qo..].as_ptr(), g.q_stride(), 1),
                             false,
                         );
@@ -299,25 +410,28 @@ impl CustomOp3 for Attention {
             super::slice(s3, l3, "attention")?,
         );
         self.check(q.len(), k.len(), v.len())?;
-        let g = self.geometry;
+        let g = &self.geometry;
         let mut out = vec![0f32; q.len()];
         let op = Shared(out.as_mut_ptr());
-        (0..g.batch * g.heads).into_par_iter().for_each_init(Vec::new, |p, t| {
-            let (b, h) = (t / g.heads, t % g.heads);
-            self.probs(q, k, b, h, p);
-            // SAFETY: the operands lie inside their buffers (checked
-            // above); this task alone writes head h's columns of row b.
-            unsafe {
-                product(
-                    (g.len, g.head_dim, g.total),
-                    (op.at(g.q_at(b, h)), g.q_stride(), 1),
-                    false,
-                    (p.as_ptr(), g.total, 1),
-                    (v[g.kv_at(b, h / g.group())..].as_ptr(), g.kv_stride(), 1),
-                    false,
-                );
-            }
-        });
+        (0..g.sequences.count() * g.heads)
+            .into_par_iter()
+            .for_each_init(Vec::new, |p, t| {
+                let (b, h) = (t / g.heads, t % g.heads);
+                let span = g.sequences.span(b);
+                self.probs(q, k, b, h, p);
+                // SAFETY: the operands lie inside their buffers (checked
+                // above); this task alone writes head h's columns of row b.
+                unsafe {
+                    product(
+                        (span.len, g.head_dim, span.total),
+                        (op.at(g.q_at(span, h)), g.q_stride(), 1),
+                        false,
+                        (p.as_ptr(), span.total, 1),
+                        (v[g.kv_at(span, h / g.group())..].as_ptr(), g.kv_stride(), 1),
+                        false,
+                    );
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -447,6 +561,73 @@ mod tests {
                 );
                 assert!(max_diff(a, b) < 1e-5, "{case}: ∂{what} off by {}", max_diff(a, b));
             }
+        }
+        Ok(())
+    }
+
+    /// Packed sequences (one empty) compute what each sequence computes
+    /// alone through the composition, forward and backward, with
+    /// multi-head and grouped-query heads.
+    #[test]
+    fn packed_sequences_match_separate_runs() -> Result<(), Box<dyn std::error::Error>> {
+        use super::packed_attention;
+        let dev = Device::Cpu;
+        let lens = [5usize, 1, 0, 9, 3];
+        let mut starts = vec![0];
+        for l in lens {
+            starts.push(starts[starts.len() - 1] + l);
+        }
+        let rows = starts[lens.len()];
+        let starts: std::sync::Arc<[usize]> = starts.into();
+        for (heads, kv, d) in [(3, 3, 8), (4, 2, 5)] {
+            let q0 = Tensor::randn(0f32, 1.0, (rows, heads * d), &dev)?;
+            let k0 = Tensor::randn(0f32, 1.0, (rows, kv * d), &dev)?;
+            let v0 = Tensor::randn(0f32, 1.0, (rows, kv * d), &dev)?;
+            let probe = Tensor::randn(0f32, 1.0, (rows, heads * d), &dev)?;
+            let (q, k, v) = (Var::from_tensor(&q0)?, Var::from_tensor(&k0)?, Var::from_tensor(&v0)?);
+            let fused = packed_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, kv, &starts)?;
+            let g = (&fused * &probe)?.sum_all()?.backward()?;
+            let mut total = Tensor::zeros((), candle_core::DType::F32, &dev)?;
+            let mut parts = Vec::new();
+            for (s, &l) in lens.iter().enumerate() {
+                if l == 0 {
+                    continue;
+                }
+                let at = |t: &Tensor| t.narrow(0, starts[s], l)?.unsqueeze(0);
+                let o = composed(
+                    &at(q.as_tensor())?,
+                    &at(k.as_tensor())?,
+                    &at(v.as_tensor())?,
+                    heads,
+                    kv,
+                    None,
+                )?
+                .squeeze(0)?;
+                total = (total + (&o * probe.narrow(0, starts[s], l)?)?.sum_all()?)?;
+                parts.push(o);
+            }
+            let plain = Tensor::cat(&parts, 0)?;
+            assert!(
+                max_diff(&fused, &plain) < 1e-5,
+                "forward off by {}",
+                max_diff(&fused, &plain)
+            );
+            let gp = total.backward()?;
+            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+                let (a, b) = (
+                    g.get(var.as_tensor()).ok_or("grad")?,
+                    gp.get(var.as_tensor()).ok_or("grad")?,
+                );
+                assert!(
+                    max_diff(a, b) < 1e-5,
+                    "heads {heads}/{kv}: ∂{what} off by {}",
+                    max_diff(a, b)
+                );
+            }
+        }
+        let q = Tensor::zeros((4, 6), candle_core::DType::F32, &dev)?;
+        for bad in [vec![0, 5], vec![1, 4], vec![0, 3, 2, 4]] {
+            assert!(packed_attention(&q, &q, &q, 2, 2, &bad.into()).is_err());
         }
         Ok(())
     }

@@ -16,8 +16,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use super::attention::attention;
-use super::ops::{AttentionMask, LayerNorm, gelu};
+use super::attention::packed_attention;
+use super::ops::{LayerNorm, gelu};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -323,27 +323,43 @@ impl Bert {
     /// The last hidden states (`batch × len × H`) from embedded inputs and
     /// an attention mask (`batch × len`, 1 for tokens, 0 for padding).
     ///
+    /// The tokens the mask keeps are packed row after row: no layer computes
+    /// a padded position (a batch of short and long texts costs its tokens,
+    /// not `batch × len`), and attention runs within each text with no mask.
+    /// The states of padded positions are zeros.
+    ///
     /// # Errors
     /// candle's errors for mismatched shapes.
     pub fn encode(&self, embedded: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (batch, len, _) = embedded.dims3()?;
+        let (batch, len, h) = embedded.dims3()?;
+        if attention_mask.dims() != [batch, len] {
+            return Err(Error::Shape {
+                what: "attention mask".into(),
+                expected: vec![batch, len],
+                found: attention_mask.dims().to_vec(),
+            });
+        }
         let heads = self.config.num_attention_heads;
-        // Additive mask: 0 for tokens, a large negative for padding.
-        let mask = attention_mask.to_dtype(DType::F32)?;
-        let mask = ((mask - 1.0)? * 1e9)?
-            .reshape((batch, 1, 1, 1, len))?
-            .broadcast_as((batch, 1, 1, len, len))?;
-        let mask = AttentionMask::new(&mask)?;
-        let mut x = embedded.clone();
+        let mask = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut keep = Vec::new();
+        let mut starts = vec![0];
+        for (b, row) in mask.iter().enumerate() {
+            keep.extend((0..len).filter(|&i| row[i] != 0.0).map(|i| (b * len + i) as u32));
+            starts.push(keep.len());
+        }
+        let starts: std::sync::Arc<[usize]> = starts.into();
+        let keep = Tensor::from_vec(keep, starts[batch], embedded.device())?;
+        let mut x = embedded.reshape((batch * len, h))?.index_select(&keep, 0)?;
         for layer in &self.layers {
             let lin = &layer.linears;
             let (q, k, v) = (lin[QUERY].forward(&x)?, lin[KEY].forward(&x)?, lin[VALUE].forward(&x)?);
-            let ctx = attention(&q, &k, &v, heads, heads, Some(&mask))?;
+            let ctx = packed_attention(&q, &k, &v, heads, heads, &starts)?;
             let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
             let f = gelu(&lin[INTERMEDIATE].forward(&a)?)?;
             x = layer.out_norm.forward(&(lin[OUTPUT].forward(&f)? + &a)?)?;
         }
-        Ok(x)
+        let out = Tensor::zeros((batch * len, h), DType::F32, embedded.device())?.index_add(&keep, &x, 0)?;
+        Ok(out.reshape((batch, len, h))?)
     }
 
     /// [`Bert::embed`] then [`Bert::encode`].
