@@ -1,16 +1,16 @@
 //! Operations the models share: candle-nn's fused kernels (or plain
 //! compositions) where no gradient will flow, and where one will, a custom
-//! op with its own backward that keeps only its inputs or output alive,
-//! its elementwise math vectorised (`vmath`)
-//! (the attention softmax with its scale and mask, RMSNorm, RoPE,
-//! SwiGLU and GELU: a composition of tensor ops would keep one to six
-//! intermediate copies of the activations for the backward pass).
+//! op with its own backward that keeps only its inputs or output alive
+//! (RMSNorm, RoPE, SwiGLU and GELU, their elementwise math vectorised in
+//! `vmath`: a composition of tensor ops would keep one to six intermediate
+//! copies of the activations for the backward pass). Attention is in
+//! `attention`.
 
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Shape, Tensor};
 
-use super::vmath::{self, Kernel};
+use super::vmath::Kernel;
 use crate::error::Result;
 use crate::weights::VarPath;
 
@@ -36,78 +36,6 @@ impl AttentionMask {
             len,
             total,
         })
-    }
-}
-
-/// Attention probabilities `softmax(scores / divisor + mask)` over the last
-/// axis, for `scores` of shape `batch × groups × (rep·len) × total` (the
-/// `rep` query heads of a group stacked along the rows, each over the same
-/// `len` positions). Where a gradient will flow, one custom op that keeps
-/// only its output (the composition kept the scaled and the masked scores as
-/// well: two more copies of the largest activation).
-pub(crate) fn attention_softmax(scores: &Tensor, divisor: f64, mask: &AttentionMask) -> Result<Tensor> {
-    let (batch, groups, rows, total) = scores.dims4()?;
-    let len = mask.len;
-    if total != mask.total || len == 0 || !rows.is_multiple_of(len) || (mask.batches != 1 && mask.batches != batch) {
-        return Err(crate::Error::Shape {
-            what: "attention scores".into(),
-            expected: vec![mask.batches, groups, len, mask.total],
-            found: vec![batch, groups, rows, total],
-        });
-    }
-    let op = MaskedSoftmax {
-        scale: (1.0 / divisor) as f32,
-        mask: mask.clone(),
-        rows_per_batch: groups * rows,
-    };
-    let scores = scores.contiguous()?;
-    if !scores.track_op() {
-        return Ok(scores.apply_op1_no_bwd(&op)?);
-    }
-    Ok(scores.apply_op1(op)?)
-}
-
-/// `softmax(x · scale + mask)` row by row; backward from the output alone:
-/// `∂L/∂x = scale · y ⊙ (g − Σ g ⊙ y)`.
-struct MaskedSoftmax {
-    scale: f32,
-    mask: AttentionMask,
-    rows_per_batch: usize,
-}
-
-impl CustomOp1 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "wft-attention-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "attention softmax")?;
-        let (len, total) = (self.mask.len, self.mask.total);
-        let mut y = vec![0f32; x.len()];
-        for (r, (row, out)) in x.chunks_exact(total).zip(y.chunks_exact_mut(total)).enumerate() {
-            let b = if self.mask.batches == 1 {
-                0
-            } else {
-                r / self.rows_per_batch
-            };
-            let m0 = (b * len + r % len) * total;
-            let Some(mask) = self.mask.values.get(m0..m0 + total) else {
-                candle_core::bail!("attention softmax: row {r} has no mask row")
-            };
-            let mut max = f32::NEG_INFINITY;
-            for ((o, &v), &m) in out.iter_mut().zip(row).zip(mask) {
-                *o = v * self.scale + m;
-                max = max.max(*o);
-            }
-            let sum = vmath::exp_shifted_sum(out, max);
-            out.iter_mut().for_each(|o| *o /= sum);
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(((y * g.broadcast_sub(&dot)?)? * f64::from(self.scale))?))
     }
 }
 
@@ -253,21 +181,38 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
 }
 
 /// Rotary position embedding in the half-split ("rotate half") layout of
-/// transformers' Llama: `x · cos + rotate_half(x) · sin`, with `x` of shape
-/// `batch × heads × len × head_dim` and `cos`/`sin` of `len × head_dim/2`
-/// (shared by every row) or `batch × len × head_dim/2` (one per row).
-pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// transformers' Llama: `x · cos + rotate_half(x) · sin`, on token-major
+/// projections `x` of shape `batch × len × (heads·head_dim)` (as the linear
+/// layers give them and the fused attention takes them), with `cos`/`sin`
+/// of `len × head_dim/2` (shared by every row) or `batch × len ×
+/// head_dim/2` (one per row). One custom op either way; its backward is the
+/// rotation by `−sin`.
+///
+/// # Errors
+/// [`crate::Error::Shape`] when the width does not split into `heads` of
+/// even width.
+pub(crate) fn rope(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
-    if !x.track_op() {
-        return Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?);
+    let (_, len, w) = x.dims3()?;
+    if heads == 0 || !w.is_multiple_of(heads) || !(w / heads).is_multiple_of(2) {
+        return Err(crate::Error::Shape {
+            what: format!("rotary embedding input split into {heads} heads of even width"),
+            expected: vec![len, heads],
+            found: x.dims().to_vec(),
+        });
     }
     let table = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.contiguous()?.flatten_all()?.to_vec1::<f32>()?) };
-    let rows = if cos.rank() == 3 { cos.dim(0)? } else { 1 };
-    Ok(x.apply_op1(Rope {
+    let op = Rope {
         cos: table(cos)?,
         sin: table(sin)?,
-        rows,
-    })?)
+        rows: if cos.rank() == 3 { cos.dim(0)? } else { 1 },
+        heads,
+    };
+    if x.track_op() {
+        Ok(x.apply_op1(op)?)
+    } else {
+        Ok(x.apply_op1_no_bwd(&op)?)
+    }
 }
 
 /// The `f32` slice a contiguous layout covers.
@@ -344,30 +289,30 @@ struct Rope {
     sin: Vec<f32>,
     /// 1 for tables shared by the batch, else one table per batch row.
     rows: usize,
+    /// Heads per token: consecutive rows of `head_dim` that share a position.
+    heads: usize,
 }
 
 impl Rope {
     fn rotate(&self, x: &[f32], shape: &Shape, sign: f32) -> candle_core::Result<Vec<f32>> {
-        let dims = shape.dims();
-        let (len, d) = match dims {
-            [.., len, d] => (*len, *d),
-            _ => candle_core::bail!("rope: a {}-d input", dims.len()),
-        };
+        let (batch, len, w) = shape.dims3()?;
+        let d = w / self.heads.max(1);
         let half = d / 2;
         let table = self.rows * len * half;
         if self.cos.len() != table
             || self.sin.len() != table
+            || d == 0
             || !d.is_multiple_of(2)
-            || !dims[0].is_multiple_of(self.rows)
+            || !batch.is_multiple_of(self.rows)
         {
             candle_core::bail!("rope: tables of {} for {len} positions of width {d}", self.cos.len())
         }
-        // Rows of `x` per batch row (heads × len).
-        let per_row = x.len() / d / dims[0].max(1);
         let mut y = vec![0f32; x.len()];
+        // Row i of `head_dim` values is head i % heads of token i / heads.
         for (i, (row, out)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-            let b = if self.rows == 1 { 0 } else { i / per_row.max(1) };
-            let p = b * len + i % len;
+            let token = i / self.heads;
+            let b = if self.rows == 1 { 0 } else { token / len };
+            let p = b * len + token % len;
             let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
             let (lo, hi) = row.split_at(half);
             let (out_lo, out_hi) = out.split_at_mut(half);
@@ -397,6 +342,7 @@ impl CustomOp1 for Rope {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
             rows: self.rows,
+            heads: self.heads,
         });
         Ok(Some(g.apply_op1_no_bwd(&back)?))
     }
@@ -599,8 +545,13 @@ mod tests {
         // Forward: custom (tracked) against fused (untracked).
         let y = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
         assert!(max_diff(&y, &rms_norm(&x0, &w0, 1e-5)?) < 1e-5);
-        let r = rope(x.as_tensor(), &cos, &sin)?;
-        assert!(max_diff(&r, &rope(&x0, &cos, &sin)?) < 1e-6);
+        // RoPE takes token-major rows (batch × len × heads·d); candle-nn's
+        // kernel, the reference, head-major ones.
+        let tokens = |t: &Tensor| t.transpose(1, 2).and_then(|t| t.reshape((2, 5, 24)));
+        let r = rope(&tokens(x.as_tensor())?, 3, &cos, &sin)?;
+        let reference = tokens(&candle_nn::rotary_emb::rope(&x0, &cos, &sin)?)?;
+        assert!(max_diff(&r, &reference) < 1e-6);
+        assert!(max_diff(&rope(&tokens(&x0)?, 3, &cos, &sin)?, &reference) < 1e-6);
         // Backward: against autodiff of the composed formulas.
         let probe = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
         let g = (y * &probe)?.sum_all()?.backward()?;
@@ -614,7 +565,7 @@ mod tests {
             );
             assert!(max_diff(a, b) < 1e-4, "rms_norm gradient off by {}", max_diff(a, b));
         }
-        let g = (r * &probe)?.sum_all()?.backward()?;
+        let g = (r * tokens(&probe)?)?.sum_all()?.backward()?;
         let (x1, x2) = (x.as_tensor().narrow(3, 0, 4)?, x.as_tensor().narrow(3, 4, 4)?);
         let (c, s) = (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?);
         let lo = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
@@ -628,8 +579,10 @@ mod tests {
         // One table per batch row.
         let f3 = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
         let (c3, s3) = (f3.cos()?, f3.sin()?);
-        let r3 = rope(x.as_tensor(), &c3, &s3)?;
-        assert!(max_diff(&r3, &rope(&x0, &c3, &s3)?) < 1e-6);
+        let r3 = rope(&tokens(x.as_tensor())?, 3, &c3, &s3)?;
+        let reference = tokens(&candle_nn::rotary_emb::rope(&x0, &c3, &s3)?)?;
+        assert!(max_diff(&r3, &reference) < 1e-6);
+        assert!(rope(&tokens(&x0)?, 5, &c3, &s3).is_err());
         Ok(())
     }
 
@@ -757,52 +710,12 @@ mod tests {
         candle_core::cpu::erf::erf_f64(v)
     }
 
-    /// The fused attention softmax and SwiGLU compute what their
-    /// compositions compute (the untracked path), with the gradients of
-    /// candle's autodiff of those compositions; a mask per batch row and one
-    /// shared by the batch both land on the right rows.
+    /// The fused SwiGLU computes what its composition computes (tracked
+    /// and untracked), with the gradients of candle's autodiff of it.
     #[test]
-    fn fused_attention_softmax_and_swiglu_match_their_compositions() -> Result<(), Box<dyn std::error::Error>> {
-        use super::{AttentionMask, attention_softmax, swiglu};
+    fn fused_swiglu_matches_its_composition() -> Result<(), Box<dyn std::error::Error>> {
+        use super::swiglu;
         let dev = Device::Cpu;
-        let (batch, groups, rep, len, total) = (2, 3, 2, 4, 6);
-        let s0 = Tensor::randn(0f32, 3.0, (batch, groups, rep * len, total), &dev)?;
-        let probe = Tensor::randn(0f32, 1.0, (batch, groups, rep * len, total), &dev)?;
-        let per_row = Tensor::randn(0f32, 2.0, (batch, 1, 1, len, total), &dev)?;
-        let shared = Tensor::randn(0f32, 2.0, (1, 1, 1, len, total), &dev)?;
-        for m in [per_row, shared] {
-            let mask = AttentionMask::new(&m)?;
-            let s = Var::from_tensor(&s0)?;
-            let fused = attention_softmax(s.as_tensor(), 8f64.sqrt(), &mask)?;
-            let composed = (s.as_tensor() / 8f64.sqrt())?
-                .reshape((batch, groups, rep, len, total))?
-                .broadcast_add(&m)?
-                .reshape((batch, groups, rep * len, total))?;
-            let plain = candle_nn::ops::softmax_last_dim(&composed)?;
-            for (what, y) in [
-                ("tracked", &fused),
-                ("untracked", &attention_softmax(&s0, 8f64.sqrt(), &mask)?),
-            ] {
-                assert!(
-                    max_diff(y, &plain) < 1e-6,
-                    "{what} forward off by {}",
-                    max_diff(y, &plain)
-                );
-            }
-            let g = (fused * &probe)?.sum_all()?.backward()?;
-            let gp = (candle_nn::ops::softmax(&composed, 3)? * &probe)?
-                .sum_all()?
-                .backward()?;
-            let (a, b) = (
-                g.get(s.as_tensor()).ok_or("grad")?,
-                gp.get(s.as_tensor()).ok_or("grad")?,
-            );
-            assert!(
-                max_diff(a, b) < 1e-5,
-                "attention softmax gradient off by {}",
-                max_diff(a, b)
-            );
-        }
         let (a0, b0) = (
             Tensor::randn(0f32, 2.0, (3, 7), &dev)?,
             Tensor::randn(0f32, 1.0, (3, 7), &dev)?,

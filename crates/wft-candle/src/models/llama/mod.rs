@@ -23,7 +23,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
-use crate::models::ops::{AttentionMask, attention_softmax, rms_norm, rope, swiglu};
+use crate::models::attention::attention;
+use crate::models::ops::{AttentionMask, rms_norm, rope, swiglu};
 
 mod file;
 mod loss;
@@ -370,7 +371,7 @@ impl Cache {
     /// How many positions it holds.
     pub fn len(&self) -> usize {
         match self.kv.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
             _ => 0,
         }
     }
@@ -381,11 +382,9 @@ impl Cache {
     }
 }
 
-/// What every block of one pass shares: its shape, the RoPE tables and the
-/// additive attention mask.
+/// What every block of one pass shares: the RoPE tables and the additive
+/// attention mask.
 struct Pass {
-    batch: usize,
-    len: usize,
     cos: Tensor,
     sin: Tensor,
     mask: AttentionMask,
@@ -563,13 +562,7 @@ impl Llama {
         }
         let (cos, sin) = self.rope_tables(past, len, starts)?;
         let mask = AttentionMask::new(&attention_mask(batch, past, len, mask)?)?;
-        Ok(Pass {
-            batch,
-            len,
-            cos,
-            sin,
-            mask,
-        })
+        Ok(Pass { cos, sin, mask })
     }
 
     /// One block on `x` (`batch × len × H`): attention over the keys and
@@ -584,27 +577,23 @@ impl Llama {
     ) -> Result<Tensor> {
         let c = &self.config;
         let Pass {
-            batch,
-            len,
             ref cos,
             ref sin,
             ref mask,
             ..
         } = *pass;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let rep = nh / nkv;
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let lin = &block.linears;
         let a = rms_norm(x, &block.norms[0], c.rms_norm_eps)?;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((batch, len, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = rope(&heads(lin[Q].forward(&a)?, nh)?, cos, sin)?;
-        let k = rope(&heads(lin[K].forward(&a)?, nkv)?, cos, sin)?;
-        let v = heads(lin[V].forward(&a)?, nkv)?;
+        // Token-major throughout: batch × len × (heads·head_dim), as the
+        // linear layers give it; the cache holds keys and values alike.
+        let q = rope(&lin[Q].forward(&a)?, nh, cos, sin)?;
+        let k = rope(&lin[K].forward(&a)?, nkv, cos, sin)?;
+        let v = lin[V].forward(&a)?;
         let (k, v) = match kv {
             Some(kv) => {
                 let (k, v) = match kv.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
                     None => (k, v),
                 };
                 *kv = Some((k.clone(), v.clone()));
@@ -612,15 +601,7 @@ impl Llama {
             }
             None => (k, v),
         };
-        // Grouped-query attention without copying keys: the `rep` query
-        // heads that share a key/value head are stacked along the rows.
-        let q = q.reshape((batch, nkv, rep * len, hd))?;
-        let scores = q.matmul(&k.t()?)?;
-        let ctx = attention_softmax(&scores, (hd as f64).sqrt(), mask)?.matmul(&v)?; // batch × nkv × rep·len × hd
-        let ctx = ctx
-            .reshape((batch, nh, len, hd))?
-            .transpose(1, 2)?
-            .reshape((batch, len, nh * hd))?;
+        let ctx = attention(&q, &k, &v, nh, nkv, Some(mask))?;
         let x = (x + lin[O].forward(&ctx)?)?;
         let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
         let f = swiglu(&lin[GATE].forward(&m)?, &lin[UP].forward(&m)?)?;
