@@ -369,6 +369,15 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         "\nSpread over the blocks (min–max): frozen step ours {ours_spread}, PEFT {peft_spread}; the same for every \
          method in `target/bench-training`'s per-block files."
     );
+    let embed = |blocks: &[serde_json::Value]| med(blocks.iter().map(|b| number(b, "embed_texts_per_sec")).collect());
+    let (ours_embed, torch_embed) = (embed(&ours_blocks), embed(&peft_blocks));
+    let _ = writeln!(
+        md,
+        "\nSentence embeddings (the frozen encoder's mean-pooled states of the same batches of 32, no graph; \
+         `torch.inference_mode()` on the PEFT side), medians over the blocks: ours {ours_embed:.0} texts/s, torch \
+         {torch_embed:.0} texts/s: **{:.2}×** torch's throughput.",
+        ours_embed / torch_embed
+    );
     for (i, (o, p)) in ours_blocks.iter().zip(&peft_blocks).enumerate() {
         let save = |v: &serde_json::Value, side: &str| {
             let _ = std::fs::write(dir.join(format!("block{i}-{side}.json")), v.to_string());

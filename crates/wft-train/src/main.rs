@@ -474,6 +474,9 @@ struct BenchReport {
     rounds: usize,
     batch: usize,
     frozen_step_secs: f64,
+    /// Sentence embeddings per second: the frozen encoder's mean-pooled
+    /// states of a batch, no graph.
+    embed_texts_per_sec: f64,
     rows: Vec<BenchRow>,
 }
 
@@ -507,14 +510,17 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
         return Err(Error::Usage("batch larger than the training split".into()));
     }
     let mut frozen_times = Vec::new();
+    let mut embed_times = Vec::new();
     let mut times = vec![Vec::new(); methods.len()];
     let pb = bar(rounds as u64 + 1, "rounds");
     for r in 0..=rounds {
         let b = &batches[r % batches.len()];
         // Round 0 warms every path up and is not timed.
         let f = frozen_step(&frozen, &p.encoder, b)?;
+        let e = wft_train::train::embed_step(&frozen, &p.encoder, b)?;
         if r > 0 {
             frozen_times.push(f);
+            embed_times.push(e);
         }
         for (i, tr) in trainers.iter_mut().enumerate() {
             let t = Instant::now();
@@ -546,6 +552,7 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
             rounds,
             batch,
             frozen_step_secs: frozen_step,
+            embed_texts_per_sec: batch as f64 / median(&mut embed_times),
             rows,
         })?,
         out,

@@ -354,6 +354,23 @@ pub fn frozen_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised])
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Seconds to embed `batch` with the frozen encoder: its mean-pooled last
+/// states, no graph (what `wft-train embed` computes per batch).
+///
+/// # Errors
+/// candle's errors.
+pub fn embed_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised]) -> Result<f64> {
+    let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();
+    let t = Instant::now();
+    let (input, mask) = enc.batch(&ids)?;
+    let hidden = frozen.bert().forward(&input, &mask)?;
+    let pooled = wft_candle::models::bert::mean_pool(&hidden, &mask)?;
+    if pooled.dims2()? != (batch.len(), frozen.bert().config().hidden_size) {
+        return Err(crate::Error::Data("the embedding has the wrong shape".into()));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Median of [`frozen_step`] over `steps` batches of `batch` from `data`,
 /// after one untimed warm-up batch.
 ///
