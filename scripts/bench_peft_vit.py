@@ -69,7 +69,9 @@ def main():
         frozen_head.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
-    qv = ["query", "value"]
+    # transformers 5 names the checkpoint's `attention.attention.query` and
+    # `.value` modules `attention.q_proj` and `attention.v_proj`.
+    qv = ["q_proj", "v_proj"]
 
     def model_for(name):
         m = load()

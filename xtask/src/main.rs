@@ -150,6 +150,24 @@ fn ci() -> Result {
         .args(["doc", "--workspace", "--no-deps", "-j2"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace", "-j2"]))?;
+    // wft-candle's `openblas` feature, where the system library is (.ci/run
+    // installs it, and under CI=true its absence is a failure).
+    let blas = Command::new("pkg-config")
+        .args(["--exists", "openblas"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if blas {
+        clippy(&["-p", "wft-candle", "--features", "openblas"])?;
+        run(cargo().args(["test", "-p", "wft-candle", "--features", "openblas", "--lib", "-j2"]))?;
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        return Err("CI=true: wft-candle's `openblas` feature needs the system's OpenBLAS \
+                    (apt install libopenblas-dev pkg-config)"
+            .into());
+    } else {
+        eprintln!(
+            "wft-candle's `openblas` feature not checked: no system OpenBLAS (apt install libopenblas-dev pkg-config)"
+        );
+    }
     // The GPU tests once more on the GL backend (llvmpipe where there is no
     // GPU): the same kernels through naga's GLSL output. The workspace's
     // feature set, so nothing is rebuilt; only the targets that hold GPU

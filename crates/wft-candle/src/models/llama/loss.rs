@@ -2,12 +2,12 @@
 //! activations kept or recomputed.
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{Cache, Llama};
 use crate::error::{Error, Result};
-use crate::models::ops::rms_norm;
+use crate::models::ops::{cross_entropy_rows, rms_norm};
 
 /// How the backward pass gets the blocks' activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -53,9 +53,8 @@ impl Llama {
         let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
         let logits = self.logits(&picked)?;
         let targets = targets.flatten_all()?.index_select(&idx, 0)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let nll = logp.gather(&targets.reshape((n, 1))?, 1)?;
-        Ok((nll.sum_all()? * (-1.0 / n as f64))?)
+        let nll = cross_entropy_rows(&logits, &targets)?;
+        Ok((nll.sum_all()? * (1.0 / n as f64))?)
     }
 }
 
@@ -69,14 +68,13 @@ impl Llama {
 /// shapes.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
-    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
-    let picked = logp.gather(&targets.reshape((b * t, 1))?, 1)?.reshape(b * t)?;
+    let nll = cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?;
     let w = weights.to_dtype(DType::F32)?.reshape(b * t)?;
     let count = w.sum_all()?.to_scalar::<f32>()?;
     if count <= 0.0 {
         return Err(Error::Config("no completion token to train on".into()));
     }
-    Ok(((picked * w)?.sum_all()? * (-1.0 / f64::from(count)))?)
+    Ok(((nll * w)?.sum_all()? * (1.0 / f64::from(count)))?)
 }
 
 impl std::fmt::Display for Activations {
