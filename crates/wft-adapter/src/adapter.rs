@@ -337,8 +337,9 @@ pub(crate) const ROW_BLOCK: usize = 64;
 pub(crate) type Block<'a, T> = (usize, usize, Option<ArrayViewMut2<'a, T>>);
 
 /// Run `f(state, block)` over blocks of [`ROW_BLOCK`] batch rows, on the
-/// thread pool when the `parallel` feature is on. Each worker gets its own
-/// state from `init`; the states come back for reduction.
+/// thread pool when the `parallel` feature is on. Each run of
+/// [`BLOCKS_PER_STATE`] blocks gets its own state from `init`; the states
+/// come back in block order for reduction.
 pub(crate) fn for_each_block<T: Element, S: Send>(
     rows: usize,
     out: Option<ArrayViewMut2<'_, T>>,
@@ -361,27 +362,34 @@ pub(crate) fn for_each_block<T: Element, S: Send>(
             .map(|s| (s, ROW_BLOCK.min(rows - s), None))
             .collect(),
     };
-    #[cfg(feature = "parallel")]
-    if blocks.len() > 1 && rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        // One contiguous run of blocks per thread, so `init` (scratch
-        // allocation) runs about once per thread, not once per block.
-        let per_thread = blocks.len().div_ceil(rayon::current_num_threads());
-        return blocks
-            .into_par_iter()
-            .with_min_len(per_thread)
-            .fold(&init, |mut s, b| {
-                f(&mut s, b);
-                s
-            })
-            .collect();
-    }
-    let mut s = init();
+    // One state per run of BLOCKS_PER_STATE blocks, whatever the thread
+    // count, returned in block order: the caller's in-order reduction then
+    // adds the same partial sums in the same order on 1 thread or 16.
+    let mut runs: Vec<Vec<Block<'_, T>>> = Vec::with_capacity(blocks.len().div_ceil(BLOCKS_PER_STATE));
     for b in blocks {
-        f(&mut s, b);
+        match runs.last_mut() {
+            Some(run) if run.len() < BLOCKS_PER_STATE => run.push(b),
+            _ => runs.push(vec![b]),
+        }
     }
-    vec![s]
+    let run = |run: Vec<Block<'_, T>>| {
+        let mut s = init();
+        for b in run {
+            f(&mut s, b);
+        }
+        s
+    };
+    #[cfg(feature = "parallel")]
+    if runs.len() > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        return runs.into_par_iter().map(run).collect();
+    }
+    runs.into_iter().map(run).collect()
 }
+
+/// Row blocks per state of [`for_each_block`]: scratch is allocated once
+/// per 128 rows, and the partial sums do not depend on the thread count.
+const BLOCKS_PER_STATE: usize = 2;
 
 /// Side of the square tiles the transposes move through registers.
 const TILE: usize = 8;

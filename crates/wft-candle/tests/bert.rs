@@ -255,3 +255,92 @@ fn trained_adapters_save_load_and_merge_to_the_same_logits() -> R {
     assert!(max_diff(&want, &plain.logits(&ids, &mask)?)? < 1e-5);
     Ok(())
 }
+
+/// The same bits on 1 thread and on 2: the encoder's output and the
+/// gradients of the embedded input and of every adapter, in rayon pools
+/// of each size, at sizes where gemm, the elementwise kernels and
+/// attention all split their work (padding included).
+#[test]
+fn one_and_two_threads_compute_the_same_bits() -> R {
+    let config = Config {
+        hidden_size: 128,
+        intermediate_size: 512,
+        ..Config::tiny(50)
+    };
+    let weights = Weights::random(&config, 7)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.safetensors");
+    weights.save(&path)?;
+    let base = TensorFile::open(&path)?;
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into(), "intermediate.dense".into()]);
+    let mut g = wft_adapter::Mt19937::new(5);
+    let methods = [
+        wavelet(300),
+        MethodConfig::Lora(LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            use_rslora: false,
+            seed: 0,
+        }),
+        MethodConfig::FourierFt(wft_adapter::FourierFtConfig {
+            n_frequency: 300,
+            scaling: 5.0,
+            seed: 3,
+            init: wft_adapter::Init::Zeros,
+        }),
+    ];
+    let mut models = Vec::new();
+    for method in methods {
+        let mut model = AdapterModel::new_for_base(AdapterConfig::new(method, targets.clone()), &base, 1)?;
+        for m in model.modules_mut().values_mut() {
+            m.as_adapter_mut()
+                .params_mut()
+                .iter_mut()
+                .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
+        }
+        models.push(model);
+    }
+    let (batch, len) = (24, 40);
+    let ids: Vec<u32> = (0..batch * len).map(|_| g.next_u32() % 50).collect();
+    let mask: Vec<f32> = (0..batch * len)
+        .map(|i| if i % len < len - (i / len) % 9 { 1.0 } else { 0.0 })
+        .collect();
+    let (ids, mask) = (
+        Tensor::from_vec(ids, (batch, len), &Device::Cpu)?,
+        Tensor::from_vec(mask, (batch, len), &Device::Cpu)?,
+    );
+    let probe = Tensor::randn(0f32, 1.0, (batch, len, config.hidden_size), &Device::Cpu)?;
+    let run = |model: &AdapterModel, threads: usize| -> R<Vec<Vec<u32>>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        // The pool's closure returns a `Send` error: the message.
+        let inside = || -> R<Vec<Vec<u32>>> {
+            let bert = Bert::new(&config, &weights, Tuning::Adapters(model))?;
+            let x = Var::from_tensor(&bert.embed(&ids)?)?;
+            let out = bert.encode(x.as_tensor(), &mask)?;
+            let grads = (&out * &probe)?.sum_all()?.backward()?;
+            let bits = |t: &Tensor| -> R<Vec<u32>> {
+                Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+            };
+            let mut all = vec![bits(&out)?, bits(grads.get(x.as_tensor()).ok_or("no input gradient")?)?];
+            for (name, var) in bert.named_vars() {
+                all.push(bits(
+                    grads.get(var.as_tensor()).ok_or(format!("no gradient for {name}"))?,
+                )?);
+            }
+            Ok(all)
+        };
+        Ok(pool.install(|| inside().map_err(|e| e.to_string()))?)
+    };
+    for model in &models {
+        let (one, two) = (run(model, 1)?, run(model, 2)?);
+        assert_eq!(one.len(), 2 + 2 * 3);
+        for (i, (a, b)) in one.iter().zip(&two).enumerate() {
+            assert!(
+                a == b,
+                "{:?}: output {i} differs between 1 and 2 threads",
+                model.config().method
+            );
+        }
+    }
+    Ok(())
+}
