@@ -25,13 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-PINNED = {"torch": "2.15.0", "peft": "0.21.2", "transformers": "5.23.0"}
+from peft_stack import pinned_stack
 
 
 def main():
-    import peft
     import torch
-    import transformers
     from peft import FourierFTConfig, LoraConfig, WaveFTConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,12 +37,7 @@ def main():
     batches = [torch.tensor(b) for b in json.loads(Path(sys.argv[2]).read_text())]
     rounds, threads = int(sys.argv[3]), int(sys.argv[4])
     prompt, new = sys.argv[5], int(sys.argv[6])
-    versions = {"torch": torch.__version__.split("+")[0], "peft": peft.__version__, "transformers": transformers.__version__}
-    for k, v in PINNED.items():
-        if versions[k] != v:
-            sys.exit(f"{k} {versions[k]} is not the pinned {v}")
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    versions = pinned_stack(threads)
     folder, name = str(gguf_path.parent), gguf_path.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

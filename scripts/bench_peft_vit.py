@@ -26,24 +26,17 @@ import statistics
 import sys
 import time
 
-PINNED = {"torch": "2.15.0", "peft": "0.21.2", "transformers": "5.23.0"}
+from peft_stack import pinned_stack
 
 
 def main():
-    import peft
     import torch
-    import transformers
     from peft import FourierFTConfig, LoraConfig, WaveFTConfig, get_peft_model
     from transformers import Dinov2Model
 
     folder = sys.argv[1]
     size, batch, embed_size, embed_batch, rounds, threads = (int(a) for a in sys.argv[2:8])
-    versions = {"torch": torch.__version__.split("+")[0], "peft": peft.__version__, "transformers": transformers.__version__}
-    for k, v in PINNED.items():
-        if versions[k] != v:
-            sys.exit(f"{k} {versions[k]} is not the pinned {v}")
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    versions = pinned_stack(threads)
     classes = 10
     labels = torch.arange(batch) % classes
 

@@ -318,30 +318,23 @@ pub(crate) fn peft_train(quick: bool) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let ours_path = dir.join("ours.json");
     let methods = "head,full,lora-r1,lora-r8,fourierft-1000,fourierft-5000,waveletft-1000,waveletft-5000,waveletft-low-1000,waveletft-low-5000,waveletft-energy-1000,waveletft-energy-5000";
-    // The two sides alternate in blocks (ours first in even blocks, PEFT
-    // first in odd ones), so that a burst of other load on a shared machine
-    // lands on both; each side's figures are medians over the blocks.
-    let (mut ours_blocks, mut peft_blocks) = (Vec::new(), Vec::new());
-    for block in 0..blocks {
-        for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
-            if side == 0 {
-                run(Command::new(root().join("target/release/wft-train"))
-                    .args(["bench", "--rounds", rounds, "--methods", methods, "--out"])
-                    .arg(&ours_path))?;
-                ours_blocks.push(parse_json(
-                    &std::fs::read_to_string(&ours_path).map_err(|e| e.to_string())?,
-                )?);
-            } else {
-                let peer = output(
-                    Command::new(&py)
-                        .arg(root().join("scripts/bench_peft_training.py"))
-                        .args([rounds, &threads().to_string()])
-                        .env("HF_HUB_OFFLINE", "1"),
-                )?;
-                peft_blocks.push(parse_json(&peer)?);
-            }
-        }
-    }
+    let (ours_blocks, peft_blocks) = alternate_blocks(
+        blocks,
+        || {
+            run(Command::new(root().join("target/release/wft-train"))
+                .args(["bench", "--rounds", rounds, "--methods", methods, "--out"])
+                .arg(&ours_path))?;
+            parse_json(&std::fs::read_to_string(&ours_path).map_err(|e| e.to_string())?)
+        },
+        || {
+            parse_json(&output(
+                Command::new(&py)
+                    .arg(root().join("scripts/bench_peft_training.py"))
+                    .args([rounds, &threads().to_string()])
+                    .env("HF_HUB_OFFLINE", "1"),
+            )?)
+        },
+    )?;
     let (ours, ours_spread) = over_blocks(&ours_blocks);
     let (peft, peft_spread) = over_blocks(&peft_blocks);
     let mut md = String::new();
@@ -369,8 +362,10 @@ pub(crate) fn peft_train(quick: bool) -> Result {
         "\nSpread over the blocks (min–max): frozen step ours {ours_spread}, PEFT {peft_spread}; the same for every \
          method in `target/bench-training`'s per-block files."
     );
-    let embed = |blocks: &[serde_json::Value]| med(blocks.iter().map(|b| number(b, "embed_texts_per_sec")).collect());
-    let (ours_embed, torch_embed) = (embed(&ours_blocks), embed(&peft_blocks));
+    let (ours_embed, torch_embed) = (
+        block_median(&ours_blocks, "embed_texts_per_sec"),
+        block_median(&peft_blocks, "embed_texts_per_sec"),
+    );
     let _ = writeln!(
         md,
         "\nSentence embeddings (the frozen encoder's mean-pooled states of the same batches of 32, no graph; \
@@ -408,6 +403,33 @@ fn med(mut v: Vec<f64>) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// `blocks` blocks of our benchmark and the peer's, alternating (ours first
+/// in even blocks, the peer first in odd ones), so that a burst of other
+/// load on a shared machine lands on both sides; each side's reports in
+/// block order.
+fn alternate_blocks(
+    blocks: usize,
+    mut ours: impl FnMut() -> Result<serde_json::Value>,
+    mut peer: impl FnMut() -> Result<serde_json::Value>,
+) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for block in 0..blocks {
+        if block % 2 == 0 {
+            a.push(ours()?);
+            b.push(peer()?);
+        } else {
+            b.push(peer()?);
+            a.push(ours()?);
+        }
+    }
+    Ok((a, b))
+}
+
+/// The median over blocks' reports of the number at `key`.
+fn block_median(blocks: &[serde_json::Value], key: &str) -> f64 {
+    med(blocks.iter().map(|b| number(b, key)).collect())
 }
 
 /// One benchmark report from several blocks' reports of the same methods:
@@ -681,39 +703,36 @@ pub(crate) fn vit(quick: bool) -> Result {
     let (size, batch, embed_size, embed_batch) = ("56", "64", "224", "16");
     let methods = "head,full,lora-r8,fourierft-1000,waveletft-1000";
     let threads = threads().to_string();
-    // Ours and torch + PEFT alternate in blocks (ours first in even
-    // blocks), so that a burst of other load lands on both.
-    let (mut ours_blocks, mut torch_blocks) = (Vec::new(), Vec::new());
-    for block in 0..blocks {
-        for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
-            if side == 0 {
-                ours_blocks.push(parse_json(&output(
-                    Command::new(root().join("target/release/wft-train"))
-                        .args(["vision-bench", "--model"])
-                        .arg(&folder)
-                        .args([
-                            "--methods",
-                            methods,
-                            "--rounds",
-                            rounds,
-                            "--size",
-                            size,
-                            "--batch",
-                            batch,
-                        ])
-                        .args(["--embed-size", embed_size, "--embed-batch", embed_batch]),
-                )?)?);
-            } else {
-                torch_blocks.push(parse_json(&output(
-                    Command::new(&torch_py)
-                        .arg(root().join("scripts/bench_peft_vit.py"))
-                        .arg(&folder)
-                        .args([size, batch, embed_size, embed_batch, rounds, &threads])
-                        .env("HF_HUB_OFFLINE", "1"),
-                )?)?);
-            }
-        }
-    }
+    let (ours_blocks, torch_blocks) = alternate_blocks(
+        blocks,
+        || {
+            parse_json(&output(
+                Command::new(root().join("target/release/wft-train"))
+                    .args(["vision-bench", "--model"])
+                    .arg(&folder)
+                    .args([
+                        "--methods",
+                        methods,
+                        "--rounds",
+                        rounds,
+                        "--size",
+                        size,
+                        "--batch",
+                        batch,
+                    ])
+                    .args(["--embed-size", embed_size, "--embed-batch", embed_batch]),
+            )?)
+        },
+        || {
+            parse_json(&output(
+                Command::new(&torch_py)
+                    .arg(root().join("scripts/bench_peft_vit.py"))
+                    .arg(&folder)
+                    .args([size, batch, embed_size, embed_batch, rounds, &threads])
+                    .env("HF_HUB_OFFLINE", "1"),
+            )?)
+        },
+    )?;
     let ort = parse_json(&output(
         Command::new(&ort_py)
             .arg(root().join("scripts/bench_dinov2_onnx.py"))
@@ -721,7 +740,6 @@ pub(crate) fn vit(quick: bool) -> Result {
             .args([embed_size, embed_batch, rounds, &threads]),
     )?)?;
     let ((ours, ours_spread), (torch, torch_spread)) = (over_blocks(&ours_blocks), over_blocks(&torch_blocks));
-    let embed = |blocks: &[serde_json::Value]| med(blocks.iter().map(|b| number(b, "embed_images_per_sec")).collect());
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -753,8 +771,8 @@ pub(crate) fn vit(quick: bool) -> Result {
         "\nSpread of the frozen step over the blocks (min–max): ours {ours_spread}, PEFT {torch_spread}."
     );
     let (a, t, o) = (
-        embed(&ours_blocks),
-        embed(&torch_blocks),
+        block_median(&ours_blocks, "embed_images_per_sec"),
+        block_median(&torch_blocks, "embed_images_per_sec"),
         number(&ort, "embed_images_per_sec"),
     );
     let _ = writeln!(

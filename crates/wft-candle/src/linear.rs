@@ -336,20 +336,19 @@ impl Module for AdaptedLinear {
                 (y, added)
             }
             Kind::Quantized(q) => {
-                let weight = FrozenWeight::Quantized(q.clone());
-                let h = weight.product(&x2.detach())?;
-                (tap_frozen(&x2, h, weight)?, false)
+                let h = crate::quantized::product(&x2.detach(), q)?;
+                (tap_frozen(&x2, h, FrozenWeight::Quantized(q.clone()))?, false)
             }
             Kind::Adapted(a) => {
                 let merged = a.sync().map_err(candle_core::Error::wrap)?;
-                let (value, added) = match merged.weight {
+                let (value, added) = match &merged.weight {
                     FrozenWeight::Dense(_) => {
                         let added = folded.is_some();
                         (Value::Dense(folded), added)
                     }
-                    FrozenWeight::Quantized(_) => {
+                    FrozenWeight::Quantized(q) => {
                         let x = x2.detach();
-                        let h = merged.weight.product(&x)?;
+                        let h = crate::quantized::product(&x, q)?;
                         let h = add_delta(&x, h, merged.adapter.as_adapter())?;
                         (Value::Handed(Mutex::new(Some(h))), false)
                     }
@@ -472,14 +471,6 @@ enum FrozenWeight {
 }
 
 impl FrozenWeight {
-    /// `x · Wᵀ`.
-    fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            FrozenWeight::Dense(w) => x.matmul(&w.t()?),
-            FrozenWeight::Quantized(q) => crate::quantized::product(x, q),
-        }
-    }
-
     /// `g · W`.
     fn grad_input(&self, g: &Tensor) -> candle_core::Result<Tensor> {
         match self {

@@ -23,8 +23,6 @@ pub(crate) unsafe fn product(
     rhs: View<*const f32>,
     parallel: bool,
 ) {
-    // rayon's pool size (candle's `get_num_threads` reads /proc/cpuinfo on
-    // every call).
     // BLAS for the products of many rows; gemm's for the few-row products
     // of generation, where OpenBLAS's thread hand-off costs more than it
     // saves (batch-1 decoding measured 0.7× with it).
@@ -35,6 +33,8 @@ pub(crate) unsafe fn product(
             return;
         }
     }
+    // rayon's pool size (candle's `get_num_threads` reads /proc/cpuinfo on
+    // every call).
     let threads = rayon::current_num_threads();
     let parallelism = if parallel && threads > 1 {
         Parallelism::Rayon(threads)
@@ -175,10 +175,9 @@ pub(crate) fn linear(x: &[f32], rows: usize, w: &Tensor, bias: Option<&Tensor>) 
         None => vec![0f32; rows * out],
     };
     let (ws, wl) = w.storage_and_layout();
-    let wv = weight_values(&ws, wl, out, inp)?;
-    let (rs, cs) = (wl.stride()[0], wl.stride()[1]);
+    let (wv, rs, cs) = weight_view(&ws, wl, out, inp)?;
     // SAFETY: `x` holds rows × in values, `y` rows × out, and
-    // `weight_values` checked that every addressed weight lies in `wv`.
+    // `weight_view` checked that every addressed weight lies in `wv`.
     unsafe {
         product(
             (rows, out, inp),
@@ -205,10 +204,9 @@ pub(crate) fn linear_input_grad(g: &[f32], rows: usize, w: &Tensor) -> candle_co
     }
     let mut dx = vec![0f32; rows * inp];
     let (ws, wl) = w.storage_and_layout();
-    let wv = weight_values(&ws, wl, out, inp)?;
-    let (rs, cs) = (wl.stride()[0], wl.stride()[1]);
+    let (wv, rs, cs) = weight_view(&ws, wl, out, inp)?;
     // SAFETY: `g` holds rows × out values, `dx` rows × in, and
-    // `weight_values` checked that every addressed weight lies in `wv`.
+    // `weight_view` checked that every addressed weight lies in `wv`.
     unsafe {
         product(
             (rows, inp, out),
@@ -222,15 +220,15 @@ pub(crate) fn linear_input_grad(g: &[f32], rows: usize, w: &Tensor) -> candle_co
     Ok(dx)
 }
 
-/// A weight's values from its start offset, checked to cover every element
-/// its strides address.
-fn weight_values<'a>(s: &'a Storage, l: &Layout, out: usize, inp: usize) -> candle_core::Result<&'a [f32]> {
+/// A weight's values from its start offset and its (row, column) strides,
+/// checked to cover every element the strides address.
+fn weight_view<'a>(s: &'a Storage, l: &Layout, out: usize, inp: usize) -> candle_core::Result<View<&'a [f32]>> {
     let wv = strided(s, l, "linear layer")?;
     let (rs, cs) = (l.stride()[0], l.stride()[1]);
     if out > 0 && inp > 0 && (out - 1) * rs + (inp - 1) * cs >= wv.len() {
         candle_core::bail!("linear layer: a weight layout past its storage")
     }
-    Ok(wv)
+    Ok((wv, rs, cs))
 }
 
 #[cfg(test)]

@@ -1007,7 +1007,8 @@ fn vision_bench_cmd(model: &Path, spec: &wft_train::vision::bench::VisionBenchSp
 /// and quantized matmuls, beside rayon's, which runs gemm and wft-candle's
 /// kernels; on a 2-core machine its idle worker spun for 16% of a MiniLM
 /// step's CPU time while gemm's two threads waited for a core, and one
-/// thread for it made the frozen step 0.83× as long (docs/PERFORMANCE.md).
+/// thread for it made the frozen step about 0.85–0.9× as long (326–349 ms
+/// against 366–411 ms, alternating runs).
 /// A quantized base keeps candle's pool: its matmuls run there. The
 /// environment variable, when set, wins.
 fn thread_setup(command: &Command) {

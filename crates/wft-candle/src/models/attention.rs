@@ -36,24 +36,9 @@ pub(crate) fn attention(
     kv_heads: usize,
     mask: Option<&AttentionMask>,
 ) -> Result<Tensor> {
-    let (batch, len, qw) = q.dims3()?;
-    let (kb, total, kw) = k.dims3()?;
-    let shape_error = || Error::Shape {
-        what: "attention keys and values".into(),
-        expected: vec![batch, total, kv_heads * (qw / heads.max(1))],
-        found: v.dims().to_vec(),
-    };
-    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
-        return Err(Error::Shape {
-            what: format!("queries split into {heads} heads sharing {kv_heads} key/value heads"),
-            expected: vec![batch, len, heads],
-            found: q.dims().to_vec(),
-        });
-    }
-    let head_dim = qw / heads;
-    if kb != batch || kw != kv_heads * head_dim || v.dims() != k.dims() {
-        return Err(shape_error());
-    }
+    let (batch, len, _) = q.dims3()?;
+    let (_, total, _) = k.dims3()?;
+    let head_dim = head_dim(q, k, v, heads, kv_heads)?;
     if let Some(m) = mask
         && (m.len != len || m.total != total || (m.batches != 1 && m.batches != batch))
     {
@@ -89,23 +74,9 @@ pub(crate) fn packed_attention(
     kv_heads: usize,
     starts: &std::sync::Arc<[usize]>,
 ) -> Result<Tensor> {
-    let (rows, qw) = q.dims2()?;
-    let (krows, kw) = k.dims2()?;
-    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
-        return Err(Error::Shape {
-            what: format!("queries split into {heads} heads sharing {kv_heads} key/value heads"),
-            expected: vec![rows, heads],
-            found: q.dims().to_vec(),
-        });
-    }
-    let head_dim = qw / heads;
-    if krows != rows || kw != kv_heads * head_dim || v.dims() != k.dims() {
-        return Err(Error::Shape {
-            what: "attention keys and values".into(),
-            expected: vec![rows, kv_heads * head_dim],
-            found: v.dims().to_vec(),
-        });
-    }
+    let (rows, _) = q.dims2()?;
+    k.dims2()?;
+    let head_dim = head_dim(q, k, v, heads, kv_heads)?;
     if starts.first() != Some(&0) || starts.last() != Some(&rows) || starts.windows(2).any(|w| w[0] > w[1]) {
         return Err(Error::Shape {
             what: "packed sequence starts (rising from 0 to the row count)".into(),
@@ -120,6 +91,40 @@ pub(crate) fn packed_attention(
         head_dim,
     };
     apply(q, k, v, geometry, None)
+}
+
+/// The head width of `q`'s rows split into `heads` query heads that share
+/// `kv_heads` key/value heads, checked against `k` and `v`: the same
+/// leading (batch or row) size as `q`, rows of `kv_heads` heads of that
+/// width, and one shape for both. The callers have fixed the rank.
+fn head_dim(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize) -> Result<usize> {
+    let (qd, kd) = (q.dims(), k.dims());
+    let qw = qd.last().copied().unwrap_or(0);
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !qw.is_multiple_of(heads) {
+        return Err(Error::Shape {
+            what: format!("queries split into {heads} heads sharing {kv_heads} key/value heads"),
+            expected: vec![qd.first().copied().unwrap_or(0), heads],
+            found: qd.to_vec(),
+        });
+    }
+    let head_dim = qw / heads;
+    if kd.first() != qd.first() || kd.last() != Some(&(kv_heads * head_dim)) || v.dims() != kd {
+        // `k`'s shape with `q`'s leading size and the key/value width.
+        let lead = qd.first().copied().unwrap_or(0);
+        let expected = (0..kd.len())
+            .map(|i| match i {
+                0 => lead,
+                i if i + 1 == kd.len() => kv_heads * head_dim,
+                i => kd[i],
+            })
+            .collect();
+        return Err(Error::Shape {
+            what: "attention keys and values".into(),
+            expected,
+            found: v.dims().to_vec(),
+        });
+    }
+    Ok(head_dim)
 }
 
 /// The op on `q`, `k`, `v`, tracked when a gradient will flow.
@@ -322,7 +327,6 @@ impl Attention {
                 let (b, kvh) = (t / g.kv_heads, t % g.kv_heads);
                 let span = g.sequences.span(b);
                 let ko = g.kv_at(span, kvh);
-                let (dqp, dkp, dvp) = (dqp, dkp, dvp);
                 for r in 0..g.group() {
                     let h = kvh * g.group() + r;
                     let qo = g.q_at(span, h);

@@ -329,7 +329,8 @@ impl Bert {
     /// The states of padded positions are zeros.
     ///
     /// # Errors
-    /// candle's errors for mismatched shapes.
+    /// [`Error::Shape`] for a mask that is not `batch × len`; candle's
+    /// errors for mismatched shapes.
     pub fn encode(&self, embedded: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (batch, len, h) = embedded.dims3()?;
         if attention_mask.dims() != [batch, len] {

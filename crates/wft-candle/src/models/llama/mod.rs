@@ -576,12 +576,7 @@ impl Llama {
         kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let Pass {
-            ref cos,
-            ref sin,
-            ref mask,
-            ..
-        } = *pass;
+        let Pass { cos, sin, mask } = pass;
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let lin = &block.linears;
         let a = rms_norm(x, &block.norms[0], c.rms_norm_eps)?;
