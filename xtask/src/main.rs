@@ -158,7 +158,9 @@ fn ci() -> Result {
         .is_ok_and(|s| s.success());
     if blas {
         clippy(&["-p", "wft-candle", "--features", "openblas"])?;
-        run(cargo().args(["test", "-p", "wft-candle", "--features", "openblas", "--lib", "-j2"]))?;
+        // Every test, the models' references included: the benchmarks time
+        // this build.
+        run(cargo().args(["test", "-p", "wft-candle", "--features", "openblas", "-j2"]))?;
     } else if std::env::var("CI").as_deref() == Ok("true") {
         return Err("CI=true: wft-candle's `openblas` feature needs the system's OpenBLAS \
                     (apt install libopenblas-dev pkg-config)"
