@@ -125,6 +125,15 @@ impl AdaptedLinear {
         })
     }
 
+    /// The weight of a frozen dense layer without a bias (`out × in`): what
+    /// fused ops may take in place of the layer; `None` for any other kind.
+    pub(crate) fn frozen_dense(&self) -> Option<&Tensor> {
+        match (&self.kind, &self.bias) {
+            (Kind::Frozen(w), None) => Some(w),
+            _ => None,
+        }
+    }
+
     /// A layer computed with candle's own matmul, so that every variable in
     /// `weight` and `bias` receives its gradient (full fine-tuning).
     ///

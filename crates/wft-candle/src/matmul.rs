@@ -268,7 +268,12 @@ pub(crate) fn linear_input_grad(g: &[f32], rows: usize, w: &Tensor) -> candle_co
 
 /// A weight's values from its start offset and its (row, column) strides,
 /// checked to cover every element the strides address.
-fn weight_view<'a>(s: &'a Storage, l: &Layout, out: usize, inp: usize) -> candle_core::Result<View<&'a [f32]>> {
+pub(crate) fn weight_view<'a>(
+    s: &'a Storage,
+    l: &Layout,
+    out: usize,
+    inp: usize,
+) -> candle_core::Result<View<&'a [f32]>> {
     let wv = strided(s, l, "linear layer")?;
     let (rs, cs) = (l.stride()[0], l.stride()[1]);
     if out > 0 && inp > 0 && (out - 1) * rs + (inp - 1) * cs >= wv.len() {

@@ -129,10 +129,12 @@ fn head_dim(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize) -
 
 /// The op on `q`, `k`, `v`, tracked when a gradient will flow.
 fn apply(q: &Tensor, k: &Tensor, v: &Tensor, geometry: Geometry, mask: Option<AttentionMask>) -> Result<Tensor> {
+    let blocks = mask.as_ref().map(query_blocks).unwrap_or_default();
     let op = Attention {
         scale: 1.0 / (geometry.head_dim as f32).sqrt(),
         geometry,
         mask,
+        blocks,
     };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     if q.track_op() || k.track_op() || v.track_op() {
@@ -252,45 +254,113 @@ struct Attention {
     geometry: Geometry,
     scale: f32,
     mask: Option<AttentionMask>,
+    /// With a mask: per mask batch, its query blocks and the keys each sees.
+    blocks: Vec<Vec<QueryBlock>>,
+}
+
+/// Query rows `first..first + rows` of a sequence, whose products run over
+/// its first `keys` keys only: the keys after them are hidden from every row
+/// of the block (the upper triangle of a causal mask, most of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueryBlock {
+    first: usize,
+    rows: usize,
+    keys: usize,
+}
+
+/// Query rows per block of a masked sequence.
+const QUERY_BLOCK: usize = 32;
+
+/// How far below its row's largest mask value a key's value hides it
+/// exactly: that key's `exp(score − max)` is below `exp(−104)` and rounds
+/// to 0 in `f32` for any scaled score under 4.9e5 in magnitude. The
+/// decoder's masks are 0 and −1e9.
+const HIDDEN_BELOW: f32 = 1e6;
+
+/// The query blocks of each batch of `mask` and how many leading keys each
+/// block's rows can see (a NaN counts as seen, so that it propagates).
+fn query_blocks(mask: &AttentionMask) -> Vec<Vec<QueryBlock>> {
+    let (len, total) = (mask.len, mask.total.max(1));
+    (0..mask.batches)
+        .map(|mb| {
+            let rows = &mask.values[mb * len * mask.total..(mb + 1) * len * mask.total];
+            let reach = |row: &[f32]| {
+                let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                row.iter()
+                    .rposition(|&m| m >= top - HIDDEN_BELOW || m.is_nan())
+                    .map_or(row.len(), |j| j + 1)
+            };
+            (0..len)
+                .step_by(QUERY_BLOCK)
+                .map(|first| {
+                    let n = QUERY_BLOCK.min(len - first);
+                    let keys = rows[first * mask.total..(first + n) * mask.total]
+                        .chunks_exact(total)
+                        .map(reach)
+                        .max()
+                        .unwrap_or(mask.total);
+                    QueryBlock { first, rows: n, keys }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 impl Attention {
-    /// `P` of query head `h` of sequence `b` into `p` (`len × total`).
+    /// The query blocks of sequence `b` at `span`: one block seeing every
+    /// key without a mask.
+    fn blocks(&self, b: usize, span: Span) -> std::borrow::Cow<'_, [QueryBlock]> {
+        match &self.mask {
+            Some(m) => std::borrow::Cow::Borrowed(&self.blocks[if m.batches > 1 { b } else { 0 }]),
+            None => std::borrow::Cow::Owned(vec![QueryBlock {
+                first: 0,
+                rows: span.len,
+                keys: span.total,
+            }]),
+        }
+    }
+
+    /// `P` of query head `h` of sequence `b` into `p` (`len × total`; of
+    /// each block's rows, the columns of the keys it sees).
     fn probs(&self, q: &[f32], k: &[f32], b: usize, h: usize, p: &mut Vec<f32>) {
         let g = &self.geometry;
         let span = g.sequences.span(b);
         p.resize(span.len * span.total, 0.0);
         let (qo, ko) = (g.q_at(span, h), g.kv_at(span, h / g.group()));
-        // SAFETY: the operands lie inside `q`, `k` and `p`, whose lengths
-        // the op checked against the geometry.
-        unsafe {
-            product(
-                (span.len, span.total, g.head_dim),
-                (p.as_mut_ptr(), span.total, 1),
-                false,
-                (q[qo..].as_ptr(), g.q_stride(), 1),
-                // Kᵀ: element (d, j) is k[j·stride + d].
-                (k[ko..].as_ptr(), 1, g.kv_stride()),
-                false,
-            );
-        }
         let mb = match &self.mask {
             Some(m) if m.batches > 1 => b,
             _ => 0,
         };
-        for (i, row) in p.chunks_exact_mut(span.total.max(1)).enumerate() {
-            match &self.mask {
-                Some(m) => {
-                    let at = (mb * span.len + i) * span.total;
-                    for (s, &m) in row.iter_mut().zip(&m.values[at..at + span.total]) {
-                        *s = *s * self.scale + m;
-                    }
-                }
-                None => row.iter_mut().for_each(|s| *s *= self.scale),
+        for blk in self.blocks(b, span).iter() {
+            let at = blk.first * span.total;
+            // SAFETY: the operands lie inside `q`, `k` and `p`, whose
+            // lengths the op checked against the geometry.
+            unsafe {
+                product(
+                    (blk.rows, blk.keys, g.head_dim),
+                    (p[at..].as_mut_ptr(), span.total, 1),
+                    false,
+                    (q[qo + blk.first * g.q_stride()..].as_ptr(), g.q_stride(), 1),
+                    // Kᵀ: element (d, j) is k[j·stride + d].
+                    (k[ko..].as_ptr(), 1, g.kv_stride()),
+                    false,
+                );
             }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum = vmath::exp_shifted_sum(row, max);
-            row.iter_mut().for_each(|s| *s /= sum);
+            for i in blk.first..blk.first + blk.rows {
+                let row = &mut p[i * span.total..i * span.total + blk.keys];
+                match &self.mask {
+                    Some(m) => {
+                        let at = (mb * span.len + i) * span.total;
+                        for (s, &m) in row.iter_mut().zip(&m.values[at..at + blk.keys]) {
+                            *s = *s * self.scale + m;
+                        }
+                    }
+                    None => row.iter_mut().for_each(|s| *s *= self.scale),
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum = vmath::exp_shifted_sum(row, max);
+                row.iter_mut().for_each(|s| *s /= sum);
+            }
         }
     }
 
@@ -332,59 +402,63 @@ impl Attention {
                     let qo = g.q_at(span, h);
                     self.probs(q, k, b, h, p);
                     dp.resize(span.len * span.total, 0.0);
-                    // SAFETY: every operand lies inside its buffer (the
-                    // lengths are checked above); this task is the only
-                    // writer of the ∂Q, ∂K, ∂V regions it addresses.
-                    unsafe {
-                        // ∂V (+)= Pᵀ·∂O.
-                        product(
-                            (span.total, g.head_dim, span.len),
-                            (dvp.at(ko), g.kv_stride(), 1),
-                            r > 0,
-                            (p.as_ptr(), 1, span.total),
-                            (go[qo..].as_ptr(), g.q_stride(), 1),
-                            false,
-                        );
-                        // ∂P = ∂O·Vᵀ.
-                        product(
-                            (span.len, span.total, g.head_dim),
-                            (dp.as_mut_ptr(), span.total, 1),
-                            false,
-                            (go[qo..].as_ptr(), g.q_stride(), 1),
-                            (v[ko..].as_ptr(), 1, g.kv_stride()),
-                            false,
-                        );
-                    }
-                    // ∂S = scale · P ⊙ (∂P − rowsum(P ⊙ ∂P)), in place.
-                    for (dp, p) in dp
-                        .chunks_exact_mut(span.total.max(1))
-                        .zip(p.chunks_exact(span.total.max(1)))
-                    {
-                        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-                        for (d, &p) in dp.iter_mut().zip(p) {
-                            *d = self.scale * p * (*d - dot);
+                    for blk in self.blocks(b, span).iter() {
+                        let (at, keys, qs) = (blk.first * span.total, blk.keys, g.q_stride());
+                        let qb = qo + blk.first * qs;
+                        // SAFETY: every operand lies inside its buffer (the
+                        // lengths are checked above); this task is the only
+                        // writer of the ∂Q, ∂K, ∂V regions it addresses,
+                        // and ∂K, ∂V start at zero for its sums.
+                        unsafe {
+                            // ∂V += Pᵀ·∂O.
+                            product(
+                                (keys, g.head_dim, blk.rows),
+                                (dvp.at(ko), g.kv_stride(), 1),
+                                true,
+                                (p[at..].as_ptr(), 1, span.total),
+                                (go[qb..].as_ptr(), qs, 1),
+                                false,
+                            );
+                            // ∂P = ∂O·Vᵀ.
+                            product(
+                                (blk.rows, keys, g.head_dim),
+                                (dp[at..].as_mut_ptr(), span.total, 1),
+                                false,
+                                (go[qb..].as_ptr(), qs, 1),
+                                (v[ko..].as_ptr(), 1, g.kv_stride()),
+                                false,
+                            );
                         }
-                    }
-                    // SAFETY: as above.
-                    unsafe {
-                        // ∂Q = ∂S·K.
-                        product(
-                            (span.len, g.head_dim, span.total),
-                            (dqp.at(qo), g.q_stride(), 1),
-                            false,
-                            (dp.as_ptr(), span.total, 1),
-                            (k[ko..].as_ptr(), g.kv_stride(), 1),
-                            false,
-                        );
-                        // ∂K (+)= ∂Sᵀ·Q.
-                        product(
-                            (span.total, g.head_dim, span.len),
-                            (dkp.at(ko), g.kv_stride(), 1),
-                            r > 0,
-                            (dp.as_ptr(), 1, span.total),
-                            (q[qo..].as_ptr(), g.q_stride(), 1),
-                            false,
-                        );
+                        // ∂S = scale · P ⊙ (∂P − rowsum(P ⊙ ∂P)), in place.
+                        for i in blk.first..blk.first + blk.rows {
+                            let row = i * span.total..i * span.total + keys;
+                            let (dp, p) = (&mut dp[row.clone()], &p[row]);
+                            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                            for (d, &p) in dp.iter_mut().zip(p) {
+                                *d = self.scale * p * (*d - dot);
+                            }
+                        }
+                        // SAFETY: as above.
+                        unsafe {
+                            // ∂Q = ∂S·K.
+                            product(
+                                (blk.rows, g.head_dim, keys),
+                                (dqp.at(qb), qs, 1),
+                                false,
+                                (dp[at..].as_ptr(), span.total, 1),
+                                (k[ko..].as_ptr(), g.kv_stride(), 1),
+                                false,
+                            );
+                            // ∂K += ∂Sᵀ·Q.
+                            product(
+                                (keys, g.head_dim, blk.rows),
+                                (dkp.at(ko), g.kv_stride(), 1),
+                                true,
+                                (dp[at..].as_ptr(), 1, span.total),
+                                (q[qb..].as_ptr(), qs, 1),
+                                false,
+                            );
+                        }
                     }
                 }
             },
@@ -423,17 +497,20 @@ impl CustomOp3 for Attention {
                 let (b, h) = (t / g.heads, t % g.heads);
                 let span = g.sequences.span(b);
                 self.probs(q, k, b, h, p);
-                // SAFETY: the operands lie inside their buffers (checked
-                // above); this task alone writes head h's columns of row b.
-                unsafe {
-                    product(
-                        (span.len, g.head_dim, span.total),
-                        (op.at(g.q_at(span, h)), g.q_stride(), 1),
-                        false,
-                        (p.as_ptr(), span.total, 1),
-                        (v[g.kv_at(span, h / g.group())..].as_ptr(), g.kv_stride(), 1),
-                        false,
-                    );
+                for blk in self.blocks(b, span).iter() {
+                    // SAFETY: the operands lie inside their buffers (checked
+                    // above); this task alone writes head h's columns of
+                    // sequence b.
+                    unsafe {
+                        product(
+                            (blk.rows, g.head_dim, blk.keys),
+                            (op.at(g.q_at(span, h) + blk.first * g.q_stride()), g.q_stride(), 1),
+                            false,
+                            (p[blk.first * span.total..].as_ptr(), span.total, 1),
+                            (v[g.kv_at(span, h / g.group())..].as_ptr(), g.kv_stride(), 1),
+                            false,
+                        );
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -554,6 +631,64 @@ mod tests {
                 "{case}: forward off by {}",
                 max_diff(&fused, &plain)
             );
+            assert!(max_diff(&untracked, &plain) < 1e-5, "{case}: untracked forward off");
+            let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
+            let g = (fused * &probe)?.sum_all()?.backward()?;
+            let gp = (plain * &probe)?.sum_all()?.backward()?;
+            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+                let (a, b) = (
+                    g.get(var.as_tensor()).ok_or("grad")?,
+                    gp.get(var.as_tensor()).ok_or("grad")?,
+                );
+                assert!(max_diff(a, b) < 1e-5, "{case}: ∂{what} off by {}", max_diff(a, b));
+            }
+        }
+        Ok(())
+    }
+
+    /// A causal mask (the decoder's −1e9 above the diagonal, with a cache
+    /// in front and left padding in one batch row) over several query
+    /// blocks: the blocks skip the hidden keys, and forward and gradients
+    /// still match the composition over every key.
+    #[test]
+    fn causal_blocks_skip_hidden_keys_and_match_the_composition() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        let (batch, heads, kv, d) = (2, 4, 2, 8);
+        for (past, len) in [(0, 70), (5, 40)] {
+            let total = past + len;
+            let values: Vec<f32> = (0..batch)
+                .flat_map(|b| {
+                    (0..len).flat_map(move |i| {
+                        (0..total).map(move |j| {
+                            let pad = if b == 1 && j < 3 { -1e9 } else { 0.0 };
+                            pad + if j <= past + i { 0.0 } else { -1e9 }
+                        })
+                    })
+                })
+                .collect();
+            let m = Tensor::from_vec(values, (batch, 1, 1, len, total), &dev)?;
+            let mask = AttentionMask::new(&m)?;
+            let blocks = super::query_blocks(&mask);
+            assert_eq!(blocks[0].len(), len.div_ceil(super::QUERY_BLOCK));
+            assert_eq!(
+                blocks[0][0].keys,
+                past + super::QUERY_BLOCK,
+                "the first block sees its keys only"
+            );
+            assert_eq!(blocks[0].last().map(|b| b.keys), Some(total));
+            let q0 = Tensor::randn(0f32, 1.0, (batch, len, heads * d), &dev)?;
+            let k0 = Tensor::randn(0f32, 1.0, (batch, total, kv * d), &dev)?;
+            let v0 = Tensor::randn(0f32, 1.0, (batch, total, kv * d), &dev)?;
+            let (q, k, v) = (Var::from_tensor(&q0)?, Var::from_tensor(&k0)?, Var::from_tensor(&v0)?);
+            let fused = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, kv, Some(&mask))?;
+            let plain = composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, kv, Some(&m))?;
+            let case = format!("past {past}, len {len}");
+            assert!(
+                max_diff(&fused, &plain) < 1e-5,
+                "{case}: forward off by {}",
+                max_diff(&fused, &plain)
+            );
+            let untracked = attention(&q0, &k0, &v0, heads, kv, Some(&mask))?;
             assert!(max_diff(&untracked, &plain) < 1e-5, "{case}: untracked forward off");
             let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
             let g = (fused * &probe)?.sum_all()?.backward()?;

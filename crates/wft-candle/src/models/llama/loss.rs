@@ -5,6 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::head_loss::projected_cross_entropy;
 use super::{Cache, Llama};
 use crate::error::{Error, Result};
 use crate::models::ops::{cross_entropy_rows, rms_norm};
@@ -51,9 +52,13 @@ impl Llama {
         let n = rows.len();
         let idx = Tensor::from_vec(rows, n, &Device::Cpu)?;
         let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
-        let logits = self.logits(&picked)?;
         let targets = targets.flatten_all()?.index_select(&idx, 0)?;
-        let nll = cross_entropy_rows(&logits, &targets)?;
+        // A frozen output projection runs fused with the loss, slab by slab
+        // (no `rows × vocab` logits); a trained one through its layer.
+        let nll = match self.lm_head.frozen_dense() {
+            Some(w) => projected_cross_entropy(&picked, w, &targets)?,
+            None => cross_entropy_rows(&self.logits(&picked)?, &targets)?,
+        };
         Ok((nll.sum_all()? * (1.0 / n as f64))?)
     }
 }

@@ -27,6 +27,7 @@ use crate::models::attention::attention;
 use crate::models::ops::{AttentionMask, rms_norm, rope, swiglu};
 
 mod file;
+mod head_loss;
 mod loss;
 
 use crate::error::{Error, Result};
