@@ -71,30 +71,17 @@ fn cpu_model() -> String {
 }
 
 /// The release build the training benchmarks time, and a phrase for their
-/// headers naming its matrix kernel: wft-candle's `openblas` feature where
-/// pkg-config finds the system's OpenBLAS (`apt install libopenblas-dev
-/// pkg-config`), else candle's own `gemm` crate.
+/// headers naming its matrix kernel. It is the default build: candle's
+/// `gemm` crate. wft-candle's optional `openblas` feature measured no
+/// faster in the same run (docs/PERFORMANCE.md, the training notes).
 fn bench_build(packages: &[&str]) -> Result<String> {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-j2"]);
     for p in packages {
         cmd.args(["-p", p]);
     }
-    let blas = Command::new("pkg-config")
-        .args(["--modversion", "openblas"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let kernel = match &blas {
-        Some(version) => {
-            cmd.args(["--features", "wft-train/openblas"]);
-            format!("products of 32 rows or more through OpenBLAS {version}, `--features openblas`")
-        }
-        None => "products through the `gemm` crate; no system OpenBLAS was found".to_owned(),
-    };
     run(&mut cmd)?;
-    Ok(kernel)
+    Ok("matrix products through the `gemm` crate, the default build".to_owned())
 }
 
 pub(crate) fn pywt(quick: bool) -> Result {

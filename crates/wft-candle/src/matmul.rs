@@ -89,12 +89,6 @@ mod blas {
     /// `dst := [dst +] lhs · rhs` through `cblas_sgemm`; false (nothing
     /// done) when an operand's strides or a size do not fit BLAS.
     ///
-    /// OpenBLAS runs single-threaded here: the rows are split into one band
-    /// per rayon thread, and each band is one BLAS call. OpenBLAS's own pool
-    /// would be a second pool beside rayon's, and its idle workers spin in
-    /// `sched_yield` while rayon runs everything else (11% of a decoder
-    /// step's samples with it).
-    ///
     /// # Safety
     /// As [`super::product`].
     pub(super) unsafe fn product(
@@ -104,7 +98,7 @@ mod blas {
         lhs: View<*const f32>,
         rhs: View<*const f32>,
     ) -> bool {
-        let (Ok(_), Ok(ni), Ok(ki)) = (i32::try_from(m), i32::try_from(n), i32::try_from(k)) else {
+        let (Ok(mi), Ok(ni), Ok(ki)) = (i32::try_from(m), i32::try_from(n), i32::try_from(k)) else {
             return false;
         };
         let (Some((ta, lda)), Some((tb, ldb))) = (operand(lhs.1, lhs.2, k, m), operand(rhs.1, rhs.2, n, k)) else {
@@ -116,67 +110,27 @@ mod blas {
         let Ok(ldc) = i32::try_from(dst.1) else {
             return false;
         };
-        SINGLE_THREADED.call_once(|| {
-            // SAFETY: a plain setter of OpenBLAS's thread count.
-            unsafe { openblas_set_num_threads(1) }
-        });
-        // Bands of whole 16-row tiles, one per thread.
-        let threads = rayon::current_num_threads().max(1);
-        let band = m.div_ceil(threads).next_multiple_of(16);
-        let (out, a, b) = (
-            Address(dst.0 as usize),
-            Address(lhs.0 as usize),
-            Address(rhs.0 as usize),
-        );
-        let one = |start: usize| {
-            let rows = band.min(m - start);
-            // SAFETY: the caller's guarantee; band `start` addresses rows
-            // `start..start + rows` of `lhs` and `dst` (their row stride is
-            // `.1` whether BLAS reads them transposed or not), which no other
-            // band touches, and all of `rhs`.
-            unsafe {
-                cblas_sys::cblas_sgemm(
-                    cblas_sys::CblasRowMajor,
-                    ta,
-                    tb,
-                    rows as i32,
-                    ni,
-                    ki,
-                    1.0,
-                    (a.0 as *const f32).wrapping_add(start * lhs.1),
-                    lda,
-                    b.0 as *const f32,
-                    ldb,
-                    if accumulate { 1.0 } else { 0.0 },
-                    (out.0 as *mut f32).wrapping_add(start * dst.1),
-                    ldc,
-                );
-            }
-        };
-        if band >= m {
-            one(0);
-        } else {
-            // In place: the calling thread (candle's, outside the pool)
-            // takes the first band while rayon's workers take the others.
-            rayon::in_place_scope(|s| {
-                for start in (band..m).step_by(band) {
-                    s.spawn(move |_| one(start));
-                }
-                one(0);
-            });
+        // SAFETY: the caller's guarantee; the layout describes exactly the
+        // elements the strides address.
+        unsafe {
+            cblas_sys::cblas_sgemm(
+                cblas_sys::CblasRowMajor,
+                ta,
+                tb,
+                mi,
+                ni,
+                ki,
+                1.0,
+                lhs.0,
+                lda,
+                rhs.0,
+                ldb,
+                if accumulate { 1.0 } else { 0.0 },
+                dst.0,
+                ldc,
+            );
         }
         true
-    }
-
-    /// An operand's address, to hand to rayon's tasks.
-    #[derive(Clone, Copy)]
-    struct Address(usize);
-
-    static SINGLE_THREADED: std::sync::Once = std::sync::Once::new();
-
-    unsafe extern "C" {
-        /// OpenBLAS's own: the threads each later BLAS call may use.
-        fn openblas_set_num_threads(threads: std::ffi::c_int);
     }
 }
 
