@@ -555,11 +555,7 @@ mod tests {
     use super::attention;
     use crate::models::ops::AttentionMask;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-            .unwrap_or(f32::INFINITY)
-    }
+    use crate::models::test_util::{assert_grads_match, max_diff};
 
     /// The composition of candle ops the fused op replaces: heads split by
     /// transposes, key/value heads repeated for their query heads, the
@@ -635,13 +631,7 @@ mod tests {
             let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
             let g = (fused * &probe)?.sum_all()?.backward()?;
             let gp = (plain * &probe)?.sum_all()?.backward()?;
-            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
-                let (a, b) = (
-                    g.get(var.as_tensor()).ok_or("grad")?,
-                    gp.get(var.as_tensor()).ok_or("grad")?,
-                );
-                assert!(max_diff(a, b) < 1e-5, "{case}: ∂{what} off by {}", max_diff(a, b));
-            }
+            assert_grads_match(&g, &gp, &[(&q, "q"), (&k, "k"), (&v, "v")], 1e-5, &case);
         }
         Ok(())
     }
@@ -693,13 +683,7 @@ mod tests {
             let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
             let g = (fused * &probe)?.sum_all()?.backward()?;
             let gp = (plain * &probe)?.sum_all()?.backward()?;
-            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
-                let (a, b) = (
-                    g.get(var.as_tensor()).ok_or("grad")?,
-                    gp.get(var.as_tensor()).ok_or("grad")?,
-                );
-                assert!(max_diff(a, b) < 1e-5, "{case}: ∂{what} off by {}", max_diff(a, b));
-            }
+            assert_grads_match(&g, &gp, &[(&q, "q"), (&k, "k"), (&v, "v")], 1e-5, &case);
         }
         Ok(())
     }
@@ -752,17 +736,8 @@ mod tests {
                 max_diff(&fused, &plain)
             );
             let gp = total.backward()?;
-            for (var, what) in [(&q, "q"), (&k, "k"), (&v, "v")] {
-                let (a, b) = (
-                    g.get(var.as_tensor()).ok_or("grad")?,
-                    gp.get(var.as_tensor()).ok_or("grad")?,
-                );
-                assert!(
-                    max_diff(a, b) < 1e-5,
-                    "heads {heads}/{kv}: ∂{what} off by {}",
-                    max_diff(a, b)
-                );
-            }
+            let case = format!("heads {heads}/{kv}");
+            assert_grads_match(&g, &gp, &[(&q, "q"), (&k, "k"), (&v, "v")], 1e-5, &case);
         }
         let q = Tensor::zeros((4, 6), candle_core::DType::F32, &dev)?;
         for bad in [vec![0, 5], vec![1, 4], vec![0, 3, 2, 4]] {

@@ -16,6 +16,9 @@ mod ops;
 pub mod vit;
 mod vmath;
 
+#[cfg(test)]
+mod test_util;
+
 pub(crate) use ops::slice;
 
 /// Refuse adapters on modules the model does not have: every module of

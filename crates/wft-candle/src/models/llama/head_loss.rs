@@ -190,11 +190,7 @@ impl CustomOp1 for HeadLoss {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-            .unwrap_or(f32::INFINITY)
-    }
+    use crate::models::test_util::max_diff;
 
     /// The fused op equals candle's `log_softmax(h·Wᵀ)` and `gather`, in
     /// value and in `∂L/∂h` for a random upstream gradient (as a masked

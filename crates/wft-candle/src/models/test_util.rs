@@ -1,0 +1,33 @@
+//! What the fused ops' unit tests share.
+
+use candle_core::Tensor;
+use candle_core::backprop::GradStore;
+
+/// The largest absolute difference of two tensors of one shape (infinite
+/// when they cannot be compared).
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .unwrap_or(f32::INFINITY)
+}
+
+/// Assert that two backward passes gave each named variable gradients
+/// within `tol`.
+///
+/// # Panics
+/// When a gradient is missing or off, naming `case` and the variable.
+pub(crate) fn assert_grads_match(
+    g: &GradStore,
+    want: &GradStore,
+    vars: &[(&candle_core::Var, &str)],
+    tol: f32,
+    case: &str,
+) {
+    for (var, what) in vars {
+        let (Some(a), Some(b)) = (g.get(var.as_tensor()), want.get(var.as_tensor())) else {
+            panic!("{case}: no gradient for {what}");
+        };
+        let d = max_diff(a, b);
+        assert!(d < tol, "{case}: ∂{what} off by {d}");
+    }
+}
