@@ -31,3 +31,13 @@ pub(crate) fn assert_grads_match(
         assert!(d < tol, "{case}: ∂{what} off by {d}");
     }
 }
+
+/// The per-row cross-entropy the fused losses replace, as candle composes
+/// it: `−log_softmax(logits)[target]`.
+pub(crate) fn reference_nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let rows = targets.dim(0)?;
+    candle_nn::ops::log_softmax(logits, 1)?
+        .gather(&targets.reshape((rows, 1))?, 1)?
+        .reshape(rows)?
+        .neg()
+}
