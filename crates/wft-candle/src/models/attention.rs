@@ -357,8 +357,7 @@ impl Attention {
                     }
                     None => row.iter_mut().for_each(|s| *s *= self.scale),
                 }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum = vmath::exp_shifted_sum(row, max);
+                let (_, sum) = vmath::exp_from_max(row);
                 row.iter_mut().for_each(|s| *s /= sum);
             }
         }

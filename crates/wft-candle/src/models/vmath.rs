@@ -162,6 +162,13 @@ pub(crate) fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     dwt_core::__dispatch!(exp_shifted_sum_body(row, max))
 }
 
+/// A softmax row's numerators in place: `row[i] = exp(row[i] − m)` for the
+/// row's largest value `m`, returning `m` and the sum.
+pub(crate) fn exp_from_max(row: &mut [f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, exp_shifted_sum(row, max))
+}
+
 #[inline(always)]
 fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
     // Eight partial sums, so that the loop vectorises without reassociating

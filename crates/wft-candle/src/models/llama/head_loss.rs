@@ -101,10 +101,8 @@ impl CustomOp1 for HeadLoss {
         let (ws, wl) = self.weight.storage_and_layout();
         let (w, rs, cs) = weight_view(&ws, wl, vocab, width)?;
         let mut nll = vec![0f32; rows];
-        let mut unit = match self.gradient {
-            Gradient::Formed(_) => vec![0f32; rows * width],
-            Gradient::NotWanted => Vec::new(),
-        };
+        let want = matches!(self.gradient, Gradient::Formed(_));
+        let mut unit = if want { vec![0f32; rows * width] } else { Vec::new() };
         let mut z = vec![0f32; SLAB.min(rows) * vocab];
         for start in (0..rows).step_by(SLAB) {
             let c = SLAB.min(rows - start);
@@ -122,15 +120,13 @@ impl CustomOp1 for HeadLoss {
                     true,
                 );
             }
-            let want = matches!(self.gradient, Gradient::Formed(_));
             z.par_chunks_mut(vocab)
                 .zip(nll[start..start + c].par_iter_mut())
                 .zip(self.targets[start..start + c].par_iter())
                 .for_each(|((row, nll), &target)| {
                     let target = target as usize;
                     let picked = row[target];
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum = vmath::exp_shifted_sum(row, max);
+                    let (max, sum) = vmath::exp_from_max(row);
                     *nll = max + sum.ln() - picked;
                     if want {
                         // softmax − onehot, in place.
@@ -190,7 +186,7 @@ impl CustomOp1 for HeadLoss {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use crate::models::test_util::max_diff;
+    use crate::models::test_util::{assert_grads_match, max_diff, reference_nll};
 
     /// The fused op equals candle's `log_softmax(h·Wᵀ)` and `gather`, in
     /// value and in `∂L/∂h` for a random upstream gradient (as a masked
@@ -211,7 +207,7 @@ mod tests {
             let h = Var::from_tensor(&h0)?;
             let fused = super::projected_cross_entropy(h.as_tensor(), w, &t)?;
             let logits = h.as_tensor().matmul(&w.t()?)?;
-            let plain = crate::models::test_util::reference_nll(&logits, &t)?;
+            let plain = reference_nll(&logits, &t)?;
             assert!(
                 max_diff(&fused, &plain) < 1e-4,
                 "forward off by {}",
@@ -221,11 +217,7 @@ mod tests {
             assert!(max_diff(&untracked, &plain) < 1e-4);
             let g = (fused * &probe)?.sum_all()?.backward()?;
             let gp = (plain * &probe)?.sum_all()?.backward()?;
-            let (a, b) = (
-                g.get(h.as_tensor()).ok_or("grad")?,
-                gp.get(h.as_tensor()).ok_or("grad")?,
-            );
-            assert!(max_diff(a, b) < 1e-4, "gradient off by {}", max_diff(a, b));
+            assert_grads_match(&g, &gp, &[(&h, "h")], 1e-4, "projected cross-entropy");
         }
         let bad = Tensor::from_vec(vec![vocab as u32; rows], rows, &dev)?;
         assert!(super::projected_cross_entropy(&h0, &dense, &bad).is_err());
