@@ -128,8 +128,17 @@ impl AdaptedLinear {
     /// The weight of a frozen dense layer without a bias (`out × in`): what
     /// fused ops may take in place of the layer; `None` for any other kind.
     pub(crate) fn frozen_dense(&self) -> Option<&Tensor> {
+        match self.frozen_parts()? {
+            (w, None) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The weight (`out × in`) and bias of a frozen dense layer whose bias
+    /// is a constant too; `None` for any other kind.
+    pub(crate) fn frozen_parts(&self) -> Option<(&Tensor, Option<&Tensor>)> {
         match (&self.kind, &self.bias) {
-            (Kind::Frozen(w), None) => Some(w),
+            (Kind::Frozen(w), b) if b.as_ref().is_none_or(|b| !b.track_op()) => Some((w, b.as_ref())),
             _ => None,
         }
     }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use super::attention::packed_attention;
-use super::ops::{LayerNorm, gelu};
+use super::mlp::gelu_mlp;
+use super::ops::LayerNorm;
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -356,8 +357,8 @@ impl Bert {
             let (q, k, v) = (lin[QUERY].forward(&x)?, lin[KEY].forward(&x)?, lin[VALUE].forward(&x)?);
             let ctx = packed_attention(&q, &k, &v, heads, heads, &starts)?;
             let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
-            let f = gelu(&lin[INTERMEDIATE].forward(&a)?)?;
-            x = layer.out_norm.forward(&(lin[OUTPUT].forward(&f)? + &a)?)?;
+            let f = gelu_mlp(&a, &lin[INTERMEDIATE], &lin[OUTPUT])?;
+            x = layer.out_norm.forward(&(f + &a)?)?;
         }
         let out = Tensor::zeros((batch * len, h), DType::F32, embedded.device())?.index_add(&keep, &x, 0)?;
         Ok(out.reshape((batch, len, h))?)

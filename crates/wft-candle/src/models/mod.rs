@@ -12,6 +12,7 @@ use crate::linear::AdaptedLinear;
 mod attention;
 pub mod bert;
 pub mod llama;
+mod mlp;
 mod ops;
 pub mod vit;
 mod vmath;

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use super::attention::attention;
-use super::ops::{LayerNorm, gelu};
+use super::mlp::gelu_mlp;
+use super::ops::LayerNorm;
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -399,7 +400,7 @@ impl Vit {
         let ctx = attention(&q, &k, &v, nh, nh, None)?;
         let x = (x + lin[ATTN_OUT].forward(&ctx)?.broadcast_mul(&block.scale1)?)?;
         let m = block.norm2.forward(&x)?;
-        let f = lin[FC2].forward(&gelu(&lin[FC1].forward(&m)?)?)?;
+        let f = gelu_mlp(&m, &lin[FC1], &lin[FC2])?;
         Ok((x + f.broadcast_mul(&block.scale2)?)?)
     }
 }

@@ -157,6 +157,25 @@ impl Kernel {
     }
 }
 
+/// GELU in place, with the bits of [`Kernel::Gelu`].
+pub(crate) fn gelu_in_place(h: &mut [f32]) {
+    dwt_core::__dispatch!(for h in h.iter_mut() {
+        *h = gelu(*h);
+    })
+}
+
+/// GELU in place, and its slope beside it: `slope[i] = gelu'(h[i])`, then
+/// `h[i] = gelu(h[i])`, over the shorter of the two. Each value has the bits
+/// of [`Kernel::Gelu`] and of [`Kernel::GeluBackward`] with a gradient of 1;
+/// `Φ(x)` is computed once for both.
+pub(crate) fn gelu_with_slope(h: &mut [f32], slope: &mut [f32]) {
+    dwt_core::__dispatch!(for (h, s) in h.iter_mut().zip(slope.iter_mut()) {
+        let x = *h;
+        *s = gelu_slope(x);
+        *h = gelu(x);
+    })
+}
+
 /// `row[i] = exp(row[i] − max)`, returning the sum, for softmax rows.
 pub(crate) fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     dwt_core::__dispatch!(exp_shifted_sum_body(row, max))
@@ -191,7 +210,7 @@ fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kernel, exp, gelu, gelu_slope, normal_cdf};
+    use super::{Kernel, exp, gelu, gelu_in_place, gelu_slope, gelu_with_slope, normal_cdf};
 
     /// Units in the last place (of `b` rounded to f32) between `a` and the
     /// f64 value `b`.
@@ -274,6 +293,32 @@ mod tests {
             dwt_core::__set_portable_kernels_only(false);
             let same = fast.iter().zip(&portable).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{k:?} differs between instruction sets");
+        }
+        // GELU with its slope, against the two kernels and across ISAs.
+        let (mut gelu_of, mut slope_of) = (vec![0f32; a.len()], vec![0f32; a.len()]);
+        Kernel::Gelu.run(&a, &[], &mut gelu_of);
+        Kernel::GeluBackward.run(&a, &vec![1.0; a.len()], &mut slope_of);
+        for portable in [false, true] {
+            let (mut h, mut s) = (a.clone(), vec![0f32; a.len()]);
+            dwt_core::__set_portable_kernels_only(portable);
+            gelu_with_slope(&mut h, &mut s);
+            dwt_core::__set_portable_kernels_only(false);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&h),
+                bits(&gelu_of),
+                "gelu_with_slope's values (portable: {portable})"
+            );
+            assert_eq!(
+                bits(&s),
+                bits(&slope_of),
+                "gelu_with_slope's slopes (portable: {portable})"
+            );
+            let mut h = a.clone();
+            dwt_core::__set_portable_kernels_only(portable);
+            gelu_in_place(&mut h);
+            dwt_core::__set_portable_kernels_only(false);
+            assert_eq!(bits(&h), bits(&gelu_of), "gelu_in_place (portable: {portable})");
         }
     }
 }
