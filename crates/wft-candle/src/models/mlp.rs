@@ -23,14 +23,11 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::gelu;
+use super::ops::{CHUNK, gelu};
 use super::vmath;
 use crate::error::{Error, Result};
 use crate::linear::AdaptedLinear;
 use crate::matmul::{linear, linear_input_grad};
-
-/// Elements per parallel chunk of the elementwise passes.
-const CHUNK: usize = 1 << 14;
 
 /// `fc2(gelu(fc1(x)))` over the last axis of `x`: one fused op when both
 /// layers are frozen dense layers with constant biases, the composition of

@@ -228,7 +228,7 @@ pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Elements per parallel chunk of the elementwise ops.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// `kernel` over `a` (and `b`, of the same length, for a two-input kernel)
 /// into a new vector, chunks in parallel (rayon).
@@ -288,6 +288,87 @@ impl CustomOp2 for Elementwise {
         let (a, b) = (slice(s1, l1, "elementwise")?, slice(s2, l2, "elementwise")?);
         let d = run_par("elementwise", self.0, a, b)?;
         Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// The residual step `x + y·λ`, `λ` scaling the last axis (DINOv2's layer
+/// scale). With a constant `λ`, one op whose backward hands `g` to `x` and
+/// `g·λ` to `y`: the composition's broadcast product is a node of its own
+/// whose gradient candle zeroes and accumulates. The same bits as the
+/// composition either way; a trained `λ` (full fine-tuning) takes the
+/// composition, so that it gets its gradient.
+///
+/// # Errors
+/// candle's errors when the shapes differ or `λ` does not fit the last axis.
+pub(crate) fn scaled_residual(x: &Tensor, y: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if scale.track_op() {
+        return Ok((x + y.broadcast_mul(scale)?)?);
+    }
+    let width = x.dim(D::Minus1)?;
+    if x.dims() != y.dims() || scale.dims() != [width] {
+        return Err(crate::Error::Shape {
+            what: "scaled residual (the branch; the scale)".into(),
+            expected: [x.dims(), &[width]].concat(),
+            found: [y.dims(), scale.dims()].concat(),
+        });
+    }
+    let op = ScaledResidual {
+        scale: scale.to_vec1::<f32>()?,
+    };
+    let (x, y) = (x.contiguous()?, y.contiguous()?);
+    if x.track_op() || y.track_op() {
+        Ok(x.apply_op2(&y, op)?)
+    } else {
+        Ok(x.apply_op2_no_bwd(&y, &op)?)
+    }
+}
+
+/// `x + y·λ` over rows of `λ`'s width.
+struct ScaledResidual {
+    scale: Vec<f32>,
+}
+
+impl CustomOp2 for ScaledResidual {
+    fn name(&self) -> &'static str {
+        "wft-scaled-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (x, y) = (slice(s1, l1, "scaled residual")?, slice(s2, l2, "scaled residual")?);
+        let w = self.scale.len().max(1);
+        if x.len() != y.len() || x.len() % w != 0 {
+            candle_core::bail!("scaled residual: {} and {} values in rows of {w}", x.len(), y.len())
+        }
+        let rows = (CHUNK / w).max(1) * w;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(y.par_chunks(rows)))
+            .for_each(|(o, (x, y))| {
+                for ((o, x), y) in o.chunks_exact_mut(w).zip(x.chunks_exact(w)).zip(y.chunks_exact(w)) {
+                    for (((o, &x), &y), &l) in o.iter_mut().zip(x).zip(y).zip(&self.scale) {
+                        *o = x + y * l;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let scale = Tensor::from_slice(&self.scale, self.scale.len(), g.device())?;
+        Ok((Some(g.clone()), Some(g.broadcast_mul(&scale)?)))
     }
 }
 
@@ -644,7 +725,7 @@ impl CustomOp3 for LayerNormOp {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::{rms_norm, rope};
+    use super::{rms_norm, rope, scaled_residual};
 
     use crate::models::test_util::{assert_grads_match, max_diff, reference_nll};
 
@@ -889,6 +970,46 @@ mod tests {
             );
             assert!(max_diff(x, y) < 1e-5, "swiglu gradient off by {}", max_diff(x, y));
         }
+        Ok(())
+    }
+
+    /// The scaled residual is the composition bit for bit, forward and in
+    /// both gradients; a trained scale takes the composition and gets its
+    /// gradient; shapes that do not fit are errors.
+    #[test]
+    fn scaled_residual_is_the_composition() -> Result<(), Box<dyn std::error::Error>> {
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        // More rows than one parallel chunk.
+        let (x0, y0) = (
+            Tensor::randn(0f32, 1.0, (3, 400, 48), &dev)?,
+            Tensor::randn(0f32, 1.0, (3, 400, 48), &dev)?,
+        );
+        let l0 = Tensor::randn(0f32, 0.3, 48, &dev)?;
+        let (x, y) = (Var::from_tensor(&x0)?, Var::from_tensor(&y0)?);
+        let fused = scaled_residual(x.as_tensor(), y.as_tensor(), &l0)?;
+        let plain = (x.as_tensor() + y.as_tensor().broadcast_mul(&l0)?)?;
+        assert_eq!(bits(&fused)?, bits(&plain)?, "forward");
+        assert_eq!(bits(&scaled_residual(&x0, &y0, &l0)?)?, bits(&plain)?, "untracked forward");
+        let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
+        let g = (fused * &probe)?.sum_all()?.backward()?;
+        let gp = (plain * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &y] {
+            let (a, b) = (
+                g.get(v.as_tensor()).ok_or("grad")?,
+                gp.get(v.as_tensor()).ok_or("grad")?,
+            );
+            assert_eq!(bits(a)?, bits(b)?, "gradient");
+        }
+        let l = Var::from_tensor(&l0)?;
+        let g = scaled_residual(x.as_tensor(), y.as_tensor(), l.as_tensor())?
+            .sum_all()?
+            .backward()?;
+        assert!(g.get(l.as_tensor()).is_some(), "a trained scale gets no gradient");
+        assert!(scaled_residual(x.as_tensor(), &y0.narrow(1, 0, 5)?, &l0).is_err());
+        assert!(scaled_residual(x.as_tensor(), y.as_tensor(), &l0.narrow(0, 0, 5)?).is_err());
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use wft_adapter::Mt19937;
 
 use super::attention::attention;
 use super::mlp::gelu_mlp;
-use super::ops::LayerNorm;
+use super::ops::{LayerNorm, scaled_residual};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
@@ -398,10 +398,10 @@ impl Vit {
         let a = block.norm1.forward(x)?;
         let (q, k, v) = (lin[QUERY].forward(&a)?, lin[KEY].forward(&a)?, lin[VALUE].forward(&a)?);
         let ctx = attention(&q, &k, &v, nh, nh, None)?;
-        let x = (x + lin[ATTN_OUT].forward(&ctx)?.broadcast_mul(&block.scale1)?)?;
+        let x = scaled_residual(x, &lin[ATTN_OUT].forward(&ctx)?, &block.scale1)?;
         let m = block.norm2.forward(&x)?;
         let f = gelu_mlp(&m, &lin[FC1], &lin[FC2])?;
-        Ok((x + f.broadcast_mul(&block.scale2)?)?)
+        scaled_residual(&x, &f, &block.scale2)
     }
 }
 
