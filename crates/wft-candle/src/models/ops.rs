@@ -582,21 +582,18 @@ impl LayerNorm {
         })
     }
 
-    /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last axis.
-    /// candle-nn's fused kernel where no gradient will flow; where one
-    /// will, one custom op whose backward recomputes each row's statistics
-    /// from `x` (the composition kept five copies of the activations).
+    /// `(x − mean) / sqrt(var + eps) · weight + bias` over the last axis:
+    /// one op, vectorised (`vmath`), whose backward recomputes each row's
+    /// statistics from `x` (the composition kept five copies of the
+    /// activations). The same kernel where no gradient will flow, so a
+    /// model computes the same bits with and without a graph.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let op = LayerNormOp { eps: self.eps as f32 };
         if !x.track_op() && !self.weight.track_op() && !self.bias.track_op() {
-            return Ok(candle_nn::ops::layer_norm(
-                &x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?);
+            return Ok(x.apply_op3_no_bwd(&self.weight, &self.bias, &op)?);
         }
-        Ok(x.apply_op3(&self.weight, &self.bias, LayerNormOp { eps: self.eps as f32 })?)
+        Ok(x.apply_op3(&self.weight, &self.bias, op)?)
     }
 }
 
@@ -609,16 +606,6 @@ struct LayerNormOp {
 
 /// Rows per parallel task of the LayerNorm kernels.
 const NORM_ROWS: usize = 64;
-
-impl LayerNormOp {
-    /// A row's mean and `1/σ`, as candle-nn's kernel computes them.
-    fn stats(&self, row: &[f32]) -> (f32, f32) {
-        let h = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / h;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
-        (mean, 1.0 / (var + self.eps).sqrt())
-    }
-}
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
@@ -651,14 +638,7 @@ impl CustomOp3 for LayerNormOp {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(h * NORM_ROWS)
             .zip(x.par_chunks(h * NORM_ROWS))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
-                    let (mean, rstd) = self.stats(x);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
-                }
-            });
+            .for_each(|(y, x)| vmath::layer_norm_rows(x, w, b, self.eps, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -672,40 +652,44 @@ impl CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let h = w.elem_count();
-        let (xs, ws, gs) = (
-            x.flatten_all()?.to_vec1::<f32>()?,
-            w.to_vec1::<f32>()?,
-            g.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+        let g = g.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (xv, wv, gv) = (
+            crate::matmul::contiguous(&xs, xl, "layer norm backward")?,
+            crate::matmul::contiguous(&ws, wl, "layer norm backward")?,
+            crate::matmul::contiguous(&gs, gl, "layer norm backward")?,
         );
-        let mut dx = vec![0f32; xs.len()];
-        // Each task's Σ g ⊙ x̂ and Σ g, summed afterwards in task order.
+        if h == 0 || wv.len() != h || xv.len() % h != 0 || gv.len() != xv.len() {
+            candle_core::bail!(
+                "layer norm backward: {} inputs, {} gradients, {h} weights",
+                xv.len(),
+                gv.len()
+            )
+        }
+        let params = w.track_op() || b.track_op();
+        let mut dx = vec![0f32; xv.len()];
+        // With trained parameters, each task's Σ g ⊙ x̂ and Σ g, summed
+        // afterwards in task order.
         let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(h * NORM_ROWS)
-            .zip(xs.par_chunks(h * NORM_ROWS).zip(gs.par_chunks(h * NORM_ROWS)))
+            .zip(xv.par_chunks(h * NORM_ROWS).zip(gv.par_chunks(h * NORM_ROWS)))
             .map(|(dx, (x, g))| {
-                let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
-                let mut xhat = vec![0f32; h];
-                for ((dx, x), g) in dx.chunks_exact_mut(h).zip(x.chunks_exact(h)).zip(g.chunks_exact(h)) {
-                    let (mean, rstd) = self.stats(x);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for i in 0..h {
-                        xhat[i] = (x[i] - mean) * rstd;
-                        let gw = g[i] * ws[i];
-                        sum_g += gw;
-                        sum_gx += gw * xhat[i];
-                        dw[i] += g[i] * xhat[i];
-                        db[i] += g[i];
-                    }
-                    let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
-                    for i in 0..h {
-                        dx[i] = (g[i] * ws[i] - mean_g - xhat[i] * mean_gx) * rstd;
-                    }
-                }
+                let mut scratch = vmath::NormScratch::new(h);
+                let (mut dw, mut db) = if params {
+                    (vec![0f32; h], vec![0f32; h])
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let sums = params.then_some((&mut dw[..], &mut db[..]));
+                vmath::layer_norm_rows_backward(x, wv, g, self.eps, dx, &mut scratch, sums);
                 (dw, db)
             })
             .collect();
+        drop((xs, ws, gs));
         let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
-        for (pw, pb) in parts {
+        for (pw, pb) in parts.into_iter().filter(|_| params) {
             dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
             db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
         }
@@ -891,14 +875,29 @@ mod tests {
                 max_diff(a, c)
             );
         }
-        // Constant weights get no gradient; the untracked path is candle-nn's kernel.
+        // Constant weights get no gradient; the untracked path computes the
+        // same bits as the tracked one, and what candle-nn's kernel computes.
         let frozen = super::LayerNorm {
             weight: w0.clone(),
             bias: b0.clone(),
             eps: 1e-6,
         };
         let y = frozen.forward(x.as_tensor())?;
-        assert!(max_diff(&y, &frozen.forward(&x0)?) < 1e-5);
+        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        assert_eq!(bits(&y)?, bits(&frozen.forward(&x0)?)?);
+        assert!(max_diff(&y, &candle_nn::ops::layer_norm(&x0, &w0, &b0, 1e-6)?) < 1e-5);
+        let gf = (y * &probe)?.sum_all()?.backward()?;
+        let (a, c) = (
+            gf.get(x.as_tensor()).ok_or("grad")?,
+            g.get(x.as_tensor()).ok_or("grad")?,
+        );
+        assert!(
+            max_diff(a, c) < 1e-6,
+            "input gradient with constant parameters off by {}",
+            max_diff(a, c)
+        );
         Ok(())
     }
 
@@ -992,7 +991,11 @@ mod tests {
         let fused = scaled_residual(x.as_tensor(), y.as_tensor(), &l0)?;
         let plain = (x.as_tensor() + y.as_tensor().broadcast_mul(&l0)?)?;
         assert_eq!(bits(&fused)?, bits(&plain)?, "forward");
-        assert_eq!(bits(&scaled_residual(&x0, &y0, &l0)?)?, bits(&plain)?, "untracked forward");
+        assert_eq!(
+            bits(&scaled_residual(&x0, &y0, &l0)?)?,
+            bits(&plain)?,
+            "untracked forward"
+        );
         let probe = Tensor::randn(0f32, 1.0, fused.shape(), &dev)?;
         let g = (fused * &probe)?.sum_all()?.backward()?;
         let gp = (plain * &probe)?.sum_all()?.backward()?;

@@ -176,6 +176,95 @@ pub(crate) fn gelu_with_slope(h: &mut [f32], slope: &mut [f32]) {
     })
 }
 
+/// `Σ f(a_i, b_i)` in eight interleaved lanes, then the lanes and the tail
+/// in order: a fixed order that vectorises, so the same bits on every ISA.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let ((ca, ta), (cb, tb)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    let mut acc = [0f32; 8];
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..8 {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    let tail = ta.iter().zip(tb).fold(0f32, |s, (&x, &y)| s + f(x, y));
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A LayerNorm row's mean and `1/σ` (the biased variance, as torch's).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let h = x.len() as f32;
+    let mean = lane_sum(x, x, |v, _| v) / h;
+    let var = lane_sum(x, x, |v, _| (v - mean) * (v - mean)) / h;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of each row of `w.len()` values of `x` into `y`:
+/// `(x − μ)/σ · w + b`.
+pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
+    let h = w.len().max(1);
+    dwt_core::__dispatch!(for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mean) * rstd * w + b;
+        }
+    })
+}
+
+/// Two scratch rows of a LayerNorm's width for [`layer_norm_rows_backward`].
+pub(crate) struct NormScratch {
+    xhat: Vec<f32>,
+    gw: Vec<f32>,
+}
+
+impl NormScratch {
+    pub(crate) fn new(h: usize) -> Self {
+        NormScratch {
+            xhat: vec![0f32; h],
+            gw: vec![0f32; h],
+        }
+    }
+}
+
+/// LayerNorm's backward over the rows of `x` and their gradients `g`:
+/// `∂x = (ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))/σ` with `ĝ = g ⊙ w`; with
+/// `params = (∂w, ∂b)`, adds each row's `g ⊙ x̂` and `g` into them.
+pub(crate) fn layer_norm_rows_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    scratch: &mut NormScratch,
+    mut params: Option<(&mut [f32], &mut [f32])>,
+) {
+    let h = w.len().max(1);
+    let NormScratch { xhat, gw } = scratch;
+    let (xhat, gw) = (&mut xhat[..w.len()], &mut gw[..w.len()]);
+    dwt_core::__dispatch!(
+        for ((dx, x), g) in dx.chunks_exact_mut(h).zip(x.chunks_exact(h)).zip(g.chunks_exact(h)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (((xh, gw), &x), (&g, &w)) in xhat.iter_mut().zip(gw.iter_mut()).zip(x).zip(g.iter().zip(w)) {
+                *xh = (x - mean) * rstd;
+                *gw = g * w;
+            }
+            let n = h as f32;
+            let mean_g = lane_sum(gw, gw, |v, _| v) / n;
+            let mean_gx = lane_sum(gw, xhat, |a, b| a * b) / n;
+            for ((dx, &gw), &xh) in dx.iter_mut().zip(gw.iter()).zip(xhat.iter()) {
+                *dx = (gw - mean_g - xh * mean_gx) * rstd;
+            }
+            if let Some((dw, db)) = params.as_mut() {
+                for (((dw, db), &g), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(xhat.iter()) {
+                    *dw += g * xh;
+                    *db += g;
+                }
+            }
+        }
+    )
+}
+
 /// `row[i] = exp(row[i] − max)`, returning the sum, for softmax rows.
 pub(crate) fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     dwt_core::__dispatch!(exp_shifted_sum_body(row, max))
@@ -210,7 +299,10 @@ fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kernel, exp, gelu, gelu_in_place, gelu_slope, gelu_with_slope, normal_cdf};
+    use super::{
+        Kernel, NormScratch, exp, gelu, gelu_in_place, gelu_slope, gelu_with_slope, layer_norm_rows,
+        layer_norm_rows_backward, normal_cdf,
+    };
 
     /// Units in the last place (of `b` rounded to f32) between `a` and the
     /// f64 value `b`.
@@ -320,5 +412,22 @@ mod tests {
             dwt_core::__set_portable_kernels_only(false);
             assert_eq!(bits(&h), bits(&gelu_of), "gelu_in_place (portable: {portable})");
         }
+        // LayerNorm forward and backward, rows of a width with a tail past
+        // the eight lanes.
+        let h = 43;
+        let rows = a.len() / h;
+        let (x, g) = (&a[..rows * h], &b[..rows * h]);
+        let (w, bias): (Vec<f32>, Vec<f32>) = (0..h).map(|i| (1.0 + 0.01 * i as f32, 0.1 * i as f32)).unzip();
+        let run = |portable: bool| {
+            dwt_core::__set_portable_kernels_only(portable);
+            let mut y = vec![0f32; x.len()];
+            layer_norm_rows(x, &w, &bias, 1e-6, &mut y);
+            let (mut dx, mut dw, mut db) = (vec![0f32; x.len()], vec![0f32; h], vec![0f32; h]);
+            let mut scratch = NormScratch::new(h);
+            layer_norm_rows_backward(x, &w, g, 1e-6, &mut dx, &mut scratch, Some((&mut dw, &mut db)));
+            dwt_core::__set_portable_kernels_only(false);
+            [y, dx, dw, db].map(|v| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        assert_eq!(run(true), run(false), "layer norm differs between instruction sets");
     }
 }
