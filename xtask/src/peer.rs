@@ -72,7 +72,7 @@ fn cpu_model() -> String {
 
 /// The matrix kernel of [`bench_build`], as the training sections' headers
 /// name it.
-const BENCH_KERNEL: &str = "matrix products through the `gemm` crate (its AVX-512 kernels where the CPU has them), the default build";
+const BENCH_KERNEL: &str = "matrix products through the `gemm` crate, the default build";
 
 /// The release build the training benchmarks time: the default build,
 /// candle's `gemm` crate. wft-candle's optional `openblas` feature measured
