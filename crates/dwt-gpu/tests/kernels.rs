@@ -238,12 +238,12 @@ fn check_sparse(ctx: &dwt_gpu::Context, case: SparseCase) -> Result<(), TestCase
             shape: full,
         }
     };
-    let want = dense
-        .slice(s![
-            win.origin.0..win.origin.0 + win.shape.0,
-            win.origin.1..win.origin.1 + win.shape.1
-        ])
-        .to_owned();
+    // The crop window of the full ΔW (all of it without a crop).
+    let window = s![
+        win.origin.0..win.origin.0 + win.shape.0,
+        win.origin.1..win.origin.1 + win.shape.1
+    ];
+    let want = dense.slice(window).to_owned();
     let basis = SeparableBasis::wavedec2(
         &w,
         mode,
@@ -306,12 +306,7 @@ fn check_sparse(ctx: &dwt_gpu::Context, case: SparseCase) -> Result<(), TestCase
     // Gradient from a dense G: α · Sᵀ(waverec2_adjoint(pad(G))).
     let g = matrix(seed ^ 3, win.shape);
     let mut padded = Array2::<f64>::zeros(full);
-    padded
-        .slice_mut(s![
-            win.origin.0..win.origin.0 + win.shape.0,
-            win.origin.1..win.origin.1 + win.shape.1
-        ])
-        .assign(&f64s(&g));
+    padded.slice_mut(window).assign(&f64s(&g));
     let like = scatter::<f64>(&w, mode, (rows, cols), level, &[], &[]);
     let adj = waverec2_adjoint(padded.view(), &like, &w, mode).unwrap();
     let want_grad: Vec<f64> = locs
@@ -334,11 +329,7 @@ fn check_sparse(ctx: &dwt_gpu::Context, case: SparseCase) -> Result<(), TestCase
                 mode,
             )
             .unwrap();
-            atom.slice(s![
-                win.origin.0..win.origin.0 + win.shape.0,
-                win.origin.1..win.origin.1 + win.shape.1
-            ])
-            .mapv(f64::abs)
+            atom.slice(window).mapv(f64::abs)
         })
         .collect();
     let e = grad_err(
@@ -355,12 +346,7 @@ fn check_sparse(ctx: &dwt_gpu::Context, case: SparseCase) -> Result<(), TestCase
     let gy = matrix(seed ^ 4, (batch, win.shape.0));
     let x = matrix(seed ^ 5, (batch, win.shape.1));
     let gfull = f64s(&gy).t().dot(&f64s(&x));
-    padded
-        .slice_mut(s![
-            win.origin.0..win.origin.0 + win.shape.0,
-            win.origin.1..win.origin.1 + win.shape.1
-        ])
-        .assign(&gfull);
+    padded.slice_mut(window).assign(&gfull);
     let adj = waverec2_adjoint(padded.view(), &like, &w, mode).unwrap();
     let want_f: Vec<f64> = locs
         .iter()

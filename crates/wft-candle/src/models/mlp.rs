@@ -151,10 +151,7 @@ mod tests {
     use super::gelu_mlp;
     use crate::linear::AdaptedLinear;
     use crate::models::ops::gelu;
-
-    fn bits(t: &Tensor) -> Result<Vec<u32>, candle_core::Error> {
-        Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
-    }
+    use crate::models::test_util::bits;
 
     /// The fused block against the composition of the same frozen layers:
     /// the same bits forward, tracked and untracked, and in `∂L/∂x` for a

@@ -671,7 +671,7 @@ impl CustomOp3 for LayerNormOp {
         let params = w.track_op() || b.track_op();
         let mut dx = vec![0f32; xv.len()];
         // With trained parameters, each task's Σ g ⊙ x̂ and Σ g, summed
-        // afterwards in task order.
+        // afterwards in task order (empty, and so adding nothing, without).
         let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(h * NORM_ROWS)
             .zip(xv.par_chunks(h * NORM_ROWS).zip(gv.par_chunks(h * NORM_ROWS)))
@@ -689,7 +689,7 @@ impl CustomOp3 for LayerNormOp {
             .collect();
         drop((xs, ws, gs));
         let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
-        for (pw, pb) in parts.into_iter().filter(|_| params) {
+        for (pw, pb) in parts {
             dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
             db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
         }
@@ -711,7 +711,7 @@ mod tests {
 
     use super::{rms_norm, rope, scaled_residual};
 
-    use crate::models::test_util::{assert_grads_match, max_diff, reference_nll};
+    use crate::models::test_util::{assert_grads_match, bits, max_diff, reference_nll};
 
     /// The custom ops (taken when a gradient flows) compute what candle-nn's
     /// fused kernels compute, and their gradients match candle's autodiff
@@ -883,9 +883,6 @@ mod tests {
             eps: 1e-6,
         };
         let y = frozen.forward(x.as_tensor())?;
-        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
-            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
-        };
         assert_eq!(bits(&y)?, bits(&frozen.forward(&x0)?)?);
         assert!(max_diff(&y, &candle_nn::ops::layer_norm(&x0, &w0, &b0, 1e-6)?) < 1e-5);
         let gf = (y * &probe)?.sum_all()?.backward()?;
@@ -978,9 +975,6 @@ mod tests {
     #[test]
     fn scaled_residual_is_the_composition() -> Result<(), Box<dyn std::error::Error>> {
         let dev = Device::Cpu;
-        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
-            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
-        };
         // More rows than one parallel chunk.
         let (x0, y0) = (
             Tensor::randn(0f32, 1.0, (3, 400, 48), &dev)?,

@@ -11,6 +11,11 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap_or(f32::INFINITY)
 }
 
+/// A tensor's values as their bit patterns, for bit-for-bit comparisons.
+pub(crate) fn bits(t: &Tensor) -> candle_core::Result<Vec<u32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect())
+}
+
 /// Assert that two backward passes gave each named variable gradients
 /// within `tol`.
 ///
