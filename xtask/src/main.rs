@@ -238,20 +238,36 @@ pub(crate) fn python() -> Result<PathBuf> {
     venv("pywt")
 }
 
-const GENERATED: [(&str, &str); 2] = [
-    ("scripts/gen_filter_tables.py", "crates/dwt-core/src/filters/tables.rs"),
+/// Files made by pinned scripts: (the venv's stack, script, output).
+const GENERATED: [(&str, &str, &str); 4] = [
     (
+        "pywt",
+        "scripts/gen_filter_tables.py",
+        "crates/dwt-core/src/filters/tables.rs",
+    ),
+    (
+        "pywt",
         "scripts/make_pywt_fixtures.py",
         "crates/dwt-core/tests/fixtures/pywt.safetensors",
+    ),
+    (
+        "metrics",
+        "scripts/make_metric_references.py",
+        "crates/wft-train/tests/fixtures/metrics.json",
+    ),
+    (
+        "metrics",
+        "scripts/make_stats_references.py",
+        "crates/wft-train/tests/fixtures/stats.json",
     ),
 ];
 
 fn fixtures(check: bool) -> Result {
-    let py = python()?;
     let tmp = root().join("target/fixtures-check");
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     let mut stale = Vec::new();
-    for (script, committed) in GENERATED {
+    for (stack, script, committed) in GENERATED {
+        let py = venv(stack)?;
         let committed = root().join(committed);
         let out = if check {
             tmp.join(committed.file_name().unwrap_or_default())

@@ -133,6 +133,11 @@ impl Classifier {
         &self.bert
     }
 
+    /// The head.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.head.classes()
@@ -158,6 +163,20 @@ impl Classifier {
     /// candle's errors for bad shapes or ids.
     pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         self.logits_from_embedded(&self.bert.embed(input_ids)?, attention_mask)
+    }
+
+    /// [`Classifier::logits`] with BERT's segment ids for sentence pairs
+    /// (see [`Bert::embed_segments`]).
+    ///
+    /// # Errors
+    /// As [`Bert::embed_segments`].
+    pub fn logits_segments(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.logits_from_embedded(&self.bert.embed_segments(input_ids, token_type_ids)?, attention_mask)
     }
 
     /// Logits from the embedding layer's output (see [`Bert::embed`]); the

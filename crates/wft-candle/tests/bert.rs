@@ -344,3 +344,28 @@ fn one_and_two_threads_compute_the_same_bits() -> R {
     }
     Ok(())
 }
+
+#[test]
+fn segment_ids_add_their_type_embedding() -> R {
+    let f = fixture()?;
+    let bert = Bert::new(&f.config, &f.weights, Tuning::Frozen)?;
+    let (ids, _) = inputs()?;
+    let plain = bert.embed(&ids)?;
+    // All-zero segment ids are exactly no segment ids.
+    let zeros = Tensor::zeros((2, 5), candle_core::DType::U32, &Device::Cpu)?;
+    assert_eq!(max_diff(&plain, &bert.embed_segments(&ids, Some(&zeros))?)?, 0.0);
+    // Segment 1 from position 3 of the first row: the same as adding
+    // (type 1 − type 0) before the embedding LayerNorm, so only those
+    // positions change.
+    let types = Tensor::from_vec(vec![0u32, 0, 0, 1, 1, 0, 0, 0, 0, 0], (2, 5), &Device::Cpu)?;
+    let typed = bert.embed_segments(&ids, Some(&types))?;
+    let changed = (&typed - &plain)?.abs()?.sum(2)?.flatten_all()?.to_vec1::<f32>()?;
+    let moved: Vec<bool> = changed.iter().map(|c| *c > 1e-4).collect();
+    assert_eq!(moved, [false, false, false, true, true, false, false, false, false, false]);
+    // Bad segment ids are typed errors.
+    let wrong_shape = Tensor::zeros((2, 4), candle_core::DType::U32, &Device::Cpu)?;
+    assert!(matches!(bert.embed_segments(&ids, Some(&wrong_shape)), Err(Error::Shape { .. })));
+    let too_big = Tensor::full(2u32, (2, 5), &Device::Cpu)?;
+    assert!(matches!(bert.embed_segments(&ids, Some(&too_big)), Err(Error::Config(_))));
+    Ok(())
+}

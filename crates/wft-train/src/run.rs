@@ -48,7 +48,8 @@ pub struct Prepared {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Longest input in tokens (with `[CLS]` and `[SEP]`).
+/// Longest input in tokens (with `[CLS]` and `[SEP]`) unless a run says
+/// otherwise ([`TrainConfig::max_len`]).
 pub const MAX_LEN: usize = 32;
 
 impl Prepared {
@@ -56,7 +57,7 @@ impl Prepared {
     ///
     /// # Errors
     /// [`Error::Io`] and the model's errors for missing or malformed files.
-    pub fn new(source: &Source, data: &Dataset) -> Result<Self> {
+    pub fn new(source: &Source, data: &Dataset, max_len: usize) -> Result<Self> {
         let (config, weights, base, encoder, tmp) = match source {
             Source::Model(dir) => {
                 let need = |f: &str| -> Result<PathBuf> {
@@ -72,12 +73,16 @@ impl Prepared {
                 };
                 let config = Config::from_file(need("config.json")?)?;
                 let model = need("model.safetensors")?;
-                let encoder = TextEncoder::from_file(need("tokenizer.json")?, MAX_LEN)?;
+                let encoder = TextEncoder::from_file(need("tokenizer.json")?, max_len)?;
                 (config, Weights::load(&model)?, TensorFile::open(&model)?, encoder, None)
             }
             Source::Tiny(seed) => {
-                let texts: Vec<&str> = data.train.iter().map(|e| e.text.as_str()).collect();
-                let encoder = TextEncoder::word_level(&texts, 2000, MAX_LEN)?;
+                let texts: Vec<&str> = data
+                    .train
+                    .iter()
+                    .flat_map(|e| std::iter::once(e.text.as_str()).chain(e.pair.as_deref()))
+                    .collect();
+                let encoder = TextEncoder::word_level(&texts, 2000, max_len)?;
                 let config = Config::tiny(encoder.vocab_size());
                 let weights = Weights::random(&config, *seed)?;
                 let tmp = tempfile::tempdir().map_err(|e| Error::Io(e.to_string()))?;
@@ -87,9 +92,9 @@ impl Prepared {
             }
         };
         let tok = |split: &[crate::Example]| -> Result<Vec<Tokenised>> {
-            let texts: Vec<&str> = split.iter().map(|e| e.text.as_str()).collect();
+            let texts: Vec<(&str, Option<&str>)> = split.iter().map(|e| (e.text.as_str(), e.pair.as_deref())).collect();
             Ok(encoder
-                .encode(&texts)?
+                .encode_pairs(&texts)?
                 .into_iter()
                 .zip(split.iter().map(|e| e.label))
                 .collect())
@@ -176,7 +181,7 @@ pub fn run(
     on_step: &mut dyn FnMut(usize, usize, f32),
 ) -> Result<RunResult> {
     let t = Instant::now();
-    let p = Prepared::new(source, data)?;
+    let p = Prepared::new(source, data, cfg.max_len)?;
     run_prepared(&p, data.labels.len(), method, cfg, opts, on_step, t)
 }
 

@@ -6,15 +6,30 @@ use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{Device, Tensor};
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{EncodeInput, Tokenizer, TruncationParams};
 
 use crate::{Error, Result};
 
-/// Turns texts into padded `input_ids` and `attention_mask` tensors.
+/// Turns texts, or pairs of texts, into padded `input_ids`,
+/// `attention_mask` and (for pairs) `token_type_ids` tensors.
 #[derive(Debug, Clone)]
 pub struct TextEncoder {
     tokenizer: Tokenizer,
     pad_id: u32,
+    sep_id: Option<u32>,
+}
+
+/// A padded batch of encoded texts.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, `batch × longest`, `u32`.
+    pub input_ids: Tensor,
+    /// 1 for tokens, 0 for padding, `batch × longest`, `f32`.
+    pub attention_mask: Tensor,
+    /// BERT's segment ids (0 up to and including the first `[SEP]`, 1
+    /// after it), `batch × longest`, `u32`; `None` when every row is a
+    /// single text (all segment 0).
+    pub token_type_ids: Option<Tensor>,
 }
 
 /// One encoded text: token ids with `[CLS]` and `[SEP]`, truncated.
@@ -32,7 +47,13 @@ impl TextEncoder {
             Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         tokenizer.with_padding(None);
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        TextEncoder { tokenizer, pad_id }.truncating(max_len)
+        let sep_id = tokenizer.token_to_id("[SEP]");
+        TextEncoder {
+            tokenizer,
+            pad_id,
+            sep_id,
+        }
+        .truncating(max_len)
     }
 
     /// A BERT-style word-level tokenizer (lower-cased, punctuation split)
@@ -76,7 +97,12 @@ impl TextEncoder {
             "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab},
         });
         let tokenizer = Tokenizer::from_str(&json.to_string()).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        TextEncoder { tokenizer, pad_id: 0 }.truncating(max_len)
+        TextEncoder {
+            tokenizer,
+            pad_id: 0,
+            sep_id: Some(3),
+        }
+        .truncating(max_len)
     }
 
     fn truncating(mut self, max_len: usize) -> Result<Self> {
@@ -99,19 +125,35 @@ impl TextEncoder {
     /// # Errors
     /// [`Error::Tokenizer`] when encoding fails.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Ids>> {
+        let pairs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (*t, None)).collect();
+        self.encode_pairs(&pairs)
+    }
+
+    /// Token ids of each text or pair of texts (`[CLS] a [SEP] b [SEP]`),
+    /// truncated to the longest-first rule of `tokenizers`.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when encoding fails.
+    pub fn encode_pairs(&self, texts: &[(&str, Option<&str>)]) -> Result<Vec<Ids>> {
+        let inputs: Vec<EncodeInput<'_>> = texts
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => EncodeInput::Dual((*a).into(), (*b).into()),
+                None => EncodeInput::Single((*a).into()),
+            })
+            .collect();
         let enc = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(inputs, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
-    /// A padded batch: `input_ids` (`u32`) and `attention_mask` (`f32`),
-    /// both `batch × longest`.
+    /// A padded batch (see [`Batch`]).
     ///
     /// # Errors
     /// [`Error::Data`] for an empty batch.
-    pub fn batch(&self, ids: &[&Ids]) -> Result<(Tensor, Tensor)> {
+    pub fn batch(&self, ids: &[&Ids]) -> Result<Batch> {
         let len = ids
             .iter()
             .map(|i| i.len())
@@ -120,13 +162,47 @@ impl TextEncoder {
             .ok_or_else(|| Error::Data("an empty batch".into()))?;
         let mut flat = Vec::with_capacity(ids.len() * len);
         let mut mask = Vec::with_capacity(ids.len() * len);
+        let mut types = Vec::with_capacity(ids.len() * len);
         for i in ids {
             flat.extend(i.iter().copied().chain(std::iter::repeat_n(self.pad_id, len - i.len())));
             mask.extend((0..len).map(|k| if k < i.len() { 1f32 } else { 0f32 }));
+            // Segment B starts after the first [SEP]; a single text ends there.
+            let b = match self.sep_id.and_then(|sep| i.iter().position(|&t| t == sep)) {
+                Some(p) => p + 1,
+                None => i.len(),
+            };
+            types.extend((0..len).map(|k| u32::from(k >= b && k < i.len())));
         }
-        Ok((
-            Tensor::from_vec(flat, (ids.len(), len), &Device::Cpu)?,
-            Tensor::from_vec(mask, (ids.len(), len), &Device::Cpu)?,
-        ))
+        let pairs = types.contains(&1);
+        let shape = (ids.len(), len);
+        Ok(Batch {
+            input_ids: Tensor::from_vec(flat, shape, &Device::Cpu)?,
+            attention_mask: Tensor::from_vec(mask, shape, &Device::Cpu)?,
+            token_type_ids: if pairs {
+                Some(Tensor::from_vec(types, shape, &Device::Cpu)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_get_segment_ids_and_single_texts_none() -> Result<()> {
+        let enc = TextEncoder::word_level(&["alpha beta", "alpha beta gamma", "gamma"], 50, 16)?;
+        let single = enc.encode(&["alpha beta"])?;
+        let b = enc.batch(&single.iter().collect::<Vec<_>>())?;
+        assert!(b.token_type_ids.is_none());
+        let pair = enc.encode_pairs(&[("alpha beta", Some("gamma")), ("gamma", None)])?;
+        // [CLS] alpha beta [SEP] gamma [SEP], and [CLS] gamma [SEP] padded.
+        assert_eq!(pair[0].len(), 6);
+        let b = enc.batch(&pair.iter().collect::<Vec<_>>())?;
+        let types = b.token_type_ids.ok_or(Error::Data("no segment ids".into()))?;
+        assert_eq!(types.to_vec2::<u32>()?, [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]]);
+        Ok(())
     }
 }

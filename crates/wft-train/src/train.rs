@@ -35,6 +35,14 @@ pub struct TrainConfig {
     /// Seed of the head's initialisation, the adapters' locations and the
     /// batch order.
     pub seed: u64,
+    /// Longest input in tokens (with `[CLS]` and the `[SEP]`s); longer
+    /// texts are truncated.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_max_len() -> usize {
+    crate::MAX_LEN
 }
 
 /// A model built for one method.
@@ -193,8 +201,8 @@ pub fn optimize(
 fn loss_of(classifier: &Classifier, enc: &TextEncoder, batch: &[&Tokenised]) -> Result<Tensor> {
     let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();
     let labels: Vec<u32> = batch.iter().map(|(_, l)| *l as u32).collect();
-    let (input, mask) = enc.batch(&ids)?;
-    let logits = classifier.logits(&input, &mask)?;
+    let b = enc.batch(&ids)?;
+    let logits = classifier.logits_segments(&b.input_ids, &b.attention_mask, b.token_type_ids.as_ref())?;
     let labels = Tensor::from_vec(labels, batch.len(), &Device::Cpu)?;
     Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
 }
@@ -308,8 +316,12 @@ pub fn logits(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenised]
     let mut parts = Vec::new();
     for chunk in examples.chunks(batch.max(1)) {
         let ids: Vec<&Ids> = chunk.iter().map(|(i, _)| i).collect();
-        let (input, mask) = enc.batch(&ids)?;
-        parts.push(classifier.logits(&input, &mask)?.detach());
+        let b = enc.batch(&ids)?;
+        parts.push(
+            classifier
+                .logits_segments(&b.input_ids, &b.attention_mask, b.token_type_ids.as_ref())?
+                .detach(),
+        );
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
@@ -343,9 +355,9 @@ pub fn frozen_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised])
     let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();
     let labels: Vec<u32> = batch.iter().map(|(_, l)| *l as u32).collect();
     let t = Instant::now();
-    let (input, mask) = enc.batch(&ids)?;
-    let x = Var::from_tensor(&frozen.bert().embed(&input)?)?;
-    let logits = frozen.logits_from_embedded(x.as_tensor(), &mask)?;
+    let b = enc.batch(&ids)?;
+    let x = Var::from_tensor(&frozen.bert().embed_segments(&b.input_ids, b.token_type_ids.as_ref())?)?;
+    let logits = frozen.logits_from_embedded(x.as_tensor(), &b.attention_mask)?;
     let labels = Tensor::from_vec(labels, batch.len(), &Device::Cpu)?;
     let grads = candle_nn::loss::cross_entropy(&logits, &labels)?.backward()?;
     if grads.get(x.as_tensor()).is_none() {
@@ -362,9 +374,10 @@ pub fn frozen_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised])
 pub fn embed_step(frozen: &Classifier, enc: &TextEncoder, batch: &[&Tokenised]) -> Result<f64> {
     let ids: Vec<&Ids> = batch.iter().map(|(i, _)| i).collect();
     let t = Instant::now();
-    let (input, mask) = enc.batch(&ids)?;
-    let hidden = frozen.bert().forward(&input, &mask)?;
-    let pooled = wft_candle::models::bert::mean_pool(&hidden, &mask)?;
+    let b = enc.batch(&ids)?;
+    let embedded = frozen.bert().embed_segments(&b.input_ids, b.token_type_ids.as_ref())?;
+    let hidden = frozen.bert().encode(&embedded, &b.attention_mask)?;
+    let pooled = wft_candle::models::bert::mean_pool(&hidden, &b.attention_mask)?;
     if pooled.dims2()? != (batch.len(), frozen.bert().config().hidden_size) {
         return Err(crate::Error::Data("the embedding has the wrong shape".into()));
     }

@@ -48,3 +48,67 @@ fn embeddings_match_sentence_transformers() -> R {
     assert!(worst < 1e-4, "{worst}");
     Ok(())
 }
+
+/// `wft-train run --save` on a user's own pair task, then `wft-train eval`
+/// on its test split: the saved head, labels and adapter reproduce the
+/// accuracy the run reported; bad inputs are clear errors.
+#[test]
+fn saved_classifier_evaluates_to_its_reported_accuracy() -> R {
+    let Some(model) = model_dir() else { return Ok(()) };
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/debian-suite/same-source");
+    for (split, rows) in [("train", 64), ("val", 32), ("test", 48)] {
+        let text = std::fs::read_to_string(format!("{suite}/{split}.tsv"))?;
+        let head: Vec<&str> = text.lines().take(rows).collect();
+        std::fs::write(data.join(format!("{split}.tsv")), head.join("\n") + "\n")?;
+    }
+    let bin = env!("CARGO_BIN_EXE_wft-train");
+    let saved = tmp.path().join("saved");
+    let out = std::process::Command::new(bin)
+        .args(["run", "--method", "waveletft-200", "--lr", "5e-3", "--epochs", "1", "--max-len", "40", "--quiet"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--save")
+        .arg(&saved)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let eval = |extra: &[&str], data_file: &std::path::Path| -> R<std::process::Output> {
+        Ok(std::process::Command::new(bin)
+            .args(["eval", "--max-len", "40"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--head")
+            .arg(saved.join("head.safetensors"))
+            .arg("--data")
+            .arg(data_file)
+            .args(extra)
+            .output()?)
+    };
+    let adapter = saved.join("adapter");
+    let adapter = adapter.to_str().ok_or("path")?;
+    let out = eval(&["--adapter", adapter], &data.join("test.tsv"))?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["examples"], 48);
+    assert_eq!(report["labels"], serde_json::json!(["no", "yes"]));
+    assert_eq!(report["accuracy"].as_f64(), run["test_acc"].as_f64(), "{report} against {run}");
+    // A label the head never saw, and a missing head, are errors that say so.
+    let bad = tmp.path().join("bad.tsv");
+    std::fs::write(&bad, "maybe\ta\tb\n")?;
+    let out = eval(&["--adapter", adapter], &bad)?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("maybe"));
+    let out = std::process::Command::new(bin)
+        .args(["eval", "--head", "/nonexistent/head.safetensors"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--data")
+        .arg(data.join("test.tsv"))
+        .output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));
+    Ok(())
+}

@@ -305,6 +305,17 @@ impl Bert {
     /// [`Error::Config`] for inputs longer than `max_position_embeddings`,
     /// candle's errors for bad ids.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.embed_segments(input_ids, None)
+    }
+
+    /// [`Bert::embed`] with BERT's segment ids (`token_type_ids`,
+    /// `batch × len`, `u32`: 0 for the first text of a pair, 1 for the
+    /// second); `None` is all 0, exactly [`Bert::embed`].
+    ///
+    /// # Errors
+    /// As [`Bert::embed`], and [`Error::Shape`] when the segment ids are
+    /// not `batch × len` or name a type the model does not have.
+    pub fn embed_segments(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
         let (batch, len) = input_ids.dims2()?;
         if len > self.config.max_position_embeddings {
             return Err(Error::Config(format!(
@@ -316,8 +327,30 @@ impl Bert {
         let ids = input_ids.flatten_all()?;
         let words = self.word.index_select(&ids, 0)?.reshape((batch, len, h))?;
         let pos = self.position.narrow(0, 0, len)?;
-        let types = self.token_type.narrow(0, 0, 1)?;
-        let x = words.broadcast_add(&pos)?.broadcast_add(&types)?;
+        let x = words.broadcast_add(&pos)?;
+        let x = match token_type_ids {
+            None => x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?,
+            Some(types) => {
+                if types.dims() != [batch, len] {
+                    return Err(Error::Shape {
+                        what: "token type ids".into(),
+                        expected: vec![batch, len],
+                        found: types.dims().to_vec(),
+                    });
+                }
+                let kinds = self.token_type.dims()[0];
+                let flat = types.flatten_all()?;
+                if flat
+                    .to_dtype(DType::U32)?
+                    .to_vec1::<u32>()?
+                    .iter()
+                    .any(|&t| t as usize >= kinds)
+                {
+                    return Err(Error::Config(format!("a token type id ≥ the model's {kinds} types")));
+                }
+                (x + self.token_type.index_select(&flat, 0)?.reshape((batch, len, h))?)?
+            }
+        };
         self.emb_norm.forward(&x)
     }
 
