@@ -2,7 +2,7 @@
 """Reference values for wft-train's statistics, computed by SciPy (version
 printed and stored in the file).
 
-Writes `crates/wft-train/tests/fixtures/stats.json`: for fixed paired
+Writes `xtask/tests/fixtures/stats.json`: for fixed paired
 samples (seeded, the sizes of our seed counts and larger), the mean, the
 sample standard deviation, the 95% t confidence half-width
 (`scipy.stats.t.ppf(0.975, n - 1) * std / sqrt(n)`), `ttest_rel` (two-sided)
@@ -22,7 +22,7 @@ from pathlib import Path
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "crates/wft-train/tests/fixtures/stats.json"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "xtask/tests/fixtures/stats.json"
 
 
 def main():

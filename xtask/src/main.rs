@@ -73,6 +73,9 @@
 mod peer;
 mod reproduce;
 mod scale;
+mod stats;
+mod suite;
+mod suite_report;
 mod vision_study;
 
 use std::path::{Path, PathBuf};
@@ -182,7 +185,9 @@ fn ci() -> Result {
     run(gl.env("WGPU_BACKEND", "gl"))?;
     // The fine-tuning pipeline end to end on a tiny random BERT: the loss
     // falls, and save → load → merge reproduces the logits.
-    reproduce::reproduce(true)
+    reproduce::reproduce(true)?;
+    // The NLU suite's machinery (tuning, seeds, release, statistics, report).
+    suite::nlu(true, None)
 }
 
 /// `cargo clippy ARGS --all-targets -j2 -- -D warnings`.
@@ -258,7 +263,7 @@ const GENERATED: [(&str, &str, &str); 4] = [
     (
         "metrics",
         "scripts/make_stats_references.py",
-        "crates/wft-train/tests/fixtures/stats.json",
+        "xtask/tests/fixtures/stats.json",
     ),
 ];
 
@@ -425,7 +430,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu [--task NAME]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -641,6 +646,7 @@ fn gpu_bench(quick: bool) -> Result {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(flag("--check")),
@@ -651,7 +657,13 @@ fn main() -> ExitCode {
         Some("fetch-vit") => fetch_vit().map(|_| ()),
         Some("fetch-mnist5k") => fetch_mnist5k().map(|_| ()),
         Some("fetch-fashion-mnist") => fetch_fashion_mnist().map(|_| ()),
-        Some("reproduce") => reproduce::reproduce(flag("--quick")),
+        Some("reproduce") => match value("--family").as_deref() {
+            None => reproduce::reproduce(flag("--quick")),
+            Some("nlu") => suite::nlu(flag("--quick"), value("--task").as_deref()),
+            Some(other) => Err(format!(
+                "reproduce --family {other}: not one of nlu (nlg, instruct and vision follow)"
+            )),
+        },
         Some("vision-study") => vision_study::vision_study(flag("--quick")),
         Some("demo") => demo(&args[1..]),
         Some("scale") => scale::scale(&args[1..]),

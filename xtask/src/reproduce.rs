@@ -460,24 +460,48 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
 /// Test accuracy (mean ± std over seeds) against trainable parameters
 /// (encoder + head), log x.
 fn plot_accuracy(results: &[(String, Vec<Value>)], path: &Path) -> Result {
-    let pts: Vec<(String, f64, f64, f64)> = results
+    let pts: Vec<Point> = results
         .iter()
         .map(|(m, runs)| {
             let p = num(&runs[0], "trainable_encoder") + num(&runs[0], "trainable_head");
             let (mu, sd) = mean_std(&runs.iter().map(|v| 100.0 * num(v, "test_acc")).collect::<Vec<_>>());
-            (m.clone(), p, mu, sd)
+            Point {
+                label: format!("{m}: {mu:.1} ± {sd:.1} %"),
+                x: p,
+                y: mu,
+                err: sd,
+            }
         })
         .collect();
+    plot_points(
+        &pts,
+        "Test accuracy against trainable parameters",
+        "trainable parameters (encoder + head, log scale)",
+        "test accuracy (%)",
+        path,
+    )
+}
+
+/// One point of [`plot_points`]: a value with an error bar.
+pub(crate) struct Point {
+    pub label: String,
+    pub x: f64,
+    pub y: f64,
+    pub err: f64,
+}
+
+/// Points with vertical error bars, log x, one legend entry each.
+pub(crate) fn plot_points(pts: &[Point], title: &str, x_desc: &str, y_desc: &str, path: &Path) -> Result {
     let (xmin, xmax) = pts
         .iter()
-        .fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        .fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.x), b.max(p.x)));
     let (ymin, ymax) = pts
         .iter()
-        .fold((100f64, 0f64), |(a, b), p| (a.min(p.2 - p.3), b.max(p.2 + p.3)));
+        .fold((100f64, 0f64), |(a, b), p| (a.min(p.y - p.err), b.max(p.y + p.err)));
     let root_area = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root_area.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root_area)
-        .caption("Test accuracy against trainable parameters", ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
@@ -488,26 +512,26 @@ fn plot_accuracy(results: &[(String, Vec<Value>)], path: &Path) -> Result {
         .map_err(plot_err)?;
     chart
         .configure_mesh()
-        .x_desc("trainable parameters (encoder + head, log scale)")
-        .y_desc("test accuracy (%)")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .draw()
         .map_err(plot_err)?;
-    for (i, (m, p, mu, sd)) in pts.iter().enumerate() {
+    for (i, p) in pts.iter().enumerate() {
         let c = color(i);
         chart
             .draw_series(std::iter::once(ErrorBar::new_vertical(
-                *p,
-                mu - sd,
-                *mu,
-                mu + sd,
+                p.x,
+                p.y - p.err,
+                p.y,
+                p.y + p.err,
                 c.filled(),
                 8,
             )))
             .map_err(plot_err)?;
         chart
-            .draw_series(std::iter::once(Circle::new((*p, *mu), 4, c.filled())))
+            .draw_series(std::iter::once(Circle::new((p.x, p.y), 4, c.filled())))
             .map_err(plot_err)?
-            .label(format!("{m}: {mu:.1} ± {sd:.1} %"))
+            .label(p.label.clone())
             .legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;

@@ -361,11 +361,20 @@ fn segment_ids_add_their_type_embedding() -> R {
     let typed = bert.embed_segments(&ids, Some(&types))?;
     let changed = (&typed - &plain)?.abs()?.sum(2)?.flatten_all()?.to_vec1::<f32>()?;
     let moved: Vec<bool> = changed.iter().map(|c| *c > 1e-4).collect();
-    assert_eq!(moved, [false, false, false, true, true, false, false, false, false, false]);
+    assert_eq!(
+        moved,
+        [false, false, false, true, true, false, false, false, false, false]
+    );
     // Bad segment ids are typed errors.
     let wrong_shape = Tensor::zeros((2, 4), candle_core::DType::U32, &Device::Cpu)?;
-    assert!(matches!(bert.embed_segments(&ids, Some(&wrong_shape)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        bert.embed_segments(&ids, Some(&wrong_shape)),
+        Err(Error::Shape { .. })
+    ));
     let too_big = Tensor::full(2u32, (2, 5), &Device::Cpu)?;
-    assert!(matches!(bert.embed_segments(&ids, Some(&too_big)), Err(Error::Config(_))));
+    assert!(matches!(
+        bert.embed_segments(&ids, Some(&too_big)),
+        Err(Error::Config(_))
+    ));
     Ok(())
 }

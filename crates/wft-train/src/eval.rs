@@ -11,7 +11,7 @@ use wft_candle::{Tuning, Weights};
 
 use crate::data::{Format, index_rows, read_file, rows};
 use crate::text::TextEncoder;
-use crate::train::{Tokenised, accuracy};
+use crate::train::{Tokenised, correct};
 use crate::{Error, Result};
 
 /// The label names a saved head was trained with, in its row order:
@@ -125,11 +125,14 @@ pub fn evaluate(spec: &EvalSpec) -> Result<EvalReport> {
         .into_iter()
         .zip(examples.iter().map(|e| e.label))
         .collect();
-    let acc = accuracy(&classifier, &encoder, &tokenised, spec.batch)?;
+    let right = correct(&classifier, &encoder, &tokenised, spec.batch)?
+        .into_iter()
+        .filter(|c| *c)
+        .count();
     Ok(EvalReport {
-        accuracy: acc,
+        accuracy: right as f64 / tokenised.len() as f64,
         examples: tokenised.len(),
-        correct: (acc * tokenised.len() as f64).round() as usize,
+        correct: right,
         labels,
     })
 }

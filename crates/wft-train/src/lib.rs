@@ -30,7 +30,6 @@ pub mod llm;
 mod method;
 pub mod metrics;
 mod run;
-pub mod stats;
 mod text;
 pub mod train;
 pub mod vision;

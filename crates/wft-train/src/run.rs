@@ -147,12 +147,25 @@ pub struct RunResult {
     pub trainable_encoder: usize,
     /// Trainable parameters of the head.
     pub trainable_head: usize,
+    /// Examples in the training split.
+    #[serde(default)]
+    pub train_examples: usize,
+    /// Examples in the validation split.
+    #[serde(default)]
+    pub val_examples: usize,
+    /// Examples in the test split.
+    #[serde(default)]
+    pub test_examples: usize,
     /// Accuracy on the validation split after each epoch.
     pub val_curve: Vec<f64>,
     /// Final validation accuracy.
     pub val_acc: f64,
     /// Final test accuracy.
     pub test_acc: f64,
+    /// Whether each test example, in order, was classified correctly (for
+    /// paired tests over examples).
+    #[serde(default)]
+    pub test_correct: Vec<bool>,
     /// Loss of every step.
     pub losses: Vec<f32>,
     /// Median seconds per training step (forward, backward, optimizer).
@@ -211,7 +224,12 @@ pub fn run_prepared(
         val_acc: val_curve,
         mut step_secs,
     } = train::train(&model, &p.encoder, &p.train, &p.val, cfg, on_step)?;
-    let test_acc = train::accuracy(&model.classifier, &p.encoder, &p.test, cfg.batch)?;
+    let test_correct = train::correct(&model.classifier, &p.encoder, &p.test, cfg.batch)?;
+    let test_acc = if test_correct.is_empty() {
+        0.0
+    } else {
+        test_correct.iter().filter(|c| **c).count() as f64 / test_correct.len() as f64
+    };
     let roundtrip = match &opts.save_dir {
         Some(dir) => Some(train::save_and_reload(
             &model, &p.config, &p.weights, &p.base, &p.encoder, &p.val, dir,
@@ -226,9 +244,13 @@ pub fn run_prepared(
         config: cfg.clone(),
         trainable_encoder,
         trainable_head,
+        train_examples: p.train.len(),
+        val_examples: p.val.len(),
+        test_examples: p.test.len(),
         val_acc: val_curve.last().copied().unwrap_or(0.0),
         val_curve,
         test_acc,
+        test_correct,
         losses,
         step_secs: train::median(&mut step_secs[skip..]),
         frozen_step_secs,

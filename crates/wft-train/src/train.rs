@@ -326,23 +326,30 @@ pub fn logits(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenised]
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Fraction of `examples` classified correctly.
+/// Whether each of `examples`, in order, is classified correctly.
 ///
 /// # Errors
 /// candle's errors.
-pub fn accuracy(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenised], batch: usize) -> Result<f64> {
+pub fn correct(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenised], batch: usize) -> Result<Vec<bool>> {
     if examples.is_empty() {
-        return Ok(0.0);
+        return Ok(Vec::new());
     }
     let pred = logits(classifier, enc, examples, batch)?
         .argmax(D::Minus1)?
         .to_vec1::<u32>()?;
-    let right = pred
-        .iter()
-        .zip(examples)
-        .filter(|(p, (_, l))| **p as usize == *l)
-        .count();
-    Ok(right as f64 / examples.len() as f64)
+    Ok(pred.iter().zip(examples).map(|(p, (_, l))| *p as usize == *l).collect())
+}
+
+/// Fraction of `examples` classified correctly (0 for none).
+///
+/// # Errors
+/// candle's errors.
+pub fn accuracy(classifier: &Classifier, enc: &TextEncoder, examples: &[Tokenised], batch: usize) -> Result<f64> {
+    let c = correct(classifier, enc, examples, batch)?;
+    if c.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(c.iter().filter(|c| **c).count() as f64 / c.len() as f64)
 }
 
 /// Seconds of one step of the frozen model with input gradients on

@@ -67,7 +67,18 @@ fn saved_classifier_evaluates_to_its_reported_accuracy() -> R {
     let bin = env!("CARGO_BIN_EXE_wft-train");
     let saved = tmp.path().join("saved");
     let out = std::process::Command::new(bin)
-        .args(["run", "--method", "waveletft-200", "--lr", "5e-3", "--epochs", "1", "--max-len", "40", "--quiet"])
+        .args([
+            "run",
+            "--method",
+            "waveletft-200",
+            "--lr",
+            "5e-3",
+            "--epochs",
+            "1",
+            "--max-len",
+            "40",
+            "--quiet",
+        ])
         .arg("--model")
         .arg(&model)
         .arg("--data")
@@ -96,7 +107,11 @@ fn saved_classifier_evaluates_to_its_reported_accuracy() -> R {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["examples"], 48);
     assert_eq!(report["labels"], serde_json::json!(["no", "yes"]));
-    assert_eq!(report["accuracy"].as_f64(), run["test_acc"].as_f64(), "{report} against {run}");
+    assert_eq!(
+        report["accuracy"].as_f64(),
+        run["test_acc"].as_f64(),
+        "{report} against {run}"
+    );
     // A label the head never saw, and a missing head, are errors that say so.
     let bad = tmp.path().join("bad.tsv");
     std::fs::write(&bad, "maybe\ta\tb\n")?;

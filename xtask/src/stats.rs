@@ -11,8 +11,9 @@
 //! * [`paired_bootstrap`]: a paired bootstrap over test examples of the
 //!   difference in accuracy (Koehn, 2004).
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use statrs::distribution::{ContinuousCDF, StudentsT};
-use wft_adapter::Mt19937;
 
 /// Mean, sample standard deviation and the t-based 95% confidence
 /// interval of the mean.
@@ -204,12 +205,10 @@ pub fn paired_bootstrap(a: &[bool], b: &[bool], resamples: usize, seed: u64) -> 
     }
     let diff: Vec<i32> = a.iter().zip(b).map(|(&x, &y)| i32::from(x) - i32::from(y)).collect();
     let observed = diff.iter().sum::<i32>() as f64 / n as f64;
-    let mut g = Mt19937::new(seed);
+    let mut g = StdRng::seed_from_u64(seed);
     let (mut le, mut ge) = (0usize, 0usize);
     for _ in 0..resamples {
-        let s: i64 = (0..n)
-            .map(|_| i64::from(diff[((g.next_f64() * n as f64) as usize).min(n - 1)]))
-            .sum();
+        let s: i64 = (0..n).map(|_| i64::from(diff[g.random_range(0..n)])).sum();
         le += usize::from(s <= 0);
         ge += usize::from(s >= 0);
     }
@@ -220,6 +219,63 @@ pub fn paired_bootstrap(a: &[bool], b: &[bool], resamples: usize, seed: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn floats(v: &Value) -> Vec<f64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    }
+
+    fn close(got: f64, want: f64, what: &str) {
+        let tol = 1e-9 * want.abs().max(1.0);
+        assert!((got - want).abs() <= tol, "{what}: {got} against SciPy's {want}");
+    }
+
+    #[test]
+    fn statistics_match_scipy() -> Result<(), Box<dyn std::error::Error>> {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stats.json"))?;
+        let fixture: Value = serde_json::from_str(&text)?;
+        let cases = fixture["cases"].as_array().ok_or("no cases")?;
+        let (mut significant, mut wilcoxons) = (0, 0);
+        for (i, c) in cases.iter().enumerate() {
+            let (a, b) = (floats(&c["a"]), floats(&c["b"]));
+            let s = summary(&a);
+            let num = |v: &Value| v.as_f64().ok_or(format!("case {i}: not a number"));
+            close(s.mean, num(&c["mean_a"])?, &format!("case {i} mean"));
+            close(s.std, num(&c["std_a"])?, &format!("case {i} std"));
+            // statrs' inverse t CDF is iterative: agree to 1e-6 relative.
+            let ci = num(&c["ci95_a"])?;
+            assert!(
+                (s.ci95 - ci).abs() <= 1e-6 * ci,
+                "case {i} ci95: {} against {ci}",
+                s.ci95
+            );
+            let t = paired_t(&a, &b);
+            close(t.statistic, num(&c["ttest_rel"]["statistic"])?, &format!("case {i} t"));
+            let p = num(&c["ttest_rel"]["p"])?;
+            assert!(
+                (t.p - p).abs() <= 1e-9 + 1e-7 * p,
+                "case {i} t-test p: {} against {p}",
+                t.p
+            );
+            significant += usize::from(p < 0.05);
+            if !c["wilcoxon"].is_null() {
+                let w = wilcoxon(&a, &b);
+                close(w.statistic, num(&c["wilcoxon"]["statistic"])?, &format!("case {i} W"));
+                close(w.p, num(&c["wilcoxon"]["p"])?, &format!("case {i} Wilcoxon p"));
+                wilcoxons += 1;
+            }
+        }
+        // Coverage: both outcomes of the t-test, and the exact Wilcoxon test.
+        assert!(
+            significant > 0 && significant < cases.len(),
+            "{significant} of {} significant",
+            cases.len()
+        );
+        assert!(wilcoxons >= 10, "only {wilcoxons} Wilcoxon cases");
+        Ok(())
+    }
 
     #[test]
     fn bootstrap_sees_a_clear_difference_and_not_a_null_one() {
