@@ -201,27 +201,32 @@ def main():
         rng.shuffle(rows)
         return rows[: sizes[k]]
 
-    # --- use: the single use:: facet from the long description.
-    def use_of(p):
-        u = [t for t in p["tags"] if t.startswith("use::")]
-        return u[0].split("::", 1)[1] if len(u) == 1 else None
-    totals = {}
-    for p in packages:
-        u = use_of(p)
-        if u:
-            totals[u] = totals.get(u, 0) + 1
-    classes = sorted(c for c, m in totals.items() if m >= USE_MIN_PER_CLASS)
-    rows = {}
-    for k in SPLITS:
-        per = {c: [p for p in by_split[k] if use_of(p) == c] for c in classes}
-        cap = min(len(v) for v in per.values())  # balanced per split
-        chosen = []
-        for c in classes:
-            v = sorted(per[c], key=lambda p: p["name"])
-            rng.shuffle(v)
-            chosen.extend((c, p["body"]) for p in v[:cap])
-        rows[k] = take(chosen, k, NLU_SIZES)
-    write_tsv("use", rows, {"classes": classes, "available": {c: totals[c] for c in classes}})
+    def facet_task(task, prefix, r):
+        """The single `prefix::` debtag from the long description: classes
+        with at least USE_MIN_PER_CLASS packages, balanced per split."""
+        def facet_of(p):
+            u = [t for t in p["tags"] if t.startswith(prefix + "::")]
+            return u[0].split("::", 1)[1] if len(u) == 1 else None
+        totals = {}
+        for p in packages:
+            u = facet_of(p)
+            if u:
+                totals[u] = totals.get(u, 0) + 1
+        classes = sorted(c for c, m in totals.items() if m >= USE_MIN_PER_CLASS)
+        rows = {}
+        for k in SPLITS:
+            per = {c: sorted((p for p in by_split[k] if facet_of(p) == c), key=lambda p: p["name"]) for c in classes}
+            cap = min(len(v) for v in per.values())
+            chosen = []
+            for c in classes:
+                r.shuffle(per[c])
+                chosen.extend((c, p["body"]) for p in per[c][:cap])
+            r.shuffle(chosen)
+            rows[k] = chosen[: NLU_SIZES[k]]
+        write_tsv(task, rows, {"classes": classes, "available": {c: totals[c] for c in classes}})
+
+    # --- use: what the package is for (editing, converting, ...).
+    facet_task("use", "use", rng)
 
     # --- describes: synopsis vs long description, hard negatives from the section.
     rows = {}
@@ -300,27 +305,8 @@ def main():
         rows[k] = out
     write_tsv("word-order", rows)
 
-    # --- toolkit: the single uitoolkit:: facet from the long description.
-    def toolkit_of(p):
-        u = [t for t in p["tags"] if t.startswith("uitoolkit::")]
-        return u[0].split("::", 1)[1] if len(u) == 1 else None
-    kit_totals = {}
-    for p in packages:
-        u = toolkit_of(p)
-        if u:
-            kit_totals[u] = kit_totals.get(u, 0) + 1
-    kits = sorted(c for c, m in kit_totals.items() if m >= USE_MIN_PER_CLASS)
-    rows = {}
-    for k in SPLITS:
-        per = {c: sorted((p for p in by_split[k] if toolkit_of(p) == c), key=lambda p: p["name"]) for c in kits}
-        cap = min(len(v) for v in per.values())
-        chosen = []
-        for c in kits:
-            order_rng.shuffle(per[c])
-            chosen.extend((c, p["body"]) for p in per[c][:cap])
-        order_rng.shuffle(chosen)
-        rows[k] = chosen[: NLU_SIZES[k]]
-    write_tsv("toolkit", rows, {"classes": kits, "available": {c: kit_totals[c] for c in kits}})
+    # --- toolkit: the user-interface toolkit (gtk, qt, ncurses, ...).
+    facet_task("toolkit", "uitoolkit", order_rng)
 
     # --- generation: tags -> synopsis, long description -> synopsis.
     def tag_input(p):

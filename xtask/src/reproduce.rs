@@ -321,16 +321,7 @@ fn report(
     bench: &Value,
     name: &str,
 ) -> Result<String> {
-    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Machine { date, cpu, cores } = Machine::now()?;
     let mut s = String::new();
     s.push_str(&format!(
         "Measured {} on {cpu} ({cores} cores) with `cargo xtask reproduce{}`.\n\n",
@@ -408,6 +399,34 @@ fn report(
         "\n![accuracy against trainable parameters]({name}-accuracy.svg)\n\n![training loss]({name}-curves.svg)\n"
     ));
     Ok(s)
+}
+
+/// When and where a report was made.
+pub(crate) struct Machine {
+    /// `YYYY-MM-DD`, UTC.
+    pub date: String,
+    /// The CPU's model name.
+    pub cpu: String,
+    /// Cores available to this process.
+    pub cores: usize,
+}
+
+impl Machine {
+    pub(crate) fn now() -> Result<Machine> {
+        let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?
+            .trim()
+            .to_string();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(Machine { date, cpu, cores })
+    }
 }
 
 fn human_bytes(b: f64) -> String {

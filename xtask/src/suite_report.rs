@@ -4,14 +4,13 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::reproduce::{Point, plot_points};
+use crate::Result;
+use crate::reproduce::{Machine, Point, plot_points};
 use crate::stats::{Summary, Test, Verdict, paired_bootstrap, paired_t, summary, wilcoxon};
 use crate::suite::{TaskResult, family_of};
-use crate::{Result, output};
 
 /// Significance level of every verdict.
 const ALPHA: f64 = 0.05;
@@ -121,16 +120,7 @@ pub(crate) fn nlu_report(
     epochs: usize,
     batch: usize,
 ) -> Result<String> {
-    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Machine { date, cpu, cores } = Machine::now()?;
     let seeds = results.first().and_then(|r| r.runs.first()).map_or(0, |(_, v)| v.len());
     let mut s = String::new();
     let _ = writeln!(

@@ -73,6 +73,50 @@ struct TrainArgs {
 }
 
 #[derive(Args, Clone)]
+struct EvalArgs {
+    /// The model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Fine-tuned weights of the same architecture (a full fine-tuning's
+    /// model.safetensors) instead of the folder's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// The head (`head.safetensors` from `run --save`).
+    #[arg(long)]
+    head: PathBuf,
+    /// The label names, a JSON list (default: labels.json beside the head).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// A PEFT or native adapter folder.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// `label<TAB>text[<TAB>text_b]` TSV, or JSON lines.
+    #[arg(long)]
+    data: PathBuf,
+    /// Longest input in tokens.
+    #[arg(long, default_value_t = wft_train::MAX_LEN)]
+    max_len: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+impl From<EvalArgs> for wft_train::eval::EvalSpec {
+    fn from(a: EvalArgs) -> Self {
+        wft_train::eval::EvalSpec {
+            model: a.model,
+            weights: a.weights,
+            head: a.head,
+            labels: a.labels,
+            adapter: a.adapter,
+            data: a.data,
+            max_len: a.max_len,
+            batch: a.batch,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
 struct DataArgs {
     /// A folder with `train`, `val` and `test` splits, each `.tsv`
     /// (`label<TAB>text` or `label<TAB>text<TAB>text_b`) or `.jsonl`
@@ -159,33 +203,7 @@ enum Command {
     },
     /// Evaluate a saved classifier on a labelled file; print JSON with
     /// `"accuracy"`.
-    Eval {
-        /// The model folder (config.json, model.safetensors, tokenizer.json).
-        #[arg(long, default_value = DEFAULT_MODEL)]
-        model: PathBuf,
-        /// Fine-tuned weights of the same architecture (a full fine-tuning's
-        /// model.safetensors) instead of the folder's.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// The head (`head.safetensors` from `run --save`).
-        #[arg(long)]
-        head: PathBuf,
-        /// The label names, a JSON list (default: labels.json beside the head).
-        #[arg(long)]
-        labels: Option<PathBuf>,
-        /// A PEFT or native adapter folder.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        /// `label<TAB>text[<TAB>text_b]` TSV, or JSON lines.
-        #[arg(long)]
-        data: PathBuf,
-        /// Longest input in tokens.
-        #[arg(long, default_value_t = wft_train::MAX_LEN)]
-        max_len: usize,
-        /// Examples per forward pass.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-    },
+    Eval(EvalArgs),
     /// Mean-pooled sentence embeddings of the sentences in a JSON list.
     Embed {
         /// The model folder: a sentence encoder (config.json,
@@ -1149,26 +1167,9 @@ fn main() -> ExitCode {
             },
             out.as_deref(),
         ),
-        Command::Eval {
-            model,
-            weights,
-            head,
-            labels,
-            adapter,
-            data,
-            max_len,
-            batch,
-        } => wft_train::eval::evaluate(&wft_train::eval::EvalSpec {
-            model,
-            weights,
-            head,
-            labels,
-            adapter,
-            data,
-            max_len,
-            batch,
-        })
-        .and_then(|report| emit(&to_json(&report)?, None)),
+        Command::Eval(args) => {
+            wft_train::eval::evaluate(&args.into()).and_then(|report| emit(&to_json(&report)?, None))
+        }
         Command::Embed {
             model,
             sentences,
