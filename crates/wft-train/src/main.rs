@@ -305,6 +305,14 @@ enum Command {
         /// (de-quantized inside each product; QLoRA-style).
         #[arg(long)]
         quantized: bool,
+        /// After training, evaluate on this JSONL file (same format): the
+        /// held-out loss, and greedy generations scored with BLEU, chrF and
+        /// ROUGE-L, overall and per `"kind"`.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Most tokens generated per evaluation prompt.
+        #[arg(long, default_value_t = 48)]
+        eval_max_new: usize,
         /// `kept` (fastest) or `recomputed`: the backward pass recomputes
         /// each block from its input (activation checkpointing), so memory
         /// holds one block's activations, for one more forward pass.
@@ -993,7 +1001,7 @@ fn generate_cmd(
 #[allow(clippy::too_many_arguments)]
 fn lm_cmd(
     model: &Path,
-    data: &Path,
+    (data, eval): (&Path, Option<(&Path, usize)>),
     method: Method,
     targets: Vec<String>,
     chat: bool,
@@ -1023,8 +1031,23 @@ fn lm_cmd(
     let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
     trained.save(out)?;
+    let evaluation = match eval {
+        Some((file, max_new)) => {
+            let examples = wft_train::llm::finetune::read_eval_jsonl(file)?;
+            Some(wft_train::llm::evaluate::evaluate(
+                &decoder,
+                &examples,
+                chat,
+                max_len,
+                max_new,
+                cfg.optimization.batch,
+            )?)
+        }
+        None => None,
+    };
     let mut secs = history.step_secs.clone();
     let v = serde_json::json!({
+        "eval": evaluation,
         "method": method.to_string(),
         "examples": tokenized.len(),
         "steps": history.losses.len(),
@@ -1228,10 +1251,12 @@ fn main() -> ExitCode {
             force,
             quantized,
             activations,
+            eval,
+            eval_max_new,
             quiet,
         } => lm_cmd(
             &model,
-            &data,
+            (&data, eval.as_deref().map(|e| (e, eval_max_new))),
             method,
             targets,
             chat,

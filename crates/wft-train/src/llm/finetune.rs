@@ -34,17 +34,28 @@ struct Line {
     prompt: Option<String>,
     completion: Option<String>,
     messages: Option<Vec<Message>>,
+    /// A label for per-kind evaluation; training ignores it.
+    kind: Option<String>,
 }
 
 /// The examples of a JSONL file: one object per line, either
 /// `{"prompt": …, "completion": …}` or `{"messages": [{"role", "content"}, …]}`
-/// ending with an assistant message. Blank lines are skipped.
+/// ending with an assistant message, each with an optional `"kind"`
+/// (ignored here; see [`read_eval_jsonl`]). Blank lines are skipped.
 ///
 /// # Errors
 /// [`Error::Data`] naming the line for invalid JSON, unknown or missing
 /// fields, a conversation that does not end with the assistant, or a file
 /// without examples; [`Error::Io`] when it cannot be read.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
+    Ok(read_eval_jsonl(path)?.into_iter().map(|e| e.example).collect())
+}
+
+/// [`read_jsonl`] keeping each line's `"kind"`.
+///
+/// # Errors
+/// As [`read_jsonl`].
+pub fn read_eval_jsonl(path: &Path) -> Result<Vec<super::evaluate::EvalExample>> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Data(format!(
@@ -60,16 +71,19 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
         }
         let at = |m: String| Error::Data(format!("{}:{}: {m}", path.display(), i + 1));
         let l: Line = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        out.push(match l {
+        let kind = l.kind.clone();
+        let example = match l {
             Line {
                 prompt: Some(prompt),
                 completion: Some(completion),
                 messages: None,
+                ..
             } => Example::Completion { prompt, completion },
             Line {
                 prompt: None,
                 completion: None,
                 messages: Some(m),
+                ..
             } => {
                 if m.last().is_none_or(|m| m.role != "assistant") {
                     return Err(at("the conversation must end with an assistant message".into()));
@@ -77,7 +91,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
                 Example::Chat(m)
             }
             _ => return Err(at("give either `prompt` and `completion`, or `messages`".into())),
-        });
+        };
+        out.push(super::evaluate::EvalExample { example, kind });
     }
     if out.is_empty() {
         return Err(Error::Data(format!("{}: no examples", path.display())));

@@ -4,6 +4,7 @@
 
 pub mod bench;
 mod chat;
+pub mod evaluate;
 pub mod finetune;
 mod tokenizer;
 
