@@ -36,14 +36,16 @@ NLU, `label<TAB>text` or `label<TAB>text_a<TAB>text_b`:
   for two binaries of one source; `no` for two packages of different sources
   in the same section, the one of 24 candidates sharing most words. Pairs.
 
-Generation, JSON lines `{"input": ..., "target": ..., "source": ...}`:
+Generation, JSON lines `{"prompt": ..., "completion": ...}` (`wft-train lm`'s format):
 * `tags2syn`: section and debtags -> synopsis (data-to-text, E2E-like).
 * `desc2syn`: long description -> synopsis (summarisation).
 
-Instructions, JSON lines `{"kind": ..., "instruction": ..., "input": ...,
-"target": ...}`: summarise, name the section, describe from tags, and say
-whether a package is a program or a library, each with several phrasings;
-the test split uses phrasings never seen in training (`held_out_phrasing`).
+Instructions, JSON lines `{"kind": ..., "messages": [user, assistant]}` for
+`wft-train lm --chat`: summarise, name the section, describe from tags, and
+say whether a package is a program or a library (the last two from the
+synopsis alone), each with four phrasings;
+half of the test split uses a phrasing never seen in training (its kind ends
+in "(held-out phrasing)"). Inputs are cut to 35 words.
 
 `stats.json` lists the sizes, class counts, index files and their dates.
 """
@@ -66,6 +68,12 @@ NLG_SIZES = {"train": 1000, "val": 200, "test": 300}
 INSTRUCT_SIZES = {"train": 1200, "val": 200, "test": 400}
 USE_MIN_PER_CLASS = 150
 BODY_WORDS = 60  # long descriptions are cut to their first words
+GEN_WORDS = 35  # and generation inputs shorter still (SmolLM2 examples stay within 96 tokens)
+GEN_CHARS = 210  # input and answer together at most this long, for the same reason
+
+
+def cut_words(text, n):
+    return " ".join(text.split()[:n])
 
 
 def read_index(path):
@@ -314,10 +322,14 @@ def main():
     rows_t, rows_d = {}, {}
     for k in SPLITS:
         pool = sorted((p for p in by_split[k] if not p["dup_synopsis"]), key=lambda p: p["name"])
-        tagged = [p for p in pool if len(p["tags"]) >= 3]
-        rows_t[k] = [{"input": tag_input(p), "target": p["synopsis"], "source": p["source"]}
+        # Short enough for 96 SmolLM2 tokens (checked by tests/smollm2.rs).
+        tagged = [p for p in pool if 3 <= len(p["tags"]) and len(tag_input(p)) + len(p["synopsis"]) <= GEN_CHARS]
+        pool = [p for p in pool if len(cut_words(p["body"], GEN_WORDS)) + len(p["synopsis"]) <= GEN_CHARS]
+        rows_t[k] = [{"prompt": f"Debian package. {tag_input(p)}\nOne-line description:",
+                      "completion": " " + p["synopsis"]}
                      for p in take(tagged, k, NLG_SIZES)]
-        rows_d[k] = [{"input": p["body"], "target": p["synopsis"], "source": p["source"]}
+        rows_d[k] = [{"prompt": f"Package description: {cut_words(p['body'], GEN_WORDS)}\nOne-line summary:",
+                      "completion": " " + p["synopsis"]}
                      for p in take(pool, k, NLG_SIZES)]
     write_jsonl("tags2syn", rows_t)
     write_jsonl("desc2syn", rows_d)
@@ -358,13 +370,14 @@ def main():
                 what = None
             fits = {
                 "summarise": (p["body"], p["synopsis"]),
-                "section": (p["synopsis"] + ". " + p["body"], p["section"])
+                "section": (p["synopsis"], p["section"])
                 if p["section"] in sections and p["section"] not in ("libs", "oldlibs", "libdevel") else None,
                 "describe": (tag_input(p), p["synopsis"]) if len(p["tags"]) >= 3 else None,
-                "kind": (p["synopsis"] + ". " + p["body"], what) if what else None,
+                "kind": (p["synopsis"], what) if what else None,
             }
             # The kind furthest below its quota that this package can serve.
-            open_kinds = [kind for kind in phrasings if fits[kind] and count[kind] < quota]
+            open_kinds = [kind for kind in phrasings if fits[kind] and count[kind] < quota
+                          and len(cut_words(fits[kind][0], GEN_WORDS)) + len(fits[kind][1]) <= GEN_CHARS - 100]
             if not open_kinds:
                 continue
             kind = min(open_kinds, key=lambda kind: count[kind])
@@ -372,12 +385,13 @@ def main():
             # Phrasings 0-2 in train and val; phrasing 3 only in test (held out), half of it.
             ph = 3 if k == "test" and rng.random() < 0.5 else rng.randrange(3)
             inp, tgt = fits[kind]
-            out.append({"kind": kind, "instruction": phrasings[kind][ph], "input": inp, "target": tgt,
-                        "held_out_phrasing": ph == 3, "source": p["source"]})
+            user = phrasings[kind][ph] + "\n\n" + cut_words(inp, GEN_WORDS)
+            out.append({"kind": kind + (" (held-out phrasing)" if ph == 3 else ""),
+                        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": tgt}]})
             if len(out) >= quota * len(phrasings):
                 break
         rows[k] = out
-    write_jsonl("instruct", rows, {"kinds": {k: {kind: sum(r["kind"] == kind for r in rows[k]) for kind in phrasings}
+    write_jsonl("instruct", rows, {"kinds": {k: {kind: sum(r["kind"].split(" (")[0] == kind for r in rows[k]) for kind in phrasings}
                                              for k in SPLITS}})
 
     dates = {}

@@ -63,7 +63,7 @@ def perturb(text, rng):
 def main():
     rng = random.Random(20261202)
     rows = [json.loads(l) for l in open(ROOT / "data/debian-suite/desc2syn/test.jsonl", encoding="utf-8")]
-    refs = [r["target"] for r in rows[:60]]
+    refs = [r["completion"].strip() for r in rows[:60]]
     cases = list(HAND) + [("debian synopses, perturbed", [perturb(t, rng) for t in refs], refs)]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     out = {

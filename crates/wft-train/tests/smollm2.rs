@@ -332,3 +332,41 @@ fn batched_generation_equals_each_prompt_alone() -> R {
     }
     Ok(())
 }
+
+/// The suite's generation and instruction files (data/debian-suite) parse
+/// as `wft-train lm` data and fit its 96-token budget with SmolLM2's own
+/// tokenizer and chat template, completions whole.
+#[test]
+fn suite_generation_files_fit_96_tokens() -> R {
+    let Some(model) = model_file("suite_generation_files_fit_96_tokens") else {
+        return Ok(());
+    };
+    let d = Decoder::load(&model, None)?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/debian-suite");
+    let mut checked = 0;
+    for (task, chat) in [("tags2syn", false), ("desc2syn", false), ("instruct", true)] {
+        for split in ["train", "val", "test"] {
+            let examples = wft_train::llm::finetune::read_eval_jsonl(&root.join(task).join(format!("{split}.jsonl")))?;
+            let mut longest = 0;
+            for e in &examples {
+                let whole = d.tokenize_example(&e.example, chat, usize::MAX)?;
+                longest = longest.max(whole.ids.len());
+                checked += 1;
+            }
+            assert!(longest <= 96, "{task}/{split}: {longest} tokens");
+            eprintln!("{task}/{split}: longest {longest} tokens");
+            if task == "instruct" {
+                assert!(examples.iter().all(|e| e.kind.is_some()), "{task}/{split}: kinds");
+            }
+        }
+    }
+    // Every row the data script says it wrote.
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("stats.json"))?)?;
+    let rows: u64 = ["tags2syn", "desc2syn", "instruct"]
+        .iter()
+        .flat_map(|t| ["train", "val", "test"].map(|s| stats["tasks"][t][s]["rows"].as_u64().unwrap_or(0)))
+        .sum();
+    assert_eq!(checked as u64, rows);
+    assert!(rows >= 4000, "{rows}");
+    Ok(())
+}
