@@ -187,7 +187,7 @@ fn ci() -> Result {
     // falls, and save → load → merge reproduces the logits.
     reproduce::reproduce(true)?;
     // The NLU suite's machinery (tuning, seeds, release, statistics, report).
-    suite::nlu(true, None)
+    suite::nlu(true, None, false)
 }
 
 /// `cargo clippy ARGS --all-targets -j2 -- -D warnings`.
@@ -430,7 +430,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu [--task NAME]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -659,7 +659,7 @@ fn main() -> ExitCode {
         Some("fetch-fashion-mnist") => fetch_fashion_mnist().map(|_| ()),
         Some("reproduce") => match value("--family").as_deref() {
             None => reproduce::reproduce(flag("--quick")),
-            Some("nlu") => suite::nlu(flag("--quick"), value("--task").as_deref()),
+            Some("nlu") => suite::nlu(flag("--quick"), value("--task").as_deref(), flag("--cached")),
             Some(other) => Err(format!(
                 "reproduce --family {other}: not one of nlu (nlg, instruct and vision follow)"
             )),

@@ -53,10 +53,10 @@ pub(crate) struct Task {
 /// least 8 points below full fine-tuning on validation (docs/RESULTS.md).
 pub(crate) const NLU: [Task; 3] = [
     Task {
-        name: "debian-describes",
-        data: Some("data/debian-suite/describes"),
-        what: "does this synopsis describe this long description? (pairs; negatives from the same section)",
-        max_len: 96,
+        name: "debian-word-order",
+        data: Some("data/debian-suite/word-order"),
+        what: "is this synopsis as written, or its words shuffled? (acceptability)",
+        max_len: 32,
     },
     Task {
         name: "debian-same-source",
@@ -65,10 +65,10 @@ pub(crate) const NLU: [Task; 3] = [
         max_len: 48,
     },
     Task {
-        name: "debian-word-order",
-        data: Some("data/debian-suite/word-order"),
-        what: "is this synopsis as written, or its words shuffled? (acceptability)",
-        max_len: 32,
+        name: "debian-describes",
+        data: Some("data/debian-suite/describes"),
+        what: "does this synopsis describe this long description? (pairs; negatives from the same section)",
+        max_len: 96,
     },
 ];
 
@@ -82,6 +82,8 @@ struct Family {
 /// The methods compared, in table order, and their families.
 struct Plan {
     quick: bool,
+    /// Report from the cached runs only; run nothing.
+    cached_only: bool,
     tasks: Vec<Task>,
     methods: Vec<&'static str>,
     families: Vec<Family>,
@@ -114,7 +116,8 @@ impl Plan {
         let mut plan = if quick {
             Plan {
                 quick,
-                tasks: NLU[1..].iter().map(|t| Task { max_len: 24, ..*t }).collect(),
+                cached_only: false,
+                tasks: NLU[..2].iter().map(|t| Task { max_len: 24, ..*t }).collect(),
                 methods: vec![
                     "head",
                     "lora-r2",
@@ -141,6 +144,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                cached_only: false,
                 tasks: NLU.to_vec(),
                 methods: vec![
                     "head",
@@ -197,8 +201,9 @@ impl Plan {
         })
     }
 
-    /// One run, from the cache when it is there; seed 0 saves its model.
-    fn run(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> Result<Value> {
+    /// One run, from the cache when it is there (`None`: not cached, and
+    /// only the cache is read); seed 0 saves its model.
+    fn run(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> Result<Option<Value>> {
         let tag = format!("{method}-s{seed}-lr{lr:e}-h{head_lr:e}-e{}", self.epochs);
         let dir = self.runs.join(task.name);
         let json = dir.join(format!("{tag}.json"));
@@ -206,7 +211,10 @@ impl Plan {
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         {
-            return Ok(v);
+            return Ok(Some(v));
+        }
+        if self.cached_only {
+            return Ok(None);
         }
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let t = Instant::now();
@@ -247,7 +255,7 @@ impl Plan {
             num(&v, "test_acc"),
             t.elapsed().as_secs_f64()
         );
-        Ok(v)
+        Ok(Some(v))
     }
 
     /// Copy seed 0's head, labels and adapter folder to the release tree.
@@ -310,7 +318,6 @@ pub(crate) struct TaskResult {
     pub sweep: Vec<(String, f64, f64)>,
     /// family → chosen rate.
     pub rates: BTreeMap<String, f64>,
-    pub wall_secs: f64,
 }
 
 /// Choose a family's rate on validation (seed 0), extending the grid when
@@ -321,7 +328,7 @@ fn tune(
     fam: &Family,
     head_lr: Option<f64>,
     sweep: &mut Vec<(String, f64, f64)>,
-) -> Result<f64> {
+) -> Result<Option<f64>> {
     let mut grid = fam.grid.clone();
     let mut scores: Vec<(f64, f64)> = Vec::new();
     let mut extensions = 0;
@@ -330,7 +337,9 @@ fn tune(
             if scores.iter().any(|(l, _)| *l == lr) {
                 continue;
             }
-            let v = plan.run(task, fam.representative, 0, lr, head_lr.unwrap_or(lr))?;
+            let Some(v) = plan.run(task, fam.representative, 0, lr, head_lr.unwrap_or(lr))? else {
+                return Ok(None);
+            };
             let acc = num(&v, "val_acc");
             sweep.push((fam.representative.to_string(), lr, acc));
             scores.push((lr, acc));
@@ -342,7 +351,7 @@ fn tune(
             .enumerate()
             .fold(0, |b, (i, s)| if s.1 > scores[b].1 { i } else { b });
         if grid.len() < 2 || extensions == MAX_EXTENSIONS || (best > 0 && best + 1 < scores.len()) {
-            return Ok(scores[best].0);
+            return Ok(Some(scores[best].0));
         }
         let step = scores[1].0 / scores[0].0;
         let next = if best == 0 {
@@ -356,7 +365,6 @@ fn tune(
 }
 
 fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
-    let t = Instant::now();
     println!("== {}: learning rates (seed 0, validation)", task.name);
     let mut sweep = Vec::new();
     let mut rates = BTreeMap::new();
@@ -365,22 +373,33 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
         .iter()
         .find(|f| f.name == "head")
         .ok_or("no head family")?;
-    let head_lr = tune(plan, task, head_fam, None, &mut sweep)?;
+    let mut runs = Vec::new();
+    let Some(head_lr) = tune(plan, task, head_fam, None, &mut sweep)? else {
+        return Ok(TaskResult {
+            task: *task,
+            runs,
+            sweep,
+            rates,
+        });
+    };
     rates.insert("head".to_string(), head_lr);
     for fam in plan.families.iter().filter(|f| f.name != "head") {
-        rates.insert(fam.name.to_string(), tune(plan, task, fam, Some(head_lr), &mut sweep)?);
+        if let Some(lr) = tune(plan, task, fam, Some(head_lr), &mut sweep)? {
+            rates.insert(fam.name.to_string(), lr);
+        }
     }
     println!("== {}: every method, seeds {:?}", task.name, plan.seeds);
-    let mut runs = Vec::new();
     for m in &plan.methods {
-        let lr = *rates.get(family_of(m)).ok_or_else(|| format!("no rate for {m}"))?;
-        let lr = if *m == "head" { head_lr } else { lr };
-        let vs = plan
-            .seeds
-            .iter()
-            .map(|&s| plan.run(task, m, s, lr, head_lr))
-            .collect::<Result<Vec<_>>>()?;
-        if *m != "full" {
+        // A family whose rate is not known yet (cached-only reports).
+        let Some(&lr) = rates.get(family_of(m)) else { continue };
+        let mut vs = Vec::new();
+        for &s in &plan.seeds {
+            vs.extend(plan.run(task, m, s, lr, head_lr)?);
+        }
+        if vs.is_empty() {
+            continue;
+        }
+        if *m != "full" && vs[0]["config"]["seed"].as_u64() == Some(0) {
             plan.release(task, m, &vs[0])?;
         }
         runs.push((m.to_string(), vs));
@@ -390,17 +409,17 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
         runs,
         sweep,
         rates,
-        wall_secs: t.elapsed().as_secs_f64(),
     })
 }
 
-pub(crate) fn nlu(quick: bool, only: Option<&str>) -> Result {
-    let plan = Plan::new(quick, only)?;
+pub(crate) fn nlu(quick: bool, only: Option<&str>, cached_only: bool) -> Result {
+    let mut plan = Plan::new(quick, only)?;
+    plan.cached_only = cached_only;
     let started = Instant::now();
-    if quick {
+    if quick && !cached_only {
         let _ = std::fs::remove_dir_all(root().join("target/suite-quick"));
         run(cargo().args(["build", "--profile", "test", "-p", "wft-train", "-j2"]))?;
-    } else {
+    } else if !cached_only {
         fetch_minilm()?;
         run(cargo().args(["build", "--release", "-p", "wft-train", "-j2"]))?;
     }
@@ -415,7 +434,7 @@ pub(crate) fn nlu(quick: bool, only: Option<&str>) -> Result {
     if quick {
         check_quick(&plan, &results)?;
         std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
-    } else if only.is_none() {
+    } else if only.is_none() || cached_only {
         write_section(&path, "suite-nlu", &md)?;
     } else {
         println!("{md}");

@@ -56,7 +56,17 @@ struct Comparison {
     verdict: Verdict,
 }
 
+/// The runs of `a` and `b` on the seeds both have, in the same order.
+fn common_seeds<'a>(a: &'a [Value], b: &'a [Value]) -> (Vec<Value>, Vec<Value>) {
+    let seed = |v: &Value| v["config"]["seed"].as_u64();
+    a.iter()
+        .filter_map(|x| b.iter().find(|y| seed(y) == seed(x)).map(|y| (x.clone(), y.clone())))
+        .unzip()
+}
+
 fn compare(a: &(String, Vec<Value>), b: &(String, Vec<Value>)) -> Comparison {
+    let (ra, rb) = common_seeds(&a.1, &b.1);
+    let (a, b) = (&(a.0.clone(), ra), &(b.0.clone(), rb));
     let (sa, sb) = (test_scores(&a.1), test_scores(&b.1));
     let t = paired_t(&sa, &sb);
     let diff = summary(&sa).mean - summary(&sb).mean;
@@ -149,7 +159,16 @@ pub(crate) fn nlu_report(
         100.0 * ALPHA
     );
     // Tasks.
-    s.push_str("| task | what | train / val / test | max tokens | head − full (val) | wall time |\n|---|---|---:|---:|---:|---:|\n");
+    let runs: usize = results
+        .iter()
+        .flat_map(|r| r.runs.iter().map(|(_, v)| v.len()))
+        .sum::<usize>()
+        + results.iter().map(|r| r.sweep.len()).sum::<usize>();
+    let _ = writeln!(
+        s,
+        "{runs} runs so far (tuning trials included, seed-0 trials counted twice); a method appears once its family's rate is chosen, with the seeds done (`n`).\n"
+    );
+    s.push_str("| task | what | train / val / test | max tokens | head − full (val) | compute time |\n|---|---|---:|---:|---:|---:|\n");
     for r in results {
         let find = |m: &str| {
             r.runs
@@ -180,7 +199,7 @@ pub(crate) fn nlu_report(
             r.task.what,
             sizes.replace("NaN", "?"),
             r.task.max_len,
-            r.wall_secs / 3600.0
+            task_hours(r)
         );
     }
     // The summary, in the paper's shape.
@@ -192,10 +211,12 @@ pub(crate) fn nlu_report(
     s.push_str(" NLU average |\n|---|---:|");
     s.push_str(&"---:|".repeat(results.len() + 1));
     s.push('\n');
-    let methods: Vec<&String> = results
-        .first()
-        .map(|r| r.runs.iter().map(|(m, _)| m).collect())
-        .unwrap_or_default();
+    let mut methods: Vec<&String> = Vec::new();
+    for (m, _) in results.iter().flat_map(|r| r.runs.iter()) {
+        if !methods.contains(&m) {
+            methods.push(m);
+        }
+    }
     let best: Vec<Option<&str>> = results
         .iter()
         .map(|r| {
@@ -214,27 +235,32 @@ pub(crate) fn nlu_report(
         .collect();
     for m in &methods {
         let mut row = format!("| {m} | {} |", trainable_text(results, m));
-        let mut sum = 0.0;
+        let mut means = Vec::new();
         for (r, b) in results.iter().zip(&best) {
-            let mean = r
-                .runs
-                .iter()
-                .find(|(n, _)| n == *m)
-                .map_or(f64::NAN, |(_, v)| summary(&test_scores(v)).mean);
-            sum += mean;
-            if *b == Some(m.as_str()) {
-                let _ = write!(row, " **{mean:.1}** |");
-            } else {
-                let _ = write!(row, " {mean:.1} |");
+            match r.runs.iter().find(|(n, _)| n == *m) {
+                Some((_, v)) => {
+                    let mean = summary(&test_scores(v)).mean;
+                    means.push(mean);
+                    if *b == Some(m.as_str()) {
+                        let _ = write!(row, " **{mean:.1}** |");
+                    } else {
+                        let _ = write!(row, " {mean:.1} |");
+                    }
+                }
+                None => row.push_str(" — |"),
             }
         }
-        let _ = writeln!(row, " {:.1} |", sum / results.len().max(1) as f64);
+        if means.len() == results.len() {
+            let _ = writeln!(row, " {:.1} |", means.iter().sum::<f64>() / means.len() as f64);
+        } else {
+            row.push_str(" — |\n");
+        }
         s.push_str(&row);
     }
     // Per task.
     for r in results {
         let _ = writeln!(s, "\n### {}\n\n{}\n", r.task.name, capitalised(r.task.what));
-        s.push_str("| method | trainable (encoder + head) | test accuracy | 95% CI | val accuracy | lr |\n|---|---:|---:|---:|---:|---:|\n");
+        s.push_str("| method | trainable (encoder + head) | n | test accuracy | 95% CI | val accuracy | lr |\n|---|---:|---:|---:|---:|---:|---:|\n");
         for (m, v) in &r.runs {
             let t = summary(&test_scores(v));
             let lr = v
@@ -242,9 +268,10 @@ pub(crate) fn nlu_report(
                 .map_or(f64::NAN, |x| x["config"]["lr"].as_f64().unwrap_or(f64::NAN));
             let _ = writeln!(
                 s,
-                "| {m} | {} + {} | {} % | {:.1}–{:.1} | {} % | {lr:e} |",
+                "| {m} | {} + {} | {} | {} % | {:.1}–{:.1} | {} % | {lr:e} |",
                 trainable(v),
                 v.first().map_or(f64::NAN, |x| num(x, "trainable_head")),
+                v.len(),
                 cell(&t),
                 t.mean - t.ci95,
                 t.mean + t.ci95,
@@ -319,6 +346,18 @@ fn trainable_text(results: &[TaskResult], m: &str) -> String {
         .first()
         .and_then(|r| r.runs.iter().find(|(n, _)| n == m))
         .map_or("—".into(), |(_, v)| format!("{}", trainable(v)))
+}
+
+/// Hours of every distinct run of a task (each run's own wall time).
+fn task_hours(r: &TaskResult) -> f64 {
+    let mut seen = std::collections::BTreeSet::new();
+    r.runs
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter(|v| seen.insert((v["method"].to_string(), v["config"].to_string())))
+        .map(|v| num(v, "wall_secs"))
+        .sum::<f64>()
+        / 3600.0
 }
 
 fn capitalised(s: &str) -> String {
