@@ -32,6 +32,8 @@ NLU, `label<TAB>text` or `label<TAB>text_a<TAB>text_b`:
   in a random order (`shuffled`)? Single text; half of each split shuffled.
 * `toolkit`: the package's single `uitoolkit::` facet (gtk, qt, ncurses,
   ...) from its long description. Single text.
+* `language`: the single `implemented-in::` facet from the long description.
+* `interface`: the single `interface::` facet from the long description.
 * `same-source`: are these two synopses from the same source package? `yes`
   for two binaries of one source; `no` for two packages of different sources
   in the same section, the one of 24 candidates sharing most words. Pairs.
@@ -315,6 +317,12 @@ def main():
 
     # --- toolkit: the user-interface toolkit (gtk, qt, ncurses, ...).
     facet_task("toolkit", "uitoolkit", order_rng)
+
+    # --- language: what the package is implemented in (perl, c, python, ...).
+    facet_task("language", "implemented-in", random.Random(SEED + 2))
+
+    # --- interface: command line, daemon or text mode.
+    facet_task("interface", "interface", random.Random(SEED + 3))
 
     # --- generation: tags -> synopsis, long description -> synopsis.
     def tag_input(p):

@@ -500,6 +500,31 @@ impl Plan {
         let tag = self.tag(task, method, 0, lr, head_lr);
         let from = self.saved.join(task.name).join(&tag);
         let to = release.join(task.name).join(method);
+        // What was released and what it scored, for `wft-train eval` checks
+        // and the release index.
+        let mut record = serde_json::json!({
+            "task": task.name,
+            "data": task.data,
+            "max_len": task.max_len,
+            "method": method,
+            "run": format!("runs/{}/{tag}.json", task.name),
+        });
+        match task.kind {
+            TaskKind::Classify => {
+                record["val_acc"] = v["val_acc"].clone();
+                record["test_acc"] = v["test_acc"].clone();
+            }
+            TaskKind::Generate { .. } => {
+                record["test"] = v["eval"][1]["report"]["overall"].clone();
+                record["chat"] = Value::Bool(task.kind == TaskKind::Generate { chat: true });
+            }
+        }
+        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
+        std::fs::write(
+            to.join("release.json"),
+            serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| e.to_string())?;
         if task.kind != TaskKind::Classify {
             // A decoder run's output folder is the adapter itself.
             if !from.join("adapter_config.json").exists() {
@@ -707,6 +732,9 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
             crate::suite_report::lm_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
         }
     };
+    if let Some(release) = &plan.release {
+        write_release_index(release)?;
+    }
     let section = format!("suite-{}", suite.name());
     let path = plan.docs.join(if quick {
         format!("RESULTS-{}.md", suite.name())
@@ -728,6 +756,57 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
         path.display()
     );
     Ok(())
+}
+
+/// `results/README.md`: every released model and its scores.
+fn write_release_index(release: &std::path::Path) -> Result {
+    let mut rows = Vec::new();
+    for task in std::fs::read_dir(release).map_err(|e| e.to_string())?.flatten() {
+        let Ok(methods) = std::fs::read_dir(task.path()) else {
+            continue;
+        };
+        for m in methods.flatten() {
+            let Ok(text) = std::fs::read_to_string(m.path().join("release.json")) else {
+                continue;
+            };
+            let Ok(r) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let score = match r["test_acc"].as_f64() {
+                Some(acc) => format!(
+                    "test accuracy {:.1} %, validation {:.1} %",
+                    100.0 * acc,
+                    100.0 * num(&r, "val_acc")
+                ),
+                None => format!(
+                    "test BLEU {:.1}, chrF {:.1}, ROUGE-L {:.1}",
+                    num(&r["test"], "bleu"),
+                    num(&r["test"], "chrf"),
+                    num(&r["test"], "rouge_l")
+                ),
+            };
+            let dir = m
+                .path()
+                .strip_prefix(release)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            rows.push(format!("| `{dir}` | {} | {score} |", r["data"].as_str().unwrap_or("—")));
+        }
+    }
+    rows.sort();
+    let body = format!(
+        "# Released models\n\nSeed 0 of every cell of `cargo xtask reproduce --family …` (docs/RESULTS.md). \
+         Classifiers: `head.safetensors`, `labels.json` and, for adapters, a PEFT-compatible `adapter/` on \
+         sentence-transformers/all-MiniLM-L6-v2 (`cargo xtask fetch-minilm`); evaluate one with\n\n\
+         ```sh\nwft-train eval --head results/TASK/METHOD/head.safetensors --adapter results/TASK/METHOD/adapter \\\n    \
+         --data data/debian-suite/TASK/test.tsv --max-len N\n```\n\n\
+         (`N` is the task's `max_len` in `release.json`; leave `--adapter` out for `head`). Decoder adapters are PEFT \
+         folders for SmolLM2-135M-Instruct (`wft-train generate --adapter`). Full fine-tuning is not released \
+         (90 MB per checkpoint). `release.json` in each folder names the run it came from (`runs/…`).\n\n\
+         | model | data | scores (seed 0) |\n|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    std::fs::write(release.join("README.md"), body).map_err(|e| e.to_string())
 }
 
 /// The first rows of each split of a decoder task, for `--quick`.

@@ -127,3 +127,57 @@ fn saved_classifier_evaluates_to_its_reported_accuracy() -> R {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));
     Ok(())
 }
+
+/// The released classifiers under `results/` (`cargo xtask reproduce
+/// --family nlu`) load and evaluate with `wft-train eval` to exactly the
+/// test accuracy their runs reported: the head-only model and the cells the
+/// comparison leans on (WaveletFT n = 1000, LoRA r = 8), where released.
+#[test]
+fn released_models_reproduce_their_reported_scores() -> R {
+    let Some(model) = model_dir() else { return Ok(()) };
+    let results = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../results"));
+    let mut checked = Vec::new();
+    for task in std::fs::read_dir(results)?.flatten() {
+        for method in ["head", "waveletft-1000", "lora-r8"] {
+            let dir = task.path().join(method);
+            let Ok(text) = std::fs::read_to_string(dir.join("release.json")) else {
+                continue;
+            };
+            let release: serde_json::Value = serde_json::from_str(&text)?;
+            let Some(want) = release["test_acc"].as_f64() else {
+                continue;
+            };
+            let data = results
+                .join("..")
+                .join(release["data"].as_str().ok_or("data")?)
+                .join("test.tsv");
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wft-train"));
+            cmd.arg("eval").arg("--model").arg(&model);
+            cmd.arg("--head")
+                .arg(dir.join("head.safetensors"))
+                .arg("--data")
+                .arg(&data);
+            cmd.args(["--max-len", &release["max_len"].to_string()]);
+            if dir.join("adapter").is_dir() {
+                cmd.arg("--adapter").arg(dir.join("adapter"));
+            }
+            let out = cmd.output()?;
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            assert_eq!(report["accuracy"].as_f64(), Some(want), "{}", dir.display());
+            checked.push(dir.display().to_string());
+        }
+    }
+    eprintln!("released models reproduced: {checked:?}");
+    assert!(
+        !checked.is_empty(),
+        "no released classifier under {}",
+        results.display()
+    );
+    Ok(())
+}
