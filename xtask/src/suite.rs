@@ -50,6 +50,15 @@ pub(crate) enum TaskKind {
     /// SmolLM2's adapters (`wft-train lm`), scored on generations; `chat`
     /// renders the examples through the chat template.
     Generate { chat: bool },
+    /// An image classifier on DINOv2-S (`wft-train vision`) at `size`
+    /// pixels, `train` / `val` / `test` images of Fashion-MNIST (the
+    /// validation images follow the training ones in the training file).
+    Vision {
+        size: u32,
+        train: usize,
+        val: usize,
+        test: usize,
+    },
 }
 
 /// One task.
@@ -121,6 +130,21 @@ pub(crate) const INSTRUCT: [Task; 1] = [Task {
     kind: TaskKind::Generate { chat: true },
 }];
 
+/// Fashion-MNIST on DINOv2 ViT-S/14 at 56 × 56 (the vision study's choice:
+/// 112 pixels cost 4× and bought nothing).
+pub(crate) const VISION: [Task; 1] = [Task {
+    name: "fashion-mnist",
+    data: None,
+    what: "Fashion-MNIST, 10 classes (Debian's dataset-fashion-mnist), 56 × 56, CLS token",
+    max_len: 0,
+    kind: TaskKind::Vision {
+        size: 56,
+        train: 2000,
+        val: 500,
+        test: 2000,
+    },
+}];
+
 /// The families `reproduce --family` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Suite {
@@ -130,6 +154,8 @@ pub(crate) enum Suite {
     Nlg,
     /// SmolLM2 instruction tuning.
     Instruct,
+    /// DINOv2 image classification.
+    Vision,
 }
 
 impl Suite {
@@ -150,6 +176,7 @@ impl Suite {
             Suite::Nlu => "nlu",
             Suite::Nlg => "nlg",
             Suite::Instruct => "instruct",
+            Suite::Vision => "vision",
         }
     }
 }
@@ -196,7 +223,9 @@ impl Plan {
             representative,
             grid: grid.to_vec(),
         };
-        let mut plan = if suite != Suite::Nlu {
+        let mut plan = if suite == Suite::Vision {
+            Plan::vision(quick)?
+        } else if suite != Suite::Nlu {
             Plan::decoder(suite, quick)
         } else if quick {
             Plan {
@@ -348,11 +377,93 @@ impl Plan {
         }
     }
 
+    /// The image family: the NLU family's methods and budgets on DINOv2-S
+    /// (one learning rate for the head and the method, as `wft-train
+    /// vision` takes), two epochs, batch 64.
+    fn vision(quick: bool) -> Result<Plan> {
+        let fam = |name, representative, grid: &[f64]| Family {
+            name,
+            representative,
+            grid: grid.to_vec(),
+        };
+        let model = vec!["--model".into(), crate::fetch_vit()?.display().to_string()];
+        if quick {
+            return Ok(Plan {
+                quick,
+                cached_only: false,
+                tasks: vec![Task {
+                    kind: TaskKind::Vision {
+                        size: 28,
+                        train: 16,
+                        val: 8,
+                        test: 16,
+                    },
+                    ..VISION[0]
+                }],
+                methods: vec!["head", "lora-r2", "waveletft-100"],
+                families: vec![
+                    fam("head", "head", &[1e-2]),
+                    fam("lora", "lora-r2", &[2e-3]),
+                    fam("waveletft", "waveletft-100", &[2e-3]),
+                ],
+                seeds: vec![0],
+                epochs: 1,
+                batch: 8,
+                model,
+                runs: root().join("target/suite-quick/runs"),
+                saved: root().join("target/suite-quick/saved"),
+                release: Some(root().join("target/suite-quick/release")),
+                docs: root().join("target/suite-quick"),
+            });
+        }
+        Ok(Plan {
+            quick,
+            cached_only: false,
+            tasks: VISION.to_vec(),
+            methods: vec![
+                "head",
+                "full",
+                "lora-r1",
+                "lora-r4",
+                "lora-r8",
+                "lora-r16",
+                "fourierft-250",
+                "fourierft-1000",
+                "fourierft-5000",
+                "fourierft-20000",
+                "waveletft-250",
+                "waveletft-1000",
+                "waveletft-5000",
+                "waveletft-20000",
+                "waveletft-energy-250",
+                "waveletft-energy-1000",
+                "waveletft-energy-5000",
+                "waveletft-energy-20000",
+            ],
+            families: vec![
+                fam("head", "head", &[2e-3, 1e-2, 5e-2]),
+                fam("full", "full", &[1e-5, 3e-5, 1e-4]),
+                fam("lora", "lora-r8", &[5e-4, 2e-3, 5e-3]),
+                fam("fourierft", "fourierft-1000", &[2e-3, 1e-2, 5e-2]),
+                fam("waveletft", "waveletft-1000", &[5e-4, 2e-3, 5e-3]),
+                fam("waveletft-energy", "waveletft-energy-1000", &[5e-4, 2e-3, 5e-3]),
+            ],
+            seeds: SEEDS.to_vec(),
+            epochs: 2,
+            batch: 64,
+            model,
+            runs: root().join("results/runs"),
+            saved: root().join("target/suite/saved"),
+            release: Some(root().join("results")),
+            docs: root().join("docs"),
+        })
+    }
+
     /// The score a rate trial is chosen by (higher is better): validation
     /// accuracy, or minus the validation loss for a decoder.
     fn score(task: &Task, v: &Value) -> f64 {
         match task.kind {
-            TaskKind::Classify => num(v, "val_acc"),
+            TaskKind::Classify | TaskKind::Vision { .. } => num(v, "val_acc"),
             TaskKind::Generate { .. } => -v["eval"][0]["report"]["loss"].as_f64().unwrap_or(f64::NAN),
         }
     }
@@ -361,7 +472,9 @@ impl Plan {
     fn tag(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> String {
         match task.kind {
             TaskKind::Classify => format!("{method}-s{seed}-lr{lr:e}-h{head_lr:e}-e{}", self.epochs),
-            TaskKind::Generate { .. } => format!("{method}-s{seed}-lr{lr:e}-e{}-b{}", self.epochs, self.batch),
+            TaskKind::Generate { .. } | TaskKind::Vision { .. } => {
+                format!("{method}-s{seed}-lr{lr:e}-e{}-b{}", self.epochs, self.batch)
+            }
         }
     }
 
@@ -461,6 +574,45 @@ impl Plan {
                 }
                 v
             }
+            TaskKind::Vision { size, train, val, test } => {
+                let idx = crate::fetch_fashion_mnist()?;
+                let file = |f: &str| idx.join(f);
+                let mut cmd = Command::new(self.binary());
+                cmd.args(["vision", "--quiet", "--force", "--method", method])
+                    .args(["--seed", &seed.to_string(), "--lr", &lr.to_string()])
+                    .args(["--epochs", &self.epochs.to_string(), "--batch", &self.batch.to_string()])
+                    .args(["--size", &size.to_string(), "--max-images", &train.to_string()])
+                    .args(["--val-images", &val.to_string()])
+                    .args(&self.model)
+                    .arg("--train-images")
+                    .arg(file("train-images-idx3-ubyte.gz"))
+                    .arg("--train-labels")
+                    .arg(file("train-labels-idx1-ubyte.gz"))
+                    .arg("--test-images")
+                    .arg(file("t10k-images-idx3-ubyte.gz"))
+                    .arg("--test-labels")
+                    .arg(file("t10k-labels-idx1-ubyte.gz"))
+                    .arg("--out")
+                    .arg(&saved);
+                if train != test {
+                    return Err(format!(
+                        "{}: wft-train vision cuts train and test to one --max-images",
+                        task.name
+                    ));
+                }
+                let out = crate::output(cmd.current_dir(root()))?;
+                let mut v: Value = serde_json::from_str(&out).map_err(|e| format!("wft-train vision {tag}: {e}"))?;
+                // The classifier runs' field names, so one report serves both.
+                v["test_acc"] = v["test_accuracy"].clone();
+                v["val_acc"] = v["val_accuracy"].clone();
+                v["train_examples"] = v["train_images"].clone();
+                v["val_examples"] = v["val_images"].clone();
+                v["test_examples"] = v["test_correct"].as_array().map_or(Value::Null, |a| a.len().into());
+                v["config"] = serde_json::json!({"lr": lr, "seed": seed, "epochs": self.epochs, "batch": self.batch});
+                std::fs::write(&tmp, serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                v
+            }
             TaskKind::Generate { .. } => {
                 let out = crate::output(self.lm_command(task, method, seed, lr, &saved).current_dir(root()))?;
                 let mut v: Value = serde_json::from_str(&out).map_err(|e| format!("wft-train lm {tag}: {e}"))?;
@@ -472,7 +624,7 @@ impl Plan {
         };
         std::fs::rename(&tmp, &json).map_err(|e| e.to_string())?;
         match task.kind {
-            TaskKind::Classify => println!(
+            TaskKind::Classify | TaskKind::Vision { .. } => println!(
                 "  {:<20} {tag:<44} val {:.3} test {:.3}  {:.0} s",
                 task.name,
                 num(&v, "val_acc"),
@@ -510,7 +662,7 @@ impl Plan {
             "run": format!("runs/{}/{tag}.json", task.name),
         });
         match task.kind {
-            TaskKind::Classify => {
+            TaskKind::Classify | TaskKind::Vision { .. } => {
                 record["val_acc"] = v["val_acc"].clone();
                 record["test_acc"] = v["test_acc"].clone();
             }
@@ -525,6 +677,30 @@ impl Plan {
             serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n",
         )
         .map_err(|e| e.to_string())?;
+        if let TaskKind::Vision { size, .. } = task.kind {
+            // `wft-train vision`'s folder: head, vision.json, adapter/.
+            record["size"] = size.into();
+            std::fs::write(
+                to.join("release.json"),
+                serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n",
+            )
+            .map_err(|e| e.to_string())?;
+            if !from.join("head.safetensors").exists() {
+                return if to.join("head.safetensors").exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{}: seed 0 was not saved; delete its cached run to redo it",
+                        from.display()
+                    ))
+                };
+            }
+            copy_dir(&from, &to)?;
+            if from.join("adapter").is_dir() {
+                copy_dir(&from.join("adapter"), &to.join("adapter"))?;
+            }
+            return Ok(());
+        }
         if task.kind != TaskKind::Classify {
             // A decoder run's output folder is the adapter itself.
             if !from.join("adapter_config.json").exists() {
@@ -713,6 +889,9 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
         match suite {
             Suite::Nlu => fetch_minilm()?,
             Suite::Nlg | Suite::Instruct => crate::fetch_smollm2()?,
+            Suite::Vision => {
+                crate::fetch_fashion_mnist()?;
+            }
         }
     }
     if quick && suite != Suite::Nlu {
@@ -727,7 +906,9 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(&plan.docs).map_err(|e| e.to_string())?;
     let md = match suite {
-        Suite::Nlu => crate::suite_report::nlu_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch)?,
+        Suite::Nlu | Suite::Vision => {
+            crate::suite_report::nlu_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
+        }
         Suite::Nlg | Suite::Instruct => {
             crate::suite_report::lm_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
         }
@@ -849,7 +1030,10 @@ fn check_quick(plan: &Plan, results: &[TaskResult]) -> Result {
                     return Err(format!("{} {m}: no per-example test results", r.task.name));
                 }
             }
-            let mut need = vec![dir.join("head.safetensors"), dir.join("labels.json")];
+            let mut need = vec![dir.join("head.safetensors")];
+            if r.task.kind == TaskKind::Classify {
+                need.push(dir.join("labels.json"));
+            }
             if m != "head" {
                 need.push(dir.join("adapter").join("adapter_config.json"));
             }

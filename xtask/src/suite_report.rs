@@ -129,13 +129,14 @@ pub(crate) fn nlu_report(
     quick: bool,
     epochs: usize,
     batch: usize,
+    family: &str,
 ) -> Result<String> {
     let Machine { date, cpu, cores } = Machine::now()?;
     let seeds = results.first().and_then(|r| r.runs.first()).map_or(0, |(_, v)| v.len());
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Generated {} on {cpu} ({cores} cores) by `cargo xtask reproduce --family nlu{}` from the runs cached in `{}`.\n",
+        "Generated {} on {cpu} ({cores} cores) by `cargo xtask reproduce --family {family}{}` from the runs cached in `{}`.\n",
         date.trim(),
         if quick { " --quick" } else { "" },
         if quick {
@@ -151,10 +152,10 @@ pub(crate) fn nlu_report(
          so methods are paired by seed). Mean ± std over seeds; `95% CI` is the t interval of the mean. Verdicts: two-sided paired t-test over seeds at the {}% level; \
          the exact Wilcoxon signed-rank p (whose floor with n seeds is 2/2ⁿ: 0.0625 with 5, so it cannot reach 5%) and a paired bootstrap over (seed, test example) pairs \
          ({RESAMPLES} resamples) are given beside it.\n",
-        if quick {
-            "tiny random BERT (2 layers, hidden 32)"
-        } else {
-            "sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384)"
+        match (family, quick) {
+            ("vision", _) => "DINOv2 ViT-S/14 (12 layers, hidden 384; one learning rate for the head and the method)",
+            (_, true) => "tiny random BERT (2 layers, hidden 32)",
+            _ => "sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384)",
         },
         100.0 * ALPHA
     );
@@ -208,7 +209,7 @@ pub(crate) fn nlu_report(
     for r in results {
         let _ = write!(s, " {} |", r.task.name);
     }
-    s.push_str(" NLU average |\n|---|---:|");
+    s.push_str(" average |\n|---|---:|");
     s.push_str(&"---:|".repeat(results.len() + 1));
     s.push('\n');
     let mut methods: Vec<&String> = Vec::new();

@@ -365,6 +365,11 @@ enum Command {
         /// Use only the first N training (and N test) images.
         #[arg(long)]
         max_images: Option<usize>,
+        /// Hold out this many training images after the ones used for
+        /// training (after the first --max-images, or the last ones) as a
+        /// validation set; its accuracy is reported as `val_accuracy`.
+        #[arg(long)]
+        val_images: Option<usize>,
         /// Passes over the data.
         #[arg(long, default_value_t = 3)]
         epochs: usize,
@@ -700,17 +705,28 @@ fn embed_cmd(model: &Path, sentences: Option<&Path>, images: &[PathBuf]) -> Resu
 
 type Files<'a> = (Option<&'a Path>, Option<&'a Path>, Option<&'a Path>);
 
+/// What `wft-train vision` trains, and on how many images.
+struct VisionRun {
+    method: Method,
+    targets: Vec<String>,
+    pooling: wft_candle::Pooling,
+    size: Option<u32>,
+    max_images: Option<usize>,
+    val_images: Option<usize>,
+}
+
 fn vision_cmd(
     model: &Path,
     train: Files<'_>,
     test: Files<'_>,
-    (method, targets, pooling, size, max_images): (
-        Method,
-        Vec<String>,
-        wft_candle::Pooling,
-        Option<u32>,
-        Option<usize>,
-    ),
+    VisionRun {
+        method,
+        targets,
+        pooling,
+        size,
+        max_images,
+        val_images,
+    }: VisionRun,
     cfg: &wft_train::vision::VisionConfig,
     (out, force): (&Path, bool),
     quiet: bool,
@@ -731,7 +747,12 @@ fn vision_cmd(
         }
         d
     };
-    let train_data = cut(Labelled::from_args(train.0, train.1, train.2)?);
+    let mut all_train = Labelled::from_args(train.0, train.1, train.2)?;
+    let val_data = val_images.map(|n| {
+        let at = max_images.unwrap_or(all_train.images.len().saturating_sub(n));
+        all_train.split_off(at, n)
+    });
+    let train_data = cut(all_train);
     let test_data = match test {
         (None, None, None) => None,
         (i, l, d) => Some(cut(Labelled::from_args(i, l, d)?)),
@@ -750,7 +771,14 @@ fn vision_cmd(
     let pb = step_bar(quiet, &method.to_string());
     let history = vision::train(&clf, &prep, &train_data, cfg, &mut show_step(&pb))?;
     pb.finish_and_clear();
-    let accuracy = test_data
+    let test_correct = test_data
+        .as_ref()
+        .map(|d| vision::correct(&clf, &prep, d, cfg.batch))
+        .transpose()?;
+    let accuracy = test_correct
+        .as_ref()
+        .map(|c| c.iter().filter(|x| **x).count() as f64 / c.len().max(1) as f64);
+    let val_accuracy = val_data
         .as_ref()
         .map(|d| vision::accuracy(&clf, &prep, d, cfg.batch))
         .transpose()?;
@@ -799,6 +827,9 @@ fn vision_cmd(
         "last_loss": history.losses.last(),
         "losses": history.losses,
         "test_accuracy": accuracy,
+        "test_correct": test_correct,
+        "val_images": val_data.as_ref().map(|d| d.images.len()),
+        "val_accuracy": val_accuracy,
         "median_step_secs": median(&mut secs),
         "wall_secs": t.elapsed().as_secs_f64(),
         "out": out.display().to_string(),
@@ -1212,6 +1243,7 @@ fn main() -> ExitCode {
             pooling,
             size,
             max_images,
+            val_images,
             epochs,
             batch,
             lr,
@@ -1224,7 +1256,14 @@ fn main() -> ExitCode {
             &model,
             (train_images.as_deref(), train_labels.as_deref(), train_dir.as_deref()),
             (test_images.as_deref(), test_labels.as_deref(), test_dir.as_deref()),
-            (method, targets, pooling, size, max_images),
+            VisionRun {
+                method,
+                targets,
+                pooling,
+                size,
+                max_images,
+                val_images,
+            },
             &wft_train::vision::VisionConfig {
                 epochs,
                 batch,

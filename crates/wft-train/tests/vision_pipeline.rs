@@ -137,9 +137,28 @@ fn tiny_vit_embeds_trains_saves_reloads_and_merges() -> R {
     assert!(last < 0.7 * first, "the loss fell from {first} to only {last}");
     let reported = v["test_accuracy"].as_f64().ok_or("accuracy")?;
     assert!(reported > 0.6, "test accuracy {reported}");
+    let correct = v["test_correct"].as_array().ok_or("test_correct")?;
+    let right = correct.iter().filter(|c| c.as_bool() == Some(true)).count();
+    assert_eq!(right as f64 / correct.len() as f64, reported);
     // It refuses to overwrite.
     let (ok, _, err) = run("waveletft-60", o, &[])?;
     assert!(!ok && err.contains("exists"), "{err}");
+    // A validation split held out of the training file, after the images
+    // trained on: fewer steps, and its accuracy beside the test's.
+    let held = dir.path().join("held-out");
+    let (ok, stdout, err) = run(
+        "head",
+        held.to_str().ok_or("path")?,
+        &["--max-images", "32", "--val-images", "8"],
+    )?;
+    assert!(ok, "{err}");
+    let h: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(
+        (h["train_images"].as_u64(), h["val_images"].as_u64()),
+        (Some(32), Some(8))
+    );
+    assert!(h["val_accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
+    assert_eq!(h["steps"].as_u64(), Some(6 * 4));
 
     // Reloaded from the folder: the accuracy the command reported.
     let config = Config::load(model.join("config.json"))?;

@@ -157,15 +157,43 @@ pub fn logits(clf: &ImageClassifier, prep: &Preprocess, images: &[Image], batch:
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// The fraction of `data` that `clf` classifies right.
+/// Whether `clf` classifies each image of `data` right, in order.
+///
+/// # Errors
+/// The model's errors.
+pub fn correct(clf: &ImageClassifier, prep: &Preprocess, data: &Labelled, batch: usize) -> Result<Vec<bool>> {
+    if data.images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let predicted = logits(clf, prep, &data.images, batch)?.argmax(1)?.to_vec1::<u32>()?;
+    Ok(predicted.iter().zip(&data.labels).map(|(a, b)| a == b).collect())
+}
+
+/// The fraction of `data` that `clf` classifies right (NaN for none).
 ///
 /// # Errors
 /// The model's errors.
 pub fn accuracy(clf: &ImageClassifier, prep: &Preprocess, data: &Labelled, batch: usize) -> Result<f64> {
-    if data.images.is_empty() {
+    let c = correct(clf, prep, data, batch)?;
+    if c.is_empty() {
         return Ok(f64::NAN);
     }
-    let predicted = logits(clf, prep, &data.images, batch)?.argmax(1)?.to_vec1::<u32>()?;
-    let right = predicted.iter().zip(&data.labels).filter(|(a, b)| a == b).count();
-    Ok(right as f64 / data.images.len() as f64)
+    Ok(c.iter().filter(|c| **c).count() as f64 / c.len() as f64)
+}
+
+impl Labelled {
+    /// Split off the images from `at` on (at most `n` of them) as a
+    /// validation set; `self` keeps the first `at`.
+    pub fn split_off(&mut self, at: usize, n: usize) -> Labelled {
+        let at = at.min(self.images.len());
+        let mut images = self.images.split_off(at);
+        let mut labels = self.labels.split_off(at);
+        images.truncate(n);
+        labels.truncate(n);
+        Labelled {
+            images,
+            labels,
+            classes: self.classes.clone(),
+        }
+    }
 }
