@@ -188,7 +188,12 @@ fn ci() -> Result {
     reproduce::reproduce(true)?;
     // The suite's machinery (tuning, seeds, release, statistics, report)
     // for the NLU and decoder families.
-    for s in [suite::Suite::Nlu, suite::Suite::Nlg, suite::Suite::Instruct] {
+    for s in [
+        suite::Suite::Nlu,
+        suite::Suite::Nlg,
+        suite::Suite::Instruct,
+        suite::Suite::Vision,
+    ] {
         suite::family(s, true, None, false)?;
     }
     Ok(())
@@ -434,7 +439,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu|nlg|instruct [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu|nlg|instruct|vision [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.
@@ -583,8 +588,13 @@ pub(crate) const IDX_FILES: [&str; 4] = [
 /// Debian's `dataset-fashion-mnist`, installed with apt (through sudo when
 /// not root) unless it is there already, as `.ci/run` installs lavapipe;
 /// prints the folder.
+/// Where Debian's `dataset-fashion-mnist` puts its IDX files.
+pub(crate) fn fashion_mnist_dir() -> PathBuf {
+    PathBuf::from("/usr/share/datasets/fashion-mnist")
+}
+
 pub(crate) fn fetch_fashion_mnist() -> Result<PathBuf> {
-    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    let dir = fashion_mnist_dir();
     if !IDX_FILES.iter().all(|f| dir.join(f).exists()) {
         let root_user = output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
         let apt = |args: &[&str]| {

@@ -165,9 +165,8 @@ impl Suite {
             "nlu" => Ok(Suite::Nlu),
             "nlg" => Ok(Suite::Nlg),
             "instruct" => Ok(Suite::Instruct),
-            other => Err(format!(
-                "reproduce --family {other}: one of nlu, nlg, instruct (vision: cargo xtask vision-study)"
-            )),
+            "vision" => Ok(Suite::Vision),
+            other => Err(format!("reproduce --family {other}: one of nlu, nlg, instruct, vision")),
         }
     }
 
@@ -575,7 +574,7 @@ impl Plan {
                 v
             }
             TaskKind::Vision { size, train, val, test } => {
-                let idx = crate::fetch_fashion_mnist()?;
+                let idx = crate::fashion_mnist_dir();
                 let file = |f: &str| idx.join(f);
                 let mut cmd = Command::new(self.binary());
                 cmd.args(["vision", "--quiet", "--force", "--method", method])
@@ -894,7 +893,7 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
             }
         }
     }
-    if quick && suite != Suite::Nlu {
+    if quick && matches!(suite, Suite::Nlg | Suite::Instruct) {
         for t in &plan.tasks {
             write_quick_data(t, &plan.data_dir(t))?;
         }
@@ -1010,7 +1009,7 @@ fn check_quick(plan: &Plan, results: &[TaskResult]) -> Result {
     for r in results {
         for (m, runs) in &r.runs {
             let dir = release.join(r.task.name).join(m);
-            if r.task.kind != TaskKind::Classify {
+            if matches!(r.task.kind, TaskKind::Generate { .. }) {
                 for v in runs {
                     if v["eval"][1]["report"]["generations"]
                         .as_array()
