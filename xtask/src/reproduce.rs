@@ -288,6 +288,24 @@ pub(crate) fn reproduce(quick: bool) -> Result {
             .collect::<Result<Vec<_>>>()?;
         if quick {
             runs.iter().try_for_each(check)?;
+        } else if *m != "full" {
+            // Seed 0's model, released as results/debian-topics/<method>/.
+            let tag = format!("{m}-s0-lr{lr:e}-h{head_lr:e}-e{}", plan.epochs);
+            let record = serde_json::json!({
+                "task": "debian-topics",
+                "data": "data/debian-topics",
+                "max_len": 32,
+                "method": m,
+                "run": format!("target/reproduce/runs/{tag}.json (not committed)"),
+                "val_acc": runs[0]["val_acc"],
+                "test_acc": runs[0]["test_acc"],
+            });
+            crate::suite::release_model(
+                &plan.dir.join("saved").join(&tag),
+                &root().join("results/debian-topics").join(m),
+                &record,
+                crate::suite::Layout::Classifier,
+            )?;
         }
         results.push((m.to_string(), runs));
     }

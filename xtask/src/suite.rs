@@ -649,8 +649,6 @@ impl Plan {
         let lr = v["config"]["lr"].as_f64().unwrap_or(f64::NAN);
         let head_lr = v["config"]["head_lr"].as_f64().unwrap_or(f64::NAN);
         let tag = self.tag(task, method, 0, lr, head_lr);
-        let from = self.saved.join(task.name).join(&tag);
-        let to = release.join(task.name).join(method);
         // What was released and what it scored, for `wft-train eval` checks
         // and the release index.
         let mut record = serde_json::json!({
@@ -665,75 +663,79 @@ impl Plan {
                 record["val_acc"] = v["val_acc"].clone();
                 record["test_acc"] = v["test_acc"].clone();
             }
-            TaskKind::Generate { .. } => {
+            TaskKind::Generate { chat } => {
                 record["test"] = v["eval"][1]["report"]["overall"].clone();
-                record["chat"] = Value::Bool(task.kind == TaskKind::Generate { chat: true });
+                record["chat"] = Value::Bool(chat);
             }
         }
-        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
-        std::fs::write(
-            to.join("release.json"),
-            serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n",
-        )
-        .map_err(|e| e.to_string())?;
         if let TaskKind::Vision { size, .. } = task.kind {
-            // `wft-train vision`'s folder: head, vision.json, adapter/.
             record["size"] = size.into();
-            std::fs::write(
-                to.join("release.json"),
-                serde_json::to_string_pretty(&record).map_err(|e| e.to_string())? + "\n",
-            )
-            .map_err(|e| e.to_string())?;
-            if !from.join("head.safetensors").exists() {
-                return if to.join("head.safetensors").exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}: seed 0 was not saved; delete its cached run to redo it",
-                        from.display()
-                    ))
-                };
+        }
+        let layout = match task.kind {
+            TaskKind::Generate { .. } => Layout::AdapterOnly,
+            _ => Layout::Classifier,
+        };
+        release_model(
+            &self.saved.join(task.name).join(&tag),
+            &release.join(task.name).join(method),
+            &record,
+            layout,
+        )
+    }
+}
+
+/// What a saved run's folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `head.safetensors`, maybe `labels.json` / `vision.json`, maybe `adapter/`.
+    Classifier,
+    /// The adapter folder itself (a decoder run).
+    AdapterOnly,
+}
+
+/// Release a saved seed-0 model from `from` into `to` with its
+/// `release.json`. When `from` is gone (the run was cached on another
+/// machine), the copy already released is kept.
+///
+/// # Errors
+/// When neither `from` nor a released copy holds the model, and I/O errors.
+pub(crate) fn release_model(from: &std::path::Path, to: &std::path::Path, record: &Value, layout: Layout) -> Result {
+    let (saved, released) = match layout {
+        Layout::Classifier => (from.join("head.safetensors"), to.join("head.safetensors")),
+        Layout::AdapterOnly => (
+            from.join("adapter_config.json"),
+            to.join("adapter").join("adapter_config.json"),
+        ),
+    };
+    if !saved.exists() && !released.exists() {
+        return Err(format!(
+            "{}: seed 0 was not saved; delete its cached run to redo it",
+            from.display()
+        ));
+    }
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    std::fs::write(
+        to.join("release.json"),
+        serde_json::to_string_pretty(record).map_err(|e| e.to_string())? + "\n",
+    )
+    .map_err(|e| e.to_string())?;
+    if !saved.exists() {
+        return Ok(());
+    }
+    match layout {
+        Layout::AdapterOnly => copy_dir(from, &to.join("adapter")),
+        Layout::Classifier => {
+            // Not the merged or full checkpoints (tens of MB each).
+            for f in ["head.safetensors", "labels.json", "vision.json"] {
+                if from.join(f).exists() {
+                    std::fs::copy(from.join(f), to.join(f)).map_err(|e| format!("{}: {e}", from.join(f).display()))?;
+                }
             }
-            copy_dir(&from, &to)?;
             if from.join("adapter").is_dir() {
                 copy_dir(&from.join("adapter"), &to.join("adapter"))?;
             }
-            return Ok(());
+            Ok(())
         }
-        if task.kind != TaskKind::Classify {
-            // A decoder run's output folder is the adapter itself.
-            if !from.join("adapter_config.json").exists() {
-                return if to.join("adapter").join("adapter_config.json").exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}: seed 0's adapter is missing; delete its cached run to redo it",
-                        from.display()
-                    ))
-                };
-            }
-            return copy_dir(&from, &to.join("adapter"));
-        }
-        if !from.join("head.safetensors").exists() {
-            // Cached from another machine: the released copy is already there.
-            return if to.join("head.safetensors").exists() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}: seed 0 was not saved; delete its cached run to redo it",
-                    from.display()
-                ))
-            };
-        }
-        std::fs::create_dir_all(&to).map_err(|e| e.to_string())?;
-        for f in ["head.safetensors", "labels.json"] {
-            std::fs::copy(from.join(f), to.join(f)).map_err(|e| format!("{}: {e}", from.join(f).display()))?;
-        }
-        let adapter = from.join("adapter");
-        if adapter.is_dir() {
-            copy_dir(&adapter, &to.join("adapter"))?;
-        }
-        Ok(())
     }
 }
 
