@@ -32,6 +32,9 @@ NLU, `label<TAB>text` or `label<TAB>text_a<TAB>text_b`:
   in a random order (`shuffled`)? Single text; half of each split shuffled.
 * `toolkit`: the package's single `uitoolkit::` facet (gtk, qt, ncurses,
   ...) from its long description. Single text.
+* `tags-match`: do these debtags describe this synopsis? `yes` for the
+  package's own tags, `no` for the tags of another package of the same
+  section. Pairs.
 * `language`: the single `implemented-in::` facet from the long description.
 * `interface`: the single `interface::` facet from the long description.
 * `same-source`: are these two synopses from the same source package? `yes`
@@ -323,6 +326,29 @@ def main():
 
     # --- interface: command line, daemon or text mode.
     facet_task("interface", "interface", random.Random(SEED + 3))
+
+    # --- tags-match: do these debtags describe this synopsis? (pairs;
+    # negatives: another package of the same section with at least 3 tags)
+    match_rng = random.Random(SEED + 4)
+    rows = {}
+    for k in SPLITS:
+        pool = sorted((p for p in by_split[k] if not p["dup_synopsis"] and len(p["tags"]) >= 3),
+                      key=lambda p: p["name"])
+        by_section = {}
+        for p in pool:
+            by_section.setdefault(p["section"], []).append(p)
+        match_rng.shuffle(pool)
+        out = []
+        for i, p in enumerate(pool[: NLU_SIZES[k]]):
+            if i % 2 == 0:
+                out.append(("yes", p["synopsis"], ", ".join(sorted(p["tags"]))))
+                continue
+            others = [q for q in by_section[p["section"]] if q["source"] != p["source"] and q["tags"] != p["tags"]]
+            if others:
+                q = match_rng.choice(others)
+                out.append(("no", p["synopsis"], ", ".join(sorted(q["tags"]))))
+        rows[k] = out
+    write_tsv("tags-match", rows)
 
     # --- generation: tags -> synopsis, long description -> synopsis.
     def tag_input(p):
