@@ -22,7 +22,7 @@
 
 #![warn(missing_docs)]
 
-mod data;
+pub mod data;
 mod embed;
 pub mod eval;
 pub mod images;
