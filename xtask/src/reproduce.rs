@@ -529,6 +529,9 @@ pub(crate) struct Point {
 
 /// Points with vertical error bars, log x, one legend entry each.
 pub(crate) fn plot_points(pts: &[Point], title: &str, x_desc: &str, y_desc: &str, path: &Path) -> Result {
+    if pts.is_empty() {
+        return Err(format!("{}: nothing to plot", path.display()));
+    }
     let (xmin, xmax) = pts
         .iter()
         .fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.x), b.max(p.x)));

@@ -776,6 +776,26 @@ pub(crate) struct TaskResult {
     pub sweep: Vec<(String, f64, f64)>,
     /// family → chosen rate.
     pub rates: BTreeMap<String, f64>,
+    /// Seconds of every cached run of the task (each run's own wall time).
+    pub compute_secs: f64,
+    /// Seeds planned per cell.
+    pub seeds: usize,
+}
+
+/// The summed wall time of the runs cached in `dir`.
+fn compute_secs(dir: &std::path::Path) -> f64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+                .map(|v| num(&v, "wall_secs"))
+                .filter(|w| w.is_finite())
+                .sum()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Choose a family's rate on validation (seed 0), extending the grid when
@@ -837,6 +857,8 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
                     runs,
                     sweep,
                     rates,
+                    compute_secs: compute_secs(&plan.runs.join(task.name)),
+                    seeds: plan.seeds.len(),
                 });
             }
         },
@@ -871,6 +893,8 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
         runs,
         sweep,
         rates,
+        compute_secs: compute_secs(&plan.runs.join(task.name)),
+        seeds: plan.seeds.len(),
     })
 }
 
@@ -900,11 +924,13 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
             write_quick_data(t, &plan.data_dir(t))?;
         }
     }
-    let results = plan
+    let mut results = plan
         .tasks
         .iter()
         .map(|t| run_task(&plan, t))
         .collect::<Result<Vec<_>>>()?;
+    // A task with nothing done yet (cached-only reports) is left out.
+    results.retain(|r| !r.runs.is_empty());
     std::fs::create_dir_all(&plan.docs).map_err(|e| e.to_string())?;
     let md = match suite {
         Suite::Nlu | Suite::Vision => {

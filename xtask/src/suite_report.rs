@@ -119,6 +119,15 @@ fn p_text(p: f64) -> String {
     }
 }
 
+/// The 95% interval of the mean, or a dash with fewer than two seeds.
+fn interval(s: &Summary) -> String {
+    if s.ci95.is_finite() {
+        format!("{:.1}–{:.1}", s.mean - s.ci95, s.mean + s.ci95)
+    } else {
+        "—".into()
+    }
+}
+
 fn cell(s: &Summary) -> String {
     format!("{:.1} ± {:.1}", s.mean, s.std)
 }
@@ -132,7 +141,7 @@ pub(crate) fn nlu_report(
     family: &str,
 ) -> Result<String> {
     let Machine { date, cpu, cores } = Machine::now()?;
-    let seeds = results.first().and_then(|r| r.runs.first()).map_or(0, |(_, v)| v.len());
+    let seeds = results.first().map_or(0, |r| r.seeds);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -148,7 +157,7 @@ pub(crate) fn nlu_report(
     let _ = writeln!(
         s,
         "Model: {}, `query` and `value` adapted in every layer. Batch {batch}, {epochs} epoch(s) for every method, AdamW without weight decay, \
-         linear warm-up (10%) then linear decay. {seeds} seeds per cell (the seed fixes the head, the adapter's locations and the batch order, \
+         linear warm-up (10%) then linear decay. {seeds} seeds per cell (`n` says how many are done; the seed fixes the head, the adapter's locations and the batch order, \
          so methods are paired by seed). Mean ± std over seeds; `95% CI` is the t interval of the mean. Verdicts: two-sided paired t-test over seeds at the {}% level; \
          the exact Wilcoxon signed-rank p (whose floor with n seeds is 2/2ⁿ: 0.0625 with 5, so it cannot reach 5%) and a paired bootstrap over (seed, test example) pairs \
          ({RESAMPLES} resamples) are given beside it.\n",
@@ -200,7 +209,7 @@ pub(crate) fn nlu_report(
             r.task.what,
             sizes.replace("NaN", "?"),
             r.task.max_len,
-            task_hours(r)
+            r.compute_secs / 3600.0
         );
     }
     // The summary, in the paper's shape.
@@ -226,11 +235,8 @@ pub(crate) fn nlu_report(
                     .mean
                     .total_cmp(&summary(&test_scores(&b.1)).mean)
             })?;
-            let beats_all = r
-                .runs
-                .iter()
-                .filter(|o| o.0 != top.0)
-                .all(|o| compare(top, o).verdict == Verdict::Better);
+            let others: Vec<_> = r.runs.iter().filter(|o| o.0 != top.0).collect();
+            let beats_all = !others.is_empty() && others.iter().all(|o| compare(top, o).verdict == Verdict::Better);
             beats_all.then_some(top.0.as_str())
         })
         .collect();
@@ -269,13 +275,12 @@ pub(crate) fn nlu_report(
                 .map_or(f64::NAN, |x| x["config"]["lr"].as_f64().unwrap_or(f64::NAN));
             let _ = writeln!(
                 s,
-                "| {m} | {} + {} | {} | {} % | {:.1}–{:.1} | {} % | {lr:e} |",
+                "| {m} | {} + {} | {} | {} % | {} | {} % | {lr:e} |",
                 trainable(v),
                 v.first().map_or(f64::NAN, |x| num(x, "trainable_head")),
                 v.len(),
                 cell(&t),
-                t.mean - t.ci95,
-                t.mean + t.ci95,
+                interval(&t),
                 cell(&summary(&val_scores(v)))
             );
         }
@@ -347,18 +352,6 @@ fn trainable_text(results: &[TaskResult], m: &str) -> String {
         .first()
         .and_then(|r| r.runs.iter().find(|(n, _)| n == m))
         .map_or("—".into(), |(_, v)| format!("{}", trainable(v)))
-}
-
-/// Hours of every distinct run of a task (each run's own wall time).
-fn task_hours(r: &TaskResult) -> f64 {
-    let mut seen = std::collections::BTreeSet::new();
-    r.runs
-        .iter()
-        .flat_map(|(_, v)| v.iter())
-        .filter(|v| seen.insert((v["method"].to_string(), v["config"].to_string())))
-        .map(|v| num(v, "wall_secs"))
-        .sum::<f64>()
-        / 3600.0
 }
 
 fn capitalised(s: &str) -> String {
@@ -458,7 +451,7 @@ pub(crate) fn lm_report(
             };
             let _ = writeln!(
                 s,
-                "| {m} | {} | {} | {} | {} | {} | {} | {} | {:.1} ({:.1}–{:.1}) | {:e} |",
+                "| {m} | {} | {} | {} | {} | {} | {} | {} | {:.1} ({}) | {:e} |",
                 v.first().map_or(f64::NAN, |x| num(x, "params")),
                 v.len(),
                 loss(0),
@@ -467,8 +460,7 @@ pub(crate) fn lm_report(
                 f(1, "chrf"),
                 f(1, "rouge_l"),
                 p.mean,
-                p.mean - p.ci95,
-                p.mean + p.ci95,
+                interval(&p),
                 v.first()
                     .map_or(f64::NAN, |x| x["config"]["lr"].as_f64().unwrap_or(f64::NAN))
             );
