@@ -1,25 +1,29 @@
-//! `cargo xtask reproduce --family nlu [--quick] [--task NAME]`: issue 17's
-//! comparison on the NLU tasks of `data/debian-suite` (and the topic task),
-//! with the statistics to rank the methods.
+//! `cargo xtask reproduce --family nlu|nlg|instruct|vision [--quick]
+//! [--task NAME] [--cached]`: issue 17's comparison, with the statistics to
+//! rank the methods.
 //!
-//! * Every run is one `wft-train run` process, cached as JSON under
-//!   `results/runs/<task>/`, which is committed: a later session (or
-//!   machine) picks up where the last one stopped.
-//! * Learning rates: the same three trials on the validation split (seed 0)
-//!   for every family, on one representative budget; a rate chosen at an
-//!   edge of its grid extends the grid by one step (at most twice). The
-//!   head's rate is chosen first and used as every method's head rate.
-//! * Every method at its family's rate over [`SEEDS`]; the seed also fixes
-//!   the batch order, so two methods on one seed see the same data order
-//!   (a paired design).
-//! * Seed 0's models are released under `results/<task>/<method>/`
-//!   (`head.safetensors`, `labels.json`, and the PEFT-compatible `adapter/`).
-//! * The report: `docs/RESULTS.md`'s `suite-nlu` section and one plot per
-//!   task, `docs/suite-<task>.svg`.
+//! * Families: `nlu` (MiniLM classifiers on `data/debian-suite`, through
+//!   `wft-train run`), `nlg` and `instruct` (SmolLM2 adapters through
+//!   `wft-train lm`, scored on greedy generations), `vision` (DINOv2-S on
+//!   Fashion-MNIST through `wft-train vision`).
+//! * Every run is one process, cached as JSON under `results/runs/<task>/`,
+//!   which is committed: a later session (or machine) picks up where the
+//!   last one stopped. `--cached` reports what is there and runs nothing.
+//! * Learning rates: the same trials on the validation split (seed 0) for
+//!   every family, on one representative budget; a rate chosen at an edge
+//!   of its grid extends the grid by one step (at most twice). A
+//!   classifier's head rate is chosen first and used by every method.
+//! * Every method at its family's rate over the plan's seeds; the seed also
+//!   fixes the batch order, so two methods on one seed see the same data
+//!   order (a paired design).
+//! * Seed 0's models are released under `results/<task>/<method>/` with a
+//!   `release.json`, indexed in `results/README.md`.
+//! * The report: `docs/RESULTS.md`'s `suite-<family>` section and one plot
+//!   per task, `docs/suite-<task>.svg`.
 //!
-//! `--quick` runs two tasks on a tiny random BERT with a few methods and two
-//! seeds under `target/suite-quick`, checks what every run saved, and
-//! writes its report there: a check of the machinery that fits in CI.
+//! `--quick` runs each family's machinery on a few rows (a tiny random BERT
+//! for `nlu`) under `target/suite-quick`, checks what every run saved, and
+//! writes its report there: a check that fits in CI.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
