@@ -35,6 +35,8 @@ NLU, `label<TAB>text` or `label<TAB>text_a<TAB>text_b`:
 * `tags-match`: do these debtags describe this synopsis? `yes` for the
   package's own tags, `no` for the tags of another package of the same
   section. Pairs.
+* `same-section`: are these two synopses from the same (topical) archive
+  section? Pairs.
 * `language`: the single `implemented-in::` facet from the long description.
 * `interface`: the single `interface::` facet from the long description.
 * `same-source`: are these two synopses from the same source package? `yes`
@@ -349,6 +351,32 @@ def main():
                 out.append(("no", p["synopsis"], ", ".join(sorted(q["tags"]))))
         rows[k] = out
     write_tsv("tags-match", rows)
+
+    # --- same-section: are these two synopses from the same archive section?
+    # (pairs, STS-like; topical sections only, both halves from different sources)
+    topical = {"admin", "database", "editors", "electronics", "games", "graphics", "mail",
+               "math", "net", "science", "sound", "text", "video", "web"}
+    section_rng = random.Random(SEED + 5)
+    rows = {}
+    for k in SPLITS:
+        pool = sorted((p for p in by_split[k] if not p["dup_synopsis"] and p["section"] in topical),
+                      key=lambda p: p["name"])
+        by_section = {}
+        for p in pool:
+            by_section.setdefault(p["section"], []).append(p)
+        section_rng.shuffle(pool)
+        out = []
+        for i, p in enumerate(pool[: NLU_SIZES[k]]):
+            if i % 2 == 0:
+                cands = [q for q in by_section[p["section"]] if q["source"] != p["source"]]
+                label = "yes"
+            else:
+                cands = [q for q in pool if q["section"] != p["section"]]
+                label = "no"
+            if cands:
+                out.append((label, p["synopsis"], section_rng.choice(cands)["synopsis"]))
+        rows[k] = out
+    write_tsv("same-section", rows)
 
     # --- generation: tags -> synopsis, long description -> synopsis.
     def tag_input(p):
