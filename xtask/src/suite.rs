@@ -191,6 +191,41 @@ struct Family {
     grid: Vec<f64>,
 }
 
+impl Family {
+    fn new(name: &'static str, representative: &'static str, grid: &[f64]) -> Family {
+        Family {
+            name,
+            representative,
+            grid: grid.to_vec(),
+        }
+    }
+}
+
+/// The encoder families' methods (MiniLM and DINOv2), in table order: the
+/// baselines, LoRA at four ranks, and FourierFT, WaveletFT (PEFT's layout)
+/// and WaveletFT-energy (ours: db2, two levels, energy-guided) at four
+/// budgets from 250 to 20,000 coefficients per layer.
+const ENCODER_METHODS: [&str; 18] = [
+    "head",
+    "full",
+    "lora-r1",
+    "lora-r4",
+    "lora-r8",
+    "lora-r16",
+    "fourierft-250",
+    "fourierft-1000",
+    "fourierft-5000",
+    "fourierft-20000",
+    "waveletft-250",
+    "waveletft-1000",
+    "waveletft-5000",
+    "waveletft-20000",
+    "waveletft-energy-250",
+    "waveletft-energy-1000",
+    "waveletft-energy-5000",
+    "waveletft-energy-20000",
+];
+
 /// The methods compared, in table order, and their families.
 struct Plan {
     quick: bool,
@@ -221,11 +256,6 @@ pub(crate) fn family_of(method: &str) -> &str {
 
 impl Plan {
     fn new(suite: Suite, quick: bool, only: Option<&str>) -> Result<Plan> {
-        let fam = |name, representative, grid: &[f64]| Family {
-            name,
-            representative,
-            grid: grid.to_vec(),
-        };
         let mut plan = if suite == Suite::Vision {
             Plan::vision(quick)?
         } else if suite != Suite::Nlu {
@@ -243,11 +273,11 @@ impl Plan {
                     "waveletft-energy-100",
                 ],
                 families: vec![
-                    fam("head", "head", &[2e-2]),
-                    fam("lora", "lora-r2", &[1e-2]),
-                    fam("fourierft", "fourierft-100", &[5e-2]),
-                    fam("waveletft", "waveletft-100", &[2e-2]),
-                    fam("waveletft-energy", "waveletft-energy-100", &[2e-2]),
+                    Family::new("head", "head", &[2e-2]),
+                    Family::new("lora", "lora-r2", &[1e-2]),
+                    Family::new("fourierft", "fourierft-100", &[5e-2]),
+                    Family::new("waveletft", "waveletft-100", &[2e-2]),
+                    Family::new("waveletft-energy", "waveletft-energy-100", &[2e-2]),
                 ],
                 seeds: vec![0, 1],
                 epochs: 1,
@@ -263,33 +293,14 @@ impl Plan {
                 quick,
                 cached_only: false,
                 tasks: NLU.to_vec(),
-                methods: vec![
-                    "head",
-                    "full",
-                    "lora-r1",
-                    "lora-r4",
-                    "lora-r8",
-                    "lora-r16",
-                    "fourierft-250",
-                    "fourierft-1000",
-                    "fourierft-5000",
-                    "fourierft-20000",
-                    "waveletft-250",
-                    "waveletft-1000",
-                    "waveletft-5000",
-                    "waveletft-20000",
-                    "waveletft-energy-250",
-                    "waveletft-energy-1000",
-                    "waveletft-energy-5000",
-                    "waveletft-energy-20000",
-                ],
+                methods: ENCODER_METHODS.to_vec(),
                 families: vec![
-                    fam("head", "head", &[5e-3, 2e-2, 5e-2]),
-                    fam("full", "full", &[3e-5, 1e-4, 3e-4]),
-                    fam("lora", "lora-r8", &[1e-3, 3e-3, 1e-2]),
-                    fam("fourierft", "fourierft-1000", &[3e-3, 1e-2, 3e-2]),
-                    fam("waveletft", "waveletft-1000", &[3e-4, 1e-3, 3e-3]),
-                    fam("waveletft-energy", "waveletft-energy-1000", &[3e-4, 1e-3, 3e-3]),
+                    Family::new("head", "head", &[5e-3, 2e-2, 5e-2]),
+                    Family::new("full", "full", &[3e-5, 1e-4, 3e-4]),
+                    Family::new("lora", "lora-r8", &[1e-3, 3e-3, 1e-2]),
+                    Family::new("fourierft", "fourierft-1000", &[3e-3, 1e-2, 3e-2]),
+                    Family::new("waveletft", "waveletft-1000", &[3e-4, 1e-3, 3e-3]),
+                    Family::new("waveletft-energy", "waveletft-energy-1000", &[3e-4, 1e-3, 3e-3]),
                 ],
                 seeds: SEEDS.to_vec(),
                 epochs: 3,
@@ -317,11 +328,6 @@ impl Plan {
     /// No head-only or full fine-tuning: a decoder has no head, and full
     /// fine-tuning of 135M parameters does not fit the budget.
     fn decoder(suite: Suite, quick: bool) -> Plan {
-        let fam = |name, representative, grid: &[f64]| Family {
-            name,
-            representative,
-            grid: grid.to_vec(),
-        };
         let tasks = if suite == Suite::Nlg {
             NLG.to_vec()
         } else {
@@ -335,8 +341,8 @@ impl Plan {
                 tasks: tasks.into_iter().take(1).collect(),
                 methods: vec!["lora-r2", "waveletft-100"],
                 families: vec![
-                    fam("lora", "lora-r2", &[1e-3]),
-                    fam("waveletft", "waveletft-100", &[2e-2]),
+                    Family::new("lora", "lora-r2", &[1e-3]),
+                    Family::new("waveletft", "waveletft-100", &[2e-2]),
                 ],
                 seeds: vec![0],
                 epochs: 1,
@@ -364,10 +370,10 @@ impl Plan {
                 "waveletft-1000-all",
             ],
             families: vec![
-                fam("lora", "lora-r8", &[1e-3, 3e-3]),
-                fam("fourierft", "fourierft-1000", &[3e-3, 1e-2]),
-                fam("waveletft", "waveletft-1000", &[5e-3, 2e-2]),
-                fam("waveletft-low", "waveletft-low-1000", &[5e-3, 2e-2]),
+                Family::new("lora", "lora-r8", &[1e-3, 3e-3]),
+                Family::new("fourierft", "fourierft-1000", &[3e-3, 1e-2]),
+                Family::new("waveletft", "waveletft-1000", &[5e-3, 2e-2]),
+                Family::new("waveletft-low", "waveletft-low-1000", &[5e-3, 2e-2]),
             ],
             seeds: vec![0, 1, 2],
             epochs: 1,
@@ -384,11 +390,6 @@ impl Plan {
     /// (one learning rate for the head and the method, as `wft-train
     /// vision` takes), two epochs, batch 64.
     fn vision(quick: bool) -> Result<Plan> {
-        let fam = |name, representative, grid: &[f64]| Family {
-            name,
-            representative,
-            grid: grid.to_vec(),
-        };
         let model = vec!["--model".into(), crate::fetch_vit()?.display().to_string()];
         if quick {
             return Ok(Plan {
@@ -405,9 +406,9 @@ impl Plan {
                 }],
                 methods: vec!["head", "lora-r2", "waveletft-100"],
                 families: vec![
-                    fam("head", "head", &[1e-2]),
-                    fam("lora", "lora-r2", &[2e-3]),
-                    fam("waveletft", "waveletft-100", &[2e-3]),
+                    Family::new("head", "head", &[1e-2]),
+                    Family::new("lora", "lora-r2", &[2e-3]),
+                    Family::new("waveletft", "waveletft-100", &[2e-3]),
                 ],
                 seeds: vec![0],
                 epochs: 1,
@@ -423,33 +424,14 @@ impl Plan {
             quick,
             cached_only: false,
             tasks: VISION.to_vec(),
-            methods: vec![
-                "head",
-                "full",
-                "lora-r1",
-                "lora-r4",
-                "lora-r8",
-                "lora-r16",
-                "fourierft-250",
-                "fourierft-1000",
-                "fourierft-5000",
-                "fourierft-20000",
-                "waveletft-250",
-                "waveletft-1000",
-                "waveletft-5000",
-                "waveletft-20000",
-                "waveletft-energy-250",
-                "waveletft-energy-1000",
-                "waveletft-energy-5000",
-                "waveletft-energy-20000",
-            ],
+            methods: ENCODER_METHODS.to_vec(),
             families: vec![
-                fam("head", "head", &[2e-3, 1e-2, 5e-2]),
-                fam("full", "full", &[1e-5, 3e-5, 1e-4]),
-                fam("lora", "lora-r8", &[5e-4, 2e-3, 5e-3]),
-                fam("fourierft", "fourierft-1000", &[2e-3, 1e-2, 5e-2]),
-                fam("waveletft", "waveletft-1000", &[5e-4, 2e-3, 5e-3]),
-                fam("waveletft-energy", "waveletft-energy-1000", &[5e-4, 2e-3, 5e-3]),
+                Family::new("head", "head", &[2e-3, 1e-2, 5e-2]),
+                Family::new("full", "full", &[1e-5, 3e-5, 1e-4]),
+                Family::new("lora", "lora-r8", &[5e-4, 2e-3, 5e-3]),
+                Family::new("fourierft", "fourierft-1000", &[2e-3, 1e-2, 5e-2]),
+                Family::new("waveletft", "waveletft-1000", &[5e-4, 2e-3, 5e-3]),
+                Family::new("waveletft-energy", "waveletft-energy-1000", &[5e-4, 2e-3, 5e-3]),
             ],
             seeds: SEEDS.to_vec(),
             epochs: 2,
