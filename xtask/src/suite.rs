@@ -82,7 +82,7 @@ pub(crate) struct Task {
 
 /// The NLU tasks on MiniLM. Each passed the selection rule: head-only at
 /// least 8 points below full fine-tuning on validation (docs/RESULTS.md).
-pub(crate) const NLU: [Task; 3] = [
+pub(crate) const NLU: [Task; 4] = [
     Task {
         name: "debian-word-order",
         data: Some("data/debian-suite/word-order"),
@@ -94,6 +94,13 @@ pub(crate) const NLU: [Task; 3] = [
         name: "debian-same-source",
         data: Some("data/debian-suite/same-source"),
         what: "are these two synopses from one source package? (pairs, paraphrase-like; lexically close negatives)",
+        max_len: 48,
+        kind: TaskKind::Classify,
+    },
+    Task {
+        name: "debian-same-section",
+        data: Some("data/debian-suite/same-section"),
+        what: "are these two synopses from the same archive section? (pairs, STS-like)",
         max_len: 48,
         kind: TaskKind::Classify,
     },

@@ -119,6 +119,17 @@ fn p_text(p: f64) -> String {
     }
 }
 
+/// A learning rate to three significant digits (an extended grid's steps
+/// are not round numbers).
+fn rate(lr: f64) -> String {
+    let s = format!("{lr:.2e}");
+    // 3.00e-2 → 3e-2, 3.30e-1 → 3.3e-1.
+    match s.split_once('e') {
+        Some((m, e)) => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+        None => s,
+    }
+}
+
 /// The 95% interval of the mean, or a dash with fewer than two seeds.
 fn interval(s: &Summary) -> String {
     if s.ci95.is_finite() {
@@ -275,13 +286,14 @@ pub(crate) fn nlu_report(
                 .map_or(f64::NAN, |x| x["config"]["lr"].as_f64().unwrap_or(f64::NAN));
             let _ = writeln!(
                 s,
-                "| {m} | {} + {} | {} | {} % | {} | {} % | {lr:e} |",
+                "| {m} | {} + {} | {} | {} % | {} | {} % | {} |",
                 trainable(v),
                 v.first().map_or(f64::NAN, |x| num(x, "trainable_head")),
                 v.len(),
                 cell(&t),
                 interval(&t),
-                cell(&summary(&val_scores(v)))
+                cell(&summary(&val_scores(v))),
+                rate(lr)
             );
         }
         let cmp = comparisons(r);
@@ -314,7 +326,8 @@ pub(crate) fn nlu_report(
             let chosen = r.rates.get(family_of(m)).is_some_and(|l| l == lr);
             let _ = write!(
                 s,
-                " {m} {lr:e}{}: {:.1}%;",
+                " {m} {}{}: {:.1}%;",
+                rate(*lr),
                 if chosen { " (chosen)" } else { "" },
                 100.0 * acc
             );
@@ -451,7 +464,7 @@ pub(crate) fn lm_report(
             };
             let _ = writeln!(
                 s,
-                "| {m} | {} | {} | {} | {} | {} | {} | {} | {:.1} ({}) | {:e} |",
+                "| {m} | {} | {} | {} | {} | {} | {} | {} | {:.1} ({}) | {} |",
                 v.first().map_or(f64::NAN, |x| num(x, "params")),
                 v.len(),
                 loss(0),
@@ -532,7 +545,8 @@ pub(crate) fn lm_report(
             let chosen = r.rates.get(family_of(m)).is_some_and(|l| l == lr);
             let _ = write!(
                 s,
-                " {m} {lr:e}{}: {:.3};",
+                " {m} {}{}: {:.3};",
+                rate(*lr),
                 if chosen { " (chosen)" } else { "" },
                 -score
             );
@@ -565,4 +579,14 @@ pub(crate) fn lm_report(
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_print_short() {
+        assert_eq!(super::rate(3e-2), "3e-2");
+        assert_eq!(super::rate(0.333_333_333_333_333_37), "3.33e-1");
+        assert_eq!(super::rate(1e-4), "1e-4");
+    }
 }
