@@ -866,7 +866,24 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
         }
     }
     println!("== {}: every method, seeds {:?}", task.name, plan.seeds);
-    for m in &plan.methods {
+    // The cells the comparisons lean on first, full fine-tuning (the
+    // costliest) last, so a session that stops early leaves complete cells
+    // that can be compared; the report keeps the table order.
+    let first = [
+        "head",
+        "lora-r8",
+        "waveletft-1000",
+        "fourierft-1000",
+        "waveletft-energy-1000",
+        "lora-r1",
+    ];
+    let mut order: Vec<&str> = plan.methods.clone();
+    order.sort_by_key(|m| match first.iter().position(|f| f == m) {
+        Some(i) => i,
+        None if *m == "full" => usize::MAX,
+        None => first.len(),
+    });
+    for m in &order {
         // A family whose rate is not known yet (cached-only reports).
         let Some(&lr) = rates.get(family_of(m)) else { continue };
         let mut vs = Vec::new();
@@ -881,6 +898,7 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
         }
         runs.push((m.to_string(), vs));
     }
+    runs.sort_by_key(|(m, _)| plan.methods.iter().position(|x| x == m));
     Ok(TaskResult {
         task: *task,
         runs,
