@@ -835,7 +835,41 @@ fn tune(
     }
 }
 
-fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
+/// Which cells a pass over a family's tasks runs. Every task's compared
+/// cells come before any task's other budgets, and full fine-tuning (the
+/// costliest, tuned last) comes after everything else, so a family that
+/// stops early leaves every task with cells that can be compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The head, LoRA r = 1 and 8, and the 1000-coefficient spectral cells.
+    Compared,
+    /// Every method but full fine-tuning.
+    Adapters,
+    /// Everything, full fine-tuning included.
+    All,
+}
+
+impl Stage {
+    /// The methods the comparisons lean on, in the order they run.
+    const COMPARED: [&'static str; 6] = [
+        "head",
+        "lora-r8",
+        "waveletft-1000",
+        "fourierft-1000",
+        "waveletft-energy-1000",
+        "lora-r1",
+    ];
+
+    fn includes(self, method: &str) -> bool {
+        match self {
+            Stage::Compared => Stage::COMPARED.contains(&method),
+            Stage::Adapters => family_of(method) != "full",
+            Stage::All => true,
+        }
+    }
+}
+
+fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
     println!("== {}: learning rates (seed 0, validation)", task.name);
     let mut sweep = Vec::new();
     let mut rates = BTreeMap::new();
@@ -860,7 +894,7 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
     if !head_lr.is_nan() {
         rates.insert("head".to_string(), head_lr);
     }
-    for fam in plan.families.iter().filter(|f| f.name != "head") {
+    for fam in plan.families.iter().filter(|f| f.name != "head" && stage.includes(f.representative)) {
         if let Some(lr) = tune(plan, task, fam, Some(head_lr), &mut sweep)? {
             rates.insert(fam.name.to_string(), lr);
         }
@@ -869,19 +903,11 @@ fn run_task(plan: &Plan, task: &Task) -> Result<TaskResult> {
     // The cells the comparisons lean on first, full fine-tuning (the
     // costliest) last, so a session that stops early leaves complete cells
     // that can be compared; the report keeps the table order.
-    let first = [
-        "head",
-        "lora-r8",
-        "waveletft-1000",
-        "fourierft-1000",
-        "waveletft-energy-1000",
-        "lora-r1",
-    ];
-    let mut order: Vec<&str> = plan.methods.clone();
-    order.sort_by_key(|m| match first.iter().position(|f| f == m) {
+    let mut order: Vec<&str> = plan.methods.iter().copied().filter(|m| stage.includes(m)).collect();
+    order.sort_by_key(|m| match Stage::COMPARED.iter().position(|f| f == m) {
         Some(i) => i,
         None if *m == "full" => usize::MAX,
-        None => first.len(),
+        None => Stage::COMPARED.len(),
     });
     for m in &order {
         // A family whose rate is not known yet (cached-only reports).
@@ -935,11 +961,21 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
             write_quick_data(t, &plan.data_dir(t))?;
         }
     }
-    let mut results = plan
-        .tasks
-        .iter()
-        .map(|t| run_task(&plan, t))
-        .collect::<Result<Vec<_>>>()?;
+    // Stage by stage over every task; the last pass (everything, from the
+    // cache where the earlier ones ran it) makes the report.
+    let stages: &[Stage] = if cached_only {
+        &[Stage::All]
+    } else {
+        &[Stage::Compared, Stage::Adapters, Stage::All]
+    };
+    let mut results = Vec::new();
+    for &stage in stages {
+        results = plan
+            .tasks
+            .iter()
+            .map(|t| run_task(&plan, t, stage))
+            .collect::<Result<Vec<_>>>()?;
+    }
     // A task with nothing done yet (cached-only reports) is left out.
     results.retain(|r| !r.runs.is_empty());
     std::fs::create_dir_all(&plan.docs).map_err(|e| e.to_string())?;
