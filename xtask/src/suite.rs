@@ -245,10 +245,41 @@ struct Plan {
     epochs: usize,
     batch: usize,
     model: Vec<String>,
+    out: Outputs,
+}
+
+/// Where a plan's runs, models, releases and report go.
+struct Outputs {
+    /// The run cache, one folder per task.
     runs: PathBuf,
+    /// Seed 0's saved models, before release.
     saved: PathBuf,
-    release: Option<PathBuf>,
+    /// The released models and their index.
+    release: PathBuf,
+    /// The report and its plots.
     docs: PathBuf,
+}
+
+impl Outputs {
+    /// The committed tree for real runs; `target/suite-quick` for `--quick`.
+    fn new(quick: bool) -> Outputs {
+        if quick {
+            let base = root().join("target/suite-quick");
+            Outputs {
+                runs: base.join("runs"),
+                saved: base.join("saved"),
+                release: base.join("release"),
+                docs: base,
+            }
+        } else {
+            Outputs {
+                runs: root().join("results/runs"),
+                saved: root().join("target/suite/saved"),
+                release: root().join("results"),
+                docs: root().join("docs"),
+            }
+        }
+    }
 }
 
 /// A method's family: its name without the trailing budget (`lora-r8` →
@@ -290,10 +321,7 @@ impl Plan {
                 epochs: 1,
                 batch: 32,
                 model: vec!["--tiny".into(), "1".into()],
-                runs: root().join("target/suite-quick/runs"),
-                saved: root().join("target/suite-quick/saved"),
-                release: Some(root().join("target/suite-quick/release")),
-                docs: root().join("target/suite-quick"),
+                out: Outputs::new(true),
             }
         } else {
             Plan {
@@ -313,10 +341,7 @@ impl Plan {
                 epochs: 3,
                 batch: 32,
                 model: vec!["--model".into(), root().join(MINILM).display().to_string()],
-                runs: root().join("results/runs"),
-                saved: root().join("target/suite/saved"),
-                release: Some(root().join("results")),
-                docs: root().join("docs"),
+                out: Outputs::new(false),
             }
         };
         if let Some(name) = only {
@@ -355,10 +380,7 @@ impl Plan {
                 epochs: 1,
                 batch: 4,
                 model,
-                runs: root().join("target/suite-quick/runs"),
-                saved: root().join("target/suite-quick/saved"),
-                release: Some(root().join("target/suite-quick/release")),
-                docs: root().join("target/suite-quick"),
+                out: Outputs::new(true),
             };
         }
         Plan {
@@ -386,10 +408,7 @@ impl Plan {
             epochs: 1,
             batch: 8,
             model,
-            runs: root().join("results/runs"),
-            saved: root().join("target/suite/saved"),
-            release: Some(root().join("results")),
-            docs: root().join("docs"),
+            out: Outputs::new(false),
         }
     }
 
@@ -421,10 +440,7 @@ impl Plan {
                 epochs: 1,
                 batch: 8,
                 model,
-                runs: root().join("target/suite-quick/runs"),
-                saved: root().join("target/suite-quick/saved"),
-                release: Some(root().join("target/suite-quick/release")),
-                docs: root().join("target/suite-quick"),
+                out: Outputs::new(true),
             });
         }
         Ok(Plan {
@@ -444,10 +460,7 @@ impl Plan {
             epochs: 2,
             batch: 64,
             model,
-            runs: root().join("results/runs"),
-            saved: root().join("target/suite/saved"),
-            release: Some(root().join("results")),
-            docs: root().join("docs"),
+            out: Outputs::new(false),
         })
     }
 
@@ -520,7 +533,7 @@ impl Plan {
     /// only the cache is read); seed 0 saves its model.
     fn run(&self, task: &Task, method: &str, seed: u64, lr: f64, head_lr: f64) -> Result<Option<Value>> {
         let tag = self.tag(task, method, seed, lr, head_lr);
-        let dir = self.runs.join(task.name);
+        let dir = self.out.runs.join(task.name);
         let json = dir.join(format!("{tag}.json"));
         if let Some(v) = std::fs::read_to_string(&json)
             .ok()
@@ -534,7 +547,7 @@ impl Plan {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let t = Instant::now();
         let tmp = dir.join(format!("{tag}.json.partial"));
-        let saved = self.saved.join(task.name).join(&tag);
+        let saved = self.out.saved.join(task.name).join(&tag);
         let v: Value = match task.kind {
             TaskKind::Classify => {
                 let mut cmd = Command::new(self.binary());
@@ -638,7 +651,7 @@ impl Plan {
 
     /// Copy seed 0's head, labels and adapter folder to the release tree.
     fn release(&self, task: &Task, method: &str, v: &Value) -> Result {
-        let Some(release) = &self.release else { return Ok(()) };
+        let release = &self.out.release;
         let lr = v["config"]["lr"].as_f64().unwrap_or(f64::NAN);
         let head_lr = v["config"]["head_lr"].as_f64().unwrap_or(f64::NAN);
         let tag = self.tag(task, method, 0, lr, head_lr);
@@ -669,7 +682,7 @@ impl Plan {
             _ => Layout::Classifier,
         };
         release_model(
-            &self.saved.join(task.name).join(&tag),
+            &self.out.saved.join(task.name).join(&tag),
             &release.join(task.name).join(method),
             &record,
             layout,
@@ -884,7 +897,7 @@ fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
                     runs,
                     sweep,
                     rates,
-                    compute_secs: compute_secs(&plan.runs.join(task.name)),
+                    compute_secs: compute_secs(&plan.out.runs.join(task.name)),
                     seeds: plan.seeds.len(),
                 });
             }
@@ -894,7 +907,11 @@ fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
     if !head_lr.is_nan() {
         rates.insert("head".to_string(), head_lr);
     }
-    for fam in plan.families.iter().filter(|f| f.name != "head" && stage.includes(f.representative)) {
+    for fam in plan
+        .families
+        .iter()
+        .filter(|f| f.name != "head" && stage.includes(f.representative))
+    {
         if let Some(lr) = tune(plan, task, fam, Some(head_lr), &mut sweep)? {
             rates.insert(fam.name.to_string(), lr);
         }
@@ -930,7 +947,7 @@ fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
         runs,
         sweep,
         rates,
-        compute_secs: compute_secs(&plan.runs.join(task.name)),
+        compute_secs: compute_secs(&plan.out.runs.join(task.name)),
         seeds: plan.seeds.len(),
     })
 }
@@ -941,8 +958,8 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
     plan.cached_only = cached_only;
     let started = Instant::now();
     if quick && !cached_only {
-        let _ = std::fs::remove_dir_all(&plan.runs);
-        let _ = std::fs::remove_dir_all(&plan.saved);
+        let _ = std::fs::remove_dir_all(&plan.out.runs);
+        let _ = std::fs::remove_dir_all(&plan.out.saved);
         run(cargo().args(["build", "--profile", "test", "-p", "wft-train", "-j2"]))?;
     } else if !cached_only {
         run(cargo().args(["build", "--release", "-p", "wft-train", "-j2"]))?;
@@ -978,20 +995,28 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
     }
     // A task with nothing done yet (cached-only reports) is left out.
     results.retain(|r| !r.runs.is_empty());
-    std::fs::create_dir_all(&plan.docs).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&plan.out.docs).map_err(|e| e.to_string())?;
     let md = match suite {
-        Suite::Nlu | Suite::Vision => {
-            crate::suite_report::nlu_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
-        }
-        Suite::Nlg | Suite::Instruct => {
-            crate::suite_report::lm_report(&results, &plan.docs, plan.quick, plan.epochs, plan.batch, suite.name())?
-        }
+        Suite::Nlu | Suite::Vision => crate::suite_report::nlu_report(
+            &results,
+            &plan.out.docs,
+            plan.quick,
+            plan.epochs,
+            plan.batch,
+            suite.name(),
+        )?,
+        Suite::Nlg | Suite::Instruct => crate::suite_report::lm_report(
+            &results,
+            &plan.out.docs,
+            plan.quick,
+            plan.epochs,
+            plan.batch,
+            suite.name(),
+        )?,
     };
-    if let Some(release) = &plan.release {
-        write_release_index(release)?;
-    }
+    write_release_index(&plan.out.release)?;
     let section = format!("suite-{}", suite.name());
-    let path = plan.docs.join(if quick {
+    let path = plan.out.docs.join(if quick {
         format!("RESULTS-{}.md", suite.name())
     } else {
         "RESULTS.md".into()
@@ -1080,7 +1105,7 @@ fn write_quick_data(task: &Task, to: &std::path::Path) -> Result {
 /// Quick mode: every run has per-example results, and every released model
 /// has its head, labels and (for adapters) a PEFT folder.
 fn check_quick(plan: &Plan, results: &[TaskResult]) -> Result {
-    let release = plan.release.as_ref().ok_or("no release folder")?;
+    let release = &plan.out.release;
     for r in results {
         for (m, runs) in &r.runs {
             let dir = release.join(r.task.name).join(m);
