@@ -148,6 +148,17 @@ pub enum Error {
     /// into the weight.
     #[error("the adapter is merged into its weight: unmerge before changing its parameters")]
     Merged,
+    /// Adapters that cannot be combined or swapped for one another: adapter
+    /// `adapter` (by position) disagrees with adapter 0.
+    #[error("adapter {adapter}{}: {reason}", module.as_ref().map(|m| format!(", module {m:?}")).unwrap_or_default())]
+    Incompatible {
+        /// The disagreeing adapter's position among the inputs.
+        adapter: usize,
+        /// The module where they disagree, when it is one module.
+        module: Option<String>,
+        /// How.
+        reason: String,
+    },
     /// An output path would overwrite the input it is made from, or a file
     /// that exists.
     #[error("{}: {reason}", path.display())]

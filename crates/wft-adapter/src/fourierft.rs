@@ -113,6 +113,11 @@ impl<T: Element> FourierFt<T> {
         })
     }
 
+    /// The scaling α.
+    pub fn scaling(&self) -> f64 {
+        self.scaling
+    }
+
     /// `(row frequency, column frequency)` of each entry.
     pub fn frequencies(&self) -> &[(usize, usize)] {
         &self.freqs

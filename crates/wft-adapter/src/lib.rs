@@ -53,6 +53,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapter;
+mod combine;
 mod config;
 mod conv;
 mod error;
@@ -73,6 +74,7 @@ mod tensors;
 mod waveletft;
 
 pub use adapter::{AdaptedLinear, Adapter, Gradients, InputGrad, Method};
+pub use combine::{CombineMethod, Weighted};
 pub use config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PEFT_VERSION, PeftType};
 pub use conv::{AdaptedConv2d, Conv2dGeometry};
 #[cfg(feature = "gpu")]

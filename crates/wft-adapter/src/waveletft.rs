@@ -34,6 +34,11 @@ pub enum Strategy {
     /// weight itself (ties to the lower flat index). Needs
     /// [`Layout::Wavedec`] and the weight.
     EnergyGuided,
+    /// Given by the caller and stored with the coefficients (a
+    /// [combination](crate::AdapterModel::combine) over the union of
+    /// several adapters' locations, [`WaveletFt::from_parts`]). Nothing is
+    /// drawn: [`WaveletFt::new`] refuses it.
+    Explicit,
 }
 
 /// How the coefficients start.
@@ -457,6 +462,10 @@ fn choose_locations<T: Element>(
         ));
     }
     match config.strategy {
+        Strategy::Explicit => Err(Error::invalid(
+            "strategy",
+            "explicit locations are given, not drawn: build with WaveletFt::from_parts",
+        )),
         Strategy::Uniform if peft_like => randperm_prefix((out * inp) as u64, n, config.seed)
             .into_iter()
             .map(|i| geometry.peft_position(i))

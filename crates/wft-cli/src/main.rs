@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wft_adapter::{AdapterModel, BaseShapes, Dtype, RawTensor, Summary, TensorFile, write_atomic};
+use wft_adapter::{
+    AdapterModel, BaseShapes, CombineMethod, Dtype, RawTensor, Summary, TensorFile, Weighted, write_atomic,
+};
 use wft_candle::gguf::Gguf;
 use wft_candle::models::llama;
 
@@ -94,6 +96,53 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Combine adapters of one base into one: a weighted sum, TIES or DARE
+    /// of their task vectors (each adapter's coefficients times its own α),
+    /// in coefficient space. WaveletFT adapters whose locations differ
+    /// combine over the union of their supports (written as a native
+    /// WAVELETFT folder); LoRA adapters combine linearly by concatenating
+    /// their factors. For `linear` the result's ΔW is `Σ wᵢ·ΔWᵢ`.
+    Combine {
+        /// An adapter folder (repeat, with one --weight each).
+        #[arg(long = "adapter", required = true)]
+        adapters: Vec<PathBuf>,
+        /// The weight of the --adapter at the same position (all 1 when none is given).
+        #[arg(long = "weight", allow_negative_numbers = true)]
+        weights: Vec<f64>,
+        /// How the task vectors are merged.
+        #[arg(long, value_enum, default_value_t = CombineKind::Linear)]
+        method: CombineKind,
+        /// TIES: the fraction of each adapter's largest coefficients kept;
+        /// DARE: the probability of keeping each coefficient. In (0, 1].
+        #[arg(long, default_value_t = 0.5)]
+        density: f64,
+        /// Seed of DARE's drops.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The base model (safetensors file, index or folder, or GGUF), for
+        /// the layer shapes PEFT's WaveFT and FourierFT folders do not store.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing output folder's files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// How `wft combine` merges task vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CombineKind {
+    /// The weighted sum.
+    Linear,
+    /// TIES-Merging (Yadav et al., 2023): trim, elect signs, disjoint mean.
+    Ties,
+    /// DARE (Yu et al., 2024): drop and rescale, then sum.
+    Dare,
+    /// DARE's drops with TIES' sign election and disjoint mean.
+    DareTies,
 }
 
 /// The type adapted GGUF tensors are written in.
@@ -129,6 +178,17 @@ fn is_gguf(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && &magic == b"GGUF"
+}
+
+/// A base model's tensor shapes: a GGUF decoder's (in the transformers
+/// layout) or a safetensors checkpoint's.
+fn base_shapes(path: &Path) -> Result<Box<dyn BaseShapes>, CliError> {
+    if is_gguf(path) {
+        let gguf = Gguf::open(path)?;
+        Ok(Box::new(llama::base_shapes(path, &llama::Config::from_gguf(&gguf)?)))
+    } else {
+        Ok(Box::new(TensorFile::open(path)?))
+    }
 }
 
 /// Whether `a` and `b` are the same file (so that a merge never writes over its base).
@@ -284,14 +344,7 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Inspect { adapter, base } => {
-            let shapes: Option<Box<dyn BaseShapes>> = match base {
-                Some(b) if is_gguf(&b) => {
-                    let gguf = Gguf::open(&b)?;
-                    Some(Box::new(llama::base_shapes(&b, &llama::Config::from_gguf(&gguf)?)))
-                }
-                Some(b) => Some(Box::new(TensorFile::open(&b)?)),
-                None => None,
-            };
+            let shapes = base.as_deref().map(base_shapes).transpose()?;
             let s = Summary::read(&adapter, shapes.as_deref())?;
             println!("adapter     {}", adapter.display());
             println!("method      {} (peft_type {})", s.method, s.peft_type);
@@ -311,6 +364,64 @@ fn run(command: Command) -> Result<(), CliError> {
                 }
                 println!("{:<60} {:>12} {:>10}", m.path, shape, m.params);
             }
+            Ok(())
+        }
+        Command::Combine {
+            adapters,
+            weights,
+            method,
+            density,
+            seed,
+            base,
+            out,
+            force,
+        } => {
+            refuse_existing(&out, force)?;
+            let weights = if weights.is_empty() {
+                vec![1.0; adapters.len()]
+            } else {
+                weights
+            };
+            if weights.len() != adapters.len() {
+                return Err(wft_adapter::Error::Invalid {
+                    what: "--weight".into(),
+                    reason: format!(
+                        "{} weights for {} adapters: give one per --adapter",
+                        weights.len(),
+                        adapters.len()
+                    ),
+                }
+                .into());
+            }
+            let shapes = base.as_deref().map(base_shapes).transpose()?;
+            let models = adapters
+                .iter()
+                .map(|a| match &shapes {
+                    Some(b) => AdapterModel::load_for(a, b.as_ref()),
+                    None => AdapterModel::load(a, None),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let inputs: Vec<Weighted<'_>> = models
+                .iter()
+                .zip(&weights)
+                .map(|(model, &weight)| Weighted { model, weight })
+                .collect();
+            let method = match method {
+                CombineKind::Linear => CombineMethod::Linear,
+                CombineKind::Ties => CombineMethod::Ties { density },
+                CombineKind::Dare => CombineMethod::Dare { density, seed },
+                CombineKind::DareTies => CombineMethod::DareTies { density, seed },
+            };
+            let combined = AdapterModel::combine(&inputs, method)?;
+            combined.save(&out)?;
+            println!(
+                "combined {} adapters ({method:?}, {} modules, {} parameters, {}) -> {}",
+                models.len(),
+                combined.modules().len(),
+                combined.num_params(),
+                combined.config().peft_type(),
+                out.display()
+            );
             Ok(())
         }
         Command::Delta {

@@ -236,3 +236,73 @@ fn merge_refuses_its_base_and_existing_outputs() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("duplicate") && err.contains("peft_type"), "{err}");
 }
+
+/// `wft combine` on a real PEFT folder: the linear combination's ΔW, read
+/// back by `wft delta`, is the weighted sum of the inputs' (here one
+/// adapter twice: 2·ΔW − 0.5·ΔW); TIES at density 1 of one adapter is that
+/// adapter; a weight count that does not fit is an error that writes nothing.
+#[test]
+fn combine_is_the_weighted_sum_of_deltas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = refs("waveft_pattern_regex");
+    let (base, adapter) = (case.join("base.safetensors"), case.join("adapter"));
+    let combined = tmp.path().join("combined");
+    let mut args = vec!["combine", "--base", s(&base), "--out", s(&combined)];
+    args.extend([
+        "--adapter",
+        s(&adapter),
+        "--weight",
+        "2",
+        "--adapter",
+        s(&adapter),
+        "--weight",
+        "-0.5",
+    ]);
+    let o = wft(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ties = tmp.path().join("ties");
+    let o = wft(&[
+        "combine",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--method",
+        "ties",
+        "--density",
+        "1",
+        "--out",
+        s(&ties),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for module in ["layers.0.q", "layers.1.v"] {
+        let d = |a: &Path, name: &str| {
+            let out = tmp.path().join(format!("{name}-{module}.safetensors"));
+            let o = delta(&base, a, module, &out);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            f32s(&out, "delta_weight")
+        };
+        let one = d(&adapter, "one");
+        let want: Vec<f32> = one.iter().map(|v| 1.5 * v).collect();
+        let e = rel_err(&d(&combined, "combined"), &want);
+        assert!(e <= 1e-6, "{module}: {e}");
+        assert!(rel_err(&d(&ties, "ties"), &one) <= 1e-6, "{module}");
+    }
+    let bad = tmp.path().join("bad");
+    let o = wft(&[
+        "combine",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--weight",
+        "1",
+        "--weight",
+        "2",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 weights for 1 adapters"));
+    assert!(!bad.exists());
+}
