@@ -62,6 +62,62 @@ pub trait Adapter<T: Element>: std::fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// Call `f(start, len)` for contiguous runs of the row-major weight,
+    /// stored in `orientation`, that together cover every element
+    /// [`Adapter::merge_into`] writes (runs may overlap), and say whether it
+    /// did: [`Coverage::Everything`] (the default, for LoRA and FourierFT,
+    /// which write every element) reports no runs. WaveletFT's runs cover
+    /// `O(n · support²)` elements.
+    fn for_each_touched_run(&self, orientation: Orientation, f: &mut dyn FnMut(usize, usize)) -> Coverage {
+        let _ = (orientation, f);
+        Coverage::Everything
+    }
+
+    /// The flat indices [`Adapter::for_each_touched_run`] covers, sorted and
+    /// without repeats; `None` for [`Coverage::Everything`].
+    fn touched(&self, orientation: Orientation) -> Option<Vec<usize>> {
+        let mut idx = Vec::new();
+        match self.for_each_touched_run(orientation, &mut |start, len| idx.extend(start..start + len)) {
+            Coverage::Everything => None,
+            Coverage::Runs => {
+                idx.sort_unstable();
+                idx.dedup();
+                Some(idx)
+            }
+        }
+    }
+
+    /// `W += ΔW` in place, as [`Adapter::merge_into`] with sign 1, keeping
+    /// the previous value of every element it writes, so that
+    /// [`MergeRecord::restore`] puts `W` back **bit for bit** (subtracting
+    /// ΔW again does not: float addition does not undo). The record holds
+    /// the elements of [`Adapter::for_each_touched_run`]'s runs, or a copy of
+    /// all of `W` for an adapter that writes every element or a weight that
+    /// is not contiguous.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `w` has the wrong shape.
+    fn merge_recorded(&self, mut w: ArrayViewMut2<'_, T>, orientation: Orientation) -> Result<MergeRecord<T>> {
+        let stored = stored_shape(self.shape(), orientation);
+        check_shape("weight", w.shape(), &stored)?;
+        let saved = match w.as_slice() {
+            Some(buf) => {
+                let (mut runs, mut values) = (Vec::new(), Vec::new());
+                let coverage = self.for_each_touched_run(orientation, &mut |start, len| {
+                    runs.push((start, len));
+                    values.extend_from_slice(&buf[start..start + len]);
+                });
+                match coverage {
+                    Coverage::Runs => Saved::Runs { runs, values },
+                    Coverage::Everything => Saved::Dense(buf.to_vec()),
+                }
+            }
+            None => Saved::Dense(w.iter().copied().collect()),
+        };
+        self.merge_into(w.view_mut(), T::one(), orientation)?;
+        Ok(MergeRecord { stored, saved })
+    }
+
     /// `y += x · ΔWᵀ` for a batch `x` of shape `batch × in` (`y`: `batch × out`).
     ///
     /// # Errors
@@ -105,6 +161,9 @@ macro_rules! forward_adapter {
             fn merge_into(&self, w: ArrayViewMut2<'_, T>, sign: T, orientation: Orientation) -> Result<()> {
                 (**self).merge_into(w, sign, orientation)
             }
+            fn for_each_touched_run(&self, orientation: Orientation, f: &mut dyn FnMut(usize, usize)) -> Coverage {
+                (**self).for_each_touched_run(orientation, f)
+            }
             fn forward_delta(&self, x: ArrayView2<'_, T>, y: ArrayViewMut2<'_, T>) -> Result<()> {
                 (**self).forward_delta(x, y)
             }
@@ -124,6 +183,85 @@ macro_rules! forward_adapter {
 // can hold any method), and so is a mutable borrow of one (a layer can
 // train a model's adapter in place).
 forward_adapter!(Box<A>, &mut A);
+
+/// What [`Adapter::merge_recorded`] overwrote: the previous values of the
+/// weight elements a merge wrote, to put back bit for bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeRecord<T> {
+    /// The stored weight's shape.
+    stored: [usize; 2],
+    saved: Saved<T>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Saved<T> {
+    /// `(start, len)` runs of the row-major weight (they may overlap: each
+    /// saved copy is the value before the merge) and their values, back to
+    /// back.
+    Runs { runs: Vec<(usize, usize)>, values: Vec<T> },
+    /// Every element, in logical row-major order.
+    Dense(Vec<T>),
+}
+
+/// Which elements a merge writes, as [`Adapter::for_each_touched_run`]
+/// reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Only the runs reported.
+    Runs,
+    /// Every element; no runs were reported.
+    Everything,
+}
+
+impl<T: Element> MergeRecord<T> {
+    /// Write the saved values back into `w`, the weight the merge wrote:
+    /// `w` is then bit for bit what it was before the merge (if nothing
+    /// else wrote those elements since). `O(len)`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `w` is not the merged weight's shape.
+    pub fn restore(&self, mut w: ArrayViewMut2<'_, T>) -> Result<()> {
+        check_shape("weight", w.shape(), &self.stored)?;
+        match &self.saved {
+            Saved::Runs { runs, values } => {
+                let cols = self.stored[1];
+                let mut off = 0;
+                for &(start, len) in runs {
+                    let v = &values[off..off + len];
+                    off += len;
+                    match w.as_slice_mut() {
+                        Some(buf) => buf[start..start + len].copy_from_slice(v),
+                        None => {
+                            for (i, &x) in (start..start + len).zip(v) {
+                                w[[i / cols, i % cols]] = x;
+                            }
+                        }
+                    }
+                }
+            }
+            Saved::Dense(values) => w.iter_mut().zip(values).for_each(|(d, &v)| *d = v),
+        }
+        Ok(())
+    }
+
+    /// How many values it saved (overlapping runs count each time).
+    pub fn len(&self) -> usize {
+        match &self.saved {
+            Saved::Runs { values, .. } => values.len(),
+            Saved::Dense(values) => values.len(),
+        }
+    }
+
+    /// Whether it saved nothing (a merge that wrote nothing).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether it saved the whole weight rather than runs of it.
+    pub fn is_dense(&self) -> bool {
+        matches!(self.saved, Saved::Dense(_))
+    }
+}
 
 /// `w += sign · d`, with `d` (`out × in`) transposed for
 /// [`Orientation::Transposed`]; shapes already checked.
@@ -181,7 +319,8 @@ pub struct AdaptedLinear<T, A> {
     weight: Array2<T>,
     bias: Option<Array1<T>>,
     adapter: A,
-    merged: bool,
+    /// While merged: what the merge overwrote.
+    merged: Option<MergeRecord<T>>,
 }
 
 impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
@@ -199,7 +338,7 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
             weight,
             bias,
             adapter,
-            merged: false,
+            merged: None,
         })
     }
 
@@ -214,7 +353,7 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
     /// parameters then would make [`Self::unmerge`] subtract another ΔW.
     /// Unmerge first.
     pub fn adapter_mut(&mut self) -> Result<&mut A> {
-        if self.merged {
+        if self.is_merged() {
             return Err(Error::Merged);
         }
         Ok(&mut self.adapter)
@@ -225,7 +364,7 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
     }
     /// Whether ΔW is currently added into the weight.
     pub fn is_merged(&self) -> bool {
-        self.merged
+        self.merged.is_some()
     }
 
     /// `y = x·Wᵀ + b + x·ΔWᵀ` for `x` of shape `batch × in`.
@@ -240,7 +379,7 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
         if let Some(b) = &self.bias {
             y += b;
         }
-        if !self.merged {
+        if !self.is_merged() {
             self.adapter.forward_delta(x, y.view_mut())?;
         }
         Ok(y)
@@ -256,7 +395,7 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
         check_batch(x, g, inp, out)?;
         let mut dx = (input == InputGrad::Compute).then(|| g.dot(&self.weight));
         // Once merged, W already carries ΔW: the adapter adds nothing to ∂L/∂x.
-        let share = if self.merged {
+        let share = if self.is_merged() {
             None
         } else {
             dx.as_mut().map(|d| d.view_mut())
@@ -265,31 +404,57 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
         Ok(Gradients { params, input: dx })
     }
 
-    /// Add ΔW into the weight. A no-op when already merged.
+    /// Add ΔW into the weight, keeping what it overwrote
+    /// ([`Adapter::merge_recorded`]). A no-op when already merged.
     ///
     /// # Errors
     /// None in practice: the shapes were checked at construction; an
     /// adapter's own [`Adapter::merge_into`] errors are passed on.
     pub fn merge(&mut self) -> Result<()> {
-        if !self.merged {
-            self.adapter
-                .merge_into(self.weight.view_mut(), T::one(), Orientation::Normal)?;
-            self.merged = true;
+        if self.merged.is_none() {
+            let record = self
+                .adapter
+                .merge_recorded(self.weight.view_mut(), Orientation::Normal)?;
+            self.merged = Some(record);
         }
         Ok(())
     }
 
-    /// Subtract ΔW from the weight again. A no-op when not merged.
+    /// Take ΔW out of the weight again, exactly: the overwritten elements
+    /// get their saved values back, so the weight is bit for bit what it was
+    /// before [`Self::merge`]. A no-op when not merged.
     ///
     /// # Errors
     /// As [`Self::merge`].
     pub fn unmerge(&mut self) -> Result<()> {
-        if self.merged {
-            self.adapter
-                .merge_into(self.weight.view_mut(), -T::one(), Orientation::Normal)?;
-            self.merged = false;
+        if let Some(record) = self.merged.take() {
+            record.restore(self.weight.view_mut())?;
         }
         Ok(())
+    }
+
+    /// Replace the adapter with `adapter` and return the old one. A merged
+    /// layer stays merged: the old adapter's elements are restored exactly
+    /// and the new one merged, `O(touched)` for WaveletFT (never `O(out·in)`),
+    /// so the weight is bit for bit what merging `adapter` into the frozen
+    /// weight gives.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `adapter` has another shape (the layer is then
+    /// unchanged), and the merge's errors.
+    pub fn swap(&mut self, adapter: A) -> Result<A> {
+        check_shape(
+            "adapter",
+            &[adapter.shape().0, adapter.shape().1],
+            &[self.adapter.shape().0, self.adapter.shape().1],
+        )?;
+        let was_merged = self.is_merged();
+        self.unmerge()?;
+        let old = std::mem::replace(&mut self.adapter, adapter);
+        if was_merged {
+            self.merge()?;
+        }
+        Ok(old)
     }
 
     /// [`Self::merge`], refusing adapter parameters that are NaN or infinite
@@ -299,16 +464,15 @@ impl<T: Element, A: Adapter<T>> AdaptedLinear<T, A> {
     /// # Errors
     /// [`Error::NonFinite`] naming the first offending parameter or weight.
     pub fn merge_safe(&mut self) -> Result<()> {
-        if self.merged {
+        if self.is_merged() {
             return Ok(());
         }
         check_finite("adapter parameters", self.adapter.params())?;
         let mut merged = self.weight.clone();
-        self.adapter
-            .merge_into(merged.view_mut(), T::one(), Orientation::Normal)?;
+        let record = self.adapter.merge_recorded(merged.view_mut(), Orientation::Normal)?;
         check_finite("merged weight", merged.iter())?;
         self.weight = merged;
-        self.merged = true;
+        self.merged = Some(record);
         Ok(())
     }
 

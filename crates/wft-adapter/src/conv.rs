@@ -167,7 +167,7 @@ impl<T: Element, A: Adapter<T>> AdaptedConv2d<T, A> {
         self.linear.merge()
     }
 
-    /// Subtract ΔW again (a no-op when not merged).
+    /// Take ΔW out again, bit for bit (a no-op when not merged).
     ///
     /// # Errors
     /// As [`AdaptedLinear::unmerge`].

@@ -73,7 +73,7 @@ mod targets;
 mod tensors;
 mod waveletft;
 
-pub use adapter::{AdaptedLinear, Adapter, Gradients, InputGrad, Method};
+pub use adapter::{AdaptedLinear, Adapter, Coverage, Gradients, InputGrad, MergeRecord, Method};
 pub use combine::{CombineMethod, Weighted};
 pub use config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PEFT_VERSION, PeftType};
 pub use conv::{AdaptedConv2d, Conv2dGeometry};

@@ -9,7 +9,8 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{
-    Method, ROW_BLOCK, add_dense, add_transposed, check_batch, dx_dense, for_each_block, stored_shape, transpose_rows,
+    Coverage, Method, ROW_BLOCK, add_dense, add_transposed, check_batch, dx_dense, for_each_block, stored_shape,
+    transpose_rows,
 };
 use crate::error::check_shape;
 use crate::layout::{Geometry, Layout};
@@ -348,6 +349,12 @@ impl<T: Element> Adapter<T> for WaveletFt<T> {
             None => add_dense(self.delta_weight(), w, sign, orientation),
         }
         Ok(())
+    }
+
+    /// The atoms' rectangles, row by row: `O(n · support²)` elements.
+    fn for_each_touched_run(&self, orientation: Orientation, f: &mut dyn FnMut(usize, usize)) -> Coverage {
+        self.atoms.for_each_touched_run(orientation, f);
+        Coverage::Runs
     }
 
     /// The atom form, `O(batch · n · support)`, unless a dense ΔW and a

@@ -484,3 +484,72 @@ fn recomputed_activations_give_the_kept_gradients() -> R {
     }
     Ok(())
 }
+
+/// Hot-swapping a loaded decoder's adapters A → B gives bit for bit the
+/// logits of the decoder built with B (dense and quantized bases), swapping
+/// back gives A's, and adapters that do not fit are refused with the model
+/// unchanged.
+#[test]
+fn hot_swapped_adapters_equal_a_fresh_load() -> R {
+    let dir = tempfile::tempdir()?;
+    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
+    let gguf = Gguf::open(&path)?;
+    let (_, dense) = llama::load_gguf(&gguf)?;
+    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    let a = adapters(&dense, dir.path())?;
+    let mut b = a.clone();
+    let mut g = wft_adapter::Mt19937::new(17);
+    for m in b.modules_mut().values_mut() {
+        m.as_adapter_mut()
+            .params_mut()
+            .iter_mut()
+            .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
+    }
+    let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 16, 17]])?;
+    let bits = |t: &Tensor| -> R<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect())
+    };
+    // Bit for bit, reported as a count of differing logits.
+    let differ = |x: &[u32], y: &[u32]| x.iter().zip(y).filter(|(a, b)| a != b).count() + x.len().abs_diff(y.len());
+    for w in [&dense, &quantized] {
+        let logits = |m: &Llama| -> R<Vec<u32>> { bits(&m.forward(&x, &mut Cache::new(), None)?) };
+        let fresh_b = logits(&Llama::new(&config, w, Tuning::Adapters(&b))?)?;
+        let model = Llama::new(&config, w, Tuning::Adapters(&a))?;
+        let fresh_a = logits(&model)?;
+        assert!(differ(&fresh_a, &fresh_b) > 0);
+        model.swap_adapters(&b)?;
+        assert_eq!(differ(&logits(&model)?, &fresh_b), 0);
+        // The variables hold B's values: what training or saving sees.
+        let held = model.adapters(&a)?;
+        for (m, adapter) in b.modules() {
+            assert_eq!(
+                held.modules()[m].as_adapter().params(),
+                adapter.as_adapter().params(),
+                "{m}"
+            );
+        }
+        model.swap_adapters(&a)?;
+        assert_eq!(differ(&logits(&model)?, &fresh_a), 0);
+
+        // Another module set, or another n, is refused before anything changes.
+        let mut fewer = b.clone();
+        let first = fewer.modules().keys().next().ok_or("no module")?.clone();
+        fewer.modules_mut().remove(&first);
+        assert!(matches!(model.swap_adapters(&fewer), Err(Error::Config(_))));
+        let method = MethodConfig::WaveletFt(WaveletFtConfig {
+            n_frequency: 41,
+            ..Default::default()
+        });
+        let base_path = dir.path().join("base.safetensors");
+        let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
+        let other_n =
+            AdapterModel::new_for_base(AdapterConfig::new(method, targets), &TensorFile::open(&base_path)?, 1)?;
+        assert!(matches!(model.swap_adapters(&other_n), Err(Error::Shape { .. })));
+        assert_eq!(differ(&logits(&model)?, &fresh_a), 0);
+    }
+    Ok(())
+}

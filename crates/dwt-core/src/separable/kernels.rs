@@ -95,6 +95,37 @@ impl<T: Real> SeparableBasis<T> {
         }
     }
 
+    /// Call `f(start, len)` for every contiguous run of the row-major
+    /// buffer, stored in `orientation`, that [`SeparableBasis::add_outer`]
+    /// writes: one per atom, row of its rectangle and run of its inner
+    /// factor. Runs of different atoms may overlap. `O(Σ_k |u_k|)` calls
+    /// covering `O(Σ_k |u_k|·|v_k|)` elements, never `O(rows · cols)`.
+    pub fn for_each_touched_run(&self, orientation: Orientation, mut f: impl FnMut(usize, usize)) {
+        let (rows, cols) = self.shape;
+        let (outer, inner, outer_of, inner_of, stride) = match orientation {
+            Orientation::Normal => (&self.rows, &self.cols, &self.row_of, &self.col_of, cols),
+            Orientation::Transposed => (&self.cols, &self.rows, &self.col_of, &self.row_of, rows),
+        };
+        for k in 0..self.len() {
+            let (o, i) = (outer_of[k], inner_of[k]);
+            outer.for_runs(o, |os, ov| {
+                for r in os..os + ov.len() {
+                    inner.for_runs(i, |is, iv| f(r * stride + is, iv.len()));
+                }
+            });
+        }
+    }
+
+    /// The flat indices [`SeparableBasis::for_each_touched_run`] covers,
+    /// sorted and without repeats: every element a merge can change.
+    pub fn touched(&self, orientation: Orientation) -> Vec<usize> {
+        let mut idx = Vec::new();
+        self.for_each_touched_run(orientation, |start, len| idx.extend(start..start + len));
+        idx.sort_unstable();
+        idx.dedup();
+        idx
+    }
+
     /// The forward pass on a block of `rb` batch rows, transposed: `xt` is
     /// `cols × rb`, `yt` (`rows × rb`) receives `s · Σ_k c_k (x·v_k) u_k`.
     /// `xv` is scratch of `self.cols().len() × rb`.

@@ -61,4 +61,50 @@ pub trait Adaptable {
     fn adapters(&self, template: &AdapterModel) -> Result<AdapterModel> {
         crate::linear::current_adapters(template, &self.linears())
     }
+
+    /// Hot-swap every adapted layer to `adapters`' module of the same path
+    /// ([`AdaptedLinear::swap_adapter`]: bit for bit what loading the model
+    /// with `adapters` gives, in `O(touched)` per WaveletFT layer). Take
+    /// [`Adaptable::adapters`] first to keep the ones it held. Everything is
+    /// checked before anything changes.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when `adapters` and the adapted layers do
+    /// not name the same modules, [`crate::Error::Shape`] for a module of
+    /// another shape or parameter count; the model is then unchanged.
+    fn swap_adapters(&self, adapters: &AdapterModel) -> Result<()> {
+        let linears = self.linears();
+        let mut adapted = Vec::new();
+        for (path, layer) in &linears {
+            let Some(((out, inp), params)) = layer.adapter_size() else {
+                continue;
+            };
+            let new = adapters.modules().get(path).ok_or_else(|| {
+                crate::Error::Config(format!(
+                    "the new adapters do not adapt `{path}`, which this model adapts"
+                ))
+            })?;
+            let n = new.as_adapter();
+            crate::error::check_shape(
+                &format!("adapter of `{path}`"),
+                &[n.shape().0, n.shape().1],
+                &[out, inp],
+            )?;
+            crate::error::check_shape(&format!("parameters of `{path}`"), &[n.num_params()], &[params])?;
+            adapted.push((path, *layer, new));
+        }
+        if let Some(m) = adapters
+            .modules()
+            .keys()
+            .find(|m| !adapted.iter().any(|(p, _, _)| p == m))
+        {
+            return Err(crate::Error::Config(format!(
+                "the new adapters adapt `{m}`, which is not an adapted layer of this model"
+            )));
+        }
+        for (_, layer, new) in adapted {
+            layer.swap_adapter(new.clone())?;
+        }
+        Ok(())
+    }
 }
