@@ -64,7 +64,9 @@
 //!   bf16 checkpoint of at least N GB (default 8) under `target/scale`, merge
 //!   a WaveFT adapter into it with the release `wft`, and write wall time and
 //!   peak RSS (`/usr/bin/time -v`) against `cp` of the same bytes to the
-//!   `scale` section of `docs/PERFORMANCE.md`.
+//!   `scale` section of `docs/PERFORMANCE.md`. With `--all-adapted`: one
+//!   file (f32, then bf16; default 3 GB) whose every tensor is adapted,
+//!   against `cp` + `sync`, in the `scale-all` section.
 //! * `peft-refs` — regenerate the PEFT reference folders with real PEFT and
 //!   check that PEFT loads the adapters we write (pinned torch/PEFT venv;
 //!   not part of CI: PyTorch is about 5.6 GB).
@@ -439,7 +441,7 @@ pub(crate) fn write_section(path: &Path, name: &str, body: &str) -> Result {
 }
 
 fn usage() -> Result {
-    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu|nlg|instruct|vision [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
+    Err("usage: cargo xtask <ci | fixtures [--check] | bench [--peer pywt|peft|peft-train|peft-decoder|vit | --gpu] [--quick] | reproduce [--quick] [--family nlu|nlg|instruct|vision [--task NAME] [--cached]] | vision-study [--quick] | demo | scale [--all-adapted] [--gb N] | peft-refs | llama-refs | fetch-minilm | fetch-smollm2 | fetch-vit | fetch-mnist5k | fetch-fashion-mnist>".into())
 }
 
 /// `cargo xtask demo`: the model, then the release demo.

@@ -11,9 +11,9 @@ use safetensors::Dtype;
 
 use crate::adapter::check_finite;
 use crate::model::{AdapterModel, ModuleAdapter, module_shape};
-use crate::stream::rewrite;
-use crate::tensors::{TensorFile, encode_f32};
-use crate::{Error, Result};
+use crate::stream::{Edit, rewrite};
+use crate::tensors::{TensorFile, decode_to, encode_f32, encode_to};
+use crate::{Adapter, Coverage, Error, Result};
 
 /// What [`AdapterModel::merge`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,13 @@ impl AdapterModel {
     /// and rounded back; F64 weights get the f32 ΔW added in f64.
     /// `progress(done, total)` is called once per tensor.
     ///
+    /// At the speed of a copy: each file is copied whole by the kernel
+    /// (`copy_file_range`, which shares extents on filesystems that can),
+    /// then mapped, and only the elements each adapter writes are rewritten
+    /// in place, in the file's dtype (for WaveletFT `O(n · support²)` per
+    /// tensor; LoRA and FourierFT rewrite the whole tensor). The bytes are
+    /// those of [`AdapterModel::merge_streaming`].
+    ///
     /// # Errors
     /// [`Error::ModuleNotInBase`]/[`Error::AmbiguousModule`] when a module
     /// cannot be found, [`Error::ShapeMismatch`] when its weight has the
@@ -38,7 +45,23 @@ impl AdapterModel {
     /// [`Error::NonFinite`] when adapter values are NaN or infinite, and
     /// write errors. Nothing is written unless everything checks out.
     pub fn merge(&self, base: &TensorFile, out: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<MergeReport> {
-        self.merge_on(base, out, Device::Cpu, progress)
+        self.merge_on(base, out, Device::Cpu, Writer::Patch, progress)
+    }
+
+    /// [`AdapterModel::merge`] written tensor by tensor: unchanged tensors
+    /// copied by the kernel, every adapted tensor decoded whole, merged and
+    /// written. Memory stays at about one tensor; the output file is never
+    /// mapped for writing.
+    ///
+    /// # Errors
+    /// As [`AdapterModel::merge`].
+    pub fn merge_streaming(
+        &self,
+        base: &TensorFile,
+        out: &Path,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<MergeReport> {
+        self.merge_on(base, out, Device::Cpu, Writer::Stream, progress)
     }
 
     /// [`AdapterModel::merge`] with ΔW built and added on a GPU (every
@@ -55,7 +78,7 @@ impl AdapterModel {
         ctx: &dwt_gpu::Context,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<MergeReport> {
-        self.merge_on(base, out, Device::Gpu(ctx), progress)
+        self.merge_on(base, out, Device::Gpu(ctx), Writer::Stream, progress)
     }
 
     fn merge_on(
@@ -63,6 +86,7 @@ impl AdapterModel {
         base: &TensorFile,
         out: &Path,
         device: Device<'_>,
+        writer: Writer,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<MergeReport> {
         let orient = self.config.orientation;
@@ -100,17 +124,47 @@ impl AdapterModel {
             merged: Vec::new(),
             copied: 0,
         };
-        let mut replace = |name: &str, w: &mut dyn Write| -> Result<bool> {
-            let Some(m) = plan.get(name) else {
+        let mut record = |name: &str| match plan.get(name) {
+            Some(m) => {
+                report.merged.push((name.to_string(), m.to_string()));
+                Some((*m, self.layout(m).orientation(self.config.orientation)))
+            }
+            None => {
                 report.copied += 1;
-                return Ok(false);
-            };
-            let orientation = self.layout(m).orientation(self.config.orientation);
-            self.merge_one(base, name, &self.modules[*m], orientation, device, w)?;
-            report.merged.push((name.to_string(), m.to_string()));
-            Ok(true)
+                None
+            }
         };
-        rewrite(base, out, &mut replace, progress)?;
+        match writer {
+            Writer::Stream => {
+                let mut replace = |name: &str, w: &mut dyn Write| -> Result<bool> {
+                    let Some((m, orientation)) = record(name) else {
+                        return Ok(false);
+                    };
+                    self.merge_one(base, name, &self.modules[m], orientation, device, w)?;
+                    Ok(true)
+                };
+                rewrite(base, out, Edit::Stream(&mut replace), progress)?;
+            }
+            Writer::Patch => {
+                let mut scratch = Vec::new();
+                let mut patch = |name: &str, bytes: &mut [u8]| -> Result<bool> {
+                    let Some((m, orientation)) = record(name) else {
+                        return Ok(false);
+                    };
+                    let info = base.info(name).map(|(d, s)| (d, s.to_vec()));
+                    let (dtype, dims) = info.ok_or_else(|| Error::MissingTensor {
+                        path: base.path().to_path_buf(),
+                        tensor: name.to_string(),
+                        expected: "the adapted weight".into(),
+                    })?;
+                    let module = self.modules[m].as_adapter();
+                    patch_one(module, dtype, &dims, orientation, bytes, &mut scratch)
+                        .map_err(|e| in_tensor(base, name, e))?;
+                    Ok(true)
+                };
+                rewrite(base, out, Edit::Patch(&mut patch), progress)?;
+            }
+        }
         report.merged.sort();
         Ok(report)
     }
@@ -156,6 +210,85 @@ impl AdapterModel {
         device.merge(module, view, orient)?;
         encode_f32(dtype, &values, w).map_err(io)?.ok_or_else(not_float)
     }
+}
+
+/// How a merge writes its output ([`Edit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Stream,
+    Patch,
+}
+
+fn in_tensor(base: &TensorFile, name: &str, e: Error) -> Error {
+    match e {
+        Error::Invalid { what, reason } => {
+            Error::invalid(format!("{} tensor {name}: {what}", base.path().display()), reason)
+        }
+        e => e,
+    }
+}
+
+/// `W += ΔW` on a tensor's little-endian bytes in place, with the arithmetic
+/// and rounding of the streaming merge: f32 added in place (through an
+/// aligned view when the bytes allow), F16/BF16 decoded to f32 on the
+/// elements the adapter writes, merged and rounded back, F64 given the f32
+/// ΔW in f64. `scratch` is reused across tensors; only the elements an
+/// adapter writes are read from it.
+fn patch_one(
+    adapter: &dyn Adapter<f32>,
+    dtype: Dtype,
+    dims: &[usize],
+    orientation: Orientation,
+    bytes: &mut [u8],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    let rows = dims.first().copied().unwrap_or(0);
+    let cols: usize = dims.iter().skip(1).product();
+    let len = rows * cols;
+    let view = |s: &mut [f32]| -> Result<()> {
+        let w = ArrayViewMut2::from_shape([rows, cols], s).map_err(|e| Error::invalid("weight", e.to_string()))?;
+        adapter.merge_into(w, 1.0, orientation)
+    };
+    if dtype == Dtype::F64 {
+        let d = orientation.orient(adapter.delta_weight());
+        for (c, &v) in bytes.chunks_exact_mut(8).zip(d.iter()) {
+            let t = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v);
+            c.copy_from_slice(&t.to_le_bytes());
+        }
+        return Ok(());
+    }
+    if dtype == Dtype::F32
+        && cfg!(target_endian = "little")
+        && let Ok(w) = bytemuck::try_cast_slice_mut::<u8, f32>(bytes)
+    {
+        return view(w);
+    }
+    let size = dtype.bitsize() / 8;
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    let s = &mut scratch[..len];
+    let mut runs = Vec::new();
+    let coverage = adapter.for_each_touched_run(orientation, &mut |start, n| runs.push((start, n)));
+    if coverage == Coverage::Everything {
+        runs = vec![(0, len)];
+    }
+    for &(start, n) in &runs {
+        decode_to(
+            dtype,
+            &bytes[start * size..(start + n) * size],
+            &mut s[start..start + n],
+        );
+    }
+    view(s)?;
+    for &(start, n) in &runs {
+        encode_to(
+            dtype,
+            &s[start..start + n],
+            &mut bytes[start * size..(start + n) * size],
+        );
+    }
+    Ok(())
 }
 
 /// Where a merge computes.

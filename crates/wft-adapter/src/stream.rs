@@ -25,12 +25,27 @@ use crate::{Error, Result};
 /// have exactly the original's byte length.
 pub(crate) type Replace<'a> = dyn FnMut(&str, &mut dyn Write) -> Result<bool> + 'a;
 
+/// Rewrites a tensor's bytes in place, given the copy of them in the output
+/// (the base's bytes until changed); returns whether it changed them.
+pub(crate) type Patch<'a> = dyn FnMut(&str, &mut [u8]) -> Result<bool> + 'a;
+
+/// How [`rewrite`] makes each tensor of the output.
+pub(crate) enum Edit<'a, 'b> {
+    /// Tensor by tensor: unchanged ones copied by the kernel, changed ones
+    /// written whole by the caller.
+    Stream(&'a mut Replace<'b>),
+    /// The whole file copied by the kernel first (a reflink where the
+    /// filesystem shares extents), then mapped and patched in place: only
+    /// the bytes the caller writes are written.
+    Patch(&'a mut Patch<'b>),
+}
+
 /// Write `base` to `out` (a file, or a folder for a sharded base), every
-/// tensor copied byte for byte except those `replace` writes.
+/// tensor copied byte for byte except those `edit` changes.
 pub(crate) fn rewrite(
     base: &TensorFile,
     out: &Path,
-    replace: &mut Replace<'_>,
+    mut edit: Edit<'_, '_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     refuse_input_as_output(base, out)?;
@@ -44,7 +59,7 @@ pub(crate) fn rewrite(
     let Some(index) = base.index_text() else {
         let tmp = temp_file_beside(out)?;
         let shard = &base.shards()[0];
-        write_shard(shard, tmp.as_file(), out, replace, &mut tick)?;
+        edit_shard(shard, tmp.as_file(), out, &mut edit, &mut tick)?;
         keep_permissions(shard, tmp.path())?;
         tmp.as_file().sync_all().map_err(|e| Error::io(out, e))?;
         tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
@@ -62,8 +77,13 @@ pub(crate) fn rewrite(
         // Shard names were checked to be plain file names when the index was read.
         let name = shard.path.file_name().unwrap_or_default();
         let path = tmp.path().join(name);
-        let file = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
-        write_shard(shard, &file, &out.join(name), replace, &mut tick)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        edit_shard(shard, &file, &out.join(name), &mut edit, &mut tick)?;
         keep_permissions(shard, &path)?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
     }
@@ -119,6 +139,45 @@ impl<W: Write> Write for Counting<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// One shard, as `edit` says.
+fn edit_shard(shard: &Shard, file: &File, out: &Path, edit: &mut Edit<'_, '_>, tick: &mut dyn FnMut()) -> Result<()> {
+    match edit {
+        Edit::Stream(replace) => write_shard(shard, file, out, *replace, tick),
+        Edit::Patch(patch) => patch_shard(shard, file, out, *patch, tick),
+    }
+}
+
+/// One shard copied whole into `file` (empty, open for reading and
+/// writing), then every tensor offered to `patch` in offset order, in the
+/// mapped copy.
+fn patch_shard(shard: &Shard, file: &File, out: &Path, patch: &mut Patch<'_>, tick: &mut dyn FnMut()) -> Result<()> {
+    let io = |e| Error::io(out, e);
+    copy_range(shard, 0..shard.bytes.len(), file).map_err(io)?;
+    // SAFETY: `file` is this merge's own temporary file, which nothing
+    // else opens or resizes while the map lives.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(file) }.map_err(io)?;
+    if map.len() != shard.bytes.len() {
+        return Err(Error::io(
+            out,
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the copy of the checkpoint is short"),
+        ));
+    }
+    for name in shard.meta.offset_keys() {
+        let Some(info) = shard.meta.info(&name) else { continue };
+        let range = shard.range(info);
+        if patch(&name, &mut map[range.clone()])? && !range.is_empty() {
+            // SAFETY: a shared file mapping: MADV_DONTNEED drops this
+            // process's page-table entries only; the written pages stay in
+            // the page cache and go to the file. Nothing borrows the range
+            // any more. Failure only costs memory.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        }
+        shard.bytes.release(range);
+        tick();
+    }
+    map.flush().map_err(io)
 }
 
 /// One shard: header, then every tensor in offset order.

@@ -315,11 +315,26 @@ impl RawTensor<'static> {
 /// Append `values` as `dtype` (F32, F64, F16 or BF16; rounded to nearest)
 /// to `out`; `false` for any other dtype.
 fn encode_chunk(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    out.resize(start + values.len() * (dtype.bitsize() / 8), 0);
+    encode_to(dtype, values, &mut out[start..])
+}
+
+/// `values` as `dtype`'s little-endian bytes into `out` (its exact length);
+/// `false` for a dtype floats cannot be stored as.
+pub(crate) fn encode_to(dtype: Dtype, values: &[f32], out: &mut [u8]) -> bool {
+    // Generic, so each dtype's loop is compiled (and vectorised) on its own.
+    fn put<const N: usize>(values: &[f32], out: &mut [u8], f: impl Fn(f32) -> [u8; N]) {
+        values
+            .iter()
+            .zip(out.chunks_exact_mut(N))
+            .for_each(|(&v, c)| c.copy_from_slice(&f(v)));
+    }
     match dtype {
-        Dtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-        Dtype::F64 => out.extend(values.iter().flat_map(|&v| f64::from(v).to_le_bytes())),
-        Dtype::F16 => out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
-        Dtype::BF16 => out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
+        Dtype::F32 => put(values, out, f32::to_le_bytes),
+        Dtype::F64 => put(values, out, |v| f64::from(v).to_le_bytes()),
+        Dtype::F16 => put(values, out, |v| f16::from_f32(v).to_le_bytes()),
+        Dtype::BF16 => put(values, out, |v| bf16::from_f32(v).to_le_bytes()),
         _ => return false,
     }
     true
@@ -608,11 +623,27 @@ pub(crate) fn to_f32(raw: &RawTensor<'_>) -> Option<Vec<f32>> {
 
 /// Append float bytes of `dtype` to `out` as f32; `false` for non-float dtypes.
 fn decode_into(dtype: Dtype, d: &[u8], out: &mut Vec<f32>) -> bool {
+    let start = out.len();
+    out.resize(start + d.len() / (dtype.bitsize() / 8).max(1), 0.0);
+    let ok = decode_to(dtype, d, &mut out[start..]);
+    if !ok {
+        out.truncate(start);
+    }
+    ok
+}
+
+/// Float bytes of `dtype` as f32 into `out` (one value per element);
+/// `false` for non-float dtypes.
+pub(crate) fn decode_to(dtype: Dtype, d: &[u8], out: &mut [f32]) -> bool {
+    // Generic, so each dtype's loop is compiled (and vectorised) on its own.
+    fn get<const N: usize>(d: &[u8], out: &mut [f32], f: impl Fn([u8; N]) -> f32) {
+        out.iter_mut().zip(d.chunks_exact(N)).for_each(|(v, c)| *v = f(le(c)));
+    }
     match dtype {
-        Dtype::F32 => out.extend(d.chunks_exact(4).map(|c| f32::from_le_bytes(le(c)))),
-        Dtype::F64 => out.extend(d.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32)),
-        Dtype::F16 => out.extend(d.chunks_exact(2).map(|c| f16::from_le_bytes(le(c)).to_f32())),
-        Dtype::BF16 => out.extend(d.chunks_exact(2).map(|c| bf16::from_le_bytes(le(c)).to_f32())),
+        Dtype::F32 => get(d, out, f32::from_le_bytes),
+        Dtype::F64 => get(d, out, |c| f64::from_le_bytes(c) as f32),
+        Dtype::F16 => get(d, out, |c| f16::from_le_bytes(c).to_f32()),
+        Dtype::BF16 => get(d, out, |c| bf16::from_le_bytes(c).to_f32()),
         _ => return false,
     }
     true

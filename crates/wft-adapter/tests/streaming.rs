@@ -163,6 +163,23 @@ fn sharded_merge_equals_the_single_file_merge() {
         assert_eq!(report.merged.len(), 6, "{label}");
         assert_eq!(report.copied, 3, "{label}");
         model.merge(&single, &out_single, &mut |_, _| {}).unwrap();
+        // Patching a copy in place writes the bytes the streaming merge writes.
+        let out_stream = dir.path().join(format!("{label}-stream.safetensors"));
+        model.merge_streaming(&single, &out_stream, &mut |_, _| {}).unwrap();
+        assert!(
+            std::fs::read(&out_stream).unwrap() == std::fs::read(&out_single).unwrap(),
+            "{label}"
+        );
+        let out_stream_sharded = dir.path().join(format!("{label}-stream-sharded"));
+        model
+            .merge_streaming(&sharded, &out_stream_sharded, &mut |_, _| {})
+            .unwrap();
+        for f in sharded.files() {
+            let name = f.file_name().unwrap();
+            let same =
+                std::fs::read(out_stream_sharded.join(name)).unwrap() == std::fs::read(out_sharded.join(name)).unwrap();
+            assert!(same, "{label} {name:?}");
+        }
         // The inputs' permissions, not the temporary files' private ones.
         #[cfg(unix)]
         {
@@ -225,6 +242,39 @@ fn sharded_merge_equals_the_single_file_merge() {
                 );
             }
         }
+    }
+}
+
+/// An f32 weight at an offset that is not a multiple of 4 (after a 3-element
+/// bf16 tensor) is patched through the decoding path, with the same bytes.
+#[test]
+fn misaligned_f32_weights_merge_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Mt19937::new(4);
+    let mut f = |shape: &[usize], dtype: Dtype| {
+        let v: Vec<f32> = (0..shape.iter().product())
+            .map(|_| g.next_normal() as f32 * 0.02)
+            .collect();
+        RawTensor::from_f32_as(dtype, shape, &v).unwrap()
+    };
+    let tensors = [
+        ("a.bias", f(&[3], Dtype::BF16)),
+        ("a.q.weight", f(&[40, 48], Dtype::F32)),
+    ];
+    let path = dir.path().join("base.safetensors");
+    write_atomic(&path, tensors.iter().map(|(k, t)| (k.to_string(), t)), None).unwrap();
+    let base = TensorFile::open(&path).unwrap();
+    for (label, config) in configs() {
+        let model = model(config, &base);
+        let (patched, streamed) = (dir.path().join("p.safetensors"), dir.path().join("s.safetensors"));
+        let report = model.merge(&base, &patched, &mut |_, _| {}).unwrap();
+        assert_eq!(report.merged.len(), 1, "{label}");
+        model.merge_streaming(&base, &streamed, &mut |_, _| {}).unwrap();
+        assert!(
+            std::fs::read(&patched).unwrap() == std::fs::read(&streamed).unwrap(),
+            "{label}"
+        );
+        assert!(tensor_bytes(&TensorFile::open(&patched).unwrap(), "a.q.weight") != tensor_bytes(&base, "a.q.weight"));
     }
 }
 
