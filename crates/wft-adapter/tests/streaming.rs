@@ -13,17 +13,20 @@ use wft_adapter::{
     ModuleSpec, Mt19937, RawTensor, Strategy, TensorFile, WEIGHTS_FILE, WaveletFtConfig, write_atomic,
 };
 
+/// A tensor of seeded normal values (standard deviation 0.02) in `dtype`.
+fn random_tensor(g: &mut Mt19937, shape: &[usize], dtype: Dtype) -> RawTensor<'static> {
+    let v: Vec<f32> = (0..shape.iter().product())
+        .map(|_| g.next_normal() as f32 * 0.02)
+        .collect();
+    RawTensor::from_f32_as(dtype, shape, &v).unwrap()
+}
+
 /// A small model with every dtype: adapted weights in f32, bf16, f16 and
 /// f64 (one of them past the 16 MiB conversion chunk), untouched tensors
 /// including an integer one.
 fn tensors() -> Vec<(String, RawTensor<'static>)> {
     let mut g = Mt19937::new(11);
-    let mut f = |shape: &[usize], dtype: Dtype| {
-        let v: Vec<f32> = (0..shape.iter().product())
-            .map(|_| g.next_normal() as f32 * 0.02)
-            .collect();
-        RawTensor::from_f32_as(dtype, shape, &v).unwrap()
-    };
+    let mut f = |shape: &[usize], dtype: Dtype| random_tensor(&mut g, shape, dtype);
     vec![
         ("embed.weight".into(), f(&[50, 64], Dtype::BF16)),
         ("layers.0.q.weight".into(), f(&[64, 64], Dtype::F32)),
@@ -251,12 +254,7 @@ fn sharded_merge_equals_the_single_file_merge() {
 fn misaligned_f32_weights_merge_to_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = Mt19937::new(4);
-    let mut f = |shape: &[usize], dtype: Dtype| {
-        let v: Vec<f32> = (0..shape.iter().product())
-            .map(|_| g.next_normal() as f32 * 0.02)
-            .collect();
-        RawTensor::from_f32_as(dtype, shape, &v).unwrap()
-    };
+    let mut f = |shape: &[usize], dtype: Dtype| random_tensor(&mut g, shape, dtype);
     let tensors = [
         ("a.bias", f(&[3], Dtype::BF16)),
         ("a.q.weight", f(&[40, 48], Dtype::F32)),

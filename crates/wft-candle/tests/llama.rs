@@ -28,6 +28,16 @@ fn write(dir: &Path, dtype: GgmlDType) -> R<(Config, Weights, std::path::PathBuf
     Ok((config, weights, path))
 }
 
+/// The tiny model as a Q8_0 GGUF file in `dir`, loaded de-quantized and
+/// kept quantized: (config, dense, quantized).
+fn q8_dense_and_quantized(dir: &Path) -> R<(Config, Weights, Weights)> {
+    let (config, _, path) = write(dir, GgmlDType::Q8_0)?;
+    let gguf = Gguf::open(&path)?;
+    let (_, dense) = llama::load_gguf(&gguf)?;
+    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    Ok((config, dense, quantized))
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> R<f32> {
     Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
@@ -164,14 +174,19 @@ fn adapters(weights: &Weights, dir: &Path) -> R<AdapterModel> {
     });
     let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
     let mut model = AdapterModel::new_for_base(AdapterConfig::new(method, targets), &base, 1)?;
-    let mut g = wft_adapter::Mt19937::new(3);
+    randomize(&mut model, 3);
+    Ok(model)
+}
+
+/// Every adapter parameter a seeded normal value of standard deviation 0.05.
+fn randomize(model: &mut AdapterModel, seed: u64) {
+    let mut g = wft_adapter::Mt19937::new(seed);
     for m in model.modules_mut().values_mut() {
         m.as_adapter_mut()
             .params_mut()
             .iter_mut()
             .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
     }
-    Ok(model)
 }
 
 /// ∂(masked next-token loss)/∂c and ∂/∂(input embeddings) through the whole
@@ -354,10 +369,7 @@ fn hostile_gguf_files_are_typed_errors() -> R {
 #[test]
 fn quantized_base_computes_the_dequantized_model() -> R {
     let dir = tempfile::tempdir()?;
-    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
-    let gguf = Gguf::open(&path)?;
-    let (_, dense) = llama::load_gguf(&gguf)?;
-    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    let (config, dense, quantized) = q8_dense_and_quantized(dir.path())?;
     assert!(!quantized.quantized().is_empty());
     assert!(
         quantized.bytes() * 3 < dense.bytes(),
@@ -438,10 +450,7 @@ fn rope_scaling_is_refused() -> R {
 fn recomputed_activations_give_the_kept_gradients() -> R {
     use llama::Activations;
     let dir = tempfile::tempdir()?;
-    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
-    let gguf = Gguf::open(&path)?;
-    let (_, dense) = llama::load_gguf(&gguf)?;
-    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    let (config, dense, quantized) = q8_dense_and_quantized(dir.path())?;
     let adapters = adapters(&dense, dir.path())?;
     let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 0, 0]])?;
     let targets = ids(&[&[70, 71, 280, 5, 9, 11], &[13, 14, 15, 16, 0, 0]])?;
@@ -492,19 +501,10 @@ fn recomputed_activations_give_the_kept_gradients() -> R {
 #[test]
 fn hot_swapped_adapters_equal_a_fresh_load() -> R {
     let dir = tempfile::tempdir()?;
-    let (config, _, path) = write(dir.path(), GgmlDType::Q8_0)?;
-    let gguf = Gguf::open(&path)?;
-    let (_, dense) = llama::load_gguf(&gguf)?;
-    let (_, quantized) = llama::load_gguf_quantized(&gguf)?;
+    let (config, dense, quantized) = q8_dense_and_quantized(dir.path())?;
     let a = adapters(&dense, dir.path())?;
     let mut b = a.clone();
-    let mut g = wft_adapter::Mt19937::new(17);
-    for m in b.modules_mut().values_mut() {
-        m.as_adapter_mut()
-            .params_mut()
-            .iter_mut()
-            .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
-    }
+    randomize(&mut b, 17);
     let x = ids(&[&[3, 70, 71, 280, 5, 9], &[12, 13, 14, 15, 16, 17]])?;
     let bits = |t: &Tensor| -> R<Vec<u32>> {
         Ok(t.flatten_all()?

@@ -246,34 +246,21 @@ fn combine_is_the_weighted_sum_of_deltas() {
     let tmp = tempfile::tempdir().unwrap();
     let case = refs("waveft_pattern_regex");
     let (base, adapter) = (case.join("base.safetensors"), case.join("adapter"));
+    // `wft combine --base B --out O` and `args`.
+    let combine = |out: &Path, args: &[&str]| {
+        let mut all = vec!["combine", "--base", s(&base), "--out", s(out)];
+        all.extend_from_slice(args);
+        wft(&all)
+    };
+    let a = s(&adapter);
     let combined = tmp.path().join("combined");
-    let mut args = vec!["combine", "--base", s(&base), "--out", s(&combined)];
-    args.extend([
-        "--adapter",
-        s(&adapter),
-        "--weight",
-        "2",
-        "--adapter",
-        s(&adapter),
-        "--weight",
-        "-0.5",
-    ]);
-    let o = wft(&args);
+    let o = combine(
+        &combined,
+        &["--adapter", a, "--weight", "2", "--adapter", a, "--weight", "-0.5"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ties = tmp.path().join("ties");
-    let o = wft(&[
-        "combine",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&adapter),
-        "--method",
-        "ties",
-        "--density",
-        "1",
-        "--out",
-        s(&ties),
-    ]);
+    let o = combine(&ties, &["--adapter", a, "--method", "ties", "--density", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for module in ["layers.0.q", "layers.1.v"] {
         let d = |a: &Path, name: &str| {
@@ -289,19 +276,7 @@ fn combine_is_the_weighted_sum_of_deltas() {
         assert!(rel_err(&d(&ties, "ties"), &one) <= 1e-6, "{module}");
     }
     let bad = tmp.path().join("bad");
-    let o = wft(&[
-        "combine",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&adapter),
-        "--weight",
-        "1",
-        "--weight",
-        "2",
-        "--out",
-        s(&bad),
-    ]);
+    let o = combine(&bad, &["--adapter", a, "--weight", "1", "--weight", "2"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 weights for 1 adapters"));
     assert!(!bad.exists());
