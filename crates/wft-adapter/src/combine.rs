@@ -437,7 +437,7 @@ fn concat_lora(ls: &[&Lora<f32>], weights: &[f64]) -> Result<Lora<f32>> {
 /// A combined LoRA's config: the most common rank as `r` (with `α = r`, so
 /// scale 1), and each other module's rank and α in the patterns, keyed by
 /// the module's path (which matches it exactly).
-fn set_lora_ranks(config: &mut crate::AdapterConfig, base: LoraConfig, ranks: &[(String, usize)]) {
+pub(crate) fn set_lora_ranks(config: &mut crate::AdapterConfig, base: LoraConfig, ranks: &[(String, usize)]) {
     let mut counts: HashMap<usize, usize> = HashMap::new();
     for (_, r) in ranks {
         *counts.entry(*r).or_default() += 1;

@@ -48,6 +48,8 @@
 //! * `parallel` (default): batch rows run on rayon's thread pool.
 //! * `gpu`: ΔW, merge ([`AdapterModel::merge_gpu`]) and the WaveletFT
 //!   gradient on any GPU through `dwt-gpu` (wgpu): [`GpuAdapter`].
+//! * `to-lora`: export any adapter to a PEFT LoRA folder by truncated SVD
+//!   (`AdapterModel::to_lora`, through `faer`).
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -71,6 +73,8 @@ mod stream;
 mod summary;
 mod targets;
 mod tensors;
+#[cfg(feature = "to-lora")]
+mod to_lora;
 mod waveletft;
 
 pub use adapter::{AdaptedLinear, Adapter, Coverage, Gradients, InputGrad, MergeRecord, Method};
@@ -93,6 +97,8 @@ pub use shapes::{BaseShapes, ShapeMap, WeightLayout};
 pub use summary::{ModuleSummary, Summary};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
 pub use tensors::{INDEX_FILE, MAX_JSON_BYTES, RawTensor, TensorFile, write_atomic, write_text_atomic};
+#[cfg(feature = "to-lora")]
+pub use to_lora::{LoraExport, LoraRank, Truncation, lora_factors};
 pub use waveletft::{Init, Strategy, WaveletFt, WaveletFtConfig};
 
 pub use dwt_core;

@@ -130,6 +130,33 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Export an adapter (any method) to a PEFT LoRA folder, for engines
+    /// that speak only LoRA: each module's ΔW (transformers layout) truncated
+    /// by SVD, `B = U_r Σ_r`, `A = V_rᵀ`, `lora_alpha = r`. Prints each
+    /// module's rank and relative error (the Eckart–Young optimum beside it)
+    /// and the folder's size.
+    #[cfg(feature = "to-lora")]
+    ToLora {
+        /// The adapter folder.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The base model (safetensors file, index or folder, or GGUF), for
+        /// the layer shapes.
+        #[arg(long)]
+        base: PathBuf,
+        /// The rank of every module.
+        #[arg(long, conflicts_with = "energy", required_unless_present = "energy")]
+        rank: Option<usize>,
+        /// Per module, the smallest rank that keeps this fraction of ‖ΔW‖² (in (0, 1]).
+        #[arg(long)]
+        energy: Option<f64>,
+        /// The LoRA folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing output folder's files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// How `wft combine` merges task vectors.
@@ -420,6 +447,42 @@ fn run(command: Command) -> Result<(), CliError> {
                 combined.modules().len(),
                 combined.num_params(),
                 combined.config().peft_type(),
+                out.display()
+            );
+            Ok(())
+        }
+        #[cfg(feature = "to-lora")]
+        Command::ToLora {
+            adapter,
+            base,
+            rank,
+            energy,
+            out,
+            force,
+        } => {
+            refuse_existing(&out, force)?;
+            let shapes = base_shapes(&base)?;
+            let model = AdapterModel::load_for(&adapter, shapes.as_ref())?;
+            let choice = match (rank, energy) {
+                (Some(r), _) => wft_adapter::LoraRank::Rank(r),
+                (None, Some(f)) => wft_adapter::LoraRank::Energy(f),
+                (None, None) => wft_adapter::LoraRank::Rank(8),
+            };
+            let export = model.to_lora(choice)?;
+            export.adapter.save(&out)?;
+            println!("{:<60} {:>5} {:>12} {:>12}", "module", "rank", "rel. error", "optimum");
+            for (m, t) in &export.modules {
+                println!("{m:<60} {:>5} {:>12.3e} {:>12.3e}", t.rank, t.error, t.optimal);
+            }
+            let size: u64 = [wft_adapter::CONFIG_FILE, wft_adapter::WEIGHTS_FILE]
+                .iter()
+                .filter_map(|f| std::fs::metadata(out.join(f)).ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "LoRA of {} modules, {} parameters, {size} bytes -> {}",
+                export.modules.len(),
+                export.adapter.num_params(),
                 out.display()
             );
             Ok(())

@@ -281,3 +281,63 @@ fn combine_is_the_weighted_sum_of_deltas() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 weights for 1 adapters"));
     assert!(!bad.exists());
 }
+
+/// `wft to-lora` on a real PEFT WaveFT folder: full rank reproduces ΔW
+/// (read back by `wft delta`), a low rank prints its error and optimum.
+#[test]
+fn to_lora_exports_a_lora_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = refs("waveft_pattern_regex");
+    let (base, adapter) = (case.join("base.safetensors"), case.join("adapter"));
+    let lora = tmp.path().join("lora");
+    let o = wft(&[
+        "to-lora",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--rank",
+        "64",
+        "--out",
+        s(&lora),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("LoRA of 5 modules"));
+    for module in ["layers.0.q", "layers.1.v"] {
+        let (x, y) = (tmp.path().join("x.safetensors"), tmp.path().join("y.safetensors"));
+        assert!(delta(&base, &adapter, module, &x).status.success());
+        let o = delta(&base, &lora, module, &y);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e = rel_err(&f32s(&y, "delta_weight"), &f32s(&x, "delta_weight"));
+        assert!(e <= 1e-5, "{module}: {e}");
+        let _ = std::fs::remove_file(&x);
+        let _ = std::fs::remove_file(&y);
+    }
+    let low = tmp.path().join("low");
+    let o = wft(&[
+        "to-lora",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--energy",
+        "0.5",
+        "--out",
+        s(&low),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = tmp.path().join("bad");
+    let o = wft(&[
+        "to-lora",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--rank",
+        "0",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(!o.status.success());
+    assert!(!bad.join("adapter_model.safetensors").exists());
+}
