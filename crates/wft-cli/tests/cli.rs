@@ -289,18 +289,14 @@ fn to_lora_exports_a_lora_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let case = refs("waveft_pattern_regex");
     let (base, adapter) = (case.join("base.safetensors"), case.join("adapter"));
+    // `wft to-lora --base B --adapter A --out O` and `args`.
+    let to_lora = |out: &Path, args: &[&str]| {
+        let mut all = vec!["to-lora", "--base", s(&base), "--adapter", s(&adapter), "--out", s(out)];
+        all.extend_from_slice(args);
+        wft(&all)
+    };
     let lora = tmp.path().join("lora");
-    let o = wft(&[
-        "to-lora",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&adapter),
-        "--rank",
-        "64",
-        "--out",
-        s(&lora),
-    ]);
+    let o = to_lora(&lora, &["--rank", "64"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("LoRA of 5 modules"));
     for module in ["layers.0.q", "layers.1.v"] {
@@ -314,30 +310,10 @@ fn to_lora_exports_a_lora_folder() {
         let _ = std::fs::remove_file(&y);
     }
     let low = tmp.path().join("low");
-    let o = wft(&[
-        "to-lora",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&adapter),
-        "--energy",
-        "0.5",
-        "--out",
-        s(&low),
-    ]);
+    let o = to_lora(&low, &["--energy", "0.5"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = tmp.path().join("bad");
-    let o = wft(&[
-        "to-lora",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&adapter),
-        "--rank",
-        "0",
-        "--out",
-        s(&bad),
-    ]);
+    let o = to_lora(&bad, &["--rank", "0"]);
     assert!(!o.status.success());
     assert!(!bad.join("adapter_model.safetensors").exists());
 }
