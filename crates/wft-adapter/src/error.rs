@@ -148,6 +148,16 @@ pub enum Error {
     /// into the weight.
     #[error("the adapter is merged into its weight: unmerge before changing its parameters")]
     Merged,
+    /// An adapter larger than a whole [`crate::AdapterBank`]'s budget.
+    #[error("adapter {name:?} takes {bytes} bytes, more than the bank's whole budget of {budget} bytes")]
+    OverBudget {
+        /// The adapter's name in the bank.
+        name: String,
+        /// Its size ([`crate::AdapterModel::memory_bytes`]).
+        bytes: usize,
+        /// The bank's budget.
+        budget: usize,
+    },
     /// Adapters that cannot be combined or swapped for one another: adapter
     /// `adapter` (by position) disagrees with adapter 0.
     #[error("adapter {adapter}{}: {reason}", module.as_ref().map(|m| format!(", module {m:?}")).unwrap_or_default())]

@@ -55,6 +55,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapter;
+mod bank;
 mod combine;
 mod config;
 mod conv;
@@ -78,6 +79,7 @@ mod to_lora;
 mod waveletft;
 
 pub use adapter::{AdaptedLinear, Adapter, Coverage, Gradients, InputGrad, MergeRecord, Method};
+pub use bank::{AdapterBank, BankReport, SharedShapes};
 pub use combine::{CombineMethod, Weighted};
 pub use config::{AdapterConfig, MethodConfig, ModulePlan, ModuleShapes, PEFT_VERSION, PeftType};
 pub use conv::{AdaptedConv2d, Conv2dGeometry};
