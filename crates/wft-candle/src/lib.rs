@@ -70,7 +70,7 @@ mod weights;
 pub use classifier::{Classifier, HEAD_BIAS, HEAD_WEIGHT, Head, ImageClassifier, Pooling};
 pub use error::{Error, Result};
 pub use linear::{AdaptedLinear, Bias};
-pub use models::Adaptable;
+pub use models::{Adaptable, AdapterMix};
 pub use weights::{Tuning, VarPath, VarStore, Weights};
 
 pub use candle_core;

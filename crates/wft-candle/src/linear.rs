@@ -394,6 +394,86 @@ impl AdaptedLinear {
     }
 }
 
+impl AdaptedLinear {
+    /// A mixed-adapter batch through this layer, for inference: `x` is
+    /// `batch × … × in`, and batch row `b` uses `adapters[routes[b]]` (`None`
+    /// in either place: the frozen layer alone). The frozen weight `W`
+    /// (never the layer's own merged adapter) multiplies every row once;
+    /// each adapter adds its share to its rows through its factored form
+    /// ([`wft_adapter::forward_mixed`]). No graph is recorded.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a wrong input width or a routes count that is not
+    /// the batch size, and the adapters' own shape errors.
+    pub fn forward_mixed(
+        &self,
+        x: &Tensor,
+        adapters: &[Option<&dyn Adapter<f32>>],
+        routes: &[Option<usize>],
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (Some((&inp, lead)), Some(&batch)) = (dims.split_last(), dims.first()) else {
+            return Err(Error::Config("linear layer: a scalar input".into()));
+        };
+        check_shape("linear layer input", &[inp], &[self.inp])?;
+        check_shape("routes", &[routes.len()], &[batch])?;
+        let rows: usize = lead.iter().product();
+        let per_row = rows / batch.max(1);
+        let x2 = x.detach().reshape((rows, inp))?.contiguous()?;
+        let h = match &self.kind {
+            Kind::Frozen(w) | Kind::Plain(w) => self.frozen_product(&x2, rows, w)?,
+            Kind::Adapted(a) => match &a.base {
+                Stored::Dense(w) => self.frozen_product(&x2, rows, w)?,
+                Stored::Quantized(q) => self.quantized_product(&x2, q)?,
+            },
+            Kind::Quantized(q) => self.quantized_product(&x2, q)?,
+        };
+        // The adapters that adapt this layer, and each token row's among them.
+        let mut present: Vec<&dyn Adapter<f32>> = Vec::new();
+        let mut slot = Vec::with_capacity(adapters.len());
+        for a in adapters {
+            slot.push(a.map(|a| {
+                present.push(a);
+                present.len() - 1
+            }));
+        }
+        let token_routes: Vec<Option<usize>> = routes
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(r.and_then(|k| slot.get(k).copied().flatten()), per_row))
+            .collect();
+        let mut h = h;
+        if !present.is_empty() {
+            let xa = to_array(&x2)?;
+            wft_adapter::forward_mixed(xa.view(), h.view_mut(), &token_routes, &present)?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(self.out);
+        Ok(from_array(h)?.reshape(shape)?)
+    }
+
+    /// `x·Wᵀ + b` for a dense frozen `w`, as an array.
+    fn frozen_product(&self, x: &Tensor, rows: usize, w: &Tensor) -> Result<Array2<f32>> {
+        let w = if w.dtype() == DType::F32 {
+            w.clone()
+        } else {
+            w.to_dtype(DType::F32)?
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let xv = crate::matmul::contiguous(&xs, xl, "linear layer")?;
+        let y = crate::matmul::linear(xv, rows, &w, self.bias.as_ref())?;
+        Array2::from_shape_vec((rows, self.out), y).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// `x·Wᵀ + b` for a quantized frozen `q`, as an array.
+    fn quantized_product(&self, x: &Tensor, q: &QTensor) -> Result<Array2<f32>> {
+        let mut h = crate::quantized::product(x, q)?;
+        if let Some(b) = &self.bias {
+            h = h.broadcast_add(b)?;
+        }
+        to_array(&h)
+    }
+}
+
 /// The in-place rewrite [`AdaptedLinear::swap_adapter`] runs on a merged
 /// `f32` weight: `old`'s touched elements back to the frozen `base`, then
 /// `new` merged.

@@ -36,6 +36,54 @@ pub(crate) fn check_adapted_modules(tuning: crate::Tuning<'_>, known: &[String],
     Ok(())
 }
 
+/// A mixed-adapter batch's routing: the adapters it draws from, and which
+/// one each batch row uses (`None`: the frozen model alone). A layer's share
+/// comes from each adapter's module of that layer's path; an adapter that
+/// does not adapt a layer leaves its rows frozen there.
+#[derive(Debug, Clone)]
+pub struct AdapterMix<'a> {
+    adapters: Vec<&'a AdapterModel>,
+    routes: Vec<Option<usize>>,
+}
+
+impl<'a> AdapterMix<'a> {
+    /// Route batch row `b` to `adapters[routes[b]]`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for a route past `adapters`.
+    pub fn new(adapters: Vec<&'a AdapterModel>, routes: Vec<Option<usize>>) -> Result<Self> {
+        if let Some((b, k)) = routes
+            .iter()
+            .enumerate()
+            .find_map(|(b, r)| r.filter(|&k| k >= adapters.len()).map(|k| (b, k)))
+        {
+            return Err(crate::Error::Config(format!(
+                "batch row {b} is routed to adapter {k} of {}",
+                adapters.len()
+            )));
+        }
+        Ok(AdapterMix { adapters, routes })
+    }
+
+    /// Each batch row's adapter.
+    pub fn routes(&self) -> &[Option<usize>] {
+        &self.routes
+    }
+
+    /// The adapters.
+    pub fn adapters(&self) -> &[&'a AdapterModel] {
+        &self.adapters
+    }
+
+    /// Every adapter's module at `path`, if it adapts it.
+    pub(crate) fn layer(&self, path: &str) -> Vec<Option<&dyn wft_adapter::Adapter<f32>>> {
+        self.adapters
+            .iter()
+            .map(|a| a.modules().get(path).map(wft_adapter::ModuleAdapter::as_adapter))
+            .collect()
+    }
+}
+
 /// What every model here shares: the variables it trains and its
 /// adaptable linear layers by module path.
 pub trait Adaptable {

@@ -33,6 +33,7 @@ mod loss;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::linear::{AdaptedLinear, Bias};
+use crate::models::AdapterMix;
 use crate::weights::{Stored, Tuning, VarPath, VarStore, Weights};
 pub use file::{MergeDtype, RowOrder, base_shapes, load_gguf, load_gguf_quantized, merge_gguf, tiny_vocab, write_gguf};
 pub use loss::{Activations, masked_cross_entropy};
@@ -385,16 +386,21 @@ impl Cache {
 
 /// What every block of one pass shares: the RoPE tables and the additive
 /// attention mask.
-struct Pass {
+struct Pass<'a> {
     cos: Tensor,
     sin: Tensor,
     mask: AttentionMask,
+    /// A mixed-adapter pass: each batch row's adapter.
+    mix: Option<&'a AdapterMix<'a>>,
 }
 
 #[derive(Debug)]
 struct Block {
     /// In [`LINEARS`] order.
     linears: Vec<AdaptedLinear>,
+    /// Their module paths (`model.layers.{l}.self_attn.q_proj`, …), which
+    /// a mixed-adapter pass looks its adapters up by.
+    paths: Vec<String>,
     /// In [`NORMS`] order.
     norms: [Tensor; 2],
 }
@@ -522,6 +528,29 @@ impl Llama {
         self.decode_padded(&self.embed(ids)?, cache, mask, Some(starts))
     }
 
+    /// Logits of a mixed-adapter batch: batch row `b` runs with
+    /// `mix.routes()[b]`'s adapter (or none), every row through the frozen
+    /// weights once, each adapter's rows through its factored form. Rows
+    /// may be left-padded (`starts`, as [`Llama::hidden_padded`]) and the
+    /// pass may extend a `cache` (prefill, then one token per step). Each
+    /// row computes what the decoder built with its adapter computes alone,
+    /// to float rounding (merged there, unmerged here). Inference only.
+    ///
+    /// # Errors
+    /// As [`Llama::hidden_padded`], and [`Error::Shape`] when `mix` does not
+    /// route every row.
+    pub fn forward_mixed(
+        &self,
+        ids: &Tensor,
+        cache: &mut Cache,
+        mask: Option<&Tensor>,
+        starts: Option<&[usize]>,
+        mix: &AdapterMix<'_>,
+    ) -> Result<Tensor> {
+        let hidden = self.decode_with(&self.embed(ids)?, cache, mask, starts, Some(mix))?;
+        self.logits(&hidden)
+    }
+
     fn decode_padded(
         &self,
         embedded: &Tensor,
@@ -529,7 +558,24 @@ impl Llama {
         mask: Option<&Tensor>,
         starts: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let pass = self.pass(embedded, cache.len(), mask, starts)?;
+        self.decode_with(embedded, cache, mask, starts, None)
+    }
+
+    fn decode_with(
+        &self,
+        embedded: &Tensor,
+        cache: &mut Cache,
+        mask: Option<&Tensor>,
+        starts: Option<&[usize]>,
+        mix: Option<&AdapterMix<'_>>,
+    ) -> Result<Tensor> {
+        let base = self.pass(embedded, cache.len(), mask, starts)?;
+        let pass = Pass {
+            cos: base.cos,
+            sin: base.sin,
+            mask: base.mask,
+            mix,
+        };
         if cache.kv.len() != self.blocks.len() {
             cache.kv = vec![None; self.blocks.len()];
         }
@@ -542,7 +588,13 @@ impl Llama {
 
     /// What every block of a pass over `embedded` (`batch × len × H`)
     /// after `past` cached positions shares.
-    fn pass(&self, embedded: &Tensor, past: usize, mask: Option<&Tensor>, starts: Option<&[usize]>) -> Result<Pass> {
+    fn pass(
+        &self,
+        embedded: &Tensor,
+        past: usize,
+        mask: Option<&Tensor>,
+        starts: Option<&[usize]>,
+    ) -> Result<Pass<'static>> {
         let c = &self.config;
         let (batch, len, _) = embedded.dims3()?;
         if let Some(s) = starts
@@ -563,7 +615,12 @@ impl Llama {
         }
         let (cos, sin) = self.rope_tables(past, len, starts)?;
         let mask = AttentionMask::new(&attention_mask(batch, past, len, mask)?)?;
-        Ok(Pass { cos, sin, mask })
+        Ok(Pass {
+            cos,
+            sin,
+            mask,
+            mix: None,
+        })
     }
 
     /// One block on `x` (`batch × len × H`): attention over the keys and
@@ -573,19 +630,25 @@ impl Llama {
         &self,
         block: &Block,
         x: &Tensor,
-        pass: &Pass,
+        pass: &Pass<'_>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let Pass { cos, sin, mask } = pass;
+        let Pass { cos, sin, mask, mix } = pass;
+        // Each projection, through the mix's adapters when there is one.
+        let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
+            match mix {
+                None => Ok(block.linears[i].forward(x)?),
+                Some(mix) => block.linears[i].forward_mixed(x, &mix.layer(&block.paths[i]), mix.routes()),
+            }
+        };
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-        let lin = &block.linears;
         let a = rms_norm(x, &block.norms[0], c.rms_norm_eps)?;
         // Token-major throughout: batch × len × (heads·head_dim), as the
         // linear layers give it; the cache holds keys and values alike.
-        let q = rope(&lin[Q].forward(&a)?, nh, cos, sin)?;
-        let k = rope(&lin[K].forward(&a)?, nkv, cos, sin)?;
-        let v = lin[V].forward(&a)?;
+        let q = rope(&lin(Q, &a)?, nh, cos, sin)?;
+        let k = rope(&lin(K, &a)?, nkv, cos, sin)?;
+        let v = lin(V, &a)?;
         let (k, v) = match kv {
             Some(kv) => {
                 let (k, v) = match kv.take() {
@@ -598,10 +661,10 @@ impl Llama {
             None => (k, v),
         };
         let ctx = attention(&q, &k, &v, nh, nkv, Some(mask))?;
-        let x = (x + lin[O].forward(&ctx)?)?;
+        let x = (x + lin(O, &ctx)?)?;
         let m = rms_norm(&x, &block.norms[1], c.rms_norm_eps)?;
-        let f = swiglu(&lin[GATE].forward(&m)?, &lin[UP].forward(&m)?)?;
-        Ok((x + lin[DOWN].forward(&f)?)?)
+        let f = swiglu(&lin(GATE, &m)?, &lin(UP, &m)?)?;
+        Ok((x + lin(DOWN, &f)?)?)
     }
 
     /// The output logits (`… × vocab`) of final hidden states.
@@ -681,9 +744,14 @@ impl Block {
                 AdaptedLinear::load(&vb.pp(path), (config.width(*out), config.width(*inp)), Bias::Without)
             })
             .collect::<Result<Vec<_>>>()?;
+        let paths = LINEARS
+            .iter()
+            .map(|(path, ..)| vb.pp(path).path().to_string())
+            .collect();
         let norm = |i: usize| vb.pp(NORMS[i].0).get("weight", &[h]);
         Ok(Block {
             linears,
+            paths,
             norms: [norm(0)?, norm(1)?],
         })
     }
