@@ -596,7 +596,7 @@ fn mixed_adapter_batches_equal_each_adapter_alone() -> R {
                 next.iter().map(|&t| vec![t]).collect()
             };
             let rows: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-            let logits = served.forward_mixed(&ids(&rows)?, &mut cache, None, None, &mix)?;
+            let logits = served.logits(&served.hidden_mixed(&ids(&rows)?, &mut cache, None, None, &mix)?)?;
             let len = rows[0].len();
             let mut picked = Vec::new();
             for (r, route) in routes.iter().enumerate() {

@@ -227,15 +227,23 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// An adapter folder (PEFT WaveFT, FourierFT or LoRA, or native),
-        /// applied unmerged.
+        /// applied unmerged. With --requests: NAME=DIR, repeated, one per
+        /// adapter the requests name.
         #[arg(long)]
-        adapter: Option<PathBuf>,
+        adapter: Vec<String>,
         /// Wrap the prompt in the model's chat template as one user turn.
         #[arg(long)]
         chat: bool,
         /// The prompt.
-        #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+        #[arg(long, conflicts_with_all = ["prompt_file", "requests"], required_unless_present_any = ["prompt_file", "requests"])]
         prompt: Option<String>,
+        /// Many requests, decoded together in mixed-adapter batches (greedy):
+        /// one JSON object per line, `{"prompt": "...", "adapter": "NAME" or
+        /// null, "chat": true|false, "max_new_tokens": N}` (`chat` and
+        /// `max_new_tokens` optional). Prints one JSON object per request, in
+        /// order, as --json does for one prompt.
+        #[arg(long, conflicts_with = "prompt_file")]
+        requests: Option<PathBuf>,
         /// Read the prompt from this file (UTF-8).
         #[arg(long)]
         prompt_file: Option<PathBuf>,
@@ -989,6 +997,40 @@ fn sampling(temperature: f64, top_p: f64, seed: u64) -> Result<Sampling> {
     })
 }
 
+/// The one adapter folder of a single `generate` (not NAME=DIR).
+fn single_adapter(adapters: &[String]) -> Result<Option<PathBuf>> {
+    match adapters {
+        [] => Ok(None),
+        [one] => Ok(Some(PathBuf::from(one))),
+        _ => Err(Error::Usage(
+            "one --adapter for a single prompt; name several (NAME=DIR) with --requests".into(),
+        )),
+    }
+}
+
+/// `generate --requests`: every request decoded in mixed-adapter batches.
+fn requests_cmd(model: &Path, adapters: &[String], requests: &Path, max_new: usize, base: BaseWeights) -> Result<()> {
+    let decoder = Decoder::open(model, None, base)?;
+    let config = decoder.model.config().clone();
+    let shapes = wft_candle::models::llama::base_shapes(decoder.path(), &config);
+    let mut named: Vec<(String, wft_adapter::AdapterModel)> = Vec::new();
+    for a in adapters {
+        let (name, dir) = a
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+            .ok_or_else(|| Error::Usage(format!("--adapter {a:?}: with --requests, give NAME=DIR")))?;
+        if named.iter().any(|(n, _)| n == name) {
+            return Err(Error::Usage(format!("--adapter: the name {name:?} is given twice")));
+        }
+        named.push((name.to_string(), wft_adapter::AdapterModel::load_for(dir, &shapes)?));
+    }
+    let requests = wft_train::llm::requests::read_requests(requests)?;
+    for g in wft_train::llm::requests::answer(&decoder, &named, &requests, max_new)? {
+        println!("{}", serde_json::to_string(&g).map_err(|e| Error::Data(e.to_string()))?);
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn generate_cmd(
     model: &Path,
@@ -1357,6 +1399,14 @@ fn main() -> ExitCode {
             },
         ),
         Command::Generate {
+            requests: Some(requests),
+            model,
+            adapter,
+            max_new_tokens,
+            quantized,
+            ..
+        } => requests_cmd(&model, &adapter, &requests, max_new_tokens, base_weights(quantized)),
+        Command::Generate {
             model,
             adapter,
             chat,
@@ -1368,17 +1418,20 @@ fn main() -> ExitCode {
             seed,
             json,
             quantized,
-        } => generate_cmd(
-            &model,
-            adapter.as_deref(),
-            chat,
-            prompt,
-            prompt_file.as_deref(),
-            max_new_tokens,
-            sampling(temperature, top_p, seed),
-            json,
-            base_weights(quantized),
-        ),
+            requests: None,
+        } => single_adapter(&adapter).and_then(|adapter| {
+            generate_cmd(
+                &model,
+                adapter.as_deref(),
+                chat,
+                prompt,
+                prompt_file.as_deref(),
+                max_new_tokens,
+                sampling(temperature, top_p, seed),
+                json,
+                base_weights(quantized),
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

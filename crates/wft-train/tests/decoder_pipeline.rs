@@ -416,3 +416,112 @@ fn evaluation_loss_and_generations_match_direct_computation() -> R {
     assert!(e["loss"].as_f64().is_some_and(f64::is_finite));
     Ok(())
 }
+
+/// `generate --requests`: requests naming two adapters, none, the chat
+/// template and their own budgets, decoded together, answer each what a
+/// single `generate --json` with that adapter answers; bad lines and
+/// unknown names are errors with their line or request number.
+#[test]
+fn mixed_adapter_requests_equal_single_generations() -> R {
+    use wft_adapter::{AdapterConfig, AdapterModel, MethodConfig, ModuleSpec, Mt19937, WaveletFtConfig};
+    let dir = tempfile::tempdir()?;
+    let model = tiny_gguf(dir.path(), GgmlDType::F32)?;
+    let m = model.to_str().ok_or("path")?;
+    let config = Config::from_gguf(&Gguf::open(&model)?)?;
+    let shapes = llama::base_shapes(&model, &config);
+    let mut dirs = Vec::new();
+    for (k, name) in ["a", "b"].iter().enumerate() {
+        let method = MethodConfig::WaveletFt(WaveletFtConfig {
+            n_frequency: 40,
+            scaling: 50.0,
+            seed: k as u64,
+            ..Default::default()
+        });
+        let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
+        let mut adapters = AdapterModel::new_for_shapes(AdapterConfig::new(method, targets), &shapes, 1)?;
+        let mut g = Mt19937::new(k as u64 + 3);
+        for a in adapters.modules_mut().values_mut() {
+            a.as_adapter_mut()
+                .params_mut()
+                .iter_mut()
+                .for_each(|p| *p = (0.2 * g.next_normal()) as f32);
+        }
+        let d = dir.path().join(name);
+        adapters.save(&d)?;
+        dirs.push(d.to_str().ok_or("path")?.to_string());
+    }
+    let requests = [
+        serde_json::json!({"prompt": "ab cd", "adapter": "a", "max_new_tokens": 5}),
+        serde_json::json!({"prompt": "ef", "adapter": null}),
+        serde_json::json!({"prompt": "gh ij kl", "adapter": "b", "chat": true, "max_new_tokens": 3}),
+        serde_json::json!({"prompt": "ab cd", "adapter": "b", "max_new_tokens": 5}),
+    ];
+    let file = dir.path().join("requests.jsonl");
+    let text: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&file, text.join("\n") + "\n\n")?;
+    let f = file.to_str().ok_or("path")?;
+    let (a, b) = (format!("a={}", dirs[0]), format!("b={}", dirs[1]));
+    let (ok, out, err) = wft_train(&[
+        "generate",
+        "--model",
+        m,
+        "--requests",
+        f,
+        "--adapter",
+        &a,
+        "--adapter",
+        &b,
+        "--max-new-tokens",
+        "4",
+    ])?;
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 4);
+    let mut differ = 0;
+    for (r, got) in requests.iter().zip(&lines) {
+        let max = r["max_new_tokens"].as_u64().unwrap_or(4).to_string();
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            r["prompt"].as_str().ok_or("prompt")?,
+            "--json",
+        ];
+        args.extend(["--max-new-tokens", max.as_str()]);
+        let adapter = match r["adapter"].as_str() {
+            Some("a") => Some(dirs[0].as_str()),
+            Some(_) => Some(dirs[1].as_str()),
+            None => None,
+        };
+        if let Some(d) = adapter {
+            args.extend(["--adapter", d]);
+        }
+        if r["chat"] == true {
+            args.push("--chat");
+        }
+        let (ok, single, err) = wft_train(&args)?;
+        assert!(ok, "{err}");
+        let single: serde_json::Value = serde_json::from_str(&single)?;
+        assert_eq!(got, &single, "{r}");
+        differ += usize::from(got["ids"] != lines[0]["ids"]);
+    }
+    // The adapters change what is generated (else routing is untested).
+    assert!(differ >= 2, "{lines:?}");
+    // A bad line, an unknown name, NAME=DIR missing.
+    std::fs::write(
+        &file,
+        format!("{}\n{{\"prompt\": \"x\", \"temperature\": 1}}\n", requests[0]),
+    )?;
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--requests", f, "--adapter", &a])?;
+    assert!(
+        !ok && err.contains("requests.jsonl:2:") && err.contains("temperature"),
+        "{err}"
+    );
+    std::fs::write(&file, format!("{}\n", requests[2]))?;
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--requests", f, "--adapter", &a])?;
+    assert!(!ok && err.contains("request 1") && err.contains("\"b\""), "{err}");
+    let (ok, _, err) = wft_train(&["generate", "--model", m, "--requests", f, "--adapter", &dirs[0]])?;
+    assert!(!ok && err.contains("NAME=DIR"), "{err}");
+    Ok(())
+}

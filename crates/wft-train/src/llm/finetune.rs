@@ -51,11 +51,13 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
     Ok(read_eval_jsonl(path)?.into_iter().map(|e| e.example).collect())
 }
 
-/// [`read_jsonl`] keeping each line's `"kind"`.
+/// The lines of a UTF-8 JSONL file parsed as `T`, blank lines skipped, each
+/// with its 1-based line number.
 ///
 /// # Errors
-/// As [`read_jsonl`].
-pub fn read_eval_jsonl(path: &Path) -> Result<Vec<super::evaluate::EvalExample>> {
+/// [`Error::Io`] when it cannot be read, [`Error::Data`] when it is not
+/// UTF-8 or a line is not a `T` (naming the file and line).
+pub(crate) fn jsonl_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Data(format!(
@@ -64,13 +66,30 @@ pub fn read_eval_jsonl(path: &Path) -> Result<Vec<super::evaluate::EvalExample>>
             e.utf8_error().valid_up_to()
         ))
     })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map(|v| (i + 1, v))
+                .map_err(|e| line_error(path, i + 1, e.to_string()))
+        })
+        .collect()
+}
+
+/// An [`Error::Data`] at `path:line`.
+pub(crate) fn line_error(path: &Path, line: usize, m: String) -> Error {
+    Error::Data(format!("{}:{line}: {m}", path.display()))
+}
+
+/// [`read_jsonl`] keeping each line's `"kind"`.
+///
+/// # Errors
+/// As [`read_jsonl`].
+pub fn read_eval_jsonl(path: &Path) -> Result<Vec<super::evaluate::EvalExample>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |m: String| Error::Data(format!("{}:{}: {m}", path.display(), i + 1));
-        let l: Line = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+    for (n, l) in jsonl_lines::<Line>(path)? {
+        let at = |m: String| line_error(path, n, m);
         let kind = l.kind.clone();
         let example = match l {
             Line {

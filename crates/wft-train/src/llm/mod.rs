@@ -6,6 +6,7 @@ pub mod bench;
 mod chat;
 pub mod evaluate;
 pub mod finetune;
+pub mod requests;
 mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use candle_core::{D, Device, Tensor};
 use wft_adapter::{AdapterModel, Mt19937};
 use wft_candle::gguf::Gguf;
 use wft_candle::models::llama::{self, Cache, Llama};
-use wft_candle::{Tuning, Weights};
+use wft_candle::{AdapterMix, Tuning, Weights};
 
 pub use chat::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
@@ -236,9 +237,36 @@ impl Decoder {
     /// [`Error::Usage`] for an empty batch or prompt, or one that leaves no
     /// room in the context; the model's errors.
     pub fn generate_batch(&self, prompts: &[Vec<u32>], max_new: usize, stop: Stop) -> Result<Vec<Vec<u32>>> {
+        self.generate_rows(prompts, &vec![max_new; prompts.len()], stop, None)
+    }
+
+    /// [`Decoder::generate_batch`] with a budget of new tokens per row and,
+    /// with `mix`, each row's own adapter (a mixed-adapter batch through
+    /// [`Llama::hidden_mixed`]: no merging, each row what the decoder with
+    /// its adapter generates alone). Rows stop at their budget or at EOS
+    /// (with [`Stop::AtEos`]).
+    ///
+    /// # Errors
+    /// As [`Decoder::generate_batch`], and [`Error::Usage`] when `budgets`
+    /// does not have one entry per prompt.
+    pub fn generate_rows(
+        &self,
+        prompts: &[Vec<u32>],
+        budgets: &[usize],
+        stop: Stop,
+        mix: Option<&AdapterMix<'_>>,
+    ) -> Result<Vec<Vec<u32>>> {
         let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new = budgets.iter().copied().max().unwrap_or(0);
         if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
             return Err(Error::Usage("a batch needs non-empty prompts".into()));
+        }
+        if budgets.len() != prompts.len() {
+            return Err(Error::Usage(format!(
+                "{} budgets for {} prompts",
+                budgets.len(),
+                prompts.len()
+            )));
         }
         if len + max_new > self.model.config().max_position_embeddings {
             return Err(Error::Usage(
@@ -255,29 +283,35 @@ impl Decoder {
         }
         let mut input = Tensor::new(ids, &Device::Cpu)?.reshape((b, len))?;
         let mut cache = Cache::new();
-        let mut out = vec![Vec::with_capacity(max_new); b];
-        let mut done = vec![false; b];
+        let mut out: Vec<Vec<u32>> = budgets.iter().map(|&n| Vec::with_capacity(n)).collect();
+        let mut done: Vec<bool> = budgets.iter().map(|&n| n == 0).collect();
         for step in 0..max_new {
+            if done.iter().all(|&d| d) {
+                break;
+            }
             let total = len + step;
             mask.clear();
             for &s in &starts {
                 mask.extend((0..total).map(|j| if j < s { 0f32 } else { 1. }));
             }
             let m = Tensor::new(mask.as_slice(), &Device::Cpu)?.reshape((b, total))?;
-            let hidden = self.model.hidden_padded(&input, &mut cache, Some(&m), &starts)?;
+            let hidden = match mix {
+                None => self.model.hidden_padded(&input, &mut cache, Some(&m), &starts)?,
+                Some(mix) => self
+                    .model
+                    .hidden_mixed(&input, &mut cache, Some(&m), Some(&starts), mix)?,
+            };
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
             let logits = self.model.logits(&last)?.squeeze(1)?;
             let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            for ((o, &n), d) in out.iter_mut().zip(&next).zip(done.iter_mut()) {
+            for (((o, &n), d), &budget) in out.iter_mut().zip(&next).zip(done.iter_mut()).zip(budgets) {
                 if stop == Stop::AtEos && Some(n) == self.tokenizer.eos {
                     *d = true;
                 }
                 if !*d {
                     o.push(n);
+                    *d = o.len() >= budget;
                 }
-            }
-            if done.iter().all(|&d| d) {
-                break;
             }
             input = Tensor::new(next, &Device::Cpu)?.reshape((b, 1))?;
         }

@@ -528,7 +528,8 @@ impl Llama {
         self.decode_padded(&self.embed(ids)?, cache, mask, Some(starts))
     }
 
-    /// Logits of a mixed-adapter batch: batch row `b` runs with
+    /// Final hidden states of a mixed-adapter batch ([`Llama::logits`] of
+    /// them are the logits): batch row `b` runs with
     /// `mix.routes()[b]`'s adapter (or none), every row through the frozen
     /// weights once, each adapter's rows through its factored form. Rows
     /// may be left-padded (`starts`, as [`Llama::hidden_padded`]) and the
@@ -539,7 +540,7 @@ impl Llama {
     /// # Errors
     /// As [`Llama::hidden_padded`], and [`Error::Shape`] when `mix` does not
     /// route every row.
-    pub fn forward_mixed(
+    pub fn hidden_mixed(
         &self,
         ids: &Tensor,
         cache: &mut Cache,
@@ -547,8 +548,7 @@ impl Llama {
         starts: Option<&[usize]>,
         mix: &AdapterMix<'_>,
     ) -> Result<Tensor> {
-        let hidden = self.decode_with(&self.embed(ids)?, cache, mask, starts, Some(mix))?;
-        self.logits(&hidden)
+        self.decode_with(&self.embed(ids)?, cache, mask, starts, Some(mix))
     }
 
     fn decode_padded(
