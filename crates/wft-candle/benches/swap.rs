@@ -14,37 +14,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wft_adapter::{AdapterConfig, AdapterModel, LoraConfig, MethodConfig, ModuleSpec, Mt19937, WaveletFtConfig};
-use wft_candle::models::llama::{self, Config, Llama};
+use wft_adapter::{LoraConfig, MethodConfig, WaveletFtConfig};
+use wft_candle::models::llama::Llama;
 use wft_candle::{Adaptable, Tuning};
 
-fn smollm2_sizes() -> Config {
-    Config {
-        vocab_size: 4096,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        ..Config::tiny(4096)
-    }
-}
-
-fn adapters(config: &Config, method: &MethodConfig, seed: u64) -> AdapterModel {
-    let shapes = llama::base_shapes(std::path::Path::new("smollm2-sizes"), config);
-    let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into()]);
-    let mut model = AdapterModel::new_for_shapes(AdapterConfig::new(method.clone(), targets), &shapes, seed)
-        .expect("adapters for the decoder's own shapes");
-    let mut g = Mt19937::new(seed);
-    for m in model.modules_mut().values_mut() {
-        m.as_adapter_mut()
-            .params_mut()
-            .iter_mut()
-            .for_each(|p| *p = (0.01 * g.next_normal()) as f32);
-    }
-    model
-}
+mod common;
+use common::{adapters, smollm2_sizes};
 
 fn swap(c: &mut Criterion) {
     let config = smollm2_sizes();
