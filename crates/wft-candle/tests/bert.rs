@@ -378,3 +378,64 @@ fn segment_ids_add_their_type_embedding() -> R {
     ));
     Ok(())
 }
+
+/// A mixed-adapter batch of texts of different lengths (on A, on no adapter,
+/// on B) gives each text the hidden states of the encoder built with its
+/// adapter alone.
+#[test]
+fn mixed_adapter_batches_equal_each_adapter_alone() -> R {
+    let f = fixture()?;
+    let targets = ModuleSpec::Names(vec!["query".into(), "value".into(), "intermediate.dense".into()]);
+    let mut adapters = Vec::new();
+    for seed in [1u64, 2] {
+        let config = AdapterConfig::new(wavelet(60), targets.clone());
+        let mut model = AdapterModel::new_for_base(config, &f.base, seed)?;
+        let mut g = wft_adapter::Mt19937::new(seed + 7);
+        for m in model.modules_mut().values_mut() {
+            m.as_adapter_mut()
+                .params_mut()
+                .iter_mut()
+                .for_each(|p| *p = (0.3 * g.next_normal()) as f32);
+        }
+        adapters.push(model);
+    }
+    let ids = Tensor::from_vec(
+        vec![2u32, 10, 11, 12, 3, 2, 20, 3, 0, 0, 2, 30, 31, 3, 0],
+        (3, 5),
+        &Device::Cpu,
+    )?;
+    let mask = Tensor::from_vec(
+        vec![1f32, 1., 1., 1., 1., 1., 1., 1., 0., 0., 1., 1., 1., 1., 0.],
+        (3, 5),
+        &Device::Cpu,
+    )?;
+    let routes = vec![Some(0), None, Some(1)];
+    let mix = wft_candle::AdapterMix::new(adapters.iter().collect(), routes.clone())?;
+    let served = Bert::new(&f.config, &f.weights, Tuning::Frozen)?;
+    let mixed = served.encode_mixed(&served.embed(&ids)?, &mask, &mix)?;
+    let mut moved = 0.0f32;
+    for (r, route) in routes.iter().enumerate() {
+        let alone = match route {
+            Some(k) => Bert::new(&f.config, &f.weights, Tuning::Adapters(&adapters[*k]))?,
+            None => Bert::new(&f.config, &f.weights, Tuning::Frozen)?,
+        };
+        let want = alone.forward(&ids.narrow(0, r, 1)?, &mask.narrow(0, r, 1)?)?;
+        let got = mixed.narrow(0, r, 1)?;
+        assert!(max_diff(&got, &want)? < 1e-5, "text {r} ({route:?})");
+        moved = moved.max(max_diff(
+            &want,
+            &served.forward(&ids.narrow(0, r, 1)?, &mask.narrow(0, r, 1)?)?,
+        )?);
+    }
+    assert!(moved > 1e-3, "the adapters change the states ({moved})");
+    assert!(
+        served
+            .encode_mixed(
+                &served.embed(&ids)?,
+                &mask,
+                &wft_candle::AdapterMix::new(vec![], vec![None])?
+            )
+            .is_err()
+    );
+    Ok(())
+}

@@ -21,6 +21,7 @@ use super::mlp::gelu_mlp;
 use super::ops::LayerNorm;
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
+use crate::models::AdapterMix;
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
 /// Which width one side of a linear layer has.
@@ -219,6 +220,8 @@ impl Weights {
 struct Layer {
     /// In [`LINEARS`] order.
     linears: Vec<AdaptedLinear>,
+    /// Their module paths, which a mixed-adapter pass looks its adapters up by.
+    paths: Vec<String>,
     attn_norm: LayerNorm,
     out_norm: LayerNorm,
 }
@@ -237,8 +240,13 @@ impl Layer {
         linears.push(linear(INTERMEDIATE)?);
         linears.push(linear(OUTPUT)?);
         let out_norm = LayerNorm::load(&vb.pp("output.LayerNorm"), h, eps)?;
+        let paths = LINEARS
+            .iter()
+            .map(|(path, ..)| vb.pp(path).path().to_string())
+            .collect();
         Ok(Layer {
             linears,
+            paths,
             attn_norm,
             out_norm,
         })
@@ -366,6 +374,23 @@ impl Bert {
     /// [`Error::Shape`] for a mask that is not `batch × len`; candle's
     /// errors for mismatched shapes.
     pub fn encode(&self, embedded: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.encode_with(embedded, attention_mask, None)
+    }
+
+    /// [`Bert::encode`] for a mixed-adapter batch: text `b` runs with
+    /// `mix.routes()[b]`'s adapter (or none), every token through the frozen
+    /// weights once and each adapter's tokens through its factored form.
+    /// Each text gets what the encoder built with its adapter gives it alone,
+    /// to float rounding. Inference only.
+    ///
+    /// # Errors
+    /// As [`Bert::encode`], and [`Error::Shape`] when `mix` does not route
+    /// every text.
+    pub fn encode_mixed(&self, embedded: &Tensor, attention_mask: &Tensor, mix: &AdapterMix<'_>) -> Result<Tensor> {
+        self.encode_with(embedded, attention_mask, Some(mix))
+    }
+
+    fn encode_with(&self, embedded: &Tensor, attention_mask: &Tensor, mix: Option<&AdapterMix<'_>>) -> Result<Tensor> {
         let (batch, len, h) = embedded.dims3()?;
         if attention_mask.dims() != [batch, len] {
             return Err(Error::Shape {
@@ -385,12 +410,30 @@ impl Bert {
         let starts: std::sync::Arc<[usize]> = starts.into();
         let keep = Tensor::from_vec(keep, starts[batch], embedded.device())?;
         let mut x = embedded.reshape((batch * len, h))?.index_select(&keep, 0)?;
+        // Each packed token's route: its text's.
+        let routes: Vec<Option<usize>> = match mix {
+            Some(mix) => {
+                crate::error::check_shape("routes", &[mix.routes().len()], &[batch])?;
+                (0..batch)
+                    .flat_map(|b| std::iter::repeat_n(mix.routes()[b], starts[b + 1] - starts[b]))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         for layer in &self.layers {
-            let lin = &layer.linears;
-            let (q, k, v) = (lin[QUERY].forward(&x)?, lin[KEY].forward(&x)?, lin[VALUE].forward(&x)?);
+            let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
+                match mix {
+                    None => Ok(layer.linears[i].forward(x)?),
+                    Some(mix) => layer.linears[i].forward_mixed(x, &mix.layer(&layer.paths[i]), &routes),
+                }
+            };
+            let (q, k, v) = (lin(QUERY, &x)?, lin(KEY, &x)?, lin(VALUE, &x)?);
             let ctx = packed_attention(&q, &k, &v, heads, heads, &starts)?;
-            let a = layer.attn_norm.forward(&(lin[ATTN_OUT].forward(&ctx)? + &x)?)?;
-            let f = gelu_mlp(&a, &lin[INTERMEDIATE], &lin[OUTPUT])?;
+            let a = layer.attn_norm.forward(&(lin(ATTN_OUT, &ctx)? + &x)?)?;
+            let f = match mix {
+                None => gelu_mlp(&a, &layer.linears[INTERMEDIATE], &layer.linears[OUTPUT])?,
+                Some(_) => lin(OUTPUT, &super::ops::gelu(&lin(INTERMEDIATE, &a)?)?)?,
+            };
             x = layer.out_norm.forward(&(f + &a)?)?;
         }
         let out = Tensor::zeros((batch * len, h), DType::F32, embedded.device())?.index_add(&keep, &x, 0)?;
