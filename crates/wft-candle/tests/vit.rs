@@ -269,3 +269,42 @@ fn image_classifier_trains_saves_loads_and_merges_to_the_same_logits() -> R {
     }
     Ok(())
 }
+
+/// A mixed-adapter batch of images (on A, on no adapter, on B; the patch
+/// embedding adapted too) gives each image what the model built with its
+/// adapter gives it alone.
+#[test]
+fn mixed_adapter_batches_equal_each_adapter_alone() -> R {
+    let config = Config::tiny();
+    let weights = config.random_weights(4)?;
+    let a = adapters(&config)?;
+    let mut b = a.clone();
+    let mut g = wft_adapter::Mt19937::new(9);
+    for m in b.modules_mut().values_mut() {
+        m.as_adapter_mut()
+            .params_mut()
+            .iter_mut()
+            .for_each(|p| *p = (0.05 * g.next_normal()) as f32);
+    }
+    let side = config.patch_size * config.grid();
+    let x = pixels(3, side, 5)?;
+    let routes = vec![Some(0), None, Some(1)];
+    let mix = wft_candle::AdapterMix::new(vec![&a, &b], routes.clone())?;
+    let served = Vit::new(&config, &weights, Tuning::Frozen)?;
+    let mixed = served.forward_mixed(&x, &mix)?;
+    for (r, route) in routes.iter().enumerate() {
+        let alone = match route {
+            Some(0) => Vit::new(&config, &weights, Tuning::Adapters(&a))?,
+            Some(_) => Vit::new(&config, &weights, Tuning::Adapters(&b))?,
+            None => Vit::new(&config, &weights, Tuning::Frozen)?,
+        };
+        let want = alone.forward(&x.narrow(0, r, 1)?)?;
+        let diff = (mixed.narrow(0, r, 1)? - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "image {r} ({route:?}): {diff}");
+    }
+    Ok(())
+}

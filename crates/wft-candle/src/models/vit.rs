@@ -20,6 +20,7 @@ use super::mlp::gelu_mlp;
 use super::ops::{LayerNorm, scaled_residual};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
+use crate::models::AdapterMix;
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
 /// The projections inside `encoder.layer.{l}`: `(path, out, in)` as
@@ -268,6 +269,8 @@ struct Block {
     norm1: LayerNorm,
     /// In [`LINEARS`] order.
     linears: Vec<AdaptedLinear>,
+    /// Their module paths, which a mixed-adapter pass looks its adapters up by.
+    paths: Vec<String>,
     scale1: Tensor,
     norm2: LayerNorm,
     scale2: Tensor,
@@ -339,6 +342,23 @@ impl Vit {
     /// [`Error::Shape`] for other channels or sides that are not whole
     /// patches; candle's errors.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward_with(pixels, None)
+    }
+
+    /// [`Vit::forward`] for a mixed-adapter batch: image `b` runs with
+    /// `mix.routes()[b]`'s adapter (or none), every token through the frozen
+    /// weights once and each adapter's tokens through its factored form
+    /// (the patch embedding included). Each image gets what the model built
+    /// with its adapter gives it alone, to float rounding. Inference only.
+    ///
+    /// # Errors
+    /// As [`Vit::forward`], and [`Error::Shape`] when `mix` does not route
+    /// every image.
+    pub fn forward_mixed(&self, pixels: &Tensor, mix: &AdapterMix<'_>) -> Result<Tensor> {
+        self.forward_with(pixels, Some(mix))
+    }
+
+    fn forward_with(&self, pixels: &Tensor, mix: Option<&AdapterMix<'_>>) -> Result<Tensor> {
         let c = &self.config;
         let (batch, channels, height, width) = pixels.dims4()?;
         let p = c.patch_size;
@@ -363,13 +383,18 @@ impl Vit {
             .reshape((batch, channels, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((batch, gh * gw, channels * p * p))?;
-        let patches = self.patch.forward(&patches)?; // batch × gh·gw × H
+        let patches = match mix {
+            None => self.patch.forward(&patches)?,
+            Some(mix) => self
+                .patch
+                .forward_mixed(&patches, &mix.layer(PATCH_EMBEDDING), mix.routes())?,
+        }; // batch × gh·gw × H
         let cls = self.cls.broadcast_as((batch, 1, h))?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let x = x.broadcast_add(&self.position_for(gh, gw)?)?;
         let mut x = x.contiguous()?;
         for block in &self.blocks {
-            x = self.block(block, &x)?;
+            x = self.block(block, &x, mix)?;
         }
         self.norm.forward(&x)
     }
@@ -391,16 +416,24 @@ impl Vit {
         Ok(Tensor::cat(&[&cls, &resized], 1)?)
     }
 
-    fn block(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
+    fn block(&self, block: &Block, x: &Tensor, mix: Option<&AdapterMix<'_>>) -> Result<Tensor> {
         let c = &self.config;
         let nh = c.num_attention_heads;
-        let lin = &block.linears;
+        let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
+            match mix {
+                None => Ok(block.linears[i].forward(x)?),
+                Some(mix) => block.linears[i].forward_mixed(x, &mix.layer(&block.paths[i]), mix.routes()),
+            }
+        };
         let a = block.norm1.forward(x)?;
-        let (q, k, v) = (lin[QUERY].forward(&a)?, lin[KEY].forward(&a)?, lin[VALUE].forward(&a)?);
+        let (q, k, v) = (lin(QUERY, &a)?, lin(KEY, &a)?, lin(VALUE, &a)?);
         let ctx = attention(&q, &k, &v, nh, nh, None)?;
-        let x = scaled_residual(x, &lin[ATTN_OUT].forward(&ctx)?, &block.scale1)?;
+        let x = scaled_residual(x, &lin(ATTN_OUT, &ctx)?, &block.scale1)?;
         let m = block.norm2.forward(&x)?;
-        let f = gelu_mlp(&m, &lin[FC1], &lin[FC2])?;
+        let f = match mix {
+            None => gelu_mlp(&m, &block.linears[FC1], &block.linears[FC2])?,
+            Some(_) => lin(FC2, &super::ops::gelu(&lin(FC1, &m)?)?)?,
+        };
         scaled_residual(&x, &f, &block.scale2)
     }
 }
@@ -416,6 +449,10 @@ impl Block {
             .collect::<Result<Vec<_>>>()?;
         Ok(Block {
             norm1: LayerNorm::load(&vb.pp("norm1"), h, eps)?,
+            paths: LINEARS
+                .iter()
+                .map(|(path, ..)| vb.pp(path).path().to_string())
+                .collect(),
             linears,
             scale1: vb.pp("layer_scale1").get("lambda1", &[h])?,
             norm2: LayerNorm::load(&vb.pp("norm2"), h, eps)?,
