@@ -146,7 +146,6 @@ impl AdapterModel {
                 rewrite(base, out, Edit::Stream(&mut replace), progress)?;
             }
             Writer::Patch => {
-                let mut scratch = Vec::new();
                 let mut patch = |name: &str, bytes: &mut [u8]| -> Result<bool> {
                     let Some((m, orientation)) = record(name) else {
                         return Ok(false);
@@ -158,8 +157,7 @@ impl AdapterModel {
                         expected: "the adapted weight".into(),
                     })?;
                     let module = self.modules[m].as_adapter();
-                    patch_one(module, dtype, &dims, orientation, bytes, &mut scratch)
-                        .map_err(|e| in_tensor(base, name, e))?;
+                    patch_one(module, dtype, &dims, orientation, bytes).map_err(|e| in_tensor(base, name, e))?;
                     Ok(true)
                 };
                 rewrite(base, out, Edit::Patch(&mut patch), progress)?;
@@ -232,15 +230,13 @@ fn in_tensor(base: &TensorFile, name: &str, e: Error) -> Error {
 /// and rounding of the streaming merge: f32 added in place (through an
 /// aligned view when the bytes allow), F16/BF16 decoded to f32 on the
 /// elements the adapter writes, merged and rounded back, F64 given the f32
-/// ΔW in f64. `scratch` is reused across tensors; only the elements an
-/// adapter writes are read from it.
+/// ΔW in f64.
 fn patch_one(
     adapter: &dyn Adapter<f32>,
     dtype: Dtype,
     dims: &[usize],
     orientation: Orientation,
     bytes: &mut [u8],
-    scratch: &mut Vec<f32>,
 ) -> Result<()> {
     let rows = dims.first().copied().unwrap_or(0);
     let cols: usize = dims.iter().skip(1).product();
@@ -264,10 +260,12 @@ fn patch_one(
         return view(w);
     }
     let size = dtype.bitsize() / 8;
-    if scratch.len() < len {
-        scratch.resize(len, 0.0);
-    }
-    let s = &mut scratch[..len];
+    // Zeroed by the allocator (calloc: pages the kernel maps on first
+    // touch), so memory and time follow the touched elements, not the
+    // tensor: only they are written and read.
+    let mut scratch = vec![0f32; len];
+    let s = scratch.as_mut_slice();
+
     let mut runs = Vec::new();
     let coverage = adapter.for_each_touched_run(orientation, &mut |start, n| runs.push((start, n)));
     if coverage == Coverage::Everything {
