@@ -638,6 +638,33 @@ impl Plan {
         Ok(Some(v))
     }
 
+    /// Seed 0 of `method` run again when its cached run came from another
+    /// machine and neither its saved model nor a released copy is here
+    /// (the release needs one); `None` when one is, or in cached-only mode.
+    ///
+    /// # Errors
+    /// The run's errors.
+    fn redo_unsaved(&self, task: &Task, method: &str, lr: f64, head_lr: f64) -> Result<Option<Value>> {
+        let tag = self.tag(task, method, 0, lr, head_lr);
+        let saved = self.out.saved.join(task.name).join(&tag);
+        let released = self.out.release.join(task.name).join(method);
+        let have = |dir: &std::path::Path| {
+            dir.join("head.safetensors").exists()
+                || dir.join("adapter_config.json").exists()
+                || dir.join("adapter").join("adapter_config.json").exists()
+        };
+        if self.cached_only || have(&saved) || have(&released) {
+            return Ok(None);
+        }
+        println!(
+            "{}: seed 0 of {method} was saved on another machine; running it again to release it",
+            task.name
+        );
+        let json = self.out.runs.join(task.name).join(format!("{tag}.json"));
+        std::fs::remove_file(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+        self.run(task, method, 0, lr, head_lr)
+    }
+
     /// Copy seed 0's head, labels and adapter folder to the release tree.
     fn release(&self, task: &Task, method: &str, v: &Value) -> Result {
         let release = &self.out.release;
@@ -926,6 +953,9 @@ fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
             continue;
         }
         if *m != "full" && vs[0]["config"]["seed"].as_u64() == Some(0) {
+            if let Some(redone) = plan.redo_unsaved(task, m, lr, head_lr)? {
+                vs[0] = redone;
+            }
             plan.release(task, m, &vs[0])?;
         }
         runs.push((m.to_string(), vs));
