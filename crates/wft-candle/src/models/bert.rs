@@ -12,16 +12,16 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use super::attention::packed_attention;
-use super::mlp::gelu_mlp;
+use super::mlp::gelu_mlp_routed;
 use super::ops::LayerNorm;
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
-use crate::models::AdapterMix;
+use crate::models::{AdapterMix, Routing, project};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
 /// Which width one side of a linear layer has.
@@ -420,20 +420,14 @@ impl Bert {
             }
             None => Vec::new(),
         };
+        let routing = mix.map(|mix| Routing::with_routes(mix, &routes));
         for layer in &self.layers {
-            let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
-                match mix {
-                    None => Ok(layer.linears[i].forward(x)?),
-                    Some(mix) => layer.linears[i].forward_mixed(x, &mix.layer(&layer.paths[i]), &routes),
-                }
-            };
+            let lin = |i: usize, x: &Tensor| project(&layer.linears[i], &layer.paths[i], x, routing);
             let (q, k, v) = (lin(QUERY, &x)?, lin(KEY, &x)?, lin(VALUE, &x)?);
             let ctx = packed_attention(&q, &k, &v, heads, heads, &starts)?;
             let a = layer.attn_norm.forward(&(lin(ATTN_OUT, &ctx)? + &x)?)?;
-            let f = match mix {
-                None => gelu_mlp(&a, &layer.linears[INTERMEDIATE], &layer.linears[OUTPUT])?,
-                Some(_) => lin(OUTPUT, &super::ops::gelu(&lin(INTERMEDIATE, &a)?)?)?,
-            };
+            let fc = |i: usize| (&layer.linears[i], layer.paths[i].as_str());
+            let f = gelu_mlp_routed(&a, fc(INTERMEDIATE), fc(OUTPUT), routing)?;
             x = layer.out_norm.forward(&(f + &a)?)?;
         }
         let out = Tensor::zeros((batch * len, h), DType::F32, embedded.device())?.index_add(&keep, &x, 0)?;

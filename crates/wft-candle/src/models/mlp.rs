@@ -29,6 +29,24 @@ use crate::error::{Error, Result};
 use crate::linear::AdaptedLinear;
 use crate::matmul::{linear, linear_input_grad};
 
+/// [`gelu_mlp`], or with `routing` its composition through the mixed-adapter
+/// forward of each layer (given with its module path).
+///
+/// # Errors
+/// As [`gelu_mlp`].
+pub(crate) fn gelu_mlp_routed(
+    x: &Tensor,
+    (fc1, path1): (&AdaptedLinear, &str),
+    (fc2, path2): (&AdaptedLinear, &str),
+    routing: Option<super::Routing<'_>>,
+) -> Result<Tensor> {
+    if routing.is_none() {
+        return gelu_mlp(x, fc1, fc2);
+    }
+    let h = super::project(fc1, path1, x, routing)?;
+    super::project(fc2, path2, &gelu(&h)?, routing)
+}
+
 /// `fc2(gelu(fc1(x)))` over the last axis of `x`: one fused op when both
 /// layers are frozen dense layers with constant biases, the composition of
 /// the layers otherwise (an adapted, quantized or fully trained layer).

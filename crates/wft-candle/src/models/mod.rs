@@ -3,7 +3,7 @@
 //! Llama-family decoder, loaded from GGUF) and [`vit`] (a DINOv2-style
 //! Vision Transformer). All implement [`Adaptable`].
 
-use candle_core::Var;
+use candle_core::{Module, Tensor, Var};
 use wft_adapter::AdapterModel;
 
 use crate::error::Result;
@@ -81,6 +81,41 @@ impl<'a> AdapterMix<'a> {
             .iter()
             .map(|a| a.modules().get(path).map(wft_adapter::ModuleAdapter::as_adapter))
             .collect()
+    }
+}
+
+/// A mixed-adapter pass's routing, as one layer sees it: the mix and each
+/// input row's adapter (per batch row, or per packed token).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Routing<'a> {
+    mix: &'a AdapterMix<'a>,
+    routes: &'a [Option<usize>],
+}
+
+impl<'a> Routing<'a> {
+    /// The mix's own routes, one per leading (batch) row of the input.
+    pub(crate) fn by_row(mix: &'a AdapterMix<'a>) -> Self {
+        Routing {
+            mix,
+            routes: mix.routes(),
+        }
+    }
+
+    /// The mix with `routes` of its own (one per row of a packed input).
+    pub(crate) fn with_routes(mix: &'a AdapterMix<'a>, routes: &'a [Option<usize>]) -> Self {
+        Routing { mix, routes }
+    }
+}
+
+/// `layer` (module `path`) on `x`: its own forward, or the mixed-adapter
+/// forward when `routing` is given.
+///
+/// # Errors
+/// The layer's errors.
+pub(crate) fn project(layer: &AdaptedLinear, path: &str, x: &Tensor, routing: Option<Routing<'_>>) -> Result<Tensor> {
+    match routing {
+        None => Ok(layer.forward(x)?),
+        Some(r) => layer.forward_mixed(x, &r.mix.layer(path), r.routes),
     }
 }
 

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use wft_adapter::Mt19937;
 
 use super::attention::attention;
-use super::mlp::gelu_mlp;
+use super::mlp::gelu_mlp_routed;
 use super::ops::{LayerNorm, scaled_residual};
 use crate::error::{Error, Result};
 use crate::linear::{AdaptedLinear, Bias};
-use crate::models::AdapterMix;
+use crate::models::{AdapterMix, Routing, project};
 use crate::weights::{Tuning, VarPath, VarStore, Weights};
 
 /// The projections inside `encoder.layer.{l}`: `(path, out, in)` as
@@ -419,21 +419,15 @@ impl Vit {
     fn block(&self, block: &Block, x: &Tensor, mix: Option<&AdapterMix<'_>>) -> Result<Tensor> {
         let c = &self.config;
         let nh = c.num_attention_heads;
-        let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
-            match mix {
-                None => Ok(block.linears[i].forward(x)?),
-                Some(mix) => block.linears[i].forward_mixed(x, &mix.layer(&block.paths[i]), mix.routes()),
-            }
-        };
+        let routing = mix.map(Routing::by_row);
+        let lin = |i: usize, x: &Tensor| project(&block.linears[i], &block.paths[i], x, routing);
         let a = block.norm1.forward(x)?;
         let (q, k, v) = (lin(QUERY, &a)?, lin(KEY, &a)?, lin(VALUE, &a)?);
         let ctx = attention(&q, &k, &v, nh, nh, None)?;
         let x = scaled_residual(x, &lin(ATTN_OUT, &ctx)?, &block.scale1)?;
         let m = block.norm2.forward(&x)?;
-        let f = match mix {
-            None => gelu_mlp(&m, &block.linears[FC1], &block.linears[FC2])?,
-            Some(_) => lin(FC2, &super::ops::gelu(&lin(FC1, &m)?)?)?,
-        };
+        let fc = |i: usize| (&block.linears[i], block.paths[i].as_str());
+        let f = gelu_mlp_routed(&m, fc(FC1), fc(FC2), routing)?;
         scaled_residual(&x, &f, &block.scale2)
     }
 }

@@ -126,7 +126,7 @@ impl Llama {
             return Ok((loss.to_scalar::<f32>()?, loss.backward()?));
         }
         let embedded = self.embed(ids)?;
-        let pass = self.pass(&embedded, 0, Some(mask), None)?;
+        let pass = self.pass(&embedded, 0, Some(mask), None, None)?;
         // Forward: keep each block's input only.
         let mut inputs = Vec::with_capacity(self.blocks.len());
         let mut x = embedded.detach();

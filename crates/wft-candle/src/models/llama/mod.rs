@@ -33,7 +33,7 @@ mod loss;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::linear::{AdaptedLinear, Bias};
-use crate::models::AdapterMix;
+use crate::models::{AdapterMix, Routing, project};
 use crate::weights::{Stored, Tuning, VarPath, VarStore, Weights};
 pub use file::{MergeDtype, RowOrder, base_shapes, load_gguf, load_gguf_quantized, merge_gguf, tiny_vocab, write_gguf};
 pub use loss::{Activations, masked_cross_entropy};
@@ -507,7 +507,7 @@ impl Llama {
     /// # Errors
     /// As [`Llama::hidden`].
     pub fn decode(&self, embedded: &Tensor, cache: &mut Cache, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.decode_padded(embedded, cache, mask, None)
+        self.decode_padded(embedded, cache, mask, None, None)
     }
 
     /// [`Llama::hidden`] for a left-padded batch: row `r` starts with
@@ -525,7 +525,7 @@ impl Llama {
         mask: Option<&Tensor>,
         starts: &[usize],
     ) -> Result<Tensor> {
-        self.decode_padded(&self.embed(ids)?, cache, mask, Some(starts))
+        self.decode_padded(&self.embed(ids)?, cache, mask, Some(starts), None)
     }
 
     /// Final hidden states of a mixed-adapter batch ([`Llama::logits`] of
@@ -548,7 +548,7 @@ impl Llama {
         starts: Option<&[usize]>,
         mix: &AdapterMix<'_>,
     ) -> Result<Tensor> {
-        self.decode_with(&self.embed(ids)?, cache, mask, starts, Some(mix))
+        self.decode_padded(&self.embed(ids)?, cache, mask, starts, Some(mix))
     }
 
     fn decode_padded(
@@ -557,25 +557,9 @@ impl Llama {
         cache: &mut Cache,
         mask: Option<&Tensor>,
         starts: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.decode_with(embedded, cache, mask, starts, None)
-    }
-
-    fn decode_with(
-        &self,
-        embedded: &Tensor,
-        cache: &mut Cache,
-        mask: Option<&Tensor>,
-        starts: Option<&[usize]>,
         mix: Option<&AdapterMix<'_>>,
     ) -> Result<Tensor> {
-        let base = self.pass(embedded, cache.len(), mask, starts)?;
-        let pass = Pass {
-            cos: base.cos,
-            sin: base.sin,
-            mask: base.mask,
-            mix,
-        };
+        let pass = self.pass(embedded, cache.len(), mask, starts, mix)?;
         if cache.kv.len() != self.blocks.len() {
             cache.kv = vec![None; self.blocks.len()];
         }
@@ -587,14 +571,15 @@ impl Llama {
     }
 
     /// What every block of a pass over `embedded` (`batch × len × H`)
-    /// after `past` cached positions shares.
-    fn pass(
+    /// after `past` cached positions shares, routed by `mix` if mixed.
+    fn pass<'a>(
         &self,
         embedded: &Tensor,
         past: usize,
         mask: Option<&Tensor>,
         starts: Option<&[usize]>,
-    ) -> Result<Pass<'static>> {
+        mix: Option<&'a AdapterMix<'a>>,
+    ) -> Result<Pass<'a>> {
         let c = &self.config;
         let (batch, len, _) = embedded.dims3()?;
         if let Some(s) = starts
@@ -615,12 +600,7 @@ impl Llama {
         }
         let (cos, sin) = self.rope_tables(past, len, starts)?;
         let mask = AttentionMask::new(&attention_mask(batch, past, len, mask)?)?;
-        Ok(Pass {
-            cos,
-            sin,
-            mask,
-            mix: None,
-        })
+        Ok(Pass { cos, sin, mask, mix })
     }
 
     /// One block on `x` (`batch × len × H`): attention over the keys and
@@ -635,13 +615,8 @@ impl Llama {
     ) -> Result<Tensor> {
         let c = &self.config;
         let Pass { cos, sin, mask, mix } = pass;
-        // Each projection, through the mix's adapters when there is one.
-        let lin = |i: usize, x: &Tensor| -> Result<Tensor> {
-            match mix {
-                None => Ok(block.linears[i].forward(x)?),
-                Some(mix) => block.linears[i].forward_mixed(x, &mix.layer(&block.paths[i]), mix.routes()),
-            }
-        };
+        let routing = mix.map(Routing::by_row);
+        let lin = |i: usize, x: &Tensor| project(&block.linears[i], &block.paths[i], x, routing);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let a = rms_norm(x, &block.norms[0], c.rms_norm_eps)?;
         // Token-major throughout: batch × len × (heads·head_dim), as the
