@@ -1015,24 +1015,18 @@ pub(crate) fn family(suite: Suite, quick: bool, only: Option<&str>, cached_only:
     // A task with nothing done yet (cached-only reports) is left out.
     results.retain(|r| !r.runs.is_empty());
     std::fs::create_dir_all(&plan.out.docs).map_err(|e| e.to_string())?;
-    let md = match suite {
-        Suite::Nlu | Suite::Vision => crate::suite_report::nlu_report(
-            &results,
-            &plan.out.docs,
-            plan.quick,
-            plan.epochs,
-            plan.batch,
-            suite.name(),
-        )?,
-        Suite::Nlg | Suite::Instruct => crate::suite_report::lm_report(
-            &results,
-            &plan.out.docs,
-            plan.quick,
-            plan.epochs,
-            plan.batch,
-            suite.name(),
-        )?,
+    let report = match suite {
+        Suite::Nlu | Suite::Vision => crate::suite_report::nlu_report,
+        Suite::Nlg | Suite::Instruct => crate::suite_report::lm_report,
     };
+    let md = report(
+        &results,
+        &plan.out.docs,
+        plan.quick,
+        plan.epochs,
+        plan.batch,
+        suite.name(),
+    )?;
     write_release_index(&plan.out.release)?;
     let section = format!("suite-{}", suite.name());
     let path = plan.out.docs.join(if quick {
