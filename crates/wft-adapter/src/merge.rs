@@ -190,8 +190,7 @@ impl AdapterModel {
             let d = orient.orient(device.delta(module)?);
             let mut buf = Vec::with_capacity(1 << 16);
             for (c, &v) in raw.data.chunks_exact(8).zip(d.iter()) {
-                let t = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v);
-                buf.extend_from_slice(&t.to_le_bytes());
+                buf.extend_from_slice(&f64_plus(c, v));
                 if buf.len() >= 1 << 16 {
                     w.write_all(&buf).map_err(io)?;
                     buf.clear();
@@ -226,6 +225,12 @@ fn in_tensor(base: &TensorFile, name: &str, e: Error) -> Error {
     }
 }
 
+/// An F64 weight's 8 little-endian bytes plus an f32 ΔW element, in f64:
+/// how both writers merge F64 weights.
+fn f64_plus(c: &[u8], v: f32) -> [u8; 8] {
+    (f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v)).to_le_bytes()
+}
+
 /// `W += ΔW` on a tensor's little-endian bytes in place, with the arithmetic
 /// and rounding of the streaming merge: f32 added in place (through an
 /// aligned view when the bytes allow), F16/BF16 decoded to f32 on the
@@ -248,8 +253,8 @@ fn patch_one(
     if dtype == Dtype::F64 {
         let d = orientation.orient(adapter.delta_weight());
         for (c, &v) in bytes.chunks_exact_mut(8).zip(d.iter()) {
-            let t = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) + f64::from(v);
-            c.copy_from_slice(&t.to_le_bytes());
+            let t = f64_plus(c, v);
+            c.copy_from_slice(&t);
         }
         return Ok(());
     }
