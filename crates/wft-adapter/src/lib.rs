@@ -98,6 +98,7 @@ pub use mixed::{Routes, forward_mixed};
 pub use model::{AdapterModel, ModuleAdapter};
 pub use rng::{Mt19937, RANDPERM_SMALL_LIMIT, randperm_prefix};
 pub use shapes::{BaseShapes, ShapeMap, WeightLayout};
+pub use stream::copy_and_patch;
 pub use summary::{ModuleSummary, Summary};
 pub use targets::{ModuleSpec, OneOrMany, Targets, pattern_value, proportional};
 pub use tensors::{INDEX_FILE, MAX_JSON_BYTES, RawTensor, TensorFile, write_atomic, write_text_atomic};

@@ -155,15 +155,7 @@ fn edit_shard(shard: &Shard, file: &File, out: &Path, edit: &mut Edit<'_, '_>, t
 fn patch_shard(shard: &Shard, file: &File, out: &Path, patch: &mut Patch<'_>, tick: &mut dyn FnMut()) -> Result<()> {
     let io = |e| Error::io(out, e);
     copy_range(shard, 0..shard.bytes.len(), file).map_err(io)?;
-    // SAFETY: `file` is this merge's own temporary file, which nothing
-    // else opens or resizes while the map lives.
-    let mut map = unsafe { memmap2::MmapMut::map_mut(file) }.map_err(io)?;
-    if map.len() != shard.bytes.len() {
-        return Err(Error::io(
-            out,
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the copy of the checkpoint is short"),
-        ));
-    }
+    let mut map = map_copy(file, out, shard.bytes.len())?;
     for name in shard.meta.offset_keys() {
         let Some(info) = shard.meta.info(&name) else { continue };
         let range = shard.range(info);
@@ -178,6 +170,83 @@ fn patch_shard(shard: &Shard, file: &File, out: &Path, patch: &mut Patch<'_>, ti
         tick();
     }
     map.flush().map_err(io)
+}
+
+/// Map `file`, a copy just made of `len` bytes, for writing.
+fn map_copy(file: &File, out: &Path, len: usize) -> Result<memmap2::MmapMut> {
+    let io = |e| Error::io(out, e);
+    // SAFETY: `file` is this merge's own temporary file, which nothing
+    // else opens or resizes while the map lives.
+    let map = unsafe { memmap2::MmapMut::map_mut(file) }.map_err(io)?;
+    if map.len() != len {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the copy of the input is short",
+        )));
+    }
+    Ok(map)
+}
+
+/// Copy the file `src` to `out` and let `patch` rewrite bytes of the copy
+/// in place: the copy is made by the kernel (`copy_file_range` on Linux,
+/// which shares extents where the filesystem can, so a reflink costs no
+/// data I/O), then mapped writable, so only the pages `patch` writes are
+/// read and written by this process. Any format whose edits keep its
+/// length can merge this way; [`AdapterModel::merge`](crate::AdapterModel::merge)
+/// does for safetensors, and wft-candle for GGUF.
+///
+/// The output appears atomically: the copy is a temporary file beside
+/// `out` (with `src`'s permissions), synced, then renamed over `out`. On
+/// any error, `patch`'s included, `out` is as it was.
+///
+/// # Errors
+/// [`Error::OutputExists`] when `out` is `src` itself (through any path
+/// or link), I/O errors (as `E`), and `patch`'s own errors.
+pub fn copy_and_patch<E: From<Error>>(
+    src: &Path,
+    out: &Path,
+    patch: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    if same_file(src, out) {
+        return Err(Error::OutputExists {
+            path: out.to_path_buf(),
+            reason: format!(
+                "is the input {} itself: the patch would replace what it reads",
+                src.display()
+            ),
+        }
+        .into());
+    }
+    let input = File::open(src).map_err(|e| Error::io(src, e))?;
+    let meta = input.metadata().map_err(|e| Error::io(src, e))?;
+    let len = usize::try_from(meta.len()).map_err(|_| Error::invalid(src.display().to_string(), "too large"))?;
+    let tmp = temp_file_beside(out)?;
+    copy_file(&input, len, tmp.as_file()).map_err(|e| Error::io(out, e))?;
+    let mut map = map_copy(tmp.as_file(), out, len)?;
+    patch(&mut map)?;
+    map.flush().map_err(|e| Error::io(out, e))?;
+    drop(map);
+    std::fs::set_permissions(tmp.path(), meta.permissions()).map_err(|e| Error::io(out, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(out, e))?;
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    Ok(sync_dir(parent_dir(out))?)
+}
+
+/// All `len` bytes of `src` appended to `out`: by the kernel where it can,
+/// by reading and writing otherwise.
+fn copy_file(src: &File, len: usize, mut out: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if kernel_copy(src, 0..len, out)? {
+        return Ok(());
+    }
+    let copied = std::io::copy(&mut std::io::Read::take(src, len as u64), &mut out)?;
+    if copied as usize != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the input shrank while being read",
+        ));
+    }
+    Ok(())
 }
 
 /// One shard: header, then every tensor in offset order.

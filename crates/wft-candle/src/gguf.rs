@@ -780,3 +780,48 @@ impl Gguf {
         Ok(report)
     }
 }
+
+impl Gguf {
+    /// Write a copy of this file to `out` in which `patch` may rewrite the
+    /// bytes of any tensor in place, keeping its type and length: the file
+    /// is copied by the kernel ([`wft_adapter::copy_and_patch`]: a reflink
+    /// where the filesystem shares extents), then each tensor's bytes in
+    /// the copy are offered to `patch` in file order, which returns whether
+    /// it changed them. The header and every byte `patch` leaves alone are
+    /// the input's. The output appears atomically; on error it is untouched.
+    ///
+    /// # Errors
+    /// `patch`'s own errors, I/O errors, and [`wft_adapter::Error::OutputExists`]
+    /// when `out` is this file.
+    pub fn patch<E: From<GgufError> + From<wft_adapter::Error>>(
+        &self,
+        out: &Path,
+        mut patch: impl FnMut(&TensorEntry, &mut [u8]) -> Result<bool, E>,
+    ) -> Result<RewriteReport, E> {
+        let mut report = RewriteReport::default();
+        wft_adapter::copy_and_patch(&self.path, out, |bytes: &mut [u8]| -> Result<(), E> {
+            if bytes.len() as u64 != self.len {
+                return Err(GgufError::Truncated {
+                    what: "the copy".into(),
+                    need: self.len,
+                    at: 0,
+                    len: bytes.len() as u64,
+                }
+                .into());
+            }
+            for t in &self.tensors {
+                // Bounded by `open`: every tensor's data lies inside the file.
+                let start = (self.data_start + t.offset) as usize;
+                let range = start..start + t.nbytes as usize;
+                if patch(t, &mut bytes[range])? {
+                    report.replaced.push(t.name.clone());
+                } else {
+                    report.copied += 1;
+                }
+            }
+            Ok(())
+        })?;
+        report.bytes = self.len;
+        Ok(report)
+    }
+}

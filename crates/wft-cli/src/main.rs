@@ -55,7 +55,10 @@ enum Command {
         /// re-quantizes to each tensor's own type, which can round away much
         /// of a small update (on SmolLM2's Q4_1, 30% of a WaveFT ΔW's norm
         /// and more than all of a rank-4 LoRA's); `q8_0` and `f16` keep it,
-        /// `f32` is exact.
+        /// `f32` is exact. Where every adapted tensor keeps its type
+        /// (`source`, or an f32/f16 base with that `--dtype`), the file is
+        /// copied by the kernel and only the blocks the adapter reaches are
+        /// rewritten in place; the others keep their bytes.
         #[arg(long, value_enum, default_value_t = GgufDtype::F32)]
         dtype: GgufDtype,
         /// Where ΔW is built and added: `gpu` uses the adapter wgpu picks

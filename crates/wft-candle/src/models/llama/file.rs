@@ -52,6 +52,19 @@ impl RowOrder {
         Some(h * hd + j * hd / 2 + i)
     }
 
+    /// The GGUF row that holds transformers row `row` (of `rows`): the
+    /// inverse of [`RowOrder::hf_row`], `None` as it.
+    pub fn gguf_row(self, row: usize, rows: usize) -> Option<usize> {
+        let RowOrder::Rope(heads) = self else { return Some(row) };
+        if heads == 0 || !rows.is_multiple_of(2 * heads) || row >= rows {
+            return None;
+        }
+        let hd = rows / heads;
+        let (h, within) = (row / hd, row % hd);
+        let (j, i) = (within / (hd / 2), within % (hd / 2));
+        Some(h * hd + 2 * i + j)
+    }
+
     fn permute(self, t: &Tensor, to_gguf: bool) -> Result<Tensor> {
         let RowOrder::Rope(heads) = self else {
             return Ok(t.clone());
@@ -296,26 +309,73 @@ pub fn base_shapes(path: &std::path::Path, config: &Config) -> wft_adapter::Shap
 }
 
 /// Merge `adapters` (transformers' module names and rows) into the GGUF
-/// decoder `gguf`, writing `out`: each adapted tensor is de-quantized, gets
-/// `ΔW` permuted into GGUF's row order ([`RowOrder::to_gguf`]), and is
-/// written in `dtype`; the metadata and every other tensor are copied byte
-/// for byte. Streams one tensor at a time and writes atomically
-/// ([`Gguf::rewrite`]).
+/// decoder `gguf`, writing `out`. The metadata and every other tensor are
+/// the input's bytes; the adapted tensors get `W += ΔW` with the adapters'
+/// own arithmetic ([`wft_adapter::Adapter::merge_into`], as the safetensors
+/// merge), in transformers' row order ([`RowOrder`]), and are written in
+/// `dtype`.
+///
+/// When every adapted tensor keeps its type (`dtype` is
+/// [`MergeDtype::Source`], or the tensor's own type), the merge is a copy
+/// and a patch ([`Gguf::patch`]): the file is copied by the kernel and only
+/// the blocks holding an element the adapter writes are decoded, merged and
+/// re-encoded in place (elements for f32/f16/bf16, 32- or 256-element
+/// blocks for quantized types). For WaveletFT that is `O(n · support²)`
+/// per tensor, not the model. Blocks the adapter does not reach keep their
+/// bytes. Otherwise each adapted tensor is de-quantized whole, merged and
+/// quantized to `dtype`, streaming one tensor at a time ([`Gguf::rewrite`]).
+/// A touched block has the same bytes either way. Both write atomically.
 ///
 /// # Errors
 /// As [`Config::from_gguf`]; [`Error::Config`] for an adapted module this
-/// decoder does not have; the adapters', candle's and the file's errors.
+/// decoder does not have; [`Error::Shape`] for an adapter of the wrong
+/// shape; the adapters', candle's and the file's errors.
 pub fn merge_gguf(
     gguf: &Gguf,
     adapters: &wft_adapter::AdapterModel,
     out: &std::path::Path,
     dtype: MergeDtype,
 ) -> Result<crate::gguf::RewriteReport> {
+    merge_gguf_with(gguf, adapters, out, dtype, Writer::Patch)
+}
+
+/// [`merge_gguf`] written tensor by tensor whatever the types: every
+/// adapted tensor is de-quantized whole, merged and quantized to `dtype`
+/// (so untouched blocks of a [`MergeDtype::Source`] merge are re-quantized
+/// too). Memory stays at about one tensor.
+///
+/// # Errors
+/// As [`merge_gguf`].
+pub fn merge_gguf_streaming(
+    gguf: &Gguf,
+    adapters: &wft_adapter::AdapterModel,
+    out: &std::path::Path,
+    dtype: MergeDtype,
+) -> Result<crate::gguf::RewriteReport> {
+    merge_gguf_with(gguf, adapters, out, dtype, Writer::Stream)
+}
+
+/// How [`merge_gguf_with`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Copy and patch where every adapted tensor keeps its type.
+    Patch,
+    /// Tensor by tensor.
+    Stream,
+}
+
+fn merge_gguf_with(
+    gguf: &Gguf,
+    adapters: &wft_adapter::AdapterModel,
+    out: &std::path::Path,
+    dtype: MergeDtype,
+    writer: Writer,
+) -> Result<crate::gguf::RewriteReport> {
     use candle_core::quantized::QTensor;
     let config = Config::from_gguf(gguf)?;
     let mut targets = HashMap::new();
     let mut plan = HashMap::new();
-    for module in adapters.modules().keys() {
+    for (module, adapter) in adapters.modules() {
         let (name, order) = config
             .gguf_tensor(module)
             .filter(|(name, _)| name.starts_with("blk."))
@@ -325,16 +385,171 @@ pub fn merge_gguf(
                 ))
             })?;
         let entry = gguf.entry(&name).ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        let (o, i) = adapter.as_adapter().shape();
+        if entry.shape() != [o, i] {
+            return Err(Error::Shape {
+                what: format!("GGUF tensor `{name}` for the adapter of `{module}`"),
+                expected: vec![o, i],
+                found: entry.shape(),
+            });
+        }
         plan.insert(name.clone(), dtype.for_tensor(entry.dtype));
-        targets.insert(name, (module.clone(), order));
+        targets.insert(name, (adapter.as_adapter(), order));
+    }
+    let keeps_types = plan
+        .iter()
+        .all(|(name, to)| gguf.entry(name).is_some_and(|e| e.dtype == *to));
+    if writer == Writer::Patch && keeps_types {
+        return gguf.patch(out, |entry, bytes| -> Result<bool> {
+            let Some(&(adapter, order)) = targets.get(&entry.name) else {
+                return Ok(false);
+            };
+            patch_blocks(adapter, entry, order, bytes)?;
+            Ok(true)
+        });
     }
     gguf.rewrite(out, &plan, |entry, to| -> Result<QTensor> {
-        let (module, order) = &targets[&entry.name];
-        let delta = adapters.delta(module)?;
-        let (o, i) = delta.dim();
-        let delta = Tensor::from_vec(delta.into_raw_vec_and_offset().0, (o, i), &Device::Cpu)?;
-        let w = gguf.dequantize(&entry.name)?;
-        let merged = (w + order.to_gguf(&delta)?)?;
+        let (adapter, order) = targets[&entry.name];
+        let w = order.to_hf(&gguf.dequantize(&entry.name)?)?;
+        let (rows, cols) = w.dims2()?;
+        let mut values = w.flatten_all()?.to_vec1::<f32>()?;
+        merge_rows(adapter, rows, cols, &mut values)?;
+        let merged = order.to_gguf(&Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)?;
         Ok(QTensor::quantize(&merged, to)?)
     })
+}
+
+/// `W += ΔW` on a `rows × cols` weight in transformers' layout.
+fn merge_rows(adapter: &dyn wft_adapter::Adapter<f32>, rows: usize, cols: usize, values: &mut [f32]) -> Result<()> {
+    let len = values.len();
+    let w = wft_adapter::ndarray::ArrayViewMut2::from_shape((rows, cols), values).map_err(|e| Error::Shape {
+        what: format!("a weight of {len} values ({e})"),
+        expected: vec![rows, cols],
+        found: vec![len],
+    })?;
+    Ok(adapter.merge_into(w, 1.0, wft_adapter::Orientation::Normal)?)
+}
+
+/// A run of whole blocks of one row: where it lies in transformers' flat
+/// layout and in the tensor's bytes.
+struct Span {
+    element: usize,
+    elements: usize,
+    byte: usize,
+    bytes: usize,
+}
+
+/// `W += ΔW` on a GGUF tensor's bytes in place, rewriting only the blocks
+/// that hold an element the adapter writes: those are gathered, decoded
+/// into a zeroed `rows × cols` scratch (in transformers' row order), merged
+/// there, re-encoded together and put back.
+fn patch_blocks(
+    adapter: &dyn wft_adapter::Adapter<f32>,
+    entry: &crate::gguf::TensorEntry,
+    order: RowOrder,
+    bytes: &mut [u8],
+) -> Result<()> {
+    use candle_core::quantized::{QTensor, ggml_file::qtensor_from_ggml};
+    let shape = entry.shape();
+    let &[rows, cols] = shape.as_slice() else {
+        return Err(Error::Shape {
+            what: format!("GGUF tensor `{}` (a matrix)", entry.name),
+            expected: vec![0, 0],
+            found: shape,
+        });
+    };
+    let (block, size) = (entry.dtype.block_size(), entry.dtype.type_size());
+    if !cols.is_multiple_of(block) {
+        return Err(Error::Config(format!(
+            "GGUF tensor `{}`: rows of {cols} do not split into {:?} blocks of {block}",
+            entry.name, entry.dtype
+        )));
+    }
+    let per_row = cols / block;
+    // Touched blocks as (transformers row, first block, end block).
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    let coverage = adapter.for_each_touched_run(wft_adapter::Orientation::Normal, &mut |start, n| {
+        let (mut at, end) = (start, start + n);
+        while at < end {
+            let (r, c) = (at / cols, at % cols);
+            let stop = end.min((r + 1) * cols);
+            runs.push((r, c / block, (stop - r * cols).div_ceil(block)));
+            at = stop;
+        }
+    });
+    if coverage == wft_adapter::Coverage::Everything {
+        runs = (0..rows).map(|r| (r, 0, per_row)).collect();
+    }
+    runs.sort_unstable();
+    let mut spans: Vec<Span> = Vec::with_capacity(runs.len());
+    let mut last: Option<(usize, usize, usize)> = None;
+    let push = |(r, b0, b1): (usize, usize, usize), spans: &mut Vec<Span>| -> Result<()> {
+        let g = order.gguf_row(r, rows).ok_or_else(|| {
+            Error::Config(format!(
+                "GGUF tensor `{}`: row {r} of {rows} has no place in its row order",
+                entry.name
+            ))
+        })?;
+        spans.push(Span {
+            element: r * cols + b0 * block,
+            elements: (b1 - b0) * block,
+            byte: (g * per_row + b0) * size,
+            bytes: (b1 - b0) * size,
+        });
+        Ok(())
+    };
+    for run in runs {
+        last = match last {
+            Some((r, b0, b1)) if r == run.0 && run.1 <= b1 => Some((r, b0, b1.max(run.2))),
+            Some(done) => {
+                push(done, &mut spans)?;
+                Some(run)
+            }
+            None => Some(run),
+        };
+    }
+    if let Some(done) = last {
+        push(done, &mut spans)?;
+    }
+    let total: usize = spans.iter().map(|s| s.elements).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    if spans.iter().any(|s| s.byte + s.bytes > bytes.len()) {
+        return Err(Error::Config(format!(
+            "GGUF tensor `{}`: its blocks do not fit its {} bytes",
+            entry.name,
+            bytes.len()
+        )));
+    }
+    let mut raw = Vec::with_capacity(total / block * size);
+    for s in &spans {
+        raw.extend_from_slice(&bytes[s.byte..s.byte + s.bytes]);
+    }
+    let cpu = Device::Cpu;
+    let mut values = qtensor_from_ggml(entry.dtype, &raw, vec![total], &cpu)?
+        .dequantize(&cpu)?
+        .to_vec1::<f32>()?;
+    // Zeroed by the allocator (pages mapped on first touch): memory and
+    // time follow the touched blocks.
+    let mut scratch = vec![0f32; rows * cols];
+    let mut at = 0;
+    for s in &spans {
+        scratch[s.element..s.element + s.elements].copy_from_slice(&values[at..at + s.elements]);
+        at += s.elements;
+    }
+    merge_rows(adapter, rows, cols, &mut scratch)?;
+    at = 0;
+    for s in &spans {
+        values[at..at + s.elements].copy_from_slice(&scratch[s.element..s.element + s.elements]);
+        at += s.elements;
+    }
+    let encoded = QTensor::quantize(&Tensor::from_vec(values, total, &cpu)?, entry.dtype)?;
+    let data = encoded.data()?;
+    at = 0;
+    for s in &spans {
+        bytes[s.byte..s.byte + s.bytes].copy_from_slice(&data[at..at + s.bytes]);
+        at += s.bytes;
+    }
+    Ok(())
 }

@@ -35,7 +35,10 @@ use crate::gguf::Gguf;
 use crate::linear::{AdaptedLinear, Bias};
 use crate::models::{AdapterMix, Routing, project};
 use crate::weights::{Stored, Tuning, VarPath, VarStore, Weights};
-pub use file::{MergeDtype, RowOrder, base_shapes, load_gguf, load_gguf_quantized, merge_gguf, tiny_vocab, write_gguf};
+pub use file::{
+    MergeDtype, RowOrder, base_shapes, load_gguf, load_gguf_quantized, merge_gguf, merge_gguf_streaming, tiny_vocab,
+    write_gguf,
+};
 pub use loss::{Activations, masked_cross_entropy};
 
 /// Which width one side of a projection has.
