@@ -11,8 +11,10 @@
 //!   last one stopped. `--cached` reports what is there and runs nothing.
 //! * Learning rates: the same trials on the validation split (seed 0) for
 //!   every family, on one representative budget; a rate chosen at an edge
-//!   of its grid extends the grid by one step (at most twice). A
-//!   classifier's head rate is chosen first and used by every method.
+//!   of its grid extends the grid by one step (at most twice). Every other
+//!   budget of the family then tries the family's rate and one grid step
+//!   either side, extended at an edge in the same way. A classifier's head
+//!   rate is chosen first and used by every method.
 //! * Every method at its family's rate over the plan's seeds; the seed also
 //!   fixes the batch order, so two methods on one seed see the same data
 //!   order (a paired design).
@@ -944,7 +946,26 @@ fn run_task(plan: &Plan, task: &Task, stage: Stage) -> Result<TaskResult> {
     });
     for m in &order {
         // A family whose rate is not known yet (cached-only reports).
-        let Some(&lr) = rates.get(family_of(m)) else { continue };
+        let Some(&family_lr) = rates.get(family_of(m)) else {
+            continue;
+        };
+        let lr = match plan.families.iter().find(|f| f.name == family_of(m)) {
+            Some(fam) if fam.representative != *m && fam.grid.len() >= 2 => {
+                // Another budget of the family: its rate and one step either
+                // side (a rate that suits 1000 coefficients can diverge at
+                // 20,000), extended at an edge as the family's grid is.
+                let step = fam.grid[1] / fam.grid[0];
+                let near = Family::new(fam.name, m, &[family_lr / step, family_lr, family_lr * step]);
+                match tune(plan, task, &near, Some(head_lr), &mut sweep)? {
+                    Some(lr) => lr,
+                    None => continue,
+                }
+            }
+            _ => family_lr,
+        };
+        if lr != family_lr {
+            rates.insert(m.to_string(), lr);
+        }
         let mut vs = Vec::new();
         for &s in &plan.seeds {
             vs.extend(plan.run(task, m, s, lr, head_lr)?);

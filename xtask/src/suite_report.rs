@@ -169,7 +169,8 @@ pub(crate) fn nlu_report(
         s,
         "Model: {}, `query` and `value` adapted in every layer. Batch {batch}, {epochs} epoch(s) for every method, AdamW without weight decay, \
          linear warm-up (10%) then linear decay. {seeds} seeds per cell (`n` says how many are done; the seed fixes the head, the adapter's locations and the batch order, \
-         so methods are paired by seed). Mean ± std over seeds; `95% CI` is the t interval of the mean. Verdicts: two-sided paired t-test over seeds at the {}% level; \
+         so methods are paired by seed). Rates: each family's grid on one representative budget (seed 0, validation), then every other budget tries that rate and one grid step either side; \
+         a choice at an edge extends the grid (the trials are listed under each task). Mean ± std over seeds; `95% CI` is the t interval of the mean. Verdicts: two-sided paired t-test over seeds at the {}% level; \
          the exact Wilcoxon signed-rank p (whose floor with n seeds is 2/2ⁿ: 0.0625 with 5, so it cannot reach 5%) and a paired bootstrap over (seed, test example) pairs \
          ({RESAMPLES} resamples) are given beside it.\n",
         match (family, quick) {
@@ -323,7 +324,11 @@ pub(crate) fn nlu_report(
         }
         s.push_str("\nLearning-rate trials (seed 0, validation accuracy):");
         for (m, lr, acc) in &r.sweep {
-            let chosen = r.rates.get(family_of(m)).is_some_and(|l| l == lr);
+            let chosen = r
+                .rates
+                .get(m.as_str())
+                .or_else(|| r.rates.get(family_of(m)))
+                .is_some_and(|l| l == lr);
             let _ = write!(
                 s,
                 " {m} {}{}: {:.1}%;",
@@ -542,7 +547,11 @@ pub(crate) fn lm_report(
         }
         s.push_str("\nLearning-rate trials (seed 0, validation loss):");
         for (m, lr, score) in &r.sweep {
-            let chosen = r.rates.get(family_of(m)).is_some_and(|l| l == lr);
+            let chosen = r
+                .rates
+                .get(m.as_str())
+                .or_else(|| r.rates.get(family_of(m)))
+                .is_some_and(|l| l == lr);
             let _ = write!(
                 s,
                 " {m} {}{}: {:.3};",
