@@ -462,3 +462,47 @@ const PINNED: &[(&str, &str)] = &[
         "ee7433e09d3df8b5cd45d52768f57fe8d2888d9cdb993c4a3b66c936645c1b7d",
     ),
 ];
+
+/// `copy_and_patch`: the copy has the input's bytes but for the patch and
+/// the input's permissions; a failing patch leaves the output as it was
+/// (and no temporary file); the input as output is refused.
+#[test]
+fn copy_and_patch_is_atomic_and_refuses_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.bin");
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &bytes).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let out = dir.path().join("out.bin");
+    wft_adapter::copy_and_patch::<Error>(&src, &out, |b| {
+        b[70_000..70_004].copy_from_slice(&[1, 2, 3, 4]);
+        Ok(())
+    })
+    .unwrap();
+    let mut want = bytes.clone();
+    want[70_000..70_004].copy_from_slice(&[1, 2, 3, 4]);
+    assert!(std::fs::read(&out).unwrap() == want);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+    let failed = wft_adapter::copy_and_patch::<Error>(&src, &out, |b| {
+        b.fill(0);
+        Err(Error::Invalid {
+            what: "patch".into(),
+            reason: "refused".into(),
+        })
+    });
+    assert!(matches!(failed, Err(Error::Invalid { .. })));
+    assert!(std::fs::read(&out).unwrap() == want, "a failed patch changed the output");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "temporary files left: {left:?}");
+    let itself = wft_adapter::copy_and_patch::<Error>(&src, &dir.path().join(".").join("in.bin"), |_| Ok(()));
+    assert!(matches!(itself, Err(Error::OutputExists { .. })));
+    assert!(std::fs::read(&src).unwrap() == bytes);
+}
