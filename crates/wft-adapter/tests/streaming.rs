@@ -499,8 +499,15 @@ fn copy_and_patch_is_atomic_and_refuses_its_input() {
         })
     });
     assert!(matches!(failed, Err(Error::Invalid { .. })));
-    assert!(std::fs::read(&out).unwrap() == want, "a failed patch changed the output");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "a failed patch changed the output"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(left.len(), 2, "temporary files left: {left:?}");
     let itself = wft_adapter::copy_and_patch::<Error>(&src, &dir.path().join(".").join("in.bin"), |_| Ok(()));
     assert!(matches!(itself, Err(Error::OutputExists { .. })));

@@ -244,6 +244,17 @@ enum Command {
         /// order, as --json does for one prompt.
         #[arg(long, conflicts_with = "prompt_file")]
         requests: Option<PathBuf>,
+        /// With --requests: register every sub-folder of DIR that holds an
+        /// adapter_config.json, under its folder's name (beside any
+        /// --adapter NAME=DIR).
+        #[arg(long, requires = "requests")]
+        adapter_dir: Option<PathBuf>,
+        /// With --requests: the adapter bank's budget in bytes (default 1
+        /// GiB). Adapters load when a batch first names them, and the least
+        /// recently used are dropped past the budget; one larger than the
+        /// whole budget is an error.
+        #[arg(long, requires = "requests", default_value_t = 1 << 30)]
+        bank_bytes: usize,
         /// Read the prompt from this file (UTF-8).
         #[arg(long)]
         prompt_file: Option<PathBuf>,
@@ -1008,24 +1019,35 @@ fn single_adapter(adapters: &[String]) -> Result<Option<PathBuf>> {
     }
 }
 
-/// `generate --requests`: every request decoded in mixed-adapter batches.
-fn requests_cmd(model: &Path, adapters: &[String], requests: &Path, max_new: usize, base: BaseWeights) -> Result<()> {
+/// Where `generate --requests` finds its adapters.
+struct Bank<'a> {
+    /// `NAME=DIR` each.
+    adapters: &'a [String],
+    /// A folder of adapter folders.
+    dir: Option<&'a Path>,
+    /// Bytes the bank may hold.
+    budget: usize,
+}
+
+/// `generate --requests`: every request decoded in mixed-adapter batches,
+/// the adapters drawn from a bank.
+fn requests_cmd(model: &Path, bank: Bank<'_>, requests: &Path, max_new: usize, base: BaseWeights) -> Result<()> {
     let decoder = Decoder::open(model, None, base)?;
     let config = decoder.model.config().clone();
     let shapes = wft_candle::models::llama::base_shapes(decoder.path(), &config);
-    let mut named: Vec<(String, wft_adapter::AdapterModel)> = Vec::new();
-    for a in adapters {
+    let mut store = wft_adapter::AdapterBank::new(bank.budget, Some(std::sync::Arc::new(shapes)));
+    if let Some(dir) = bank.dir {
+        store.register_dir(dir)?;
+    }
+    for a in bank.adapters {
         let (name, dir) = a
             .split_once('=')
             .filter(|(n, d)| !n.is_empty() && !d.is_empty())
             .ok_or_else(|| Error::Usage(format!("--adapter {a:?}: with --requests, give NAME=DIR")))?;
-        if named.iter().any(|(n, _)| n == name) {
-            return Err(Error::Usage(format!("--adapter: the name {name:?} is given twice")));
-        }
-        named.push((name.to_string(), wft_adapter::AdapterModel::load_for(dir, &shapes)?));
+        store.register(name, dir)?;
     }
     let requests = wft_train::llm::requests::read_requests(requests)?;
-    for g in wft_train::llm::requests::answer(&decoder, &named, &requests, max_new)? {
+    for g in wft_train::llm::requests::answer(&decoder, &store, &requests, max_new)? {
         println!("{}", serde_json::to_string(&g).map_err(|e| Error::Data(e.to_string()))?);
     }
     Ok(())
@@ -1402,10 +1424,22 @@ fn main() -> ExitCode {
             requests: Some(requests),
             model,
             adapter,
+            adapter_dir,
+            bank_bytes,
             max_new_tokens,
             quantized,
             ..
-        } => requests_cmd(&model, &adapter, &requests, max_new_tokens, base_weights(quantized)),
+        } => requests_cmd(
+            &model,
+            Bank {
+                adapters: &adapter,
+                dir: adapter_dir.as_deref(),
+                budget: bank_bytes,
+            },
+            &requests,
+            max_new_tokens,
+            base_weights(quantized),
+        ),
         Command::Generate {
             model,
             adapter,
@@ -1419,6 +1453,7 @@ fn main() -> ExitCode {
             json,
             quantized,
             requests: None,
+            ..
         } => single_adapter(&adapter).and_then(|adapter| {
             generate_cmd(
                 &model,

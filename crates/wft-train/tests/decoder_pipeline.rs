@@ -419,8 +419,10 @@ fn evaluation_loss_and_generations_match_direct_computation() -> R {
 
 /// `generate --requests`: requests naming two adapters, none, the chat
 /// template and their own budgets, decoded together, answer each what a
-/// single `generate --json` with that adapter answers; bad lines and
-/// unknown names are errors with their line or request number.
+/// single `generate --json` with that adapter answers, also when they come
+/// from `--adapter-dir` through a bank that holds one at a time; bad lines,
+/// unknown names and a bank too small are errors with their line, request
+/// number or budget.
 #[test]
 fn mixed_adapter_requests_equal_single_generations() -> R {
     use wft_adapter::{AdapterConfig, AdapterModel, MethodConfig, ModuleSpec, Mt19937, WaveletFtConfig};
@@ -508,6 +510,28 @@ fn mixed_adapter_requests_equal_single_generations() -> R {
     }
     // The adapters change what is generated (else routing is untested).
     assert!(differ >= 2, "{lines:?}");
+    // The same adapters found by --adapter-dir, in a bank that holds one
+    // at a time: the same answers; a bank smaller than one adapter is an
+    // error that says so.
+    let one = AdapterModel::load_for(&dirs[0], &shapes)?.memory_bytes();
+    let d = dir.path().to_str().ok_or("path")?;
+    let budget = one.to_string();
+    let base = [
+        "generate",
+        "--model",
+        m,
+        "--requests",
+        f,
+        "--adapter-dir",
+        d,
+        "--max-new-tokens",
+        "4",
+    ];
+    let (ok, banked, err) = wft_train(&[&base[..], &["--bank-bytes", &budget]].concat())?;
+    assert!(ok, "{err}");
+    assert_eq!(banked, out);
+    let (ok, _, err) = wft_train(&[&base[..], &["--bank-bytes", "100"]].concat())?;
+    assert!(!ok && err.contains("budget"), "{err}");
     // A bad line, an unknown name, NAME=DIR missing.
     std::fs::write(
         &file,

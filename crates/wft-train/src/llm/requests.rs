@@ -2,9 +2,10 @@
 //! mixed-adapter batches (`wft-train generate --requests`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
-use wft_adapter::AdapterModel;
+use wft_adapter::{AdapterBank, AdapterModel};
 use wft_candle::AdapterMix;
 
 use super::finetune::{jsonl_lines, line_error};
@@ -59,46 +60,56 @@ pub fn read_requests(path: &Path) -> Result<Vec<Request>> {
 }
 
 /// Greedy answers to `requests`, in order: up to [`BATCH_ROWS`] at a time in
-/// one mixed-adapter batch, each row with the adapter it names among
-/// `adapters` (by name).
+/// one mixed-adapter batch, each row with the adapter it names in `bank`.
+/// Every name is checked before anything is decoded; each batch then takes
+/// only the adapters its rows name from the bank (loaded on first use,
+/// kept within the bank's budget), so a request file may name more
+/// adapters than the budget holds at once.
 ///
 /// # Errors
-/// [`Error::Usage`] for a request naming an adapter not given (with its
-/// number), and generation's errors.
+/// [`Error::Usage`] for a request naming an adapter the bank does not have
+/// (with its number), the bank's errors (a folder that does not load or
+/// fit the base, an adapter larger than the whole budget), and
+/// generation's errors.
 pub fn answer(
     decoder: &Decoder,
-    adapters: &[(String, AdapterModel)],
+    bank: &AdapterBank,
     requests: &[Request],
     default_max: usize,
 ) -> Result<Vec<Generated>> {
-    let mut routes = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
-        routes.push(match &r.adapter {
-            None => None,
-            Some(name) => Some(adapters.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                Error::Usage(format!(
-                    "request {}: no adapter named {name:?} (given: {:?})",
-                    i + 1,
-                    adapters.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
-                ))
-            })?),
-        });
+        if let Some(name) = r.adapter.as_deref().filter(|n| !bank.contains(n)) {
+            return Err(Error::Usage(format!(
+                "request {}: no adapter named {name:?} (given: {:?})",
+                i + 1,
+                bank.report().registered
+            )));
+        }
     }
     let prompts = requests
         .iter()
         .map(|r| decoder.prompt_ids(&r.prompt, r.chat))
         .collect::<Result<Vec<_>>>()?;
-    let models: Vec<&AdapterModel> = adapters.iter().map(|(_, m)| m).collect();
     let mut out = Vec::with_capacity(requests.len());
-    for start in (0..requests.len()).step_by(BATCH_ROWS) {
-        let end = (start + BATCH_ROWS).min(requests.len());
-        let budgets: Vec<usize> = requests[start..end]
+    for (batch, prompts) in requests.chunks(BATCH_ROWS).zip(prompts.chunks(BATCH_ROWS)) {
+        // This batch's adapters, each once, and every row's index into them.
+        let mut names: Vec<&str> = Vec::new();
+        let routes: Vec<Option<usize>> = batch
             .iter()
-            .map(|r| r.max_new_tokens.unwrap_or(default_max))
+            .map(|r| {
+                r.adapter.as_deref().map(|name| {
+                    names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                        names.push(name);
+                        names.len() - 1
+                    })
+                })
+            })
             .collect();
-        let mix = AdapterMix::new(models.clone(), routes[start..end].to_vec())?;
-        let ids = decoder.generate_rows(&prompts[start..end], &budgets, Stop::AtEos, Some(&mix))?;
-        for (prompt_ids, ids) in prompts[start..end].iter().zip(ids) {
+        let held: Vec<Arc<AdapterModel>> = names.iter().map(|n| bank.get(n)).collect::<wft_adapter::Result<_>>()?;
+        let mix = AdapterMix::new(held.iter().map(Arc::as_ref).collect(), routes)?;
+        let budgets: Vec<usize> = batch.iter().map(|r| r.max_new_tokens.unwrap_or(default_max)).collect();
+        let ids = decoder.generate_rows(prompts, &budgets, Stop::AtEos, Some(&mix))?;
+        for (prompt_ids, ids) in prompts.iter().zip(ids) {
             let text = decoder.tokenizer.decode(&ids)?;
             out.push(Generated {
                 prompt_ids: prompt_ids.clone(),
