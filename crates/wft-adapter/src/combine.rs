@@ -10,11 +10,13 @@
 //! * **linear**: `Σ_i w_i·τ_i`.
 //! * **TIES** (Yadav et al., *TIES-Merging: Resolving Interference When
 //!   Merging Models*, NeurIPS 2023): *trim* each `τ_i` to its
-//!   `⌊density·len⌋` largest magnitudes (ties to the lower index), weight
-//!   it, *elect* the sign of each position as the sign of the weighted sum
-//!   (`+` for a zero sum), and take the *disjoint mean*: the mean over the
-//!   adapters whose value there is non-zero and has the elected sign (0
-//!   where none has).
+//!   `⌊density·len⌋` largest magnitudes (ties to the lower index), *elect*
+//!   the sign of each position as the sign of the sum of the trimmed,
+//!   unweighted `τ_i` (`+` for a zero sum), and take the *disjoint mean* of
+//!   the weighted `w_i·τ_i`: the mean over the adapters whose value there is
+//!   non-zero and has the elected sign (0 where none has). PEFT elects
+//!   before weighting, so a weight never flips an elected sign; the tests
+//!   check this against PEFT's own `ties` (`scripts/make_combine_references.py`).
 //! * **DARE** (Yu et al., *Language Models are Super Mario: Absorbing
 //!   Abilities from Homologous Models as a Free Lunch*, ICML 2024): *drop*
 //!   each value with probability `1 − density` and *rescale* the kept ones
@@ -259,9 +261,9 @@ fn check_models(inputs: &[Weighted<'_>]) -> Result<()> {
     Ok(())
 }
 
-/// The task vectors `α_i·c_i` of one module, trimmed or dropped as `method`
-/// says and weighted.
-fn prepare(values: &[f32], alpha: f64, weight: f64, method: CombineMethod, drops: Option<&mut Mt19937>) -> Vec<f64> {
+/// One adapter's task vector `α·c` of one module, trimmed or dropped as
+/// `method` says (not yet weighted: signs are elected before weighting).
+fn prepare(values: &[f32], alpha: f64, method: CombineMethod, drops: Option<&mut Mt19937>) -> Vec<f64> {
     let mut tau: Vec<f64> = values.iter().map(|&v| alpha * f64::from(v)).collect();
     match method {
         CombineMethod::Linear => {}
@@ -272,7 +274,6 @@ fn prepare(values: &[f32], alpha: f64, weight: f64, method: CombineMethod, drops
             }
         }
     }
-    tau.iter_mut().for_each(|v| *v *= weight);
     tau
 }
 
@@ -297,26 +298,27 @@ pub(crate) fn drop_and_rescale(tau: &mut [f64], density: f64, g: &mut Mt19937) {
 }
 
 /// Sum the prepared task vectors (rows of `tau`, one per adapter, over the
-/// same positions): linearly, or by sign election and disjoint mean.
-pub(crate) fn merge_vectors(tau: &[Vec<f64>], elect_signs: bool) -> Vec<f64> {
+/// same positions) with `weights`: linearly, `Σ w_i·τ_i`, or as PEFT's TIES
+/// does: the sign of each position elected from the unweighted `Σ τ_i`
+/// (`+` for a zero sum), then the mean of `w_i·τ_i` over the adapters whose
+/// `τ_i` there is non-zero and of that sign (0 where none is).
+pub(crate) fn merge_vectors(tau: &[Vec<f64>], weights: &[f64], elect_signs: bool) -> Vec<f64> {
     let len = tau.first().map_or(0, Vec::len);
     (0..len)
         .map(|k| {
-            let sum: f64 = tau.iter().map(|t| t[k]).sum();
+            let weighted = tau.iter().zip(weights).map(|(t, w)| (t[k], w * t[k]));
             if !elect_signs {
-                return sum;
+                return weighted.map(|(_, v)| v).sum();
             }
-            let sign = if sum >= 0.0 { 1.0 } else { -1.0 };
-            let agreeing: Vec<f64> = tau
-                .iter()
-                .map(|t| t[k])
-                .filter(|v| *v != 0.0 && v.signum() == sign)
-                .collect();
-            if agreeing.is_empty() {
-                0.0
+            let sign = if tau.iter().map(|t| t[k]).sum::<f64>() >= 0.0 {
+                1.0
             } else {
-                agreeing.iter().sum::<f64>() / agreeing.len() as f64
-            }
+                -1.0
+            };
+            let (sum, n) = weighted
+                .filter(|(t, _)| *t != 0.0 && t.signum() == sign)
+                .fold((0.0, 0usize), |(s, n), (_, v)| (s + v, n + 1));
+            if n == 0 { 0.0 } else { sum / n as f64 }
         })
         .collect()
 }
@@ -362,9 +364,8 @@ fn combine_waveletft(
     }
     let tau: Vec<Vec<f64>> = ws
         .iter()
-        .zip(weights)
-        .map(|(w, &weight)| {
-            let t = prepare(w.params(), w.config().scaling, weight, method, drops.as_deref_mut());
+        .map(|w| {
+            let t = prepare(w.params(), w.config().scaling, method, drops.as_deref_mut());
             let mut row = vec![0.0; union.len()];
             for (l, v) in w.locations().iter().zip(t) {
                 row[slot[l]] += v;
@@ -372,7 +373,7 @@ fn combine_waveletft(
             row
         })
         .collect();
-    let merged = merge_vectors(&tau, method.elects_signs());
+    let merged = merge_vectors(&tau, weights, method.elects_signs());
     let alpha = c0.scaling;
     let coeffs: Vec<f32> = merged.iter().map(|v| (v / alpha) as f32).collect();
     let config = WaveletFtConfig {
@@ -400,10 +401,9 @@ fn combine_fourierft(
     }
     let tau: Vec<Vec<f64>> = fs
         .iter()
-        .zip(weights)
-        .map(|(f, &weight)| prepare(f.params(), f.scaling(), weight, method, drops.as_deref_mut()))
+        .map(|f| prepare(f.params(), f.scaling(), method, drops.as_deref_mut()))
         .collect();
-    let merged = merge_vectors(&tau, method.elects_signs());
+    let merged = merge_vectors(&tau, weights, method.elects_signs());
     let alpha = fs[0].scaling();
     let mut out = fs[0].clone();
     for (p, v) in out.params_mut().iter_mut().zip(merged) {
@@ -486,27 +486,30 @@ mod tests {
     }
 
     /// TIES worked by hand. Trimmed to half: A = [0.5, −0.2, 0, 0] (0.1 and
-    /// 0.05 dropped), B = [0, −0.4, 0.6, 0] (−0.3 and 0.01 dropped); weights
-    /// 1 and 2 give B = [0, −0.8, 1.2, 0]. Sums [0.5, −1.0, 1.2, 0] elect
-    /// signs [+, −, +, +]. Disjoint means: 0.5 (A alone); (−0.2 − 0.8)/2 =
-    /// −0.5; 1.2 (B alone); 0 (nobody).
+    /// 0.05 dropped), B = [0, −0.4, 0.6, 0] (−0.3 and 0.01 dropped). The
+    /// unweighted sums [0.5, −0.6, 0.6, 0] elect signs [+, −, +, +]. With
+    /// weights 1 and 2 (B = [0, −0.8, 1.2, 0]) the disjoint means are 0.5
+    /// (A alone); (−0.2 − 0.8)/2 = −0.5; 1.2 (B alone); 0 (nobody).
     #[test]
     fn ties_by_hand() {
         let mut a = vec![0.5, -0.2, 0.1, 0.05];
         let mut b = vec![-0.3, -0.4, 0.6, 0.01];
         trim(&mut a, 0.5);
         trim(&mut b, 0.5);
-        b.iter_mut().for_each(|v| *v *= 2.0);
-        close(&merge_vectors(&[a, b], true), &[0.5, -0.5, 1.2, 0.0]);
+        close(&merge_vectors(&[a, b], &[1.0, 2.0], true), &[0.5, -0.5, 1.2, 0.0]);
     }
 
     /// Sign election keeps only the agreeing side: +0.3 and +0.1 against
     /// −0.5 sum to −0.1, so the mean is over −0.5 alone; a zero sum elects +.
+    /// Signs are elected before weighting (as PEFT's `ties`): weights
+    /// [1, 1, 0.1] leave −0.1·0.5 the only agreeing value, though the
+    /// weighted sum would be positive.
     #[test]
     fn disjoint_mean_by_hand() {
         let tau = vec![vec![0.3, 0.2], vec![0.1, -0.2], vec![-0.5, 0.0]];
-        close(&merge_vectors(&tau, true), &[-0.5, 0.2]);
-        close(&merge_vectors(&tau, false), &[-0.1, 0.0]);
+        close(&merge_vectors(&tau, &[1.0; 3], true), &[-0.5, 0.2]);
+        close(&merge_vectors(&tau, &[1.0; 3], false), &[-0.1, 0.0]);
+        close(&merge_vectors(&tau, &[1.0, 1.0, 0.1], true), &[-0.05, 0.2]);
     }
 
     /// DARE keeps each value or zeroes it; kept ones are scaled by 1/density,

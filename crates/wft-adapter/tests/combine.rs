@@ -263,3 +263,68 @@ fn adapters_that_disagree_are_typed_errors() {
         Err(Error::Invalid { .. })
     ));
 }
+
+/// TIES and the weighted sum against PEFT's own `merge_utils.ties` and a
+/// torch sum (`scripts/make_combine_references.py`, PEFT 0.21.2): three
+/// WaveletFT adapters of different α on shared locations, weights that do
+/// and do not flip the elected signs, one negative, densities 0.3 to 1. The
+/// combined task vector `α₀·c` matches within f32 rounding.
+#[test]
+fn ties_and_linear_equal_peft_merge_utils() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peft_refs/combine/ties.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    let floats =
+        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let base = base();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let alphas = floats(&case["alphas"]);
+        let weights = floats(&case["weights"]);
+        let models: Vec<AdapterModel> = case["coefficients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&alphas)
+            .map(|(c, &alpha)| {
+                let mut m = adapter(&base, wave(7, alpha), 1);
+                let values = floats(c);
+                let q = m.modules_mut().values_mut().next().unwrap().as_adapter_mut();
+                assert_eq!(q.params().len(), values.len());
+                q.params_mut().iter_mut().zip(&values).for_each(|(p, v)| *p = *v as f32);
+                m
+            })
+            .collect();
+        let inputs: Vec<Weighted<'_>> = models
+            .iter()
+            .zip(&weights)
+            .map(|(model, &weight)| Weighted { model, weight })
+            .collect();
+        let density = case["density"].as_f64().unwrap();
+        for (method, key) in [
+            (CombineMethod::Ties { density }, "ties"),
+            (CombineMethod::Linear, "linear"),
+        ] {
+            let combined = AdapterModel::combine(&inputs, method).unwrap();
+            let got: Vec<f64> = combined
+                .modules()
+                .values()
+                .next()
+                .unwrap()
+                .as_adapter()
+                .params()
+                .iter()
+                .map(|&c| alphas[0] * f64::from(c))
+                .collect();
+            let want = floats(&case[key]);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-6 * scale, "{name} {key}: off by {worst} (scale {scale})");
+            if key == "ties" && density <= 0.3 {
+                assert!(want.iter().any(|v| *v == 0.0), "{name}: nothing trimmed");
+            }
+        }
+    }
+}
