@@ -164,34 +164,34 @@ fn kv_cache_and_padding_change_nothing() -> R {
 }
 
 fn adapters(weights: &Weights, dir: &Path) -> R<AdapterModel> {
-    let path = dir.join("base.safetensors");
-    weights.save(&path)?;
-    let base = TensorFile::open(&path)?;
     let method = MethodConfig::WaveletFt(WaveletFtConfig {
         n_frequency: 40,
         scaling: 5.0,
         ..Default::default()
     });
-    let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
-    let mut model = AdapterModel::new_for_base(AdapterConfig::new(method, targets), &base, 1)?;
-    randomize(&mut model, 3);
-    Ok(model)
+    adapted(weights, dir, method, 3)
 }
 
 /// A LoRA (r = 2) on the same modules as [`adapters`]: it writes every
 /// element of its weights.
 fn lora_adapters(weights: &Weights, dir: &Path) -> R<AdapterModel> {
-    let path = dir.join("base.safetensors");
-    weights.save(&path)?;
-    let base = TensorFile::open(&path)?;
     let method = MethodConfig::Lora(wft_adapter::LoraConfig {
         r: 2,
         lora_alpha: 4.0,
         ..Default::default()
     });
+    adapted(weights, dir, method, 4)
+}
+
+/// `method` on q, v and down of every layer, its parameters randomized
+/// with `values_seed`.
+fn adapted(weights: &Weights, dir: &Path, method: MethodConfig, values_seed: u64) -> R<AdapterModel> {
+    let path = dir.join("base.safetensors");
+    weights.save(&path)?;
+    let base = TensorFile::open(&path)?;
     let targets = ModuleSpec::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
     let mut model = AdapterModel::new_for_base(AdapterConfig::new(method, targets), &base, 1)?;
-    randomize(&mut model, 4);
+    randomize(&mut model, values_seed);
     Ok(model)
 }
 

@@ -42,27 +42,31 @@ impl RowOrder {
     /// The transformers row that GGUF row `row` (of `rows`) holds, or `None`
     /// when the rows do not split into heads of even width.
     pub fn hf_row(self, row: usize, rows: usize) -> Option<usize> {
-        let RowOrder::Rope(heads) = self else { return Some(row) };
-        if heads == 0 || !rows.is_multiple_of(2 * heads) || row >= rows {
-            return None;
-        }
-        let hd = rows / heads;
-        let (h, within) = (row / hd, row % hd);
-        let (i, j) = (within / 2, within % 2);
-        Some(h * hd + j * hd / 2 + i)
+        let Some((start, within, hd)) = self.in_head(row, rows) else {
+            return (self == RowOrder::Same).then_some(row);
+        };
+        Some(start + (within % 2) * hd / 2 + within / 2)
     }
 
     /// The GGUF row that holds transformers row `row` (of `rows`): the
     /// inverse of [`RowOrder::hf_row`], `None` as it.
     pub fn gguf_row(self, row: usize, rows: usize) -> Option<usize> {
-        let RowOrder::Rope(heads) = self else { return Some(row) };
+        let Some((start, within, hd)) = self.in_head(row, rows) else {
+            return (self == RowOrder::Same).then_some(row);
+        };
+        Some(start + 2 * (within % (hd / 2)) + within / (hd / 2))
+    }
+
+    /// For [`RowOrder::Rope`]: the first row of `row`'s head, `row`'s place
+    /// in it, and the head's width; `None` for [`RowOrder::Same`] and for
+    /// rows that do not split into heads of even width.
+    fn in_head(self, row: usize, rows: usize) -> Option<(usize, usize, usize)> {
+        let RowOrder::Rope(heads) = self else { return None };
         if heads == 0 || !rows.is_multiple_of(2 * heads) || row >= rows {
             return None;
         }
         let hd = rows / heads;
-        let (h, within) = (row / hd, row % hd);
-        let (j, i) = (within / (hd / 2), within % (hd / 2));
-        Some(h * hd + 2 * i + j)
+        Some((row - row % hd, row % hd, hd))
     }
 
     fn permute(self, t: &Tensor, to_gguf: bool) -> Result<Tensor> {
