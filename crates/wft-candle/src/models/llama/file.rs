@@ -379,6 +379,7 @@ fn merge_gguf_with(
     let config = Config::from_gguf(gguf)?;
     let mut targets = HashMap::new();
     let mut plan = HashMap::new();
+    let mut keeps_types = true;
     for (module, adapter) in adapters.modules() {
         let (name, order) = config
             .gguf_tensor(module)
@@ -397,12 +398,11 @@ fn merge_gguf_with(
                 found: entry.shape(),
             });
         }
-        plan.insert(name.clone(), dtype.for_tensor(entry.dtype));
+        let to = dtype.for_tensor(entry.dtype);
+        keeps_types &= to == entry.dtype;
+        plan.insert(name.clone(), to);
         targets.insert(name, (adapter.as_adapter(), order));
     }
-    let keeps_types = plan
-        .iter()
-        .all(|(name, to)| gguf.entry(name).is_some_and(|e| e.dtype == *to));
     if writer == Writer::Patch && keeps_types {
         return gguf.patch(out, |entry, bytes| -> Result<bool> {
             let Some(&(adapter, order)) = targets.get(&entry.name) else {
